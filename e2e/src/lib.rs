@@ -1,0 +1,1 @@
+//! Test harness for the multi-process tests in `tests/`.

@@ -1,0 +1,19 @@
+//! Sundial's wire contract: the JSON shapes that cross process boundaries.
+//!
+//! Everything here is plain data with serde derives. The server, the daemon,
+//! the CLI and the tests all speak these types, so a change here is a change
+//! to the public API and must be reflected in `docs/api.md`.
+
+pub mod duration;
+pub mod error;
+pub mod job;
+pub mod run;
+pub mod time;
+
+pub use duration::Duration;
+pub use error::{ErrorBody, ErrorDetail};
+pub use job::{
+    Concurrency, Executor, History, Job, JobCounters, JobSpec, Misfire, MisfirePolicy, Retries,
+    Target,
+};
+pub use run::{List, Run, RunState};

@@ -1,0 +1,141 @@
+//! Request extractors with Sundial's error shapes: a JSON body that reports
+//! the failing field (and refuses unknown ones), and the bearer-key checks
+//! `Admin` and `Reader`.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::keys::Scope;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// A JSON request body. Errors name the JSON path of the bad field.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ok = ct
+                .to_str()
+                .map(|v| {
+                    let v = v.trim().to_ascii_lowercase();
+                    v.starts_with("application/json") || v.ends_with("+json")
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "request body must be JSON (Content-Type: application/json)",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "request body is larger than the server accepts",
+                    )
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text())
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Decodes JSON, turning serde's error into a field-naming API error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        use serde_json::error::Category;
+        match inner.classify() {
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("malformed JSON: {message}"),
+            ),
+            Category::Data => {
+                let code = if message.starts_with("unknown field") {
+                    "unknown_field"
+                } else if message.starts_with("missing field") {
+                    "missing_field"
+                } else {
+                    "invalid_value"
+                };
+                let field = if path == "." { String::new() } else { path };
+                let shown = if field.is_empty() {
+                    message
+                } else {
+                    format!("{field}: {message}")
+                };
+                ApiError {
+                    status: StatusCode::BAD_REQUEST,
+                    code,
+                    message: shown,
+                    field: (!field.is_empty()).then_some(field),
+                }
+            }
+        }
+    })
+}
+
+async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <key> header"))?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("Authorization header must be \"Bearer <key>\""))?;
+    state
+        .keys
+        .lookup(&state.store, key)
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown API key"))
+}
+
+/// Any valid key (`admin` or `read`).
+pub struct Reader;
+
+/// A key with the `admin` scope.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        scope_of(parts, state).await.map(|_| Reader)
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match scope_of(parts, state).await? {
+            Scope::Admin => Ok(Admin),
+            Scope::Read => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this API key has the read scope; the request needs admin",
+            )),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Job endpoints: `PUT|GET|DELETE /v1/jobs/{id}`, `GET /v1/jobs`, and
+//! `POST /v1/jobs/{id}/{pause|resume|trigger}`.
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, JsonBody, Reader};
+use super::{parse_cursor, parse_query, AppState};
+use crate::schedule::Schedule;
+use crate::store::{jobs, runs, StoreError};
+use crate::validate;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use sundial_proto::time::now_ms;
+use sundial_proto::{Job, JobSpec, List, Run};
+
+/// Default and largest page sizes for list endpoints.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 1000;
+
+pub async fn put(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<JobSpec>,
+) -> ApiResult<impl IntoResponse> {
+    validate::job_id(&id)?;
+    let schedule = validate::spec(&spec)?;
+    let (job, outcome) = app
+        .store
+        .write(move |c| jobs::upsert(c, &id, &spec, now_ms(), |t| schedule.next_after(t)))
+        .await?;
+    app.scheduler.hint(job.next_fire_at);
+    let status = match outcome {
+        jobs::Upserted::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(job)))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    _: Reader,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(app.store.read(move |c| jobs::require(c, &id)).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_value",
+            "limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
+pub async fn list(
+    State(app): State<AppState>,
+    _: Reader,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<List<Job>>> {
+    let q: ListQuery = parse_query(query.as_deref())?;
+    let limit = page_limit(q.limit)?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
+    let (items, next) = app
+        .store
+        .read(move |c| jobs::list(c, cursor, limit))
+        .await?;
+    Ok(Json(List {
+        items,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let shown = id.clone();
+    if app.store.write(move |c| jobs::delete(c, &id)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("job {shown:?} not found")))
+    }
+}
+
+async fn set_paused(app: AppState, id: String, paused: bool) -> ApiResult<Json<Job>> {
+    let job = app
+        .store
+        .write(move |c| {
+            jobs::set_paused(c, &id, paused, now_ms(), |spec, now| {
+                Schedule::parse(&spec.schedule, &spec.timezone)
+                    .ok()
+                    .and_then(|s| s.next_after(now))
+            })
+        })
+        .await?;
+    app.scheduler.hint(job.next_fire_at);
+    Ok(Json(job))
+}
+
+pub async fn pause(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    set_paused(app, id, true).await
+}
+
+pub async fn resume(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    set_paused(app, id, false).await
+}
+
+/// Creates a manual slot now. A manual trigger is its own slot: it never
+/// collides with a scheduled one, and two triggers in one millisecond get
+/// consecutive instants.
+pub async fn trigger(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
+    let metrics = app.metrics.clone();
+    let run = app
+        .store
+        .write(move |c| {
+            let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
+                kind: "job",
+                id: id.clone(),
+            })?;
+            let now = now_ms();
+            for offset in 0..1000 {
+                if let Some(run_id) =
+                    runs::insert_slot(c, pk, runs::Trigger::Manual, now + offset, "", now)?
+                {
+                    metrics.slots_created.with_label_values(&["manual"]).inc();
+                    return runs::get(c, run_id)?.ok_or(StoreError::NotFound {
+                        kind: "run",
+                        id: run_id.to_string(),
+                    });
+                }
+            }
+            Err(StoreError::Conflict(
+                "too many manual triggers at once".into(),
+            ))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}

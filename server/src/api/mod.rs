@@ -1,0 +1,150 @@
+//! The HTTP API: routing, shared state, request metrics and the helpers the
+//! endpoint modules share. One module per resource: [`jobs`], [`runs`],
+//! [`keys`], [`preview`], [`probes`].
+
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod keys;
+pub mod preview;
+pub mod probes;
+pub mod runs;
+
+use crate::auth::KeyCache;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::{ApiError, ApiResult};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything a handler may need.
+pub struct App {
+    pub store: Arc<Store>,
+    pub scheduler: Arc<Scheduler>,
+    pub metrics: Arc<Metrics>,
+    pub keys: KeyCache,
+    pub settings: Settings,
+    pub started_at: i64,
+}
+
+impl App {
+    /// This server's role. Standalone servers are always the primary.
+    pub fn role(&self) -> &'static str {
+        "primary"
+    }
+}
+
+pub type AppState = Arc<App>;
+
+/// Parses a query string into `T`, naming the bad parameter on error.
+pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResult<T> {
+    match raw {
+        None | Some("") => Ok(T::default()),
+        Some(q) => serde_urlencoded::from_str(q).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("query string: {e}"),
+            )
+        }),
+    }
+}
+
+/// Cursors are opaque to clients; today they are the last row's key.
+pub fn parse_cursor(raw: Option<&str>) -> ApiResult<Option<i64>> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(c) => c.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor",
+                format!("cursor {c:?} is not valid"),
+            )
+        }),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Counts and times every request by route template and status.
+async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let status = response.status();
+    app.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
+        .inc();
+    app.metrics
+        .http_seconds
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; see the server log",
+    )
+    .into_response()
+}
+
+/// Builds the router with every endpoint.
+pub fn router(app: AppState) -> Router {
+    let limit = app.settings.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .route("/v1/ha/primary", get(probes::ha_primary))
+        .route("/v1/ha/status", get(probes::ha_status))
+        .route("/v1/jobs", get(jobs::list))
+        .route(
+            "/v1/jobs/{id}",
+            get(jobs::get).put(jobs::put).delete(jobs::delete),
+        )
+        .route("/v1/jobs/{id}/pause", post(jobs::pause))
+        .route("/v1/jobs/{id}/resume", post(jobs::resume))
+        .route("/v1/jobs/{id}/trigger", post(jobs::trigger))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/schedule/preview", get(preview::preview))
+        .route("/v1/api-keys", get(keys::list).post(keys::create))
+        .route("/v1/api-keys/{id}", axum::routing::delete(keys::delete))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(app.clone(), track))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .with_state(app)
+}

@@ -1,0 +1,82 @@
+//! Probes and status: `GET /healthz`, `GET /readyz`, `GET /metrics`,
+//! `GET /v1/ha/primary` (the HAProxy check) and `GET /v1/ha/status`.
+
+use super::error::ApiResult;
+use super::extract::Reader;
+use super::AppState;
+use crate::store::{self, jobs, runs};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+use sundial_proto::time::format_ms;
+use sundial_proto::RunState;
+
+/// Liveness: the process answers.
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Readiness: the database answers a query and the role is known.
+pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    match app.store.read(store::epoch).await {
+        Ok(epoch) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "role": app.role(), "epoch": epoch})),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": e.to_string()})),
+        ),
+    }
+}
+
+/// Prometheus text exposition; stored-data gauges are refreshed first.
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    let snapshot = app
+        .store
+        .read(|c| Ok((jobs::count(c)?, runs::count_by_state(c)?, store::epoch(c)?)))
+        .await;
+    match snapshot {
+        Ok((jobs, by_state, epoch)) => {
+            app.metrics.jobs.set(jobs);
+            for st in RunState::ALL {
+                let n = by_state
+                    .iter()
+                    .find(|(s, _)| s == st.as_str())
+                    .map_or(0, |(_, n)| *n);
+                app.metrics.runs.with_label_values(&[st.as_str()]).set(n);
+            }
+            app.metrics.epoch.set(epoch);
+        }
+        Err(e) => tracing::warn!(error = %e, "refreshing metrics gauges"),
+    }
+    app.metrics.is_primary.set(1);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+/// 200 only on the primary. Standalone servers are always primary.
+pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        Json(json!({"primary": true, "role": app.role()})),
+    )
+}
+
+pub async fn ha_status(State(app): State<AppState>, _: Reader) -> ApiResult<impl IntoResponse> {
+    let epoch = app.store.read(store::epoch).await?;
+    Ok(Json(json!({
+        "mode": "standalone",
+        "role": app.role(),
+        "epoch": epoch,
+        "primary": null,
+        "since": format_ms(app.started_at),
+    })))
+}

@@ -1,0 +1,197 @@
+//! Server configuration: command-line flags, `SUNDIAL_*` environment variables
+//! and an optional TOML file, resolved in that order of precedence into
+//! [`Settings`].
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use sundial_proto::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sundial-server",
+    version,
+    about = "Sundial job scheduler server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `sundial-server serve`; each also reads `SUNDIAL_<NAME>`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SUNDIAL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory holding the database [default: ./sundial-data].
+    #[arg(long, env = "SUNDIAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, env = "SUNDIAL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// File holding the admin key to seed into an empty database
+    /// (or set SUNDIAL_ADMIN_KEY).
+    #[arg(long, env = "SUNDIAL_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+    /// Finished runs kept per job unless the job sets `history.keep` [default: 100].
+    #[arg(long, env = "SUNDIAL_HISTORY_KEEP")]
+    pub history_keep: Option<u32>,
+    /// Age after which finished runs are pruned unless the job sets `history.max_age` [default: 30d].
+    #[arg(long, env = "SUNDIAL_HISTORY_MAX_AGE")]
+    pub history_max_age: Option<Duration>,
+    /// Largest accepted request body in bytes [default: 1048576].
+    #[arg(long, env = "SUNDIAL_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// High-availability mode [default: standalone].
+    #[arg(long, env = "SUNDIAL_HA_MODE", value_enum)]
+    pub ha_mode: Option<HaMode>,
+    /// TOML file with any of the settings above (flags and env take precedence).
+    #[arg(long, env = "SUNDIAL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaMode {
+    Standalone,
+}
+
+/// The optional config file: the same settings, snake_case keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    admin_key_file: Option<PathBuf>,
+    history_keep: Option<u32>,
+    history_max_age: Option<Duration>,
+    max_body_bytes: Option<usize>,
+    ha_mode: Option<HaMode>,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub admin_key_file: Option<PathBuf>,
+    pub history_keep: u32,
+    pub history_max_age: Duration,
+    pub max_body_bytes: usize,
+    pub ha_mode: HaMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./sundial-data"),
+            log_format: LogFormat::Text,
+            admin_key_file: None,
+            history_keep: 100,
+            history_max_age: Duration::from_secs_const(30 * 86_400),
+            max_body_bytes: 1 << 20,
+            ha_mode: HaMode::Standalone,
+        }
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+impl ServeArgs {
+    /// Merges flags/env over the config file over the defaults.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Settings::default();
+        let settings = Settings {
+            listen: self.listen.or(file.listen).unwrap_or(d.listen),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            log_format: self.log_format.or(file.log_format).unwrap_or(d.log_format),
+            admin_key_file: self.admin_key_file.or(file.admin_key_file),
+            history_keep: self
+                .history_keep
+                .or(file.history_keep)
+                .unwrap_or(d.history_keep),
+            history_max_age: self
+                .history_max_age
+                .or(file.history_max_age)
+                .unwrap_or(d.history_max_age),
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(d.max_body_bytes),
+            ha_mode: self.ha_mode.or(file.ha_mode).unwrap_or(d.ha_mode),
+        };
+        if settings.history_keep == 0 {
+            bail!("history_keep must be at least 1");
+        }
+        if settings.max_body_bytes < 1024 {
+            bail!("max_body_bytes must be at least 1024");
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "listen = \"127.0.0.1:9999\"\nhistory_keep = 7\nlog_format = \"json\""
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            history_keep: Some(3),
+            ..ServeArgs::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.history_keep, 3);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.data_dir, PathBuf::from("./sundial-data"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "listn = \"127.0.0.1:9999\"").unwrap();
+        let err = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listn"), "{err:#}");
+    }
+}

@@ -1,0 +1,21 @@
+//! `sundial-server`: the Sundial control plane.
+//!
+//! - [`store`]: SQLite (WAL), migrations, the single writer, the read pool
+//! - [`schedule`]: cron / `@every` / `@at` with time zones and DST rules
+//! - [`misfire`]: which slots to create after downtime
+//! - [`scheduler`]: turns due fires into run slots
+//! - [`api`]: the HTTP API; [`auth`]: API keys; [`validate`]: input checks
+//! - [`retention`]: history pruning; [`metrics`]: Prometheus
+//! - [`config`] and [`server`]: settings and wiring
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod metrics;
+pub mod misfire;
+pub mod retention;
+pub mod schedule;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod validate;

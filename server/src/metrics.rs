@@ -1,0 +1,153 @@
+//! Prometheus metrics: one registry per server, exposed on `GET /metrics`.
+//!
+//! Counters and histograms are updated where the events happen; gauges that
+//! describe stored data (jobs, runs by state) are refreshed at scrape time.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+    pub write_batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub fire_lateness_seconds: Histogram,
+    pub slots_created: IntCounterVec,
+    pub misfires_skipped: IntCounter,
+    pub runs_pruned: IntCounter,
+    pub jobs: IntGauge,
+    pub runs: IntGaugeVec,
+    pub epoch: IntGauge,
+    pub is_primary: IntGauge,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric definitions are static; a failure here is a programming error.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("sundial".into()), None)
+            .unwrap_or_else(|e| panic!("registry: {e}"));
+        let http_requests = must(IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        ));
+        let http_seconds = must(HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+            ]),
+            &["route"],
+        ));
+        let write_batch_size = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "store_write_batch_size",
+                "Operations applied per write transaction",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ]),
+        ));
+        let commit_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "store_commit_seconds",
+                "Time to apply and commit one write batch",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        ));
+        let fire_lateness_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "fire_lateness_seconds",
+                "Delay between a slot's scheduled time and its commit",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+            ]),
+        ));
+        let slots_created = must(IntCounterVec::new(
+            Opts::new("slots_created_total", "Run slots created, by trigger"),
+            &["trigger"],
+        ));
+        let misfires_skipped = must(IntCounter::new(
+            "misfires_skipped_total",
+            "Missed slots dropped by misfire policy",
+        ));
+        let runs_pruned = must(IntCounter::new(
+            "runs_pruned_total",
+            "Finished runs deleted by history retention",
+        ));
+        let jobs = must(IntGauge::new("jobs", "Jobs stored"));
+        let runs = must(IntGaugeVec::new(
+            Opts::new("runs", "Runs stored, by state"),
+            &["state"],
+        ));
+        let epoch = must(IntGauge::new(
+            "cluster_epoch",
+            "Cluster epoch (fencing token)",
+        ));
+        let is_primary = must(IntGauge::new(
+            "is_primary",
+            "1 when this server is the primary",
+        ));
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_seconds.clone()),
+            Box::new(write_batch_size.clone()),
+            Box::new(commit_seconds.clone()),
+            Box::new(fire_lateness_seconds.clone()),
+            Box::new(slots_created.clone()),
+            Box::new(misfires_skipped.clone()),
+            Box::new(runs_pruned.clone()),
+            Box::new(jobs.clone()),
+            Box::new(runs.clone()),
+            Box::new(epoch.clone()),
+            Box::new(is_primary.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        Metrics {
+            registry,
+            http_requests,
+            http_seconds,
+            write_batch_size,
+            commit_seconds,
+            fire_lateness_seconds,
+            slots_created,
+            misfires_skipped,
+            runs_pruned,
+            jobs,
+            runs,
+            epoch,
+            is_primary,
+        }
+    }
+
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,55 @@
+//! History retention: a background sweep that deletes finished runs beyond
+//! each job's `history.keep` or older than its `history.max_age`, a few hundred
+//! jobs per write so it never holds the writer for long.
+
+use crate::metrics::Metrics;
+use crate::store::runs::{self, Retention};
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use sundial_proto::time::now_ms;
+use tokio_util::sync::CancellationToken;
+
+/// Jobs examined per write transaction.
+const JOBS_PER_BATCH: usize = 500;
+/// Pause between batches within a sweep.
+const BATCH_PAUSE: Duration = Duration::from_millis(20);
+
+/// Runs one full sweep over all jobs; returns how many runs were deleted.
+pub async fn sweep(store: &Store, defaults: Retention, metrics: &Metrics) -> anyhow::Result<usize> {
+    let mut after = 0i64;
+    let mut total = 0;
+    loop {
+        let (deleted, last) = store
+            .write(move |c| runs::prune(c, after, JOBS_PER_BATCH, now_ms(), defaults))
+            .await?;
+        total += deleted;
+        metrics.runs_pruned.inc_by(deleted as u64);
+        match last {
+            Some(pk) => after = pk,
+            None => return Ok(total),
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+}
+
+/// Sweeps every `interval` until shutdown.
+pub async fn run(
+    store: Arc<Store>,
+    defaults: Retention,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match sweep(&store, defaults, &metrics).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned run history"),
+            Err(e) => tracing::warn!(error = %e, "history sweep failed"),
+        }
+    }
+}

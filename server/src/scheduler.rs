@@ -1,0 +1,219 @@
+//! The scheduler (primary only): turns due `next_fire_at` values into run
+//! slots.
+//!
+//! The `jobs_due` index on `next_fire_at` is the priority queue: each tick asks
+//! the writer to take the due jobs, plan their slots (see [`crate::misfire`]),
+//! insert them with `ON CONFLICT DO NOTHING` and advance `next_fire_at` — all
+//! in one transaction, so a crash or failover can neither lose nor repeat a
+//! slot. The loop then sleeps until the earliest remaining fire, or until an
+//! API write hints that something earlier exists.
+
+use crate::metrics::Metrics;
+use crate::misfire;
+use crate::schedule::Schedule;
+use crate::store::{jobs, runs, Store, StoreError};
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sundial_proto::time::now_ms;
+use sundial_proto::MisfirePolicy;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Most jobs fired in one write transaction; more due jobs take more ticks.
+const FIRE_BATCH: usize = 2000;
+/// Longest sleep when nothing is scheduled (a safety net, not a poll).
+const IDLE_WAKE_MS: i64 = 60_000;
+/// Parsed schedules kept between fires.
+const CACHE_CAP: usize = 200_000;
+
+/// Parsed schedules by job key, reused while the job's expression is unchanged.
+#[derive(Default)]
+struct ScheduleCache {
+    map: HashMap<i64, (String, String, Schedule)>,
+}
+
+impl ScheduleCache {
+    fn get(&mut self, job: &jobs::DueJob) -> Result<&Schedule, crate::schedule::ScheduleError> {
+        let fresh = matches!(self.map.get(&job.pk),
+            Some((s, tz, _)) if *s == job.schedule && *tz == job.timezone);
+        if !fresh {
+            if self.map.len() >= CACHE_CAP {
+                self.map.clear();
+            }
+            let parsed = Schedule::parse(&job.schedule, &job.timezone)?;
+            self.map
+                .insert(job.pk, (job.schedule.clone(), job.timezone.clone(), parsed));
+        }
+        match self.map.get(&job.pk) {
+            Some((_, _, s)) => Ok(s),
+            None => unreachable!("inserted above"),
+        }
+    }
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tick {
+    pub slots_created: usize,
+    pub jobs_fired: usize,
+    /// Earliest fire still pending after this tick.
+    pub next_fire: Option<i64>,
+}
+
+pub struct Scheduler {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    cache: Arc<Mutex<ScheduleCache>>,
+    wake: Notify,
+    /// The instant the loop currently sleeps until (ms); hints earlier than it wake the loop.
+    wake_at: AtomicI64,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Scheduler {
+        Scheduler {
+            store,
+            metrics,
+            cache: Arc::new(Mutex::new(ScheduleCache::default())),
+            wake: Notify::new(),
+            wake_at: AtomicI64::new(0),
+        }
+    }
+
+    /// Tells the loop a job's next fire changed; wakes it only if that is sooner.
+    pub fn hint(&self, next_fire_at: Option<i64>) {
+        if let Some(t) = next_fire_at {
+            if t < self.wake_at.fetch_min(t, Ordering::AcqRel) {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Fires everything due at `now` (in batches) and returns the totals.
+    pub async fn tick(&self, now: i64) -> Result<Tick, StoreError> {
+        let mut total = Tick::default();
+        loop {
+            let cache = self.cache.clone();
+            let metrics = self.metrics.clone();
+            let tick = self
+                .store
+                .write(move |conn| fire_due(conn, now, FIRE_BATCH, &cache, &metrics))
+                .await?;
+            total.slots_created += tick.slots_created;
+            total.jobs_fired += tick.jobs_fired;
+            total.next_fire = tick.next_fire;
+            if tick.jobs_fired < FIRE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The scheduling loop; returns when `shutdown` is cancelled.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!("scheduler started");
+        let mut failures = 0u32;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = now_ms();
+            // Claim the wake slot before reading, so a hint racing this tick is not lost.
+            self.wake_at.store(i64::MAX, Ordering::Release);
+            let sleep_ms = match self.tick(now).await {
+                Ok(tick) => {
+                    failures = 0;
+                    if tick.slots_created > 0 {
+                        tracing::debug!(
+                            slots = tick.slots_created,
+                            jobs = tick.jobs_fired,
+                            "fired"
+                        );
+                    }
+                    let target = tick.next_fire.unwrap_or(now + IDLE_WAKE_MS);
+                    self.wake_at.fetch_min(target, Ordering::AcqRel);
+                    (self.wake_at.load(Ordering::Acquire) - now_ms()).clamp(0, IDLE_WAKE_MS)
+                }
+                Err(StoreError::Closed) => break,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let backoff = (100i64 << failures.min(6)).min(5_000);
+                    tracing::error!(error = %e, backoff_ms = backoff, "scheduler tick failed");
+                    backoff
+                }
+            };
+            if sleep_ms > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+                    _ = self.wake.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+        tracing::info!("scheduler stopped");
+    }
+}
+
+/// One transaction: take due jobs, create their slots, advance their fires.
+fn fire_due(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    cache: &Mutex<ScheduleCache>,
+    metrics: &Metrics,
+) -> Result<Tick, StoreError> {
+    let due = jobs::due(conn, now, limit)?;
+    let mut tick = Tick {
+        jobs_fired: due.len(),
+        ..Tick::default()
+    };
+    let mut cache = cache
+        .lock()
+        .map_err(|_| StoreError::Io("schedule cache poisoned".into()))?;
+    for job in &due {
+        let schedule = match cache.get(job) {
+            Ok(s) => s,
+            Err(e) => {
+                // Validated on write, so only a hand-edited database gets here.
+                tracing::error!(job = %job.id, error = %e, "stored schedule no longer parses; disabling its timer");
+                jobs::set_next_fire(conn, job.pk, None)?;
+                continue;
+            }
+        };
+        let policy = match job.misfire.as_str() {
+            "skip" => MisfirePolicy::Skip,
+            "run_all" => MisfirePolicy::RunAll,
+            _ => MisfirePolicy::RunOnce,
+        };
+        let plan = misfire::plan(
+            schedule,
+            job.next_fire_at,
+            now,
+            policy,
+            job.grace_ms,
+            job.max_catch_up.max(1) as usize,
+        );
+        for (at, trigger) in &plan.slots {
+            if runs::insert_slot(conn, job.pk, *trigger, *at, "", now)?.is_some() {
+                tick.slots_created += 1;
+                metrics
+                    .slots_created
+                    .with_label_values(&[trigger.as_str()])
+                    .inc();
+                if *trigger == runs::Trigger::Schedule {
+                    let late = (now_ms() - at).max(0) as f64 / 1000.0;
+                    metrics.fire_lateness_seconds.observe(late);
+                }
+            }
+        }
+        if plan.skipped > 0 {
+            metrics.misfires_skipped.inc_by(plan.skipped);
+            tracing::info!(job = %job.id, skipped = plan.skipped, policy = policy.as_str(), "missed fires not run");
+        }
+        jobs::set_next_fire(conn, job.pk, plan.next)?;
+    }
+    tick.next_fire = jobs::earliest_fire(conn)?;
+    Ok(tick)
+}

@@ -1,0 +1,258 @@
+//! The `jobs` table: upserts, reads, pause/resume, deletion and the queries the
+//! scheduler uses to find due jobs. The full spec is stored as canonical JSON;
+//! the fields the scheduler needs are also columns so due-job scans never parse JSON.
+
+use super::StoreError;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sundial_proto::{Job, JobCounters, JobSpec};
+
+/// Columns selected for a full [`Job`].
+const JOB_COLUMNS: &str = "id, spec, paused, next_fire_at, created_at, updated_at, \
+     runs_total, runs_succeeded, runs_failed, last_run_id, last_run_at, last_state";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let spec_text: String = row.get(1)?;
+    let spec = serde_json::from_str(&spec_text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Job {
+        id: row.get(0)?,
+        spec,
+        paused: row.get(2)?,
+        next_fire_at: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+        counters: JobCounters {
+            total: row.get::<_, i64>(6)? as u64,
+            succeeded: row.get::<_, i64>(7)? as u64,
+            failed: row.get::<_, i64>(8)? as u64,
+            last_run_id: row.get(9)?,
+            last_run_at: row.get(10)?,
+            last_state: row.get(11)?,
+        },
+    })
+}
+
+/// Reads one job by id.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], job_from_row).optional()?)
+}
+
+/// Like [`get`] but a missing job is an error.
+pub fn require(conn: &Connection, id: &str) -> Result<Job, StoreError> {
+    get(conn, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: "job",
+        id: id.to_string(),
+    })
+}
+
+/// A page of jobs, newest first; the cursor is the last row's internal key.
+pub fn list(
+    conn: &Connection,
+    cursor: Option<i64>,
+    limit: usize,
+) -> Result<(Vec<Job>, Option<i64>), StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS}, pk FROM jobs WHERE pk < ?1 ORDER BY pk DESC LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![cursor.unwrap_or(i64::MAX), limit as i64 + 1])?;
+    let mut items = Vec::with_capacity(limit.min(1024));
+    let mut last_pk = None;
+    while let Some(row) = rows.next()? {
+        if items.len() == limit {
+            return Ok((items, last_pk));
+        }
+        last_pk = Some(row.get::<_, i64>(12)?);
+        items.push(job_from_row(row)?);
+    }
+    Ok((items, None))
+}
+
+/// Number of stored jobs.
+pub fn count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?)
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Inserts or updates a job. `next_fire` computes the first fire after an
+/// instant for the new schedule; it is only called when the schedule, its time
+/// zone or its enabled flag changed, so re-registering an unchanged job
+/// (services do that at start-up) keeps its place in time.
+pub fn upsert(
+    conn: &Connection,
+    id: &str,
+    spec: &JobSpec,
+    now: i64,
+    next_fire: impl Fn(i64) -> Option<i64>,
+) -> Result<(Job, Upserted), StoreError> {
+    let spec_text = serde_json::to_string(spec)
+        .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
+    let existing: Option<(String, String, String, bool, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT spec, schedule, timezone, enabled, next_fire_at FROM jobs WHERE id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let outcome = match existing {
+        Some((old_text, ..)) if old_text == spec_text => Upserted::Unchanged,
+        Some((_, schedule, timezone, enabled, next_fire_at)) => {
+            let timing_changed =
+                schedule != spec.schedule || timezone != spec.timezone || enabled != spec.enabled;
+            let next = if timing_changed {
+                next_fire(now)
+            } else {
+                next_fire_at
+            };
+            conn.prepare_cached(
+                "UPDATE jobs SET spec = ?2, schedule = ?3, timezone = ?4, misfire = ?5, grace_ms = ?6,
+                    max_catch_up = ?7, concurrency = ?8, enabled = ?9, next_fire_at = ?10,
+                    keep_runs = ?11, max_age_ms = ?12, updated_at = ?13
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                spec_text,
+                spec.schedule,
+                spec.timezone,
+                spec.misfire.policy.as_str(),
+                spec.misfire.grace.as_millis_i64(),
+                spec.misfire.max_catch_up,
+                spec.concurrency.as_str(),
+                spec.enabled,
+                next,
+                spec.history.keep,
+                spec.history.max_age.map(|d| d.as_millis_i64()),
+                now,
+            ])?;
+            Upserted::Updated
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO jobs (id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                    concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+            )?
+            .execute(params![
+                id,
+                spec_text,
+                spec.schedule,
+                spec.timezone,
+                spec.misfire.policy.as_str(),
+                spec.misfire.grace.as_millis_i64(),
+                spec.misfire.max_catch_up,
+                spec.concurrency.as_str(),
+                spec.enabled,
+                next_fire(now),
+                spec.history.keep,
+                spec.history.max_age.map(|d| d.as_millis_i64()),
+                now,
+            ])?;
+            Upserted::Created
+        }
+    };
+    Ok((require(conn, id)?, outcome))
+}
+
+/// Deletes a job and (by cascade) its runs. Returns false when it did not exist.
+pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
+        .execute([id])?
+        > 0)
+}
+
+/// Pauses or resumes a job. Resuming recomputes the next fire from `now`:
+/// slots that fell due while paused are not created.
+pub fn set_paused(
+    conn: &Connection,
+    id: &str,
+    paused: bool,
+    now: i64,
+    next_fire: impl Fn(&JobSpec, i64) -> Option<i64>,
+) -> Result<Job, StoreError> {
+    let current = require(conn, id)?;
+    if current.paused == paused {
+        return Ok(current);
+    }
+    let next = if paused {
+        current.next_fire_at
+    } else {
+        next_fire(&current.spec, now)
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET paused = ?2, next_fire_at = ?3, updated_at = ?4 WHERE id = ?1",
+    )?
+    .execute(params![id, paused, next, now])?;
+    require(conn, id)
+}
+
+/// The scheduler's view of a due job: just what firing needs.
+#[derive(Debug, Clone)]
+pub struct DueJob {
+    pub pk: i64,
+    pub id: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub misfire: String,
+    pub grace_ms: i64,
+    pub max_catch_up: i64,
+    pub next_fire_at: i64,
+}
+
+/// Jobs whose `next_fire_at` is at or before `now`, earliest first.
+pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<DueJob>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT pk, id, schedule, timezone, misfire, grace_ms, max_catch_up, next_fire_at
+         FROM jobs
+         WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at <= ?1
+         ORDER BY next_fire_at LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now, limit as i64], |r| {
+        Ok(DueJob {
+            pk: r.get(0)?,
+            id: r.get(1)?,
+            schedule: r.get(2)?,
+            timezone: r.get(3)?,
+            misfire: r.get(4)?,
+            grace_ms: r.get(5)?,
+            max_catch_up: r.get(6)?,
+            next_fire_at: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The earliest pending fire among active jobs.
+pub fn earliest_fire(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT min(next_fire_at) FROM jobs
+             WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0",
+        )?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Moves a job's next fire (None: it never fires again).
+pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE jobs SET next_fire_at = ?2 WHERE pk = ?1")?
+        .execute(params![pk, next])?;
+    Ok(())
+}
+
+/// The internal key of a job, for run queries.
+pub fn pk_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT pk FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}

@@ -1,0 +1,122 @@
+//! The `api_keys` table: admin and read keys, stored only as SHA-256 hashes.
+//! A key's secret is shown once, when it is created, and never stored.
+
+use super::StoreError;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// GET endpoints only.
+    Read,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        match s {
+            "admin" => Some(Scope::Admin),
+            "read" => Some(Scope::Read),
+            _ => None,
+        }
+    }
+}
+
+/// A stored key, without its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub scope: Scope,
+    pub name: String,
+    #[serde(with = "sundial_proto::time::rfc3339")]
+    pub created_at: i64,
+}
+
+pub fn count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?)
+}
+
+pub fn insert(
+    conn: &Connection,
+    id: &str,
+    hash: &[u8],
+    scope: Scope,
+    name: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO api_keys (id, hash, scope, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![id, hash, scope.as_str(), name, now])?;
+    Ok(())
+}
+
+/// Looks a key up by the hash of its secret.
+pub fn find_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<(String, Scope)>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .prepare_cached("SELECT id, scope FROM api_keys WHERE hash = ?1")?
+        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(id, scope)| {
+        Scope::parse(&scope)
+            .map(|s| (id, s))
+            .ok_or_else(|| StoreError::Corrupt(format!("api key scope {scope:?}")))
+    })
+    .transpose()
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, scope, name, created_at FROM api_keys ORDER BY created_at DESC, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let scope: String = r.get(1)?;
+        Ok(KeyInfo {
+            id: r.get(0)?,
+            scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+            name: r.get(2)?,
+            created_at: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes a key; refuses to delete the last admin key (that would lock everyone out).
+pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let scope: Option<String> = conn
+        .query_row("SELECT scope FROM api_keys WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match scope.as_deref() {
+        None => Ok(false),
+        Some("admin") => {
+            let admins: i64 = conn.query_row(
+                "SELECT count(*) FROM api_keys WHERE scope = 'admin'",
+                [],
+                |r| r.get(0),
+            )?;
+            if admins <= 1 {
+                return Err(StoreError::Conflict(
+                    "refusing to delete the last admin key".into(),
+                ));
+            }
+            conn.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
+            Ok(true)
+        }
+        Some(_) => {
+            conn.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
+            Ok(true)
+        }
+    }
+}

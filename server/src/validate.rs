@@ -1,0 +1,265 @@
+//! Validation of API input beyond what serde checks: job ids, schedules, time
+//! zones, executors, targets and limits. Every error names the offending field.
+
+use crate::schedule::Schedule;
+use axum::http::{Method, Uri};
+use sundial_proto::{Executor, JobSpec};
+
+/// A refused input: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub code: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn value(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Invalid::new("invalid_value", field, message)
+    }
+}
+
+/// Longest job id, node id or label key/value accepted.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Job ids: 1–128 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn job_id(id: &str) -> Result<(), Invalid> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "invalid_id",
+            "id",
+            format!(
+                "job id {id:?} must be 1-{MAX_ID_LEN} characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// Parses a schedule, mapping errors onto the right field and code.
+pub fn schedule(expr: &str, timezone: &str) -> Result<Schedule, Invalid> {
+    Schedule::parse(expr, timezone).map_err(|e| {
+        let field = e.field();
+        let code = if field == "timezone" {
+            "invalid_timezone"
+        } else {
+            "invalid_schedule"
+        };
+        Invalid::new(code, field, e.to_string())
+    })
+}
+
+fn env_keys(field: &str, env: &std::collections::BTreeMap<String, String>) -> Result<(), Invalid> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(Invalid::value(
+                format!("{field}.env"),
+                format!("environment variable {k:?} is not valid (empty, '=' or NUL)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn executor(e: &Executor) -> Result<(), Invalid> {
+    match e {
+        Executor::Exec { argv, env, cwd } => {
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return Err(Invalid::value(
+                    "executor.argv",
+                    "argv must name a program: a non-empty list whose first element is not empty",
+                ));
+            }
+            if argv.iter().any(|a| a.contains('\0')) {
+                return Err(Invalid::value(
+                    "executor.argv",
+                    "argv must not contain NUL bytes",
+                ));
+            }
+            env_keys("executor", env)?;
+            if cwd.as_deref().is_some_and(str::is_empty) {
+                return Err(Invalid::value("executor.cwd", "cwd must not be empty"));
+            }
+        }
+        Executor::Shell { script, env, cwd } => {
+            if script.trim().is_empty() {
+                return Err(Invalid::value(
+                    "executor.script",
+                    "script must not be empty",
+                ));
+            }
+            env_keys("executor", env)?;
+            if cwd.as_deref().is_some_and(str::is_empty) {
+                return Err(Invalid::value("executor.cwd", "cwd must not be empty"));
+            }
+        }
+        Executor::Http {
+            method,
+            url,
+            headers,
+            expect_status,
+            ..
+        } => {
+            if Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(Invalid::value(
+                    "executor.method",
+                    format!("{method:?} is not an HTTP method"),
+                ));
+            }
+            let uri: Uri = url.parse().map_err(|_| {
+                Invalid::value("executor.url", format!("{url:?} is not a valid URL"))
+            })?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(Invalid::value(
+                    "executor.url",
+                    format!("{url:?} must be an absolute http:// or https:// URL"),
+                ));
+            }
+            for name in headers.keys() {
+                if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(Invalid::value(
+                        "executor.headers",
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+            }
+            if expect_status.is_empty() || expect_status.iter().any(|s| !(100..=599).contains(s)) {
+                return Err(Invalid::value(
+                    "executor.expect_status",
+                    "expect_status must list HTTP status codes between 100 and 599",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates a whole spec and returns its parsed schedule.
+pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
+    let parsed = schedule(&spec.schedule, &spec.timezone)?;
+    executor(&spec.executor)?;
+    for n in &spec.target.nodes {
+        if n.is_empty() || n.len() > MAX_ID_LEN {
+            return Err(Invalid::value(
+                "target.nodes",
+                format!("node id {n:?} is not valid"),
+            ));
+        }
+    }
+    for k in spec.target.labels.keys() {
+        if k.is_empty() || k.len() > MAX_ID_LEN {
+            return Err(Invalid::value(
+                "target.labels",
+                format!("label key {k:?} is not valid"),
+            ));
+        }
+    }
+    if !(1..=10_000).contains(&spec.misfire.max_catch_up) {
+        return Err(Invalid::value(
+            "misfire.max_catch_up",
+            "max_catch_up must be between 1 and 10000",
+        ));
+    }
+    if spec.retries.max > 100 {
+        return Err(Invalid::value(
+            "retries.max",
+            "retries.max must be at most 100",
+        ));
+    }
+    if spec.retries.backoff > spec.retries.max_backoff {
+        return Err(Invalid::value(
+            "retries.backoff",
+            "retries.backoff must not exceed retries.max_backoff",
+        ));
+    }
+    if spec.history.keep == Some(0) {
+        return Err(Invalid::value(
+            "history.keep",
+            "history.keep must be at least 1",
+        ));
+    }
+    if spec.description.len() > 4096 {
+        return Err(Invalid::value(
+            "description",
+            "description is longer than 4096 bytes",
+        ));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> JobSpec {
+        serde_json::from_str(r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#)
+            .unwrap()
+    }
+
+    #[test]
+    fn ids() {
+        assert!(job_id("nightly-report.v2_x").is_ok());
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(129), "ü"] {
+            assert_eq!(job_id(bad).unwrap_err().field, "id", "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|s| s.schedule = "61 * * * *".into()), "schedule"),
+            (Box::new(|s| s.timezone = "Mars/Olympus".into()), "timezone"),
+            (
+                Box::new(|s| {
+                    s.executor = Executor::Exec {
+                        argv: vec![],
+                        env: Default::default(),
+                        cwd: None,
+                    }
+                }),
+                "executor.argv",
+            ),
+            (
+                Box::new(|s| {
+                    s.executor = Executor::Http {
+                        method: "GET".into(),
+                        url: "ftp://x".into(),
+                        headers: Default::default(),
+                        body: None,
+                        expect_status: vec![200],
+                    }
+                }),
+                "executor.url",
+            ),
+            (
+                Box::new(|s| s.misfire.max_catch_up = 0),
+                "misfire.max_catch_up",
+            ),
+            (Box::new(|s| s.history.keep = Some(0)), "history.keep"),
+            (Box::new(|s| s.retries.max = 1000), "retries.max"),
+        ];
+        for (mutate, field) in cases {
+            let mut s = base();
+            mutate(&mut s);
+            assert_eq!(spec(&s).unwrap_err().field, field);
+        }
+        assert!(spec(&base()).is_ok());
+    }
+}

@@ -1,1 +1,240 @@
-//! Test harness for the multi-process tests in `tests/`.
+//! Harness for the multi-process tests in `tests/`: starts the real
+//! `sundial-server` binary on a loopback port with its own data directory,
+//! waits for readiness, talks to it over HTTP, and kills/reaps exactly the
+//! processes it started (by PID, never by name).
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Admin key the harness seeds into every server it starts.
+pub const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`).
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("locating the target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build it first (scripts/test.sh runs `cargo build --workspace --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `sundial-server` child process.
+pub struct ServerProc {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub base: String,
+    http: reqwest::blocking::Client,
+    extra_env: Vec<(String, String)>,
+}
+
+impl ServerProc {
+    /// Starts a server over `data_dir` and waits until `/readyz` answers.
+    pub fn start(data_dir: &Path) -> Result<ServerProc> {
+        Self::start_with(data_dir, &[])
+    }
+
+    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Result<ServerProc> {
+        let port = free_port()?;
+        let mut s = ServerProc {
+            child: None,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension(format!("{port}.log")),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(binary("sundial-server")?);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("SUNDIAL_ADMIN_KEY", ADMIN_KEY)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().context("spawning sundial-server")?);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("server exited early ({status}); log:\n{}", self.log_text());
+                }
+            }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send() {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "server not ready after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the same server again (same port and data) after a stop or kill.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("server still running");
+        }
+        self.spawn()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        // SAFETY-free: kill(2) via the `kill` command on our own child's PID.
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("server did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a request with the admin key; returns (status, JSON or Null).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let text = resp.text()?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// Every run of a job (following cursors), oldest first.
+    pub fn all_runs(&self, job: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let path = match &cursor {
+                Some(c) => format!("/v1/runs?job={job}&limit=1000&cursor={c}"),
+                None => format!("/v1/runs?job={job}&limit=1000"),
+            };
+            let (status, body) = self.call("GET", &path, None)?;
+            if status != 200 {
+                bail!("GET {path}: {status} {body}");
+            }
+            out.extend(body["items"].as_array().cloned().unwrap_or_default());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Milliseconds of an RFC 3339 field of a JSON object.
+pub fn ms(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_str()
+        .and_then(sundial_proto::time::parse_rfc3339_ms)
+        .unwrap_or_else(|| panic!("{field} is not an RFC 3339 instant in {v}"))
+}

@@ -262,7 +262,15 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     let before = snapshot(&s.db_path());
 
     let exec = json!({"type": "exec", "argv": ["true"]});
-    let cases: Vec<(Method, &str, Option<&str>, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (
+        Method,
+        &'a str,
+        Option<&'a str>,
+        u16,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         // (method, path, raw body, status, code, field)
         (
             Method::PUT,

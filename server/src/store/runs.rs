@@ -227,3 +227,94 @@ pub fn prune(
     };
     Ok((deleted, last))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::jobs;
+    use crate::store::test_support::temp_store;
+    use sundial_proto::JobSpec;
+
+    fn spec(history: &str) -> JobSpec {
+        serde_json::from_str(&format!(
+            r#"{{"schedule":"@hourly","executor":{{"type":"exec","argv":["true"]}},"history":{history}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn slots_are_unique_and_prune_keeps_newest_and_active() {
+        let (_dir, store) = temp_store();
+        let out = store
+            .write(|c| {
+                let (job, _) = jobs::upsert(c, "j", &spec(r#"{"keep":3}"#), 0, |_| None)?;
+                let pk = jobs::pk_of(c, &job.id)?.unwrap();
+                let mut ids = Vec::new();
+                for t in 0..10 {
+                    ids.push(insert_slot(c, pk, Trigger::Schedule, t * 1000, "", 1)?.unwrap());
+                }
+                // The same slot again is refused by the UNIQUE key, not by timing.
+                assert_eq!(insert_slot(c, pk, Trigger::Schedule, 0, "", 2)?, None);
+                // A manual slot at the same instant is a different slot.
+                assert!(insert_slot(c, pk, Trigger::Manual, 0, "", 2)?.is_some());
+                // Finish all but the last two; those stay pending.
+                for id in &ids[..8] {
+                    finish(c, *id, RunState::Succeeded, 5, None)?;
+                }
+                let defaults = Retention {
+                    keep: 100,
+                    max_age_ms: 1_000_000,
+                };
+                let (deleted, last) = prune(c, 0, 100, 10, defaults)?;
+                Ok((deleted, last, ids))
+            })
+            .await
+            .unwrap();
+        let (deleted, last, ids) = out;
+        assert_eq!(last, None);
+        // 11 runs; keep newest 3 (manual + 2 pending); 8 finished older ones go.
+        assert_eq!(deleted, 8);
+        let left: Vec<i64> = store
+            .read(|c| {
+                let mut st = c.prepare("SELECT id FROM runs ORDER BY id")?;
+                let r = st.query_map([], |r| r.get(0))?;
+                Ok(r.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 3);
+        assert!(left.contains(&ids[8]) && left.contains(&ids[9]));
+        let job = store.read(|c| jobs::require(c, "j")).await.unwrap();
+        assert_eq!(job.counters.total, 11);
+        assert_eq!(job.counters.succeeded, 8);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn prune_by_age_uses_job_then_default() {
+        let (_dir, store) = temp_store();
+        let deleted = store
+            .write(|c| {
+                let (a, _) = jobs::upsert(c, "a", &spec(r#"{"max_age":"1s"}"#), 0, |_| None)?;
+                let (b, _) = jobs::upsert(c, "b", &spec("{}"), 0, |_| None)?;
+                for job in [&a, &b] {
+                    let pk = jobs::pk_of(c, &job.id)?.unwrap();
+                    let id = insert_slot(c, pk, Trigger::Schedule, 0, "", 0)?.unwrap();
+                    finish(c, id, RunState::Failed, 1, Some("boom"))?;
+                }
+                // At t = 5 s: job a (max_age 1 s) loses its run; b uses the 1 h default.
+                let defaults = Retention {
+                    keep: 100,
+                    max_age_ms: 3_600_000,
+                };
+                Ok(prune(c, 0, 100, 5_000, defaults)?.0)
+            })
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1);
+        let b = store.read(|c| jobs::require(c, "b")).await.unwrap();
+        assert_eq!(b.counters.failed, 1);
+        assert_eq!(b.counters.last_state.as_deref(), Some("failed"));
+        store.close().await;
+    }
+}

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod error;
 pub mod job;
 pub mod run;
+pub mod sign;
 pub mod time;
 
 pub use duration::Duration;

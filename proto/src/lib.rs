@@ -4,6 +4,7 @@
 //! the CLI and the tests all speak these types, so a change here is a change
 //! to the public API and must be reflected in `docs/api.md`.
 
+pub mod agent;
 pub mod duration;
 pub mod error;
 pub mod job;

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, env = "SUNDIAL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// File with the cluster secret (one per line; two during rotation)
+    /// [default: <data-dir>/cluster.secret, generated on first start].
+    #[arg(long, env = "SUNDIAL_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Lease granted to a node per attempt; heartbeats renew it [default: 30s].
+    #[arg(long, env = "SUNDIAL_LEASE")]
+    pub lease: Option<Duration>,
     /// High-availability mode [default: standalone].
     #[arg(long, env = "SUNDIAL_HA_MODE", value_enum)]
     pub ha_mode: Option<HaMode>,
@@ -84,6 +91,8 @@ struct FileConfig {
     history_max_age: Option<Duration>,
     max_body_bytes: Option<usize>,
     ha_mode: Option<HaMode>,
+    cluster_secret_file: Option<PathBuf>,
+    lease: Option<Duration>,
 }
 
 /// Fully resolved settings.
@@ -97,6 +106,8 @@ pub struct Settings {
     pub history_max_age: Duration,
     pub max_body_bytes: usize,
     pub ha_mode: HaMode,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub lease: Duration,
 }
 
 impl Default for Settings {
@@ -110,6 +121,8 @@ impl Default for Settings {
             history_max_age: Duration::from_secs_const(30 * 86_400),
             max_body_bytes: 1 << 20,
             ha_mode: HaMode::Standalone,
+            cluster_secret_file: None,
+            lease: Duration::from_secs_const(30),
         }
     }
 }
@@ -146,7 +159,12 @@ impl ServeArgs {
                 .or(file.max_body_bytes)
                 .unwrap_or(d.max_body_bytes),
             ha_mode: self.ha_mode.or(file.ha_mode).unwrap_or(d.ha_mode),
+            cluster_secret_file: self.cluster_secret_file.or(file.cluster_secret_file),
+            lease: self.lease.or(file.lease).unwrap_or(d.lease),
         };
+        if settings.lease.as_millis() < 1_000 {
+            bail!("lease must be at least 1s");
+        }
         if settings.history_keep == 0 {
             bail!("history_keep must be at least 1");
         }

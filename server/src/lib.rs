@@ -11,11 +11,14 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dispatch;
 pub mod metrics;
 pub mod misfire;
+pub mod registry;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod validate;

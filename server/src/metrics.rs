@@ -22,6 +22,12 @@ pub struct Metrics {
     pub runs: IntGaugeVec,
     pub epoch: IntGauge,
     pub is_primary: IntGauge,
+    pub dispatch_queue: IntGauge,
+    pub start_lateness_seconds: Histogram,
+    pub runs_dispatched: IntCounter,
+    pub runs_completed: IntCounterVec,
+    pub lease_expiries: IntCounter,
+    pub agent_auth_failures: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -102,6 +108,41 @@ impl Metrics {
             "is_primary",
             "1 when this server is the primary",
         ));
+        let dispatch_queue = must(IntGauge::new(
+            "dispatch_queue_depth",
+            "Pending runs waiting for a node",
+        ));
+        let start_lateness_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "start_lateness_seconds",
+                "Delay between a run's scheduled time and its assignment to a node",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,
+            ]),
+        ));
+        let runs_dispatched = must(IntCounter::new(
+            "runs_dispatched_total",
+            "Attempts assigned to nodes",
+        ));
+        let runs_completed = must(IntCounterVec::new(
+            Opts::new(
+                "runs_completed_total",
+                "Attempt results recorded, by outcome",
+            ),
+            &["outcome"],
+        ));
+        let lease_expiries = must(IntCounter::new(
+            "lease_expiries_total",
+            "Attempts whose lease expired (node lost)",
+        ));
+        let agent_auth_failures = must(IntCounterVec::new(
+            Opts::new(
+                "agent_auth_failures_total",
+                "Agent requests refused with 401, by reason",
+            ),
+            &["reason"],
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -115,6 +156,12 @@ impl Metrics {
             Box::new(runs.clone()),
             Box::new(epoch.clone()),
             Box::new(is_primary.clone()),
+            Box::new(dispatch_queue.clone()),
+            Box::new(start_lateness_seconds.clone()),
+            Box::new(runs_dispatched.clone()),
+            Box::new(runs_completed.clone()),
+            Box::new(lease_expiries.clone()),
+            Box::new(agent_auth_failures.clone()),
         ] {
             must(registry.register(c));
         }
@@ -132,6 +179,12 @@ impl Metrics {
             runs,
             epoch,
             is_primary,
+            dispatch_queue,
+            start_lateness_seconds,
+            runs_dispatched,
+            runs_completed,
+            lease_expiries,
+            agent_auth_failures,
         }
     }
 

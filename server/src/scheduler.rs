@@ -8,9 +8,12 @@
 //! slot. The loop then sleeps until the earliest remaining fire, or until an
 //! API write hints that something earlier exists.
 
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::misfire;
+use crate::registry::Registry;
 use crate::schedule::Schedule;
+use crate::store::lifecycle::Queued;
 use crate::store::{jobs, runs, Store, StoreError};
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -18,7 +21,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sundial_proto::time::now_ms;
-use sundial_proto::MisfirePolicy;
+use sundial_proto::{MisfirePolicy, Target};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,34 +32,51 @@ const IDLE_WAKE_MS: i64 = 60_000;
 /// Parsed schedules kept between fires.
 const CACHE_CAP: usize = 200_000;
 
+/// A due job's parsed schedule and target, kept while its columns are unchanged.
+struct Parsed {
+    schedule_text: String,
+    timezone: String,
+    target_text: String,
+    schedule: Schedule,
+    target: Arc<Target>,
+}
+
 /// Parsed schedules by job key, reused while the job's expression is unchanged.
 #[derive(Default)]
 struct ScheduleCache {
-    map: HashMap<i64, (String, String, Schedule)>,
+    map: HashMap<i64, Parsed>,
 }
 
 impl ScheduleCache {
-    fn get(&mut self, job: &jobs::DueJob) -> Result<&Schedule, crate::schedule::ScheduleError> {
+    fn get(&mut self, job: &jobs::DueJob) -> Result<&Parsed, crate::schedule::ScheduleError> {
         let fresh = matches!(self.map.get(&job.pk),
-            Some((s, tz, _)) if *s == job.schedule && *tz == job.timezone);
+            Some(p) if p.schedule_text == job.schedule && p.timezone == job.timezone
+                && p.target_text == job.target);
         if !fresh {
             if self.map.len() >= CACHE_CAP {
                 self.map.clear();
             }
-            let parsed = Schedule::parse(&job.schedule, &job.timezone)?;
-            self.map
-                .insert(job.pk, (job.schedule.clone(), job.timezone.clone(), parsed));
+            let parsed = Parsed {
+                schedule: Schedule::parse(&job.schedule, &job.timezone)?,
+                schedule_text: job.schedule.clone(),
+                timezone: job.timezone.clone(),
+                target: Arc::new(serde_json::from_str(&job.target).unwrap_or_default()),
+                target_text: job.target.clone(),
+            };
+            self.map.insert(job.pk, parsed);
         }
         match self.map.get(&job.pk) {
-            Some((_, _, s)) => Ok(s),
+            Some(p) => Ok(p),
             None => unreachable!("inserted above"),
         }
     }
 }
 
 /// What one tick did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Tick {
+    /// The slots created, for the dispatch queue.
+    pub created: Vec<Queued>,
     pub slots_created: usize,
     pub jobs_fired: usize,
     /// Earliest fire still pending after this tick.
@@ -66,6 +86,8 @@ pub struct Tick {
 pub struct Scheduler {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    dispatcher: Arc<Dispatcher>,
     cache: Arc<Mutex<ScheduleCache>>,
     wake: Notify,
     /// The instant the loop currently sleeps until (ms); hints earlier than it wake the loop.
@@ -73,10 +95,17 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Scheduler {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        dispatcher: Arc<Dispatcher>,
+    ) -> Scheduler {
         Scheduler {
             store,
             metrics,
+            registry,
+            dispatcher,
             cache: Arc::new(Mutex::new(ScheduleCache::default())),
             wake: Notify::new(),
             wake_at: AtomicI64::new(0),
@@ -98,10 +127,12 @@ impl Scheduler {
         loop {
             let cache = self.cache.clone();
             let metrics = self.metrics.clone();
-            let tick = self
+            let registry = self.registry.clone();
+            let mut tick = self
                 .store
-                .write(move |conn| fire_due(conn, now, FIRE_BATCH, &cache, &metrics))
+                .write(move |conn| fire_due(conn, now, FIRE_BATCH, &cache, &metrics, &registry))
                 .await?;
+            self.dispatcher.enqueue(std::mem::take(&mut tick.created));
             total.slots_created += tick.slots_created;
             total.jobs_fired += tick.jobs_fired;
             total.next_fire = tick.next_fire;
@@ -163,6 +194,7 @@ fn fire_due(
     limit: usize,
     cache: &Mutex<ScheduleCache>,
     metrics: &Metrics,
+    registry: &Registry,
 ) -> Result<Tick, StoreError> {
     let due = jobs::due(conn, now, limit)?;
     let mut tick = Tick {
@@ -173,8 +205,8 @@ fn fire_due(
         .lock()
         .map_err(|_| StoreError::Io("schedule cache poisoned".into()))?;
     for job in &due {
-        let schedule = match cache.get(job) {
-            Ok(s) => s,
+        let parsed = match cache.get(job) {
+            Ok(p) => p,
             Err(e) => {
                 // Validated on write, so only a hand-edited database gets here.
                 tracing::error!(job = %job.id, error = %e, "stored schedule no longer parses; disabling its timer");
@@ -187,8 +219,14 @@ fn fire_due(
             "run_all" => MisfirePolicy::RunAll,
             _ => MisfirePolicy::RunOnce,
         };
+        // A broadcast slot exists once per live matching node, fixed at fire time.
+        let slot_nodes: Vec<String> = if parsed.target.all {
+            registry.broadcast_targets(&parsed.target, &job.executor_kind, now)
+        } else {
+            vec![String::new()]
+        };
         let plan = misfire::plan(
-            schedule,
+            &parsed.schedule,
             job.next_fire_at,
             now,
             policy,
@@ -196,8 +234,20 @@ fn fire_due(
             job.max_catch_up.max(1) as usize,
         );
         for (at, trigger) in &plan.slots {
-            if runs::insert_slot(conn, job.pk, *trigger, *at, "", now)?.is_some() {
+            for node in &slot_nodes {
+                let Some(run_id) = runs::insert_slot(conn, job.pk, *trigger, *at, node, now)?
+                else {
+                    continue;
+                };
                 tick.slots_created += 1;
+                tick.created.push(Queued {
+                    run_id,
+                    job_pk: job.pk,
+                    slot_node: node.clone(),
+                    ready_at: *at,
+                    target: parsed.target.clone(),
+                    executor_kind: job.executor_kind.clone(),
+                });
                 metrics
                     .slots_created
                     .with_label_values(&[trigger.as_str()])

@@ -6,9 +6,12 @@
 use crate::api::{self, App};
 use crate::auth;
 use crate::config::Settings;
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::retention;
 use crate::scheduler::Scheduler;
+use crate::secrets::ClusterSecrets;
 use crate::store::runs::Retention;
 use crate::store::{Store, DB_FILE};
 use anyhow::Context;
@@ -51,7 +54,30 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
     );
     let admin_key =
         auth::bootstrap(&store, env_admin_key, settings.admin_key_file.as_deref()).await?;
-    let scheduler = Arc::new(Scheduler::new(store.clone(), metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let epoch = store
+        .write(crate::store::bump_epoch)
+        .await
+        .context("bumping the epoch")?;
+    metrics.epoch.set(epoch);
+    let secrets =
+        ClusterSecrets::load(settings.cluster_secret_file.as_deref(), &settings.data_dir)?;
+    let registry = Arc::new(Registry::load(&store).await.context("loading nodes")?);
+    let dispatcher = Arc::new(Dispatcher::new(
+        store.clone(),
+        metrics.clone(),
+        registry.clone(),
+        settings.lease.as_millis_i64(),
+        shutdown.clone(),
+    ));
+    let queued = dispatcher.load().await.context("loading pending runs")?;
+    tracing::info!(pending = queued, "dispatch queue loaded");
+    let scheduler = Arc::new(Scheduler::new(
+        store.clone(),
+        metrics.clone(),
+        registry.clone(),
+        dispatcher.clone(),
+    ));
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -65,12 +91,16 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         scheduler: scheduler.clone(),
         metrics: metrics.clone(),
         keys: auth::KeyCache::default(),
+        registry,
+        dispatcher: dispatcher.clone(),
+        secrets,
+        nonces: Default::default(),
         settings,
         started_at: now_ms(),
     });
-    let shutdown = CancellationToken::new();
     let tasks = CancellationToken::new();
     let scheduler_task = tokio::spawn(scheduler.run(tasks.clone()));
+    let dispatch_task = tokio::spawn(dispatcher.run_background(tasks.clone()));
     let retention_task = tokio::spawn(retention::run(
         store.clone(),
         retention_defaults,
@@ -86,6 +116,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
             .await;
         tasks.cancel();
         let _ = scheduler_task.await;
+        let _ = dispatch_task.await;
         let _ = retention_task.await;
         store.close().await;
         tracing::info!("server stopped");

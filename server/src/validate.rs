@@ -52,6 +52,19 @@ pub fn job_id(id: &str) -> Result<(), Invalid> {
     }
 }
 
+/// Node ids follow the job id rules (host names and Kubernetes node names fit).
+pub fn node_id(id: &str) -> Result<(), Invalid> {
+    job_id(id).map_err(|_| {
+        Invalid::new(
+            "invalid_id",
+            "node_id",
+            format!(
+                "node id {id:?} must be 1-{MAX_ID_LEN} characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+            ),
+        )
+    })
+}
+
 /// Parses a schedule, mapping errors onto the right field and code.
 pub fn schedule(expr: &str, timezone: &str) -> Result<Schedule, Invalid> {
     Schedule::parse(expr, timezone).map_err(|e| {

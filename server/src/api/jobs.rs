@@ -5,7 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody, Reader};
 use super::{parse_cursor, parse_query, AppState};
 use crate::schedule::Schedule;
-use crate::store::{jobs, runs, StoreError};
+use crate::store::{jobs, lifecycle, runs, StoreError};
 use crate::validate;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -128,32 +128,67 @@ pub async fn resume(
     set_paused(app, id, false).await
 }
 
-/// Creates a manual slot now. A manual trigger is its own slot: it never
-/// collides with a scheduled one, and two triggers in one millisecond get
-/// consecutive instants.
+/// Creates a manual slot now (one per live matching node for a broadcast
+/// job). A manual trigger is its own slot: it never collides with a scheduled
+/// one, and two triggers in one millisecond get consecutive instants.
 pub async fn trigger(
     State(app): State<AppState>,
     _: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
+    let current = {
+        let id = id.clone();
+        app.store.read(move |c| jobs::require(c, &id)).await?
+    };
+    let now = now_ms();
+    let kind = current.spec.executor.kind();
+    let slot_nodes: Vec<String> = if current.spec.target.all {
+        let nodes = app
+            .registry
+            .broadcast_targets(&current.spec.target, kind, now);
+        if nodes.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_eligible_nodes",
+                "the job broadcasts to all matching nodes and none is live",
+            ));
+        }
+        nodes
+    } else {
+        vec![String::new()]
+    };
     let metrics = app.metrics.clone();
-    let run = app
+    let (run, queued) = app
         .store
         .write(move |c| {
             let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
                 kind: "job",
                 id: id.clone(),
             })?;
-            let now = now_ms();
             for offset in 0..1000 {
-                if let Some(run_id) =
-                    runs::insert_slot(c, pk, runs::Trigger::Manual, now + offset, "", now)?
-                {
-                    metrics.slots_created.with_label_values(&["manual"]).inc();
-                    return runs::get(c, run_id)?.ok_or(StoreError::NotFound {
+                let at = now + offset;
+                let mut created = Vec::new();
+                for node in &slot_nodes {
+                    if let Some(run_id) =
+                        runs::insert_slot(c, pk, runs::Trigger::Manual, at, node, now)?
+                    {
+                        created.push(run_id);
+                    }
+                }
+                if let Some(first) = created.first() {
+                    metrics
+                        .slots_created
+                        .with_label_values(&["manual"])
+                        .inc_by(created.len() as u64);
+                    let mut queued = Vec::new();
+                    for run_id in &created {
+                        queued.extend(lifecycle::queued(c, *run_id)?);
+                    }
+                    let run = runs::get(c, *first)?.ok_or(StoreError::NotFound {
                         kind: "run",
-                        id: run_id.to_string(),
-                    });
+                        id: first.to_string(),
+                    })?;
+                    return Ok((run, queued));
                 }
             }
             Err(StoreError::Conflict(
@@ -161,5 +196,6 @@ pub async fn trigger(
             ))
         })
         .await?;
+    app.dispatcher.enqueue(queued);
     Ok((StatusCode::CREATED, Json(run)))
 }

@@ -2,18 +2,24 @@
 //! endpoint modules share. One module per resource: [`jobs`], [`runs`],
 //! [`keys`], [`preview`], [`probes`].
 
+pub mod agent;
+pub mod agent_auth;
 pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod keys;
+pub mod nodes;
 pub mod preview;
 pub mod probes;
 pub mod runs;
 
 use crate::auth::KeyCache;
 use crate::config::Settings;
+use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::scheduler::Scheduler;
+use crate::secrets::ClusterSecrets;
 use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -32,6 +38,10 @@ pub struct App {
     pub scheduler: Arc<Scheduler>,
     pub metrics: Arc<Metrics>,
     pub keys: KeyCache,
+    pub registry: Arc<Registry>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub secrets: ClusterSecrets,
+    pub nonces: agent_auth::NonceCache,
     pub settings: Settings,
     pub started_at: i64,
 }
@@ -139,6 +149,21 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/schedule/preview", get(preview::preview))
         .route("/v1/api-keys", get(keys::list).post(keys::create))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::delete))
+        .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{id}", get(nodes::get).delete(nodes::revoke))
+        .route(
+            "/v1/join-tokens",
+            get(nodes::list_tokens).post(nodes::create_token),
+        )
+        .route(
+            "/v1/join-tokens/{id}",
+            axum::routing::delete(nodes::delete_token),
+        )
+        .route("/v1/agent/join", post(agent::join))
+        .route("/v1/agent/register", post(agent::register))
+        .route("/v1/agent/poll", post(agent::poll))
+        .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
+        .route("/v1/agent/runs/{id}/complete", post(agent::complete))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

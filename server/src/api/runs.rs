@@ -4,7 +4,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Reader};
 use super::jobs::page_limit;
 use super::{parse_cursor, parse_query, AppState};
-use crate::store::{jobs, runs, StoreError};
+use crate::store::{jobs, lifecycle, runs, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use serde::Deserialize;
@@ -81,7 +81,8 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
 }
 
-/// Cancels a pending or running run. Cancelling a finished run is a conflict.
+/// Cancels a pending run at once; a running one is told to stop at its next
+/// heartbeat. Cancelling a finished run is a conflict.
 pub async fn cancel(
     State(app): State<AppState>,
     _: Admin,
@@ -90,15 +91,7 @@ pub async fn cancel(
     let id = run_id(&raw)?;
     let run = app
         .store
-        .write(move |c| {
-            runs::finish(
-                c,
-                id,
-                RunState::Cancelled,
-                now_ms(),
-                Some("cancelled by operator"),
-            )
-        })
+        .write(move |c| lifecycle::cancel(c, id, now_ms()))
         .await?;
     Ok(Json(run))
 }

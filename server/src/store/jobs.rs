@@ -95,6 +95,8 @@ pub fn upsert(
 ) -> Result<(Job, Upserted), StoreError> {
     let spec_text = serde_json::to_string(spec)
         .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
+    let target_text = serde_json::to_string(&spec.target)
+        .map_err(|e| StoreError::Corrupt(format!("encoding target: {e}")))?;
     let existing: Option<(String, String, String, bool, Option<i64>)> = conn
         .prepare_cached(
             "SELECT spec, schedule, timezone, enabled, next_fire_at FROM jobs WHERE id = ?1",
@@ -116,7 +118,8 @@ pub fn upsert(
             conn.prepare_cached(
                 "UPDATE jobs SET spec = ?2, schedule = ?3, timezone = ?4, misfire = ?5, grace_ms = ?6,
                     max_catch_up = ?7, concurrency = ?8, enabled = ?9, next_fire_at = ?10,
-                    keep_runs = ?11, max_age_ms = ?12, updated_at = ?13
+                    keep_runs = ?11, max_age_ms = ?12, updated_at = ?13, target = ?14,
+                    executor_kind = ?15
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -133,14 +136,17 @@ pub fn upsert(
                 spec.history.keep,
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
+                target_text,
+                spec.executor.kind(),
             ])?;
             Upserted::Updated
         }
         None => {
             conn.prepare_cached(
                 "INSERT INTO jobs (id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
-                    concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+                    concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at,
+                    target, executor_kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)",
             )?
             .execute(params![
                 id,
@@ -156,6 +162,8 @@ pub fn upsert(
                 spec.history.keep,
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
+                target_text,
+                spec.executor.kind(),
             ])?;
             Upserted::Created
         }
@@ -207,12 +215,16 @@ pub struct DueJob {
     pub grace_ms: i64,
     pub max_catch_up: i64,
     pub next_fire_at: i64,
+    /// JSON of the job's target.
+    pub target: String,
+    pub executor_kind: String,
 }
 
 /// Jobs whose `next_fire_at` is at or before `now`, earliest first.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<DueJob>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT pk, id, schedule, timezone, misfire, grace_ms, max_catch_up, next_fire_at
+        "SELECT pk, id, schedule, timezone, misfire, grace_ms, max_catch_up, next_fire_at,
+                target, executor_kind
          FROM jobs
          WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at <= ?1
          ORDER BY next_fire_at LIMIT ?2",
@@ -227,6 +239,8 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<DueJob>, Sto
             grace_ms: r.get(5)?,
             max_catch_up: r.get(6)?,
             next_fire_at: r.get(7)?,
+            target: r.get(8)?,
+            executor_kind: r.get(9)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

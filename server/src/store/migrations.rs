@@ -5,7 +5,7 @@ use rusqlite::Connection;
 
 /// Each entry upgrades the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1: jobs, runs, api keys, cluster state.
+    // 1: jobs, runs, api keys, nodes, join tokens, cluster state.
     r#"
     CREATE TABLE cluster (
         id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -29,6 +29,8 @@ const MIGRATIONS: &[&str] = &[
         grace_ms       INTEGER NOT NULL,
         max_catch_up   INTEGER NOT NULL,
         concurrency    TEXT NOT NULL,
+        target         TEXT NOT NULL DEFAULT '{}',
+        executor_kind  TEXT NOT NULL DEFAULT 'exec',
         enabled        INTEGER NOT NULL,
         paused         INTEGER NOT NULL DEFAULT 0,
         next_fire_at   INTEGER,
@@ -60,10 +62,36 @@ const MIGRATIONS: &[&str] = &[
         output         TEXT,
         truncated      INTEGER NOT NULL DEFAULT 0,
         error          TEXT,
+        assigned_node  TEXT,
+        last_node      TEXT,
+        lease_expires_at INTEGER,
+        not_before     INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
         UNIQUE (job, trigger, scheduled_for, node)
     );
     CREATE INDEX runs_by_job ON runs (job, id);
     CREATE INDEX runs_by_state ON runs (state, id);
+    CREATE INDEX runs_active_by_job ON runs (job) WHERE state = 'running';
+    CREATE TABLE nodes (
+        id          TEXT PRIMARY KEY,
+        generation  INTEGER NOT NULL DEFAULT 1,
+        revoked     INTEGER NOT NULL DEFAULT 0,
+        labels      TEXT NOT NULL DEFAULT '{}',
+        capacity    INTEGER NOT NULL DEFAULT 0,
+        executors   TEXT NOT NULL DEFAULT '[]',
+        version     TEXT NOT NULL DEFAULT '',
+        joined_at   INTEGER NOT NULL,
+        last_seen   INTEGER
+    );
+    CREATE TABLE join_tokens (
+        id          TEXT PRIMARY KEY,
+        hash        BLOB NOT NULL UNIQUE,
+        name        TEXT NOT NULL DEFAULT '',
+        expires_at  INTEGER NOT NULL,
+        max_uses    INTEGER,
+        uses        INTEGER NOT NULL DEFAULT 0,
+        created_at  INTEGER NOT NULL
+    );
     "#,
 ];
 

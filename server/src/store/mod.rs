@@ -7,8 +7,11 @@
 
 pub mod jobs;
 pub mod keys;
+pub mod lifecycle;
 pub mod migrations;
+pub mod nodes;
 pub mod runs;
+pub mod tokens;
 pub mod writer;
 
 use crate::metrics::Metrics;
@@ -139,10 +142,19 @@ impl Store {
 
 fn ensure_cluster_row(conn: &Connection) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO cluster (id, epoch, created_at) VALUES (1, 1, ?1) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO cluster (id, epoch, created_at) VALUES (1, 0, ?1) ON CONFLICT (id) DO NOTHING",
         [sundial_proto::time::now_ms()],
     )?;
     Ok(())
+}
+
+/// Starts a new term as primary: increments and returns the cluster epoch.
+pub fn bump_epoch(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "UPDATE cluster SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Reads the cluster epoch (fencing token).

@@ -144,6 +144,17 @@ pub fn finish(
     now: i64,
     error: Option<&str>,
 ) -> Result<Run, StoreError> {
+    finish_at(conn, id, state, now, error)
+}
+
+/// [`finish`] with an explicit finish time (as reported by the node).
+pub fn finish_at(
+    conn: &Connection,
+    id: i64,
+    state: RunState,
+    now: i64,
+    error: Option<&str>,
+) -> Result<Run, StoreError> {
     debug_assert!(state.is_terminal());
     let run = get(conn, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "run",
@@ -156,7 +167,9 @@ pub fn finish(
         )));
     }
     conn.prepare_cached(
-        "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error) WHERE id = ?1",
+        "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error),
+             lease_expires_at = NULL
+         WHERE id = ?1",
     )?
     .execute(params![id, state.as_str(), now, error])?;
     let (succeeded, failed) = match state {

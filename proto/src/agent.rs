@@ -1,0 +1,123 @@
+//! The agent protocol: what daemons and the server exchange on `/v1/agent/*`.
+//! Every request except `join` is signed (see [`crate::sign`]).
+
+use crate::job::Executor;
+use crate::time::{rfc3339, rfc3339_opt};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/agent/join`, authorized by `Authorization: Sundial-Join <token>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub node_id: String,
+}
+
+/// The node credential a join returns; the daemon stores it (mode 0600).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    pub node_id: String,
+    pub generation: u64,
+    /// Hex of the 32-byte node key.
+    pub key: String,
+}
+
+/// `POST /v1/agent/register`: what the node offers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    #[serde(default)]
+    pub version: String,
+    /// Executor types this node accepts (`exec`, `shell`, `http`).
+    pub executors: Vec<String>,
+}
+
+/// `POST /v1/agent/poll`: ask for up to `max` runs, waiting up to `wait_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    pub max: u32,
+    #[serde(default = "default_wait")]
+    pub wait_ms: u64,
+}
+
+fn default_wait() -> u64 {
+    30_000
+}
+
+/// One unit of work handed to a node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Assignment {
+    pub run_id: i64,
+    pub job_id: String,
+    pub attempt: u32,
+    #[serde(with = "rfc3339")]
+    pub scheduled_for: i64,
+    pub executor: Executor,
+    /// Longest the attempt may run, in milliseconds (None: no limit).
+    pub timeout_ms: Option<u64>,
+    /// Heartbeat at least this often (ms) or the lease expires.
+    pub lease_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PollResponse {
+    pub runs: Vec<Assignment>,
+}
+
+/// `POST /v1/agent/runs/{id}/heartbeat`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeartbeatResponse {
+    /// The operator cancelled the run (or it was replaced): stop it.
+    pub cancel: bool,
+    #[serde(with = "rfc3339_opt")]
+    pub lease_expires_at: Option<i64>,
+}
+
+/// How an attempt ended, as the daemon reports it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// The daemon gave the run back (drain): the server retries it.
+    HandedBack,
+}
+
+/// `POST /v1/agent/runs/{id}/complete` (idempotent).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub attempt: u32,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default)]
+    pub truncated: bool,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(with = "rfc3339")]
+    pub started_at: i64,
+    #[serde(with = "rfc3339")]
+    pub finished_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteResponse {
+    /// `recorded`, `duplicate` (already recorded) or `stale` (a newer attempt exists).
+    pub status: String,
+}

@@ -1,0 +1,213 @@
+//! Agent endpoints (`/v1/agent/*`): join with a token, then signed
+//! register, long-poll, heartbeat and (idempotent) completion.
+
+use super::agent_auth::{refuse, Signed};
+use super::error::{ApiError, ApiResult};
+use super::extract::JsonBody;
+use super::AppState;
+use crate::auth::hash_key;
+use crate::registry::NodeInfo;
+use crate::store::lifecycle::{self, Completion, RunCall};
+use crate::store::{nodes, tokens};
+use crate::validate;
+use axum::extract::{Path, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use std::time::Duration;
+use sundial_proto::agent::{
+    CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
+    JoinRequest, PollRequest, PollResponse, RegisterRequest,
+};
+use sundial_proto::sign::derive_node_key;
+use sundial_proto::time::now_ms;
+
+/// The join token scheme: `Authorization: Sundial-Join <token>`.
+pub const JOIN_SCHEME: &str = "Sundial-Join ";
+/// Longest long-poll the server holds.
+pub const MAX_WAIT_MS: u64 = 60_000;
+
+pub async fn join(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<JoinRequest>,
+) -> ApiResult<(StatusCode, Json<Credential>)> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix(JOIN_SCHEME))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| refuse(&app, "missing_join_token", Some(&req.node_id)))?
+        .to_string();
+    validate::node_id(&req.node_id)?;
+    let hash = hash_key(&token);
+    let node_id = req.node_id.clone();
+    let outcome = app
+        .store
+        .write(move |c| {
+            let now = now_ms();
+            match tokens::consume(c, &hash, now)? {
+                Ok(()) => Ok(Some(nodes::join(c, &node_id, now)?)),
+                Err(_) => Ok(None),
+            }
+        })
+        .await?;
+    let Some(generation) = outcome else {
+        return Err(refuse(&app, "bad_join_token", Some(&req.node_id)));
+    };
+    let key = derive_node_key(app.secrets.current(), &req.node_id, generation);
+    app.registry.put(NodeInfo {
+        id: req.node_id.clone(),
+        generation,
+        revoked: false,
+        labels: Default::default(),
+        executors: Vec::new(),
+        capacity: 0,
+        last_seen: now_ms(),
+    });
+    tracing::info!(node = %req.node_id, generation, "node joined");
+    Ok((
+        StatusCode::CREATED,
+        Json(Credential {
+            node_id: req.node_id,
+            generation,
+            key: key.to_hex(),
+        }),
+    ))
+}
+
+pub async fn register(
+    State(app): State<AppState>,
+    signed: Signed<RegisterRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req = signed.body;
+    for k in req.labels.keys() {
+        if k.is_empty() || k.len() > validate::MAX_ID_LEN {
+            return Err(ApiError::bad_request(
+                "invalid_value",
+                "labels",
+                format!("label key {k:?} is not valid"),
+            ));
+        }
+    }
+    let allowed = ["exec", "shell", "http"];
+    if let Some(bad) = req
+        .executors
+        .iter()
+        .find(|e| !allowed.contains(&e.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "executors",
+            format!("unknown executor {bad:?}"),
+        ));
+    }
+    let id = signed.node.id.clone();
+    let r = req.clone();
+    app.store
+        .write(move |c| {
+            nodes::register(
+                c,
+                &id,
+                &r.labels,
+                r.capacity,
+                &r.executors,
+                &r.version,
+                now_ms(),
+            )
+        })
+        .await?;
+    app.registry.update(&signed.node.id, |n| {
+        n.labels = req.labels;
+        n.executors = req.executors;
+        n.capacity = req.capacity;
+    });
+    tracing::info!(node = %signed.node.id, "node registered");
+    Ok(Json(
+        serde_json::json!({"node_id": signed.node.id, "lease_ms": app.dispatcher.lease_ms()}),
+    ))
+}
+
+pub async fn poll(
+    State(app): State<AppState>,
+    signed: Signed<PollRequest>,
+) -> ApiResult<Json<PollResponse>> {
+    let wait = Duration::from_millis(signed.body.wait_ms.min(MAX_WAIT_MS));
+    let max = signed.body.max.clamp(1, 1000) as usize;
+    // The registry holds the labels/executors the node registered.
+    let node = app.registry.get(&signed.node.id).unwrap_or(signed.node);
+    let runs = app.dispatcher.poll(node, max, wait).await?;
+    Ok(Json(PollResponse { runs }))
+}
+
+fn run_id(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
+}
+
+fn run_call_error(e: RunCall, id: i64) -> ApiError {
+    match e {
+        RunCall::Unknown => ApiError::not_found(format!("run {id} not found")),
+        RunCall::NotYours => ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("run {id} is not assigned to this node"),
+        ),
+    }
+}
+
+pub async fn heartbeat(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    signed: Signed<HeartbeatRequest>,
+) -> ApiResult<Json<HeartbeatResponse>> {
+    let id = run_id(&raw)?;
+    let node = signed.node.id.clone();
+    let attempt = signed.body.attempt;
+    let lease = app.dispatcher.lease_ms();
+    let result = app
+        .store
+        .write(move |c| lifecycle::heartbeat(c, &node, id, attempt, now_ms(), lease))
+        .await?;
+    let (cancel, expires) = result.map_err(|e| run_call_error(e, id))?;
+    Ok(Json(HeartbeatResponse {
+        cancel,
+        lease_expires_at: Some(expires),
+    }))
+}
+
+pub async fn complete(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    signed: Signed<CompleteRequest>,
+) -> ApiResult<Json<CompleteResponse>> {
+    let id = run_id(&raw)?;
+    let node = signed.node.id.clone();
+    let req = signed.body;
+    let outcome = format!("{:?}", req.outcome).to_lowercase();
+    let result = app
+        .store
+        .write(move |c| lifecycle::complete(c, &node, id, &req, now_ms()))
+        .await?
+        .map_err(|e| run_call_error(e, id))?;
+    let status = match result {
+        Completion::Recorded { requeue, .. } => {
+            app.metrics
+                .runs_completed
+                .with_label_values(&[&outcome])
+                .inc();
+            if let Some(q) = requeue {
+                app.dispatcher.enqueue(vec![q]);
+            }
+            "recorded"
+        }
+        Completion::Duplicate => "duplicate",
+        Completion::Stale => "stale",
+    };
+    Ok(Json(CompleteResponse {
+        status: status.to_string(),
+    }))
+}

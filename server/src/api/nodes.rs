@@ -1,0 +1,146 @@
+//! Node administration: `GET /v1/nodes`, `GET|DELETE /v1/nodes/{id}` (delete
+//! revokes), and join tokens `POST|GET /v1/join-tokens`, `DELETE /v1/join-tokens/{id}`.
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, JsonBody, Reader};
+use super::AppState;
+use crate::auth::hash_key;
+use crate::registry::LIVE_WINDOW_MS;
+use crate::store::nodes::{self, Node};
+use crate::store::tokens;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sundial_proto::time::{format_ms, now_ms};
+use sundial_proto::Duration;
+
+fn with_status(n: Node, now: i64) -> Value {
+    let status = if n.revoked {
+        "revoked"
+    } else if n.last_seen.is_some_and(|t| now - t <= LIVE_WINDOW_MS) {
+        "ready"
+    } else {
+        "down"
+    };
+    let mut v = serde_json::to_value(&n).unwrap_or(Value::Null);
+    v["status"] = json!(status);
+    v
+}
+
+fn live_view(app: &AppState, mut n: Node) -> Node {
+    if let Some(info) = app.registry.get(&n.id) {
+        n.last_seen = Some(n.last_seen.unwrap_or(0).max(info.last_seen)).filter(|t| *t > 0);
+    }
+    n
+}
+
+pub async fn list(State(app): State<AppState>, _: Reader) -> ApiResult<Json<Value>> {
+    let all = app.store.read(nodes::list).await?;
+    let now = now_ms();
+    let items: Vec<Value> = all
+        .into_iter()
+        .map(|n| with_status(live_view(&app, n), now))
+        .collect();
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    _: Reader,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let shown = id.clone();
+    let node = app
+        .store
+        .read(move |c| nodes::get(c, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("node {shown:?} not found")))?;
+    Ok(Json(with_status(live_view(&app, node), now_ms())))
+}
+
+/// Revokes a node: its generation is bumped, so its key stops verifying at
+/// once. The node can join again with a join token (new credential).
+pub async fn revoke(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let key = id.clone();
+    if !app.store.write(move |c| nodes::revoke(c, &key)).await? {
+        return Err(ApiError::not_found(format!("node {id:?} not found")));
+    }
+    app.registry.update(&id, |n| {
+        n.revoked = true;
+        n.generation += 1;
+    });
+    tracing::info!(node = %id, "node revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    name: String,
+    /// How long the token may be used to join [default: 24h].
+    #[serde(default)]
+    ttl: Option<Duration>,
+    /// Joins allowed with it (unlimited when absent: a DaemonSet shares one token).
+    #[serde(default)]
+    max_uses: Option<u32>,
+}
+
+pub async fn create_token(
+    State(app): State<AppState>,
+    _: Admin,
+    JsonBody(req): JsonBody<NewToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    if req.max_uses == Some(0) {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "max_uses",
+            "max_uses must be at least 1",
+        ));
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!(
+        "sjt_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = hash_key(&token);
+    let id = format!("jt_{}", hex::encode(&hash[..6]));
+    let now = now_ms();
+    let expires = now + req.ttl.map_or(86_400_000, |d| d.as_millis_i64());
+    let (id2, name, max_uses) = (id.clone(), req.name.clone(), req.max_uses);
+    app.store
+        .write(move |c| tokens::insert(c, &id2, &hash, &name, expires, max_uses, now))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "token": token, "name": req.name,
+                    "expires_at": format_ms(expires), "max_uses": req.max_uses})),
+    ))
+}
+
+pub async fn list_tokens(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
+    let items = app.store.read(tokens::list).await?;
+    Ok(Json(json!({"items": items, "next_cursor": null})))
+}
+
+pub async fn delete_token(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let key = id.clone();
+    if app.store.write(move |c| tokens::delete(c, &key)).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("join token {id:?} not found")))
+    }
+}

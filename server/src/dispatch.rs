@@ -1,0 +1,279 @@
+//! Dispatch (primary only): pending runs wait in memory, ordered by the time
+//! they may start; daemons long-poll and receive batches of runs they are
+//! eligible for (target, labels, executors). Assignment is a database write
+//! that applies the concurrency policy and grants a lease; heartbeats extend
+//! it, and an expired lease turns the attempt `lost` and schedules a retry.
+//!
+//! The queue is rebuilt from the database (`state = 'pending'`) whenever a
+//! server becomes primary, so nothing lives only in memory.
+
+use crate::metrics::Metrics;
+use crate::registry::{NodeInfo, Registry};
+use crate::store::lifecycle::{self, Queued};
+use crate::store::{nodes, Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sundial_proto::agent::Assignment;
+use sundial_proto::time::now_ms;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often leases are checked.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+/// How often in-memory last-seen times are written.
+const FLUSH_SEEN_EVERY: Duration = Duration::from_secs(5);
+
+struct Waiter {
+    node: Arc<NodeInfo>,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Pending runs by (ready_at, run id).
+    queue: BTreeMap<(i64, i64), Queued>,
+    /// Long-polls waiting for work, by node id.
+    waiters: HashMap<String, Waiter>,
+}
+
+pub struct Dispatcher {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    lease_ms: i64,
+    inner: Mutex<Inner>,
+    /// Cancelled at shutdown: long-polls return at once so HTTP can drain.
+    stopping: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+        lease_ms: i64,
+        stopping: CancellationToken,
+    ) -> Dispatcher {
+        Dispatcher {
+            store,
+            metrics,
+            registry,
+            lease_ms,
+            inner: Mutex::new(Inner::default()),
+            stopping,
+        }
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.lease_ms
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the queue inconsistent
+        // (every mutation is a single insert/remove), so recover from poison.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the queue from the database and renews leases (at promotion).
+    pub async fn load(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let lease = self.lease_ms;
+        self.store
+            .write(move |c| lifecycle::renew_all_leases(c, now, lease))
+            .await?;
+        let pending = self.store.read(lifecycle::load_pending).await?;
+        let n = pending.len();
+        {
+            let mut inner = self.lock();
+            inner.queue.clear();
+        }
+        self.enqueue(pending);
+        Ok(n)
+    }
+
+    /// Adds runs to the queue and wakes eligible waiting nodes.
+    pub fn enqueue(&self, runs: Vec<Queued>) {
+        if runs.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut inner = self.lock();
+        let mut wake: Vec<Arc<Notify>> = Vec::new();
+        for q in runs {
+            if q.ready_at <= now {
+                if !q.slot_node.is_empty() {
+                    if let Some(w) = inner.waiters.get(&q.slot_node) {
+                        wake.push(w.notify.clone());
+                    }
+                } else if let Some(w) = inner
+                    .waiters
+                    .values()
+                    .find(|w| w.node.eligible(&q.target, &q.executor_kind, &q.slot_node))
+                {
+                    wake.push(w.notify.clone());
+                }
+            }
+            inner.queue.insert((q.ready_at, q.run_id), q);
+        }
+        self.metrics.dispatch_queue.set(inner.queue.len() as i64);
+        drop(inner);
+        for n in wake {
+            n.notify_one();
+        }
+    }
+
+    /// Removes up to `max` runs that `node` may take now; returns them and the
+    /// earliest future ready time (to bound the wait).
+    fn claim(&self, node: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
+        let mut inner = self.lock();
+        let mut keys = Vec::new();
+        let mut next_ready = None;
+        for (key, q) in inner.queue.iter() {
+            if key.0 > now {
+                next_ready = Some(key.0);
+                break;
+            }
+            if node.eligible(&q.target, &q.executor_kind, &q.slot_node) {
+                keys.push(*key);
+                if keys.len() >= max {
+                    break;
+                }
+            }
+        }
+        let claimed: Vec<Queued> = keys.iter().filter_map(|k| inner.queue.remove(k)).collect();
+        self.metrics.dispatch_queue.set(inner.queue.len() as i64);
+        (claimed, next_ready)
+    }
+
+    /// Long-poll: returns as soon as runs are assigned to `node`, or empty after `wait`.
+    pub async fn poll(
+        &self,
+        node: Arc<NodeInfo>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Assignment>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = Arc::new(Notify::new());
+        loop {
+            let now = now_ms();
+            let (claimed, next_ready) = self.claim(&node, max.max(1), now);
+            if !claimed.is_empty() {
+                let lease = self.lease_ms;
+                let node_id = node.id.clone();
+                let result = self
+                    .store
+                    .write(move |c| lifecycle::assign(c, &node_id, claimed, now, lease))
+                    .await?;
+                self.enqueue(result.later);
+                if !result.runs.is_empty() {
+                    for a in &result.runs {
+                        let late = (now - a.scheduled_for).max(0) as f64 / 1000.0;
+                        self.metrics.start_lateness_seconds.observe(late);
+                    }
+                    self.metrics
+                        .runs_dispatched
+                        .inc_by(result.runs.len() as u64);
+                    return Ok(result.runs);
+                }
+                continue;
+            }
+            // Register, then look once more so a run queued in between is not missed.
+            {
+                let mut inner = self.lock();
+                inner.waiters.insert(
+                    node.id.clone(),
+                    Waiter {
+                        node: node.clone(),
+                        notify: notify.clone(),
+                    },
+                );
+            }
+            let has_work = {
+                let inner = self.lock();
+                let now = now_ms();
+                inner
+                    .queue
+                    .iter()
+                    .take_while(|(k, _)| k.0 <= now)
+                    .any(|(_, q)| node.eligible(&q.target, &q.executor_kind, &q.slot_node))
+            };
+            if !has_work {
+                let until = match next_ready {
+                    Some(t) => {
+                        let in_ms = (t - now_ms()).max(0) as u64;
+                        deadline.min(tokio::time::Instant::now() + Duration::from_millis(in_ms))
+                    }
+                    None => deadline,
+                };
+                tokio::select! {
+                    _ = notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = self.stopping.cancelled() => {}
+                }
+            }
+            {
+                let mut inner = self.lock();
+                if inner
+                    .waiters
+                    .get(&node.id)
+                    .is_some_and(|w| Arc::ptr_eq(&w.notify, &notify))
+                {
+                    inner.waiters.remove(&node.id);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Expires overdue leases once; queues the retries.
+    pub async fn reap_once(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let (requeue, expired) = self
+            .store
+            .write(move |c| lifecycle::expire_leases(c, now))
+            .await?;
+        if expired > 0 {
+            self.metrics.lease_expiries.inc_by(expired as u64);
+            tracing::warn!(expired, retried = requeue.len(), "leases expired");
+        }
+        self.enqueue(requeue);
+        Ok(expired)
+    }
+
+    /// Background duties: lease expiry and last-seen flushes, until shutdown.
+    pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut reap = tokio::time::interval(REAP_EVERY);
+        let mut flush = tokio::time::interval(FLUSH_SEEN_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = reap.tick() => {
+                    if let Err(e) = self.reap_once().await {
+                        if matches!(e, StoreError::Closed) { break; }
+                        tracing::error!(error = %e, "lease expiry failed");
+                    }
+                }
+                _ = flush.tick() => self.flush_seen().await,
+            }
+        }
+        self.flush_seen().await;
+    }
+
+    async fn flush_seen(&self) {
+        let seen = self.registry.take_dirty();
+        if seen.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.write(move |c| nodes::touch_many(c, &seen)).await {
+            tracing::warn!(error = %e, "writing node last-seen times");
+        }
+    }
+
+    /// Number of runs waiting for a node.
+    pub fn queue_len(&self) -> usize {
+        self.lock().queue.len()
+    }
+}

@@ -1,0 +1,150 @@
+//! The in-memory view of worker nodes: generation (for key derivation),
+//! labels, executors, capacity and last contact. Loaded from the `nodes`
+//! table at start, updated on join/register/revoke, and flushed back
+//! (last-seen only) in batches so polls never write.
+
+use crate::store::{nodes, Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use sundial_proto::Target;
+
+/// A node is live when it was heard from within this window.
+pub const LIVE_WINDOW_MS: i64 = 120_000;
+
+/// What dispatch and auth need to know about a node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub generation: u64,
+    pub revoked: bool,
+    pub labels: BTreeMap<String, String>,
+    pub executors: Vec<String>,
+    pub capacity: u32,
+    pub last_seen: i64,
+}
+
+impl NodeInfo {
+    /// Whether this node may run a job with `target` and executor `kind`.
+    /// `slot_node` is the node a broadcast slot belongs to ('' for any).
+    pub fn eligible(&self, target: &Target, kind: &str, slot_node: &str) -> bool {
+        if self.revoked || !self.executors.iter().any(|e| e == kind) {
+            return false;
+        }
+        if !slot_node.is_empty() {
+            return slot_node == self.id;
+        }
+        self.matches(target)
+    }
+
+    /// Target match ignoring executors: node list and label selector.
+    pub fn matches(&self, target: &Target) -> bool {
+        (target.nodes.is_empty() || target.nodes.iter().any(|n| *n == self.id))
+            && target
+                .labels
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Default)]
+pub struct Registry {
+    nodes: RwLock<HashMap<String, Arc<NodeInfo>>>,
+    /// Last contact not yet written to the database.
+    dirty: RwLock<HashMap<String, i64>>,
+}
+
+impl Registry {
+    /// Loads every node from the database.
+    pub async fn load(store: &Store) -> Result<Registry, StoreError> {
+        let all = store.read(nodes::list).await?;
+        let map = all
+            .into_iter()
+            .map(|n| {
+                let info = NodeInfo {
+                    id: n.id.clone(),
+                    generation: n.generation,
+                    revoked: n.revoked,
+                    labels: n.labels,
+                    executors: n.executors,
+                    capacity: n.capacity,
+                    last_seen: n.last_seen.unwrap_or(0),
+                };
+                (n.id, Arc::new(info))
+            })
+            .collect();
+        Ok(Registry {
+            nodes: RwLock::new(map),
+            dirty: RwLock::default(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<NodeInfo>> {
+        self.nodes.read().ok()?.get(id).cloned()
+    }
+
+    /// Inserts or replaces a node's info.
+    pub fn put(&self, info: NodeInfo) {
+        if let Ok(mut m) = self.nodes.write() {
+            m.insert(info.id.clone(), Arc::new(info));
+        }
+    }
+
+    /// Applies `f` to a copy of the node's info and stores it.
+    pub fn update(&self, id: &str, f: impl FnOnce(&mut NodeInfo)) {
+        if let Ok(mut m) = self.nodes.write() {
+            if let Some(cur) = m.get(id) {
+                let mut next = (**cur).clone();
+                f(&mut next);
+                m.insert(id.to_string(), Arc::new(next));
+            }
+        }
+    }
+
+    /// Notes contact from a node (cheap; flushed later).
+    pub fn seen(&self, id: &str, now: i64) {
+        let stale = self.get(id).is_some_and(|n| now - n.last_seen > 1_000);
+        if stale {
+            self.update(id, |n| n.last_seen = now);
+            if let Ok(mut d) = self.dirty.write() {
+                d.insert(id.to_string(), now);
+            }
+        }
+    }
+
+    /// Takes the last-seen times to flush.
+    pub fn take_dirty(&self) -> Vec<(String, i64)> {
+        self.dirty
+            .write()
+            .map(|mut d| d.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Live, non-revoked nodes matching a broadcast target.
+    pub fn broadcast_targets(&self, target: &Target, kind: &str, now: i64) -> Vec<String> {
+        let Ok(m) = self.nodes.read() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = m
+            .values()
+            .filter(|n| {
+                !n.revoked
+                    && now - n.last_seen <= LIVE_WINDOW_MS
+                    && n.executors.iter().any(|e| e == kind)
+                    && n.matches(target)
+            })
+            .map(|n| n.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// A consistent snapshot of all nodes (for the scheduler's broadcast slots).
+    pub fn snapshot(&self) -> Arc<Vec<Arc<NodeInfo>>> {
+        Arc::new(
+            self.nodes
+                .read()
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+        )
+    }
+}

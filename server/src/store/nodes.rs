@@ -1,0 +1,121 @@
+//! The `nodes` table: worker nodes that joined, their generation (bumped on
+//! revoke or re-join, which invalidates the derived key), labels, capacity
+//! and last contact. No key material is stored here.
+
+use super::StoreError;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A node as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub id: String,
+    pub generation: u64,
+    pub revoked: bool,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub executors: Vec<String>,
+    pub version: String,
+    #[serde(with = "sundial_proto::time::rfc3339")]
+    pub joined_at: i64,
+    #[serde(with = "sundial_proto::time::rfc3339_opt")]
+    pub last_seen: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, generation, revoked, labels, capacity, executors, version, joined_at, last_seen";
+
+fn json_col<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Node> {
+    Ok(Node {
+        id: row.get(0)?,
+        generation: row.get::<_, i64>(1)? as u64,
+        revoked: row.get(2)?,
+        labels: json_col(row, 3)?,
+        capacity: row.get(4)?,
+        executors: json_col(row, 5)?,
+        version: row.get(6)?,
+        joined_at: row.get(7)?,
+        last_seen: row.get(8)?,
+    })
+}
+
+pub fn get(conn: &Connection, id: &str) -> Result<Option<Node>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM nodes WHERE id = ?1"))?
+        .query_row([id], from_row)
+        .optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM nodes ORDER BY id"))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Joins a node: creates it at generation 1, or re-joins it at the next
+/// generation (invalidating any earlier credential). Returns the generation.
+pub fn join(conn: &Connection, id: &str, now: i64) -> Result<u64, StoreError> {
+    let gen: i64 = conn
+        .prepare_cached(
+            "INSERT INTO nodes (id, generation, joined_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (id) DO UPDATE SET generation = generation + 1, revoked = 0, joined_at = ?2
+             RETURNING generation",
+        )?
+        .query_row(params![id, now], |r| r.get(0))?;
+    Ok(gen as u64)
+}
+
+/// Records what a node offers.
+pub fn register(
+    conn: &Connection,
+    id: &str,
+    labels: &BTreeMap<String, String>,
+    capacity: u32,
+    executors: &[String],
+    version: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let labels = serde_json::to_string(labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let executors =
+        serde_json::to_string(executors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let n = conn
+        .prepare_cached(
+            "UPDATE nodes SET labels = ?2, capacity = ?3, executors = ?4, version = ?5, last_seen = ?6
+             WHERE id = ?1 AND revoked = 0",
+        )?
+        .execute(params![id, labels, capacity, executors, version, now])?;
+    if n == 0 {
+        return Err(StoreError::NotFound {
+            kind: "node",
+            id: id.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Revokes a node: bumps its generation so its key stops verifying.
+pub fn revoke(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("UPDATE nodes SET revoked = 1, generation = generation + 1 WHERE id = ?1")?
+        .execute([id])?
+        > 0)
+}
+
+/// Writes last-contact times collected in memory.
+pub fn touch_many(conn: &Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE nodes SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE id = ?1",
+    )?;
+    for (id, at) in seen {
+        stmt.execute(params![id, at])?;
+    }
+    Ok(())
+}

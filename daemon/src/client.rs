@@ -1,0 +1,190 @@
+//! The daemon's HTTP client: joins with a token, then signs every agent
+//! request with the node key (`Sundial-HMAC`), over HTTPS when the server URL
+//! is `https://` (verified against `--ca-file` when given).
+
+use anyhow::{bail, Context, Result};
+use rand::RngCore;
+use reqwest::{Client as Http, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+use sundial_proto::agent::{
+    CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
+    JoinRequest, PollRequest, PollResponse, RegisterRequest,
+};
+use sundial_proto::sign::{self, AuthHeader, NodeKey};
+use sundial_proto::time::now_ms;
+
+/// An error talking to the server, classified for retry decisions.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Network failure or 5xx: try again later.
+    #[error("server unreachable: {0}")]
+    Unavailable(String),
+    /// 401: the credential is not (or no longer) accepted.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// Another 4xx: the request itself is wrong; retrying will not help.
+    #[error("rejected ({status}): {body}")]
+    Rejected { status: u16, body: String },
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: Http,
+    base: String,
+    node_id: String,
+    key: NodeKey,
+}
+
+/// Builds the underlying HTTP client.
+pub fn http_client(ca_file: Option<&Path>) -> Result<Http> {
+    let mut b = Http::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(90));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+        b = b.tls_built_in_root_certs(false).add_root_certificate(cert);
+    }
+    Ok(b.build()?)
+}
+
+fn classify(e: reqwest::Error) -> CallError {
+    CallError::Unavailable(e.to_string())
+}
+
+async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, CallError> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(classify)?;
+    if status.is_success() {
+        return serde_json::from_str(&text).map_err(|e| CallError::Rejected {
+            status: status.as_u16(),
+            body: format!("undecodable response: {e}: {text}"),
+        });
+    }
+    Err(match status {
+        StatusCode::UNAUTHORIZED => CallError::Unauthorized(text),
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            CallError::Unavailable(format!("{s}: {text}"))
+        }
+        s => CallError::Rejected {
+            status: s.as_u16(),
+            body: text,
+        },
+    })
+}
+
+/// Joins the cluster with a join token and returns the node credential.
+pub async fn join(
+    http: &Http,
+    base: &str,
+    token: &str,
+    node_id: &str,
+) -> Result<Credential, CallError> {
+    let resp = http
+        .post(format!("{}/v1/agent/join", base.trim_end_matches('/')))
+        .header("authorization", format!("Sundial-Join {token}"))
+        .json(&JoinRequest {
+            node_id: node_id.to_string(),
+        })
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(classify)?;
+    decode(resp).await
+}
+
+impl Client {
+    pub fn new(http: Http, base: &str, cred: &Credential) -> Result<Client> {
+        let Some(key) = NodeKey::from_hex(&cred.key) else {
+            bail!("the stored credential's key is not 32 bytes of hex");
+        };
+        Ok(Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            node_id: cred.node_id.clone(),
+            key,
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| CallError::Rejected {
+            status: 0,
+            body: e.to_string(),
+        })?;
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let nonce = hex::encode(nonce);
+        let ts = now_ms() / 1000;
+        let header = AuthHeader {
+            node: self.node_id.clone(),
+            ts,
+            sig: sign::sign(&self.key, "POST", path, ts, &nonce, &bytes),
+            nonce,
+        };
+        let resp = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("authorization", header.render())
+            .header("content-type", "application/json")
+            .body(bytes)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(classify)?;
+        decode(resp).await
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<serde_json::Value, CallError> {
+        self.call("/v1/agent/register", req, Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn poll(&self, max: u32, wait: Duration) -> Result<PollResponse, CallError> {
+        let req = PollRequest {
+            max,
+            wait_ms: wait.as_millis() as u64,
+        };
+        self.call("/v1/agent/poll", &req, wait + Duration::from_secs(15))
+            .await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        run_id: i64,
+        attempt: u32,
+    ) -> Result<HeartbeatResponse, CallError> {
+        self.call(
+            &format!("/v1/agent/runs/{run_id}/heartbeat"),
+            &HeartbeatRequest { attempt },
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    pub async fn complete(
+        &self,
+        run_id: i64,
+        req: &CompleteRequest,
+    ) -> Result<CompleteResponse, CallError> {
+        self.call(
+            &format!("/v1/agent/runs/{run_id}/complete"),
+            req,
+            Duration::from_secs(30),
+        )
+        .await
+    }
+}

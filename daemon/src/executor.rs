@@ -1,0 +1,488 @@
+//! Executors: how one attempt runs. `exec` starts a program directly, `shell`
+//! runs a script with `/bin/sh -c`, `http` makes a request.
+//!
+//! Processes run in their own process group. A timeout or cancel sends
+//! SIGTERM to the whole group, waits the kill grace, then SIGKILLs the group;
+//! when the main process exits, whatever is left of its group is killed too,
+//! so no orphan outlives its run. stdout and stderr are captured together up
+//! to the output cap; beyond it output is drained and dropped and the run is
+//! flagged `truncated`.
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sundial_proto::agent::{Assignment, Outcome};
+use sundial_proto::time::format_ms;
+use sundial_proto::Executor;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Per-node execution limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub output_cap: usize,
+    pub kill_grace: Duration,
+}
+
+/// Asks a running attempt to stop, remembering why.
+#[derive(Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Mutex<Option<Outcome>>,
+}
+
+impl Stop {
+    /// Stops the attempt; the first reason given wins.
+    pub fn stop(&self, reason: Outcome) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> Outcome {
+        self.reason
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .unwrap_or(Outcome::Cancelled)
+    }
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub truncated: bool,
+    pub error: Option<String>,
+}
+
+impl Finished {
+    fn failed(error: String) -> Finished {
+        Finished {
+            outcome: Outcome::Failed,
+            exit_code: None,
+            output: String::new(),
+            truncated: false,
+            error: Some(error),
+        }
+    }
+}
+
+/// Output collected up to a cap.
+#[derive(Default)]
+struct Capture {
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl Capture {
+    fn push(&mut self, chunk: &[u8], cap: usize) {
+        let room = cap.saturating_sub(self.buf.len());
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+async fn drain(mut r: impl AsyncRead + Unpin, cap: usize, into: Arc<Mutex<Capture>>) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if let Ok(mut c) = into.lock() {
+                    c.push(&chunk[..n], cap);
+                }
+            }
+        }
+    }
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    // ESRCH (group already gone) is the normal case after a clean exit.
+    let _ = killpg(Pid::from_raw(pgid), sig);
+}
+
+/// Runs one attempt to completion, timeout or stop.
+pub async fn execute(
+    a: &Assignment,
+    limits: &Limits,
+    stop: &Stop,
+    http: &reqwest::Client,
+) -> Finished {
+    let timeout = a.timeout_ms.map(Duration::from_millis);
+    match &a.executor {
+        Executor::Exec { argv, env, cwd } => {
+            let Some((program, args)) = argv.split_first() else {
+                return Finished::failed("exec executor has an empty argv".into());
+            };
+            let mut cmd = Command::new(program);
+            cmd.args(args).envs(env);
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            run_process(cmd, a, timeout, limits, stop).await
+        }
+        Executor::Shell { script, env, cwd } => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c").arg(script).envs(env);
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            run_process(cmd, a, timeout, limits, stop).await
+        }
+        Executor::Http {
+            method,
+            url,
+            headers,
+            body,
+            expect_status,
+        } => {
+            run_http(
+                http,
+                method,
+                url,
+                headers,
+                body.as_deref(),
+                expect_status,
+                timeout,
+                limits,
+                stop,
+            )
+            .await
+        }
+    }
+}
+
+async fn run_process(
+    mut cmd: Command,
+    a: &Assignment,
+    timeout: Option<Duration>,
+    limits: &Limits,
+    stop: &Stop,
+) -> Finished {
+    cmd.env("SUNDIAL_RUN_ID", a.run_id.to_string())
+        .env("SUNDIAL_JOB_ID", &a.job_id)
+        .env("SUNDIAL_SCHEDULED_FOR", format_ms(a.scheduled_for))
+        .env("SUNDIAL_ATTEMPT", a.attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Finished::failed(format!("starting the process: {e}")),
+    };
+    let Some(pid) = child.id() else {
+        return Finished::failed("the process exited before it could be tracked".into());
+    };
+    let pgid = pid as i32;
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(drain(out, limits.output_cap, capture.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(drain(err, limits.output_cap, capture.clone())));
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let timed = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut forced: Option<Outcome> = None;
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = timed => {
+            forced = Some(Outcome::TimedOut);
+            terminate(&mut child, pgid, limits.kill_grace).await
+        }
+        _ = stop.token.cancelled() => {
+            forced = Some(stop.reason());
+            terminate(&mut child, pgid, limits.kill_grace).await
+        }
+    };
+    // Nothing of the job's process group outlives the job.
+    signal_group(pgid, Signal::SIGKILL);
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
+    }
+    let (output, truncated) = match capture.lock() {
+        Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
+        Err(_) => (String::new(), false),
+    };
+    let exit_code = status.as_ref().ok().and_then(|s| s.code());
+    let signal = status
+        .as_ref()
+        .ok()
+        .and_then(std::os::unix::process::ExitStatusExt::signal);
+    let (outcome, error) = match (forced, &status) {
+        (Some(Outcome::TimedOut), _) => (
+            Outcome::TimedOut,
+            Some(format!("timed out after {}", fmt_dur(timeout))),
+        ),
+        (Some(reason), _) => (reason, Some("stopped".to_string())),
+        (None, Err(e)) => (
+            Outcome::Failed,
+            Some(format!("waiting for the process: {e}")),
+        ),
+        (None, Ok(s)) if s.success() => (Outcome::Succeeded, None),
+        (None, Ok(_)) => (
+            Outcome::Failed,
+            Some(match (exit_code, signal) {
+                (Some(c), _) => format!("exited with status {c}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => "failed".to_string(),
+            }),
+        ),
+    };
+    Finished {
+        outcome,
+        exit_code,
+        output,
+        truncated,
+        error,
+    }
+}
+
+fn fmt_dur(d: Option<Duration>) -> String {
+    d.and_then(|d| sundial_proto::Duration::from_millis(d.as_millis() as u64))
+        .map_or_else(|| "?".into(), |d| d.to_string())
+}
+
+/// SIGTERM the group, wait the grace, then SIGKILL it; returns the exit status.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    grace: Duration,
+) -> std::io::Result<std::process::ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_http(
+    http: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: Option<&str>,
+    expect: &[u16],
+    timeout: Option<Duration>,
+    limits: &Limits,
+    stop: &Stop,
+) -> Finished {
+    let Ok(method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+        return Finished::failed(format!("{method:?} is not an HTTP method"));
+    };
+    let mut req = http.request(method, url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    let work = async {
+        let mut resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let mut cap = Capture::default();
+        while let Some(chunk) = resp.chunk().await? {
+            cap.push(&chunk, limits.output_cap);
+        }
+        Ok::<_, reqwest::Error>((status, cap))
+    };
+    tokio::select! {
+        r = work => match r {
+            Ok((status, cap)) => {
+                let ok = expect.contains(&status);
+                Finished {
+                    outcome: if ok { Outcome::Succeeded } else { Outcome::Failed },
+                    exit_code: Some(i32::from(status)),
+                    output: String::from_utf8_lossy(&cap.buf).into_owned(),
+                    truncated: cap.truncated,
+                    error: (!ok).then(|| format!("unexpected HTTP status {status} (expected one of {expect:?})")),
+                }
+            }
+            Err(e) if e.is_timeout() => Finished {
+                outcome: Outcome::TimedOut,
+                error: Some(format!("timed out after {}", fmt_dur(timeout))),
+                ..Finished::failed(String::new())
+            },
+            Err(e) => Finished::failed(format!("HTTP request failed: {e}")),
+        },
+        _ = stop.token.cancelled() => Finished {
+            outcome: stop.reason(),
+            error: Some("stopped".into()),
+            ..Finished::failed(String::new())
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sundial_proto::Executor;
+
+    fn assignment(executor: Executor, timeout_ms: Option<u64>) -> Assignment {
+        Assignment {
+            run_id: 7,
+            job_id: "job-x".into(),
+            attempt: 2,
+            scheduled_for: 1_790_000_000_000,
+            executor,
+            timeout_ms,
+            lease_ms: 30_000,
+        }
+    }
+
+    fn shell(script: &str) -> Executor {
+        Executor::Shell {
+            script: script.into(),
+            env: Default::default(),
+            cwd: None,
+        }
+    }
+
+    fn limits(cap: usize) -> Limits {
+        Limits {
+            output_cap: cap,
+            kill_grace: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_sets_env_and_captures_output() {
+        let a = assignment(shell("echo \"$SUNDIAL_JOB_ID $SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT $SUNDIAL_SCHEDULED_FOR\"; echo err >&2; exit 3"), None);
+        let f = execute(&a, &limits(4096), &Stop::default(), &reqwest::Client::new()).await;
+        assert_eq!(f.outcome, Outcome::Failed);
+        assert_eq!(f.exit_code, Some(3));
+        assert!(f.output.contains("job-x 7 2 2026-09-21T"), "{}", f.output);
+        assert!(f.output.contains("err"));
+        let ok = execute(
+            &assignment(
+                Executor::Exec {
+                    argv: vec!["/bin/echo".into(), "hi".into()],
+                    env: Default::default(),
+                    cwd: None,
+                },
+                None,
+            ),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(ok.outcome, Outcome::Succeeded);
+        assert_eq!(ok.output, "hi\n");
+        let missing = execute(
+            &assignment(
+                Executor::Exec {
+                    argv: vec!["/no/such/program".into()],
+                    env: Default::default(),
+                    cwd: None,
+                },
+                None,
+            ),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(missing.outcome, Outcome::Failed);
+        assert!(missing.error.unwrap().contains("starting"));
+    }
+
+    #[tokio::test]
+    async fn output_over_the_cap_is_truncated() {
+        let a = assignment(shell("head -c 100000 /dev/zero | tr '\\0' x"), None);
+        let f = execute(&a, &limits(1000), &Stop::default(), &reqwest::Client::new()).await;
+        assert_eq!(f.outcome, Outcome::Succeeded);
+        assert_eq!(f.output.len(), 1000);
+        assert!(f.truncated);
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        // The job starts a grandchild that ignores SIGTERM, then waits forever.
+        let script = format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 60' & wait",
+            pidfile.display()
+        );
+        let started = std::time::Instant::now();
+        let f = execute(
+            &assignment(shell(&script), Some(300)),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The grandchild ignored SIGTERM; the group SIGKILL must have reached it.
+        // (A zombie awaiting its reaper counts as gone.)
+        let alive = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        };
+        let mut gone = false;
+        for _ in 0..100 {
+            if !alive(pid) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "grandchild {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn stop_reports_its_reason() {
+        let stop = Arc::new(Stop::default());
+        let s2 = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s2.stop(Outcome::HandedBack);
+        });
+        let f = execute(
+            &assignment(shell("sleep 30"), None),
+            &limits(4096),
+            &stop,
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::HandedBack);
+    }
+}

@@ -1,0 +1,18 @@
+//! `sundial-daemon`: the worker that runs jobs.
+//!
+//! - [`config`]: flags and environment
+//! - [`credential`]: join once, keep the node credential in the state dir
+//! - [`client`]: signed requests to the server
+//! - [`executor`]: exec, shell and http executors with timeouts and output caps
+//! - [`runner`]: long-poll, heartbeats, completion, drain
+//! - [`spool`]: results that wait on disk for the server
+//! - [`backoff`]: reconnect delays with jitter
+
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod credential;
+pub mod executor;
+pub mod runner;
+pub mod spool;
+pub mod start;

@@ -1,0 +1,267 @@
+//! The work loop: long-poll for as many runs as there are free slots, run
+//! each with heartbeats (which also carry cancels), deliver the result or
+//! spool it, and on SIGTERM drain: stop polling, let running jobs finish
+//! within the grace period, hand back the rest.
+
+use crate::backoff::Backoff;
+use crate::client::{CallError, Client};
+use crate::executor::{self, Limits, Stop};
+use crate::spool::{Entry, Spool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
+use sundial_proto::time::now_ms;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// How long one long-poll waits on the server.
+const POLL_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Runner {
+    client: Client,
+    http: reqwest::Client,
+    limits: Limits,
+    capacity: u32,
+    spool: Arc<Spool>,
+    running: Mutex<HashMap<i64, Arc<Stop>>>,
+    slots: Arc<Semaphore>,
+    spool_wake: Notify,
+}
+
+impl Runner {
+    pub fn new(
+        client: Client,
+        http: reqwest::Client,
+        limits: Limits,
+        capacity: u32,
+        spool: Spool,
+    ) -> Runner {
+        Runner {
+            client,
+            http,
+            limits,
+            capacity,
+            spool: Arc::new(spool),
+            running: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(capacity as usize)),
+            spool_wake: Notify::new(),
+        }
+    }
+
+    fn running_len(&self) -> usize {
+        self.running.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Polls and runs until `drain` is cancelled, then drains within `grace`.
+    pub async fn run(self: Arc<Self>, drain: CancellationToken, grace: Duration) {
+        let flusher = tokio::spawn(self.clone().flush_loop(drain.clone()));
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        loop {
+            if drain.is_cancelled() {
+                break;
+            }
+            // Wait for a free slot before asking for work.
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = drain.cancelled() => break,
+            };
+            let free = (self.slots.available_permits() + 1) as u32;
+            drop(first);
+            let polled = tokio::select! {
+                r = self.client.poll(free, POLL_WAIT) => r,
+                _ = drain.cancelled() => break,
+            };
+            match polled {
+                Ok(resp) => {
+                    backoff.reset();
+                    for a in resp.runs {
+                        let permit = match self.slots.clone().acquire_owned().await {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        };
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.run_one(a).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    match &e {
+                        CallError::Unauthorized(_) => {
+                            tracing::error!(error = %e, "the server refused this node's credential (revoked?); retrying")
+                        }
+                        _ => {
+                            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "poll failed")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = drain.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.drain(grace).await;
+        flusher.abort();
+        self.flush_once().await;
+        let left = self.spool.len();
+        if left > 0 {
+            tracing::warn!(
+                spooled = left,
+                "exiting with undelivered results; they are sent at next start"
+            );
+        }
+    }
+
+    async fn drain(&self, grace: Duration) {
+        let busy = self.running_len();
+        if busy == 0 {
+            return;
+        }
+        tracing::info!(
+            running = busy,
+            grace_ms = grace.as_millis() as u64,
+            "draining"
+        );
+        let all = self.capacity;
+        let finished = tokio::time::timeout(grace, self.slots.acquire_many(all)).await;
+        if let Ok(Ok(permits)) = finished {
+            drop(permits);
+            return;
+        }
+        let stops: Vec<Arc<Stop>> = self
+            .running
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        tracing::warn!(
+            handed_back = stops.len(),
+            "grace period over; handing back running jobs"
+        );
+        for s in stops {
+            s.stop(Outcome::HandedBack);
+        }
+        let wait = self.limits.kill_grace + Duration::from_secs(10);
+        let _ = tokio::time::timeout(wait, self.slots.acquire_many(all)).await;
+    }
+
+    async fn run_one(self: Arc<Self>, a: Assignment) {
+        let stop = Arc::new(Stop::default());
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(a.run_id, stop.clone());
+        }
+        tracing::debug!(run = a.run_id, job = %a.job_id, attempt = a.attempt, "starting");
+        let hb = tokio::spawn(heartbeats(
+            self.client.clone(),
+            a.run_id,
+            a.attempt,
+            a.lease_ms,
+            stop.clone(),
+        ));
+        let started_at = now_ms();
+        let f = executor::execute(&a, &self.limits, &stop, &self.http).await;
+        hb.abort();
+        let request = CompleteRequest {
+            attempt: a.attempt,
+            outcome: f.outcome,
+            exit_code: f.exit_code,
+            output: f.output,
+            truncated: f.truncated,
+            error: f.error,
+            started_at,
+            finished_at: now_ms(),
+        };
+        let entry = Entry {
+            run_id: a.run_id,
+            request,
+        };
+        if !self.deliver(&entry).await {
+            if let Err(e) = self.spool.put(&entry) {
+                tracing::error!(run = a.run_id, error = %e, "could not spool a result; it is lost");
+            } else {
+                tracing::info!(run = a.run_id, "server unreachable; result spooled");
+                self.spool_wake.notify_one();
+            }
+        }
+        if let Ok(mut m) = self.running.lock() {
+            m.remove(&a.run_id);
+        }
+    }
+
+    /// Sends a result; true when the server has it (or will never take it).
+    async fn deliver(&self, e: &Entry) -> bool {
+        match self.client.complete(e.run_id, &e.request).await {
+            Ok(resp) => {
+                if resp.status == "stale" {
+                    tracing::info!(
+                        run = e.run_id,
+                        attempt = e.request.attempt,
+                        "result was stale (run reassigned)"
+                    );
+                }
+                true
+            }
+            Err(CallError::Rejected { status, body }) => {
+                tracing::error!(run = e.run_id, status, %body, "server rejected a result; dropping it");
+                true
+            }
+            Err(err) => {
+                tracing::debug!(run = e.run_id, error = %err, "delivery failed");
+                false
+            }
+        }
+    }
+
+    async fn flush_once(&self) -> bool {
+        for (path, entry) in self.spool.list() {
+            if self.deliver(&entry).await {
+                self.spool.remove(&path);
+                tracing::info!(run = entry.run_id, "spooled result delivered");
+            } else {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn flush_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            let delay = if self.flush_once().await {
+                backoff.reset();
+                Duration::from_secs(5)
+            } else {
+                backoff.next_delay()
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.spool_wake.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of it; a reply asking to cancel stops the run.
+async fn heartbeats(client: Client, run_id: i64, attempt: u32, lease_ms: u64, stop: Arc<Stop>) {
+    let every = Duration::from_millis((lease_ms / 3).max(200));
+    loop {
+        tokio::time::sleep(every).await;
+        match client.heartbeat(run_id, attempt).await {
+            Ok(r) if r.cancel => {
+                tracing::info!(run = run_id, "cancelled by the server");
+                stop.stop(Outcome::Cancelled);
+                return;
+            }
+            Ok(_) => {}
+            Err(CallError::Rejected { status: 404, .. }) => {
+                stop.stop(Outcome::Cancelled);
+                return;
+            }
+            Err(e) => tracing::debug!(run = run_id, error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Start-up: load or obtain the node credential, register with the server
+//! (re-joining if the credential was revoked and a join token is at hand),
+//! then hand over to the [`Runner`](crate::runner::Runner).
+
+use crate::backoff::Backoff;
+use crate::client::{self, CallError, Client};
+use crate::config::{parse_executors, parse_labels, Args};
+use crate::credential;
+use crate::executor::Limits;
+use crate::runner::Runner;
+use crate::spool::Spool;
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use sundial_proto::agent::{Credential, RegisterRequest};
+use tokio_util::sync::CancellationToken;
+
+fn default_node_id() -> Result<String> {
+    let name = nix::unistd::gethostname().context("reading the host name")?;
+    name.into_string()
+        .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; set --node-id"))
+}
+
+/// Joins (retrying while the server is unreachable) and stores the credential.
+async fn join(
+    args: &Args,
+    http: &reqwest::Client,
+    node_id: &str,
+    stop: &CancellationToken,
+) -> Result<Credential> {
+    let token = credential::join_token(args.join_token.as_deref(), args.join_token_file.as_deref())?
+        .context("no credential in the state directory and no join token (--join-token-file or --join-token)")?;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    loop {
+        match client::join(http, &args.server, &token, node_id).await {
+            Ok(cred) => {
+                credential::store(&args.state_dir, &cred)?;
+                tracing::info!(node = %cred.node_id, generation = cred.generation, "joined the cluster");
+                return Ok(cred);
+            }
+            Err(CallError::Unavailable(e)) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "server unreachable; retrying join");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = stop.cancelled() => bail!("stopped before joining"),
+                }
+            }
+            Err(e) => bail!("join refused: {e}"),
+        }
+    }
+}
+
+/// Runs the daemon until `stop` is cancelled (SIGTERM), then drains.
+pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
+    let labels = parse_labels(&args.labels)?;
+    let executors = parse_executors(&args.allow_executors)?;
+    if args.capacity == 0 {
+        bail!("--capacity must be at least 1");
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
+    std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    let node_id = match &args.node_id {
+        Some(id) => id.clone(),
+        None => default_node_id()?,
+    };
+    let http = client::http_client(args.ca_file.as_deref())?;
+    let mut cred = match credential::load(&args.state_dir)? {
+        Some(c) if c.node_id == node_id => c,
+        Some(c) => bail!(
+            "the state directory holds the credential of node {:?}, not {node_id:?}; use another --state-dir",
+            c.node_id
+        ),
+        None => join(&args, &http, &node_id, &stop).await?,
+    };
+    let register = RegisterRequest {
+        labels,
+        capacity: args.capacity,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        executors,
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+    let client = loop {
+        let c = Client::new(http.clone(), &args.server, &cred)?;
+        match c.register(&register).await {
+            Ok(_) => break c,
+            Err(CallError::Unauthorized(e)) => {
+                tracing::warn!(error = %e, "credential refused; joining again");
+                let _ = std::fs::remove_file(credential::path(&args.state_dir));
+                cred = join(&args, &http, &node_id, &stop).await?;
+            }
+            Err(CallError::Unavailable(e)) => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "server unreachable; retrying registration");
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => bail!("registration refused: {e}"),
+        }
+    };
+    tracing::info!(node = %node_id, server = %args.server, capacity = args.capacity, "registered; waiting for runs");
+    let limits = Limits {
+        output_cap: args.output_cap_bytes,
+        kill_grace: args.kill_grace.as_std(),
+    };
+    let spool = Spool::open(&args.state_dir)?;
+    let runner = Arc::new(Runner::new(client, http, limits, args.capacity, spool));
+    runner.run(stop, args.drain_grace.as_std()).await;
+    Ok(())
+}

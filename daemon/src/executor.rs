@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Limits {
     pub output_cap: usize,
     pub kill_grace: Duration,
+    /// This node's id, given to jobs as `SUNDIAL_NODE_ID`.
+    pub node_id: String,
 }
 
 /// Asks a running attempt to stop, remembering why.
@@ -172,6 +174,7 @@ async fn run_process(
         .env("SUNDIAL_JOB_ID", &a.job_id)
         .env("SUNDIAL_SCHEDULED_FOR", format_ms(a.scheduled_for))
         .env("SUNDIAL_ATTEMPT", a.attempt.to_string())
+        .env("SUNDIAL_NODE_ID", &limits.node_id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -366,16 +369,18 @@ mod tests {
         Limits {
             output_cap: cap,
             kill_grace: Duration::from_millis(500),
+            node_id: "node-t".into(),
         }
     }
 
     #[tokio::test]
     async fn exec_sets_env_and_captures_output() {
-        let a = assignment(shell("echo \"$SUNDIAL_JOB_ID $SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT $SUNDIAL_SCHEDULED_FOR\"; echo err >&2; exit 3"), None);
+        let a = assignment(shell("echo \"$SUNDIAL_JOB_ID $SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT $SUNDIAL_SCHEDULED_FOR $SUNDIAL_NODE_ID\"; echo err >&2; exit 3"), None);
         let f = execute(&a, &limits(4096), &Stop::default(), &reqwest::Client::new()).await;
         assert_eq!(f.outcome, Outcome::Failed);
         assert_eq!(f.exit_code, Some(3));
         assert!(f.output.contains("job-x 7 2 2026-09-21T"), "{}", f.output);
+        assert!(f.output.contains(" node-t"), "{}", f.output);
         assert!(f.output.contains("err"));
         let ok = execute(
             &assignment(

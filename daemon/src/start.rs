@@ -106,6 +106,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
     let limits = Limits {
         output_cap: args.output_cap_bytes,
         kill_grace: args.kill_grace.as_std(),
+        node_id: node_id.clone(),
     };
     let spool = Spool::open(&args.state_dir)?;
     let runner = Arc::new(Runner::new(client, http, limits, args.capacity, spool));

@@ -238,3 +238,315 @@ pub fn ms(v: &Value, field: &str) -> i64 {
         .and_then(sundial_proto::time::parse_rfc3339_ms)
         .unwrap_or_else(|| panic!("{field} is not an RFC 3339 instant in {v}"))
 }
+
+impl ServerProc {
+    /// Starts a server with extra command-line flags.
+    pub fn start_args(data_dir: &Path, args: &[&str]) -> Result<ServerProc> {
+        // Flags go through their SUNDIAL_* variables so restart() reuses them.
+        let env: Vec<(String, String)> = args
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [flag, value] => Some((
+                    format!(
+                        "SUNDIAL_{}",
+                        flag.trim_start_matches("--")
+                            .replace('-', "_")
+                            .to_uppercase()
+                    ),
+                    value.to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Self::start_with(data_dir, &refs)
+    }
+
+    /// Creates a join token and returns its secret.
+    pub fn join_token(&self) -> Result<String> {
+        let (status, body) = self.call(
+            "POST",
+            "/v1/join-tokens",
+            Some(&serde_json::json!({"name": "e2e", "ttl": "1h"})),
+        )?;
+        if status != 201 {
+            bail!("creating a join token: {status} {body}");
+        }
+        Ok(body["token"].as_str().context("token")?.to_string())
+    }
+
+    /// The value of one sample in `/metrics` (`name{labels}` as printed), or 0.
+    pub fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()?
+            .text()?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0))
+    }
+
+    /// Every row of every table, as text: equal snapshots mean nothing was written.
+    pub fn snapshot(&self) -> Result<String> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.data_dir.join("sundial.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut out = String::new();
+        for table in [
+            "cluster",
+            "api_keys",
+            "join_tokens",
+            "nodes",
+            "jobs",
+            "runs",
+        ] {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
+            let cols = stmt.column_count();
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                out.push_str(table);
+                for i in 0..cols {
+                    let v: rusqlite::types::Value = row.get(i)?;
+                    out.push_str(&format!("|{v:?}"));
+                }
+                out.push('\n');
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every run of the cluster (following cursors), oldest first.
+    pub fn every_run(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..100_000 {
+            let path = match &cursor {
+                Some(c) => format!("/v1/runs?limit=1000&cursor={c}"),
+                None => "/v1/runs?limit=1000".to_string(),
+            };
+            let (status, body) = self.call("GET", &path, None)?;
+            if status != 200 {
+                bail!("GET {path}: {status} {body}");
+            }
+            out.extend(body["items"].as_array().cloned().unwrap_or_default());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// A `sundial-daemon` child process.
+pub struct DaemonProc {
+    child: Option<Child>,
+    pub node_id: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl DaemonProc {
+    /// Starts a daemon joining `server_url` with `token`; extra flags are appended.
+    pub fn start(
+        server_url: &str,
+        token: &str,
+        node_id: &str,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Result<DaemonProc> {
+        let mut args: Vec<String> = vec![
+            "--server".into(),
+            server_url.into(),
+            "--join-token".into(),
+            token.into(),
+            "--node-id".into(),
+            node_id.into(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = DaemonProc {
+            child: None,
+            node_id: node_id.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            log: state_dir.with_extension("log"),
+            args,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(binary("sundial-daemon")?)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning sundial-daemon")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("daemon still running");
+        }
+        self.spawn()
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (drain) and wait up to `timeout`; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("daemon did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Files waiting in this daemon's result spool.
+    pub fn spooled(&self) -> usize {
+        std::fs::read_dir(self.state_dir.join("spool"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until no run is pending or running (after jobs were paused).
+pub fn wait_quiet(server: &ServerProc, timeout: Duration) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let runs = server.every_run()?;
+        let busy = runs
+            .iter()
+            .filter(|r| r["state"] == "pending" || r["state"] == "running")
+            .count();
+        if busy == 0 {
+            return Ok(runs);
+        }
+        if Instant::now() > deadline {
+            bail!("{busy} runs still pending or running after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A tiny HTTP target for `http` executor jobs: answers every request with
+/// `200` and the request path as the body. Stops when dropped.
+pub struct EchoHttp {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EchoHttp {
+    pub fn start() -> Result<EchoHttp> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                        let mut reader = BufReader::new(match stream.try_clone() {
+                            Ok(s) => s,
+                            Err(_) => continue,
+                        });
+                        let mut first = String::new();
+                        if reader.read_line(&mut first).is_err() {
+                            continue;
+                        }
+                        // Skip the headers.
+                        let mut line = String::new();
+                        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                            line.clear();
+                        }
+                        let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let mut out = stream;
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                            path.len(),
+                            path
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(EchoHttp {
+            port,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EchoHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -38,7 +38,7 @@ impl NodeInfo {
 
     /// Target match ignoring executors: node list and label selector.
     pub fn matches(&self, target: &Target) -> bool {
-        (target.nodes.is_empty() || target.nodes.iter().any(|n| *n == self.id))
+        (target.nodes.is_empty() || target.nodes.contains(&self.id))
             && target
                 .labels
                 .iter()

@@ -27,7 +27,7 @@ impl Trigger {
     }
 }
 
-const RUN_COLUMNS: &str = "r.id, j.id, r.scheduled_for, r.node, r.trigger, r.attempt, r.state, \
+const RUN_COLUMNS: &str = "r.id, j.id, r.scheduled_for, coalesce(r.assigned_node, r.node), r.trigger, r.attempt, r.state, \
      r.created_at, r.started_at, r.finished_at, r.exit_code, r.output, r.truncated, r.error";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
@@ -114,7 +114,7 @@ pub fn list(
          WHERE r.id < ?1
            AND (?2 IS NULL OR r.job = ?2)
            AND (?3 IS NULL OR r.state = ?3)
-           AND (?4 IS NULL OR r.node = ?4)
+           AND (?4 IS NULL OR r.node = ?4 OR r.assigned_node = ?4)
          ORDER BY r.id DESC LIMIT ?5"
     ))?;
     let mut rows = stmt.query(params![

@@ -73,6 +73,30 @@ impl ServerProc {
         Ok(s)
     }
 
+    /// Starts an HTTPS server with the given certificate; the harness trusts `ca`.
+    pub fn start_tls(data_dir: &Path, cert: &Path, key: &Path, ca: &Path) -> Result<ServerProc> {
+        let port = free_port()?;
+        let pem = std::fs::read(ca)?;
+        let mut s = ServerProc {
+            child: None,
+            port,
+            data_dir: data_dir.to_path_buf(),
+            log: data_dir.with_extension(format!("{port}.log")),
+            base: format!("https://localhost:{port}"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
+                .build()?,
+            extra_env: vec![
+                ("SUNDIAL_TLS_CERT".into(), cert.display().to_string()),
+                ("SUNDIAL_TLS_KEY".into(), key.display().to_string()),
+            ],
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
     fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -65,6 +65,12 @@ pub struct ServeArgs {
     /// Lease granted to a node per attempt; heartbeats renew it [default: 30s].
     #[arg(long, env = "SUNDIAL_LEASE")]
     pub lease: Option<Duration>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "SUNDIAL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "SUNDIAL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// High-availability mode [default: standalone].
     #[arg(long, env = "SUNDIAL_HA_MODE", value_enum)]
     pub ha_mode: Option<HaMode>,
@@ -93,6 +99,8 @@ struct FileConfig {
     ha_mode: Option<HaMode>,
     cluster_secret_file: Option<PathBuf>,
     lease: Option<Duration>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// Fully resolved settings.
@@ -108,6 +116,8 @@ pub struct Settings {
     pub ha_mode: HaMode,
     pub cluster_secret_file: Option<PathBuf>,
     pub lease: Duration,
+    /// (certificate chain, private key) when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Settings {
@@ -123,6 +133,7 @@ impl Default for Settings {
             ha_mode: HaMode::Standalone,
             cluster_secret_file: None,
             lease: Duration::from_secs_const(30),
+            tls: None,
         }
     }
 }
@@ -161,6 +172,14 @@ impl ServeArgs {
             ha_mode: self.ha_mode.or(file.ha_mode).unwrap_or(d.ha_mode),
             cluster_secret_file: self.cluster_secret_file.or(file.cluster_secret_file),
             lease: self.lease.or(file.lease).unwrap_or(d.lease),
+            tls: match (
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => bail!("tls_cert and tls_key must be given together"),
+            },
         };
         if settings.lease.as_millis() < 1_000 {
             bail!("lease must be at least 1s");

@@ -108,12 +108,50 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         RETENTION_INTERVAL,
         tasks.clone(),
     ));
+    let tls_on = app.settings.tls.is_some();
+    let tls = match &app.settings.tls {
+        Some((cert, key)) => {
+            // ring is the one provider compiled in; installing twice is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "loading TLS certificate {} and key {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
     let router = api::router(app);
     let stop = shutdown.clone();
     let done = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
+        let served = match tls {
+            None => axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .map_err(anyhow::Error::from),
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    stop.cancelled().await;
+                    h.graceful_shutdown(Some(Duration::from_secs(30)));
+                });
+                match listener.into_std() {
+                    Ok(std_listener) => axum_server::from_tcp_rustls(std_listener, config)
+                        .handle(handle)
+                        .serve(router.into_make_service())
+                        .await
+                        .map_err(anyhow::Error::from),
+                    Err(e) => Err(anyhow::Error::from(e)),
+                }
+            }
+        };
         tasks.cancel();
         let _ = scheduler_task.await;
         let _ = dispatch_task.await;
@@ -122,7 +160,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         tracing::info!("server stopped");
         served.context("serving HTTP")
     });
-    tracing::info!(%addr, db = %db_path.display(), "sundial-server listening");
+    tracing::info!(%addr, db = %db_path.display(), tls = tls_on, "sundial-server listening");
     Ok(Running {
         addr,
         admin_key,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Single-node Sundial with no config to write: builds the server, starts it on
-# 127.0.0.1:8080 with its SQLite database under ./sundial-data, registers a
-# sample job and prints where to look. Ctrl-C stops it cleanly.
+# Single-node Sundial with no config to write: builds the server and the
+# daemon, starts the server on 127.0.0.1:8080 (SQLite under ./sundial-data),
+# joins one local daemon, registers a sample job and prints where to look.
+# Ctrl-C stops both cleanly; running it again keeps the data and the key.
 #
 #   scripts/quickstart.sh
 #
-# Environment: SUNDIAL_LISTEN (default 127.0.0.1:8080), SUNDIAL_DATA_DIR (default ./sundial-data).
+# Environment: SUNDIAL_LISTEN (default 127.0.0.1:8080), SUNDIAL_DATA_DIR (default
+# ./sundial-data), SUNDIAL_PROFILE (release or debug; default release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,8 +15,15 @@ listen=${SUNDIAL_LISTEN:-127.0.0.1:8080}
 data=${SUNDIAL_DATA_DIR:-./sundial-data}
 base="http://$listen"
 
-echo "==> building sundial-server (release)"
-cargo build --release --quiet -p sundial-server
+profile=${SUNDIAL_PROFILE:-release}
+case "$profile" in
+    release) build=(--release) ;;
+    debug) build=() ;;
+    *) echo "SUNDIAL_PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+echo "==> building sundial-server and sundial-daemon ($profile)"
+cargo build "${build[@]}" --quiet -p sundial-server -p sundial-daemon
+bin=./target/$profile
 
 mkdir -p "$data"
 chmod 700 "$data"
@@ -24,37 +33,63 @@ if [[ ! -s "$keyfile" ]]; then
     (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$keyfile")
 fi
 key=$(cat "$keyfile")
+auth="Authorization: Bearer $key"
+json='Content-Type: application/json'
 
-./target/release/sundial-server serve --listen "$listen" --data-dir "$data" --admin-key-file "$keyfile" &
-server=$!
+server_pid=""
+daemon_pid=""
 stop() {
     trap - EXIT INT TERM
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
+    [[ -n "$daemon_pid" ]] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+    [[ -n "$server_pid" ]] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    return 0
 }
 trap stop EXIT INT TERM
 
+"$bin/sundial-server" serve --listen "$listen" --data-dir "$data" --admin-key-file "$keyfile" \
+    2>>"$data/server.log" &
+server_pid=$!
 for _ in $(seq 1 100); do
     if curl -fsS "$base/readyz" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$server" 2>/dev/null; then echo "server exited; see the log above" >&2; exit 1; fi
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "the server exited; see $data/server.log" >&2
+        exit 1
+    fi
     sleep 0.1
 done
 curl -fsS "$base/readyz" >/dev/null
 
-curl -fsS -X PUT "$base/v1/jobs/hello" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
-    -d '{"schedule": "@every 10s", "executor": {"type": "shell", "script": "echo hello from sundial"},
+# One local daemon. It joins once with a single-use token and keeps its
+# credential in $data/daemon (mode 0600); later starts reuse it.
+if [[ ! -s "$data/daemon/credential.json" ]]; then
+    token=$(curl -fsS -X POST "$base/v1/join-tokens" -H "$auth" -H "$json" \
+        -d '{"name": "quickstart", "ttl": "10m", "max_uses": 1}' | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+    join=(--join-token "$token")
+else
+    join=()
+fi
+"$bin/sundial-daemon" --server "$base" "${join[@]}" --state-dir "$data/daemon" \
+    --node-id "$(hostname)" --labels role=local 2>>"$data/daemon.log" &
+daemon_pid=$!
+
+curl -fsS -X PUT "$base/v1/jobs/hello" -H "$auth" -H "$json" \
+    -d '{"schedule": "@every 10s", "executor": {"type": "shell", "script": "echo hello from $SUNDIAL_NODE_ID"},
          "description": "quickstart sample job"}' >/dev/null
 
 cat <<INFO
 
-Sundial is running at $base (database: $data/sundial.db)
-Admin key: $data/admin.key
+Sundial is running at $base
+  database:   $data/sundial.db
+  admin key:  $data/admin.key
+  logs:       $data/server.log, $data/daemon.log
+
+The sample job "hello" runs every 10 seconds on the local daemon:
 
   export SUNDIAL_KEY=\$(cat $data/admin.key)
-  curl -s $base/v1/jobs -H "Authorization: Bearer \$SUNDIAL_KEY"            # jobs
-  curl -s '$base/v1/runs?job=hello' -H "Authorization: Bearer \$SUNDIAL_KEY" # runs of the sample job
-  curl -s $base/metrics                                                    # Prometheus metrics
+  curl -s '$base/v1/runs?job=hello&limit=3' -H "Authorization: Bearer \$SUNDIAL_KEY"
+  curl -s $base/v1/nodes -H "Authorization: Bearer \$SUNDIAL_KEY"
+  curl -s $base/metrics
 
 Press Ctrl-C to stop.
 INFO
-wait "$server"
+wait "$server_pid"

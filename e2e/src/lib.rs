@@ -574,3 +574,291 @@ impl Drop for EchoHttp {
         }
     }
 }
+
+/// A stand-in for LiteFS on one node, speaking its contract: the
+/// `<dir>/.primary` file (present only on replicas, holding the primary's host
+/// name) and the API's `GET /info` and `GET /events` (JSON lines: `init`, then
+/// `primaryChange`). LiteFS itself cannot be installed here; this is what it
+/// presents to the application.
+pub struct LitefsDouble {
+    pub dir: PathBuf,
+    pub api_port: u16,
+    state: std::sync::Arc<(std::sync::Mutex<DoubleState>, std::sync::Condvar)>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone, Debug)]
+struct DoubleState {
+    version: u64,
+    primary: bool,
+    primary_host: Option<String>,
+}
+
+impl DoubleState {
+    fn json(&self, kind: Option<&str>) -> String {
+        let host = self.primary_host.clone().unwrap_or_default();
+        match kind {
+            None => serde_json::json!({"clusterID": "e2e", "isPrimary": self.primary, "candidate": true,
+                "path": "/var/lib/litefs", "primary": {"hostname": host}})
+            .to_string(),
+            Some(k) => serde_json::json!({"type": k, "data": {"isPrimary": self.primary, "hostname": host}}).to_string(),
+        }
+    }
+}
+
+impl LitefsDouble {
+    /// Starts as a replica with no known primary.
+    pub fn start(dir: &Path) -> Result<LitefsDouble> {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(".primary"), "")?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let api_port = listener.local_addr()?.port();
+        let state = std::sync::Arc::new((
+            std::sync::Mutex::new(DoubleState {
+                version: 0,
+                primary: false,
+                primary_host: None,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (st, flag) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (st, flag) = (st.clone(), flag.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    let mut reader = BufReader::new(match stream.try_clone() {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    });
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                        line.clear();
+                    }
+                    let mut out = stream;
+                    let path = first.split_whitespace().nth(1).unwrap_or("/");
+                    let snapshot = || {
+                        st.0.lock()
+                            .map(|s| s.clone())
+                            .unwrap_or_else(|p| p.into_inner().clone())
+                    };
+                    if path == "/info" {
+                        let body = snapshot().json(None);
+                        let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                        return;
+                    }
+                    if path != "/events" {
+                        let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
+                    if write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n").is_err() {
+                        return;
+                    }
+                    let mut seen = snapshot();
+                    if writeln!(out, "{}", seen.json(Some("init")))
+                        .and_then(|_| out.flush())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    while !flag.load(Ordering::Relaxed) {
+                        let guard = match st.0.lock() {
+                            Ok(g) => g,
+                            Err(_) => return,
+                        };
+                        let (guard, _) = match st.1.wait_timeout(guard, Duration::from_millis(200))
+                        {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        };
+                        let now = guard.clone();
+                        drop(guard);
+                        if now.version != seen.version {
+                            seen = now;
+                            if writeln!(out, "{}", seen.json(Some("primaryChange")))
+                                .and_then(|_| out.flush())
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(LitefsDouble {
+            dir: dir.to_path_buf(),
+            api_port,
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    fn set(&self, primary: bool, host: Option<&str>) -> Result<()> {
+        // The file first, as LiteFS updates it on the lease change.
+        if primary {
+            let _ = std::fs::remove_file(self.dir.join(".primary"));
+        } else {
+            std::fs::write(
+                self.dir.join(".primary"),
+                format!("{}\n", host.unwrap_or("")),
+            )?;
+        }
+        let mut s = self
+            .state
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("double state poisoned"))?;
+        s.version += 1;
+        s.primary = primary;
+        s.primary_host = host.map(str::to_string);
+        self.state.1.notify_all();
+        Ok(())
+    }
+
+    /// This node holds the lease now.
+    pub fn make_primary(&self) -> Result<()> {
+        self.set(true, None)
+    }
+
+    /// This node follows `host` (None: no primary known).
+    pub fn make_replica(&self, host: Option<&str>) -> Result<()> {
+        self.set(false, host)
+    }
+}
+
+impl Drop for LitefsDouble {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A real HAProxy running `haproxy/haproxy.cfg` with loopback addresses.
+pub struct HaproxyProc {
+    child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl HaproxyProc {
+    /// Starts HAProxy in front of two servers. Fails (so the caller can skip
+    /// or fail) when the `haproxy` binary is missing.
+    pub fn start(dir: &Path, server1: u16, server2: u16) -> Result<HaproxyProc> {
+        let bin =
+            which("haproxy").context("haproxy is not installed (scripts/test.sh installs it)")?;
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../haproxy/haproxy.cfg");
+        let port = free_port()?;
+        let stats = free_port()?;
+        let log = dir.join("haproxy.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .env("SUNDIAL_HAPROXY_BIND", format!("127.0.0.1:{port}"))
+            .env("SUNDIAL_SERVER_1", format!("127.0.0.1:{server1}"))
+            .env("SUNDIAL_SERVER_2", format!("127.0.0.1:{server2}"))
+            .env("SUNDIAL_HAPROXY_STATS", format!("127.0.0.1:{stats}"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning haproxy")?;
+        let p = HaproxyProc {
+            child: Some(child),
+            port,
+            log,
+        };
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        if up.is_none() {
+            bail!(
+                "haproxy did not listen; log:\n{}",
+                std::fs::read_to_string(&p.log).unwrap_or_default()
+            );
+        }
+        Ok(p)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HaproxyProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Finds an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Under `CI=true` a missing external tool fails the test; otherwise the test
+/// prints why it is skipped. Returns true when the caller should skip.
+pub fn skip_without(tool: &str) -> bool {
+    if which(tool).is_some() {
+        return false;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{tool} is required under CI=true (scripts/test.sh installs it)");
+    }
+    eprintln!("SKIPPED: {tool} is not installed; run scripts/test.sh to install it");
+    true
+}
+
+/// A client for a URL that is not a `ServerProc` (e.g. HAProxy).
+pub fn admin_call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut req = http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes())?,
+            format!("{base}{path}"),
+        )
+        .bearer_auth(ADMIN_KEY);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send()?;
+    let status = resp.status().as_u16();
+    let text = resp.text()?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}

@@ -74,6 +74,21 @@ pub struct ServeArgs {
     /// High-availability mode [default: standalone].
     #[arg(long, env = "SUNDIAL_HA_MODE", value_enum)]
     pub ha_mode: Option<HaMode>,
+    /// In static mode: this server's role.
+    #[arg(long, env = "SUNDIAL_ROLE", value_enum)]
+    pub role: Option<StaticRole>,
+    /// In static mode: the primary's URL (replicas forward writes there).
+    #[arg(long, env = "SUNDIAL_PRIMARY_URL")]
+    pub primary_url: Option<String>,
+    /// In litefs mode: the LiteFS mount directory [default: /litefs].
+    #[arg(long, env = "SUNDIAL_LITEFS_DIR")]
+    pub litefs_dir: Option<PathBuf>,
+    /// In litefs mode: the LiteFS API, preferred over polling `.primary` [default: none].
+    #[arg(long, env = "SUNDIAL_LITEFS_API")]
+    pub litefs_api: Option<String>,
+    /// In litefs mode: the primary's URL from its host name [default: http://{hostname}:8080].
+    #[arg(long, env = "SUNDIAL_PEER_URL_TEMPLATE")]
+    pub peer_url_template: Option<String>,
     /// TOML file with any of the settings above (flags and env take precedence).
     #[arg(long, env = "SUNDIAL_CONFIG")]
     pub config: Option<PathBuf>,
@@ -82,7 +97,19 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HaMode {
+    /// One server, always primary.
     Standalone,
+    /// Role fixed by --role; replicas forward to --primary-url.
+    Static,
+    /// Follow LiteFS: `<litefs-dir>/.primary` and the LiteFS API.
+    Litefs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticRole {
+    Primary,
+    Replica,
 }
 
 /// The optional config file: the same settings, snake_case keys.
@@ -101,6 +128,11 @@ struct FileConfig {
     lease: Option<Duration>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    role: Option<StaticRole>,
+    primary_url: Option<String>,
+    litefs_dir: Option<PathBuf>,
+    litefs_api: Option<String>,
+    peer_url_template: Option<String>,
 }
 
 /// Fully resolved settings.
@@ -113,7 +145,8 @@ pub struct Settings {
     pub history_keep: u32,
     pub history_max_age: Duration,
     pub max_body_bytes: usize,
-    pub ha_mode: HaMode,
+    /// Where the role comes from.
+    pub ha: crate::ha::Source,
     pub cluster_secret_file: Option<PathBuf>,
     pub lease: Duration,
     /// (certificate chain, private key) when serving HTTPS.
@@ -130,7 +163,7 @@ impl Default for Settings {
             history_keep: 100,
             history_max_age: Duration::from_secs_const(30 * 86_400),
             max_body_bytes: 1 << 20,
-            ha_mode: HaMode::Standalone,
+            ha: crate::ha::Source::Standalone,
             cluster_secret_file: None,
             lease: Duration::from_secs_const(30),
             tls: None,
@@ -169,7 +202,37 @@ impl ServeArgs {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(d.max_body_bytes),
-            ha_mode: self.ha_mode.or(file.ha_mode).unwrap_or(d.ha_mode),
+            ha: {
+                let mode = self.ha_mode.or(file.ha_mode).unwrap_or(HaMode::Standalone);
+                let role = self.role.or(file.role);
+                let primary_url = self.primary_url.or(file.primary_url);
+                match mode {
+                    HaMode::Standalone => crate::ha::Source::Standalone,
+                    HaMode::Static => {
+                        let Some(role) = role else {
+                            bail!("--ha-mode static needs --role primary|replica");
+                        };
+                        if role == StaticRole::Replica && primary_url.is_none() {
+                            bail!("a static replica needs --primary-url");
+                        }
+                        crate::ha::Source::Static {
+                            primary: role == StaticRole::Primary,
+                            primary_url,
+                        }
+                    }
+                    HaMode::Litefs => crate::ha::Source::Litefs {
+                        dir: self
+                            .litefs_dir
+                            .or(file.litefs_dir)
+                            .unwrap_or_else(|| PathBuf::from("/litefs")),
+                        api: self.litefs_api.or(file.litefs_api),
+                        template: self
+                            .peer_url_template
+                            .or(file.peer_url_template)
+                            .unwrap_or_else(|| "http://{hostname}:8080".to_string()),
+                    },
+                }
+            },
             cluster_secret_file: self.cluster_secret_file.or(file.cluster_secret_file),
             lease: self.lease.or(file.lease).unwrap_or(d.lease),
             tls: match (
@@ -181,6 +244,11 @@ impl ServeArgs {
                 _ => bail!("tls_cert and tls_key must be given together"),
             },
         };
+        if matches!(settings.ha, crate::ha::Source::Litefs { .. })
+            && settings.cluster_secret_file.is_none()
+        {
+            bail!("--ha-mode litefs needs --cluster-secret-file: every server must derive the same node keys");
+        }
         if settings.lease.as_millis() < 1_000 {
             bail!("lease must be at least 1s");
         }

@@ -19,6 +19,12 @@ use sundial_proto::time::now_ms;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+fn cancelled_token() -> CancellationToken {
+    let t = CancellationToken::new();
+    t.cancel();
+    t
+}
+
 /// How often leases are checked.
 const REAP_EVERY: Duration = Duration::from_millis(500);
 /// How often in-memory last-seen times are written.
@@ -45,6 +51,8 @@ pub struct Dispatcher {
     inner: Mutex<Inner>,
     /// Cancelled at shutdown: long-polls return at once so HTTP can drain.
     stopping: CancellationToken,
+    /// The current term as primary; cancelled at demotion.
+    term: Mutex<CancellationToken>,
 }
 
 impl Dispatcher {
@@ -62,7 +70,29 @@ impl Dispatcher {
             lease_ms,
             inner: Mutex::new(Inner::default()),
             stopping,
+            term: Mutex::new(cancelled_token()),
         }
+    }
+
+    /// Starts serving a term as primary.
+    pub fn start_term(&self, token: CancellationToken) {
+        *self.term.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// Ends the term: the queue is dropped (the next primary rebuilds it from
+    /// the database) and waiting long-polls return.
+    pub fn end_term(&self) {
+        self.term.lock().unwrap_or_else(|p| p.into_inner()).cancel();
+        let mut inner = self.lock();
+        inner.queue.clear();
+        for (_, w) in inner.waiters.drain() {
+            w.notify.notify_one();
+        }
+        self.metrics.dispatch_queue.set(0);
+    }
+
+    fn current_term(&self) -> CancellationToken {
+        self.term.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn lease_ms(&self) -> i64 {
@@ -155,7 +185,11 @@ impl Dispatcher {
     ) -> Result<Vec<Assignment>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = Arc::new(Notify::new());
+        let term = self.current_term();
         loop {
+            if term.is_cancelled() {
+                return Err(StoreError::NotPrimary);
+            }
             let now = now_ms();
             let (claimed, next_ready) = self.claim(&node, max.max(1), now);
             if !claimed.is_empty() {
@@ -210,6 +244,7 @@ impl Dispatcher {
                     _ = notify.notified() => {}
                     _ = tokio::time::sleep_until(until) => {}
                     _ = self.stopping.cancelled() => {}
+                    _ = term.cancelled() => {}
                 }
             }
             {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dispatch;
+pub mod ha;
 pub mod metrics;
 pub mod misfire;
 pub mod registry;

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub runs_completed: IntCounterVec,
     pub lease_expiries: IntCounter,
     pub agent_auth_failures: IntCounterVec,
+    pub promotions: IntCounter,
+    pub forwarded: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -143,6 +145,17 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let promotions = must(IntCounter::new(
+            "promotions_total",
+            "Times this server became primary",
+        ));
+        let forwarded = must(IntCounterVec::new(
+            Opts::new(
+                "forwarded_requests_total",
+                "Requests a replica forwarded to the primary, by outcome",
+            ),
+            &["outcome"],
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -162,6 +175,8 @@ impl Metrics {
             Box::new(runs_completed.clone()),
             Box::new(lease_expiries.clone()),
             Box::new(agent_auth_failures.clone()),
+            Box::new(promotions.clone()),
+            Box::new(forwarded.clone()),
         ] {
             must(registry.register(c));
         }
@@ -185,6 +200,8 @@ impl Metrics {
             runs_completed,
             lease_expiries,
             agent_auth_failures,
+            promotions,
+            forwarded,
         }
     }
 

@@ -56,8 +56,15 @@ pub struct Registry {
 impl Registry {
     /// Loads every node from the database.
     pub async fn load(store: &Store) -> Result<Registry, StoreError> {
+        let r = Registry::default();
+        r.reload(store).await?;
+        Ok(r)
+    }
+
+    /// Replaces the in-memory view with the database's (at promotion).
+    pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let all = store.read(nodes::list).await?;
-        let map = all
+        let map: HashMap<String, Arc<NodeInfo>> = all
             .into_iter()
             .map(|n| {
                 let info = NodeInfo {
@@ -72,10 +79,10 @@ impl Registry {
                 (n.id, Arc::new(info))
             })
             .collect();
-        Ok(Registry {
-            nodes: RwLock::new(map),
-            dirty: RwLock::default(),
-        })
+        if let Ok(mut m) = self.nodes.write() {
+            *m = map;
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<NodeInfo>> {

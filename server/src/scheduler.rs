@@ -167,7 +167,7 @@ impl Scheduler {
                     self.wake_at.fetch_min(target, Ordering::AcqRel);
                     (self.wake_at.load(Ordering::Acquire) - now_ms()).clamp(0, IDLE_WAKE_MS)
                 }
-                Err(StoreError::Closed) => break,
+                Err(StoreError::Closed | StoreError::NotPrimary | StoreError::Fenced) => break,
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     let backoff = (100i64 << failures.min(6)).min(5_000);

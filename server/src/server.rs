@@ -1,12 +1,14 @@
-//! Wiring: opens the store, seeds the admin key, starts the scheduler and the
-//! retention sweep, serves HTTP, and shuts everything down in order on
-//! SIGTERM/SIGINT (stop accepting, finish requests, stop the scheduler, drain
-//! the writer, checkpoint).
+//! Wiring: opens the store, follows the HA role source, and runs a *term* as
+//! primary (writer, scheduler, dispatcher, retention) whenever this server is
+//! primary; serves HTTP throughout. Shuts everything down in order on
+//! SIGTERM/SIGINT (stop accepting, finish requests, end the term, drain the
+//! writer, checkpoint).
 
 use crate::api::{self, App};
 use crate::auth;
 use crate::config::Settings;
 use crate::dispatch::Dispatcher;
+use crate::ha::{self, HaState, Observed, Role};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::retention;
@@ -21,10 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::time::now_ms;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How often the history sweep runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Retry delay when promotion failed (e.g. the database was busy).
+const PROMOTE_RETRY: Duration = Duration::from_millis(500);
 
 /// A running server (for tests and `main`).
 pub struct Running {
@@ -42,27 +48,188 @@ impl Running {
     }
 }
 
-/// Starts a server and returns once it listens.
+/// One term as primary: its tasks stop when `token` is cancelled.
+struct Term {
+    token: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Follows the role source and starts/ends terms.
+struct Controller {
+    app: Arc<App>,
+    retention: Retention,
+    env_admin_key: Option<String>,
+    term: Option<Term>,
+    /// Set when fenced: ignore "you are primary" until the source changes.
+    fenced_latch: bool,
+    fenced: Arc<Notify>,
+    generated_key: Option<String>,
+}
+
+impl Controller {
+    fn set_state(&self, role: Role, epoch: i64, obs: &Observed) {
+        let primary_url = if role == Role::Primary {
+            None
+        } else {
+            self.app
+                .settings
+                .ha
+                .primary_url(obs.primary_host.as_deref())
+        };
+        let mut st = self.app.ha.write().unwrap_or_else(|p| p.into_inner());
+        if st.role != role {
+            st.since = now_ms();
+            tracing::info!(role = role.as_str(), epoch, primary = ?primary_url, "role changed");
+        }
+        st.role = role;
+        if epoch > 0 {
+            st.epoch = epoch;
+        }
+        st.primary_host = obs.primary_host.clone();
+        st.primary_url = primary_url;
+        self.app
+            .metrics
+            .is_primary
+            .set(i64::from(role == Role::Primary));
+    }
+
+    /// Applies an observation; returns false when a promotion failed (retry later).
+    async fn apply(&mut self, obs: &Observed) -> bool {
+        if !obs.primary {
+            self.fenced_latch = false;
+            self.end_term().await;
+            let role = if obs.primary_host.is_some()
+                || !matches!(self.app.settings.ha, ha::Source::Litefs { .. })
+            {
+                Role::Replica
+            } else {
+                Role::Unknown
+            };
+            self.set_state(role, 0, obs);
+            return true;
+        }
+        if self.fenced_latch {
+            self.set_state(Role::Unknown, 0, obs);
+            return true;
+        }
+        if self.term.is_some() {
+            return true;
+        }
+        match self.begin_term().await {
+            Ok(epoch) => {
+                self.set_state(Role::Primary, epoch, obs);
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "promotion failed; will retry");
+                self.set_state(Role::Unknown, 0, obs);
+                false
+            }
+        }
+    }
+
+    async fn begin_term(&mut self) -> anyhow::Result<i64> {
+        let started = std::time::Instant::now();
+        let store = self.app.store.clone();
+        let fenced = self.fenced.clone();
+        let epoch = tokio::task::spawn_blocking(move || {
+            store.promote_blocking(Box::new(move |_| fenced.notify_one()))
+        })
+        .await
+        .context("promotion task")?
+        .context("opening the database for writing")?;
+        let app = &self.app;
+        if let Some(key) = auth::bootstrap(
+            &app.store,
+            self.env_admin_key.take(),
+            app.settings.admin_key_file.as_deref(),
+        )
+        .await?
+        {
+            self.generated_key = Some(key);
+        }
+        app.registry
+            .reload(&app.store)
+            .await
+            .context("loading nodes")?;
+        let token = CancellationToken::new();
+        app.dispatcher.start_term(token.clone());
+        let queued = app
+            .dispatcher
+            .load()
+            .await
+            .context("loading pending runs")?;
+        let tasks = vec![
+            tokio::spawn(app.scheduler.clone().run(token.clone())),
+            tokio::spawn(app.dispatcher.clone().run_background(token.clone())),
+            tokio::spawn(retention::run(
+                app.store.clone(),
+                self.retention,
+                app.metrics.clone(),
+                RETENTION_INTERVAL,
+                token.clone(),
+            )),
+        ];
+        self.term = Some(Term { token, tasks });
+        app.metrics.epoch.set(epoch);
+        app.metrics.promotions.inc();
+        tracing::info!(
+            epoch,
+            pending = queued,
+            took_ms = started.elapsed().as_millis() as u64,
+            "promoted to primary"
+        );
+        Ok(epoch)
+    }
+
+    async fn end_term(&mut self) {
+        let Some(term) = self.term.take() else {
+            return;
+        };
+        term.token.cancel();
+        self.app.dispatcher.end_term();
+        for t in term.tasks {
+            let _ = t.await;
+        }
+        self.app.store.demote().await;
+        tracing::info!("term as primary ended");
+    }
+
+    async fn run(mut self, mut observed: watch::Receiver<Observed>, shutdown: CancellationToken) {
+        let mut ok = true;
+        loop {
+            tokio::select! {
+                r = observed.changed() => { if r.is_err() { break; } }
+                _ = self.fenced.notified() => {
+                    tracing::error!("fenced by a newer primary: stepping down");
+                    self.fenced_latch = true;
+                    self.end_term().await;
+                }
+                _ = tokio::time::sleep(PROMOTE_RETRY), if !ok => {}
+                _ = shutdown.cancelled() => break,
+            }
+            let obs = observed.borrow_and_update().clone();
+            ok = self.apply(&obs).await;
+        }
+        self.end_term().await;
+    }
+}
+
+/// Starts a server and returns once it listens (and, when its source says
+/// so, once it is primary).
 pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
     let db_path = settings.data_dir.join(DB_FILE);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
-        Store::open(&db_path, metrics.clone())
+        Store::open_replica(&db_path, metrics.clone())
             .with_context(|| format!("opening database {}", db_path.display()))?,
     );
-    let admin_key =
-        auth::bootstrap(&store, env_admin_key, settings.admin_key_file.as_deref()).await?;
-    let shutdown = CancellationToken::new();
-    let epoch = store
-        .write(crate::store::bump_epoch)
-        .await
-        .context("bumping the epoch")?;
-    metrics.epoch.set(epoch);
     let secrets =
         ClusterSecrets::load(settings.cluster_secret_file.as_deref(), &settings.data_dir)?;
-    let registry = Arc::new(Registry::load(&store).await.context("loading nodes")?);
+    let registry = Arc::new(Registry::default());
+    let shutdown = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         metrics.clone(),
@@ -70,8 +237,6 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         settings.lease.as_millis_i64(),
         shutdown.clone(),
     ));
-    let queued = dispatcher.load().await.context("loading pending runs")?;
-    tracing::info!(pending = queued, "dispatch queue loaded");
     let scheduler = Arc::new(Scheduler::new(
         store.clone(),
         metrics.clone(),
@@ -86,28 +251,40 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         keep: settings.history_keep,
         max_age_ms: settings.history_max_age.as_millis_i64(),
     };
+    let source = settings.ha.clone();
     let app = Arc::new(App {
         store: store.clone(),
-        scheduler: scheduler.clone(),
+        scheduler,
         metrics: metrics.clone(),
         keys: auth::KeyCache::default(),
         registry,
-        dispatcher: dispatcher.clone(),
+        dispatcher,
         secrets,
         nonces: Default::default(),
+        ha: std::sync::RwLock::new(ha::initial_state()),
+        forwarder: api::forward::Forwarder::new()?,
         settings,
         started_at: now_ms(),
     });
-    let tasks = CancellationToken::new();
-    let scheduler_task = tokio::spawn(scheduler.run(tasks.clone()));
-    let dispatch_task = tokio::spawn(dispatcher.run_background(tasks.clone()));
-    let retention_task = tokio::spawn(retention::run(
-        store.clone(),
-        retention_defaults,
-        metrics,
-        RETENTION_INTERVAL,
-        tasks.clone(),
-    ));
+    let ha_stop = CancellationToken::new();
+    let mut observed = ha::watch_source(&source, ha_stop.clone());
+    let mut controller = Controller {
+        app: app.clone(),
+        retention: retention_defaults,
+        env_admin_key,
+        term: None,
+        fenced_latch: false,
+        fenced: Arc::new(Notify::new()),
+        generated_key: None,
+    };
+    // Decide the first role before serving, so a standalone server answers as primary at once.
+    let first = observed.borrow_and_update().clone();
+    if !controller.apply(&first).await && matches!(source, ha::Source::Standalone) {
+        anyhow::bail!("could not open {} for writing", db_path.display());
+    }
+    let admin_key = controller.generated_key.take();
+    let ha_task = tokio::spawn(controller.run(observed, ha_stop.clone()));
+
     let tls_on = app.settings.tls.is_some();
     let tls = match &app.settings.tls {
         Some((cert, key)) => {
@@ -152,15 +329,13 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
                 }
             }
         };
-        tasks.cancel();
-        let _ = scheduler_task.await;
-        let _ = dispatch_task.await;
-        let _ = retention_task.await;
+        ha_stop.cancel();
+        let _ = ha_task.await;
         store.close().await;
         tracing::info!("server stopped");
         served.context("serving HTTP")
     });
-    tracing::info!(%addr, db = %db_path.display(), tls = tls_on, "sundial-server listening");
+    tracing::info!(%addr, db = %db_path.display(), tls = tls_on, mode = source.mode(), "sundial-server listening");
     Ok(Running {
         addr,
         admin_key,
@@ -187,4 +362,12 @@ pub async fn serve_until(
     signal.await;
     tracing::info!("shutting down");
     running.stop().await
+}
+
+/// For `/v1/ha/status`.
+pub fn snapshot(app: &App) -> HaState {
+    app.ha
+        .read()
+        .map(|s| s.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
 }

@@ -60,6 +60,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotPrimary | StoreError::Fenced => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_primary",
+                "this server is not the primary; retry (the load balancer routes to the primary)",
+            ),
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

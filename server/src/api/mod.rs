@@ -6,6 +6,7 @@ pub mod agent;
 pub mod agent_auth;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod jobs;
 pub mod keys;
 pub mod nodes;
@@ -42,14 +43,24 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     pub secrets: ClusterSecrets,
     pub nonces: agent_auth::NonceCache,
+    /// The HA role and what goes with it (see [`crate::ha`]).
+    pub ha: std::sync::RwLock<crate::ha::HaState>,
+    pub forwarder: forward::Forwarder,
     pub settings: Settings,
     pub started_at: i64,
 }
 
 impl App {
-    /// This server's role. Standalone servers are always the primary.
-    pub fn role(&self) -> &'static str {
-        "primary"
+    /// This server's role.
+    pub fn role(&self) -> crate::ha::Role {
+        self.ha
+            .read()
+            .map(|s| s.role)
+            .unwrap_or(crate::ha::Role::Unknown)
+    }
+
+    pub fn ha_state(&self) -> crate::ha::HaState {
+        crate::server::snapshot(self)
     }
 }
 
@@ -167,6 +178,7 @@ pub fn router(app: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(app.clone(), forward::layer))
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -4,6 +4,7 @@
 use super::error::ApiResult;
 use super::extract::Reader;
 use super::AppState;
+use crate::ha::Role;
 use crate::store::{self, jobs, runs};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,14 +21,21 @@ pub async fn healthz() -> impl IntoResponse {
 
 /// Readiness: the database answers a query and the role is known.
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    let role = app.role();
     match app.store.read(store::epoch).await {
-        Ok(epoch) => (
+        Ok(epoch) if role != Role::Unknown => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "role": app.role(), "epoch": epoch})),
+            Json(json!({"status": "ready", "role": role.as_str(), "epoch": epoch})),
+        ),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "unavailable", "role": role.as_str(), "error": "role not known yet"}),
+            ),
         ),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": e.to_string()})),
+            Json(json!({"status": "unavailable", "role": role.as_str(), "error": e.to_string()})),
         ),
     }
 }
@@ -52,7 +60,6 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "refreshing metrics gauges"),
     }
-    app.metrics.is_primary.set(1);
     (
         [(
             header::CONTENT_TYPE,
@@ -62,21 +69,32 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// 200 only on the primary. Standalone servers are always primary.
+/// 200 only on the primary (the load balancer's health check); 503 elsewhere.
 pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
+    let st = app.ha_state();
+    let primary = st.role == Role::Primary && app.store.is_writer();
+    let status = if primary {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
-        Json(json!({"primary": true, "role": app.role()})),
+        status,
+        Json(json!({"primary": primary, "role": st.role.as_str(), "epoch": st.epoch})),
     )
 }
 
+/// Role, epoch, primary and since when.
 pub async fn ha_status(State(app): State<AppState>, _: Reader) -> ApiResult<impl IntoResponse> {
-    let epoch = app.store.read(store::epoch).await?;
+    let st = app.ha_state();
+    let stored_epoch = app.store.read(store::epoch).await.ok();
     Ok(Json(json!({
-        "mode": "standalone",
-        "role": app.role(),
-        "epoch": epoch,
-        "primary": null,
-        "since": format_ms(app.started_at),
+        "mode": app.settings.ha.mode(),
+        "role": st.role.as_str(),
+        "epoch": stored_epoch.unwrap_or(st.epoch),
+        "term_epoch": st.epoch,
+        "primary": st.primary_host,
+        "primary_url": st.primary_url,
+        "since": format_ms(st.since),
     })))
 }

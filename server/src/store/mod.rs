@@ -46,13 +46,18 @@ pub enum StoreError {
     Io(String),
     #[error("the database writer is not running")]
     Closed,
+    #[error("this server is not the primary; writes go to the primary")]
+    NotPrimary,
+    #[error("fenced: another server became primary (epoch moved on)")]
+    Fenced,
 }
 
-/// Handle to the database: one writer, many readers.
+/// Handle to the database: at most one writer (while primary), many readers.
 pub struct Store {
-    writer: Writer,
+    writer: std::sync::RwLock<Option<Arc<Writer>>>,
     pool: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
+    metrics: Arc<Metrics>,
 }
 
 /// Applies the pragmas every connection needs.
@@ -63,22 +68,27 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl Store {
-    /// Opens (creating if needed) the database at `path`, migrates it and starts the writer.
-    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        // WAL first: it is persistent and shared by every later connection.
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Io(format!(
-                "could not enable WAL mode on {} (got {mode})",
-                path.display()
-            )));
-        }
-        configure(&conn)?;
-        migrations::migrate(&mut conn)?;
-        ensure_cluster_row(&conn)?;
+/// Opens the read-write connection: WAL, pragmas, migrations, cluster row.
+fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path)?;
+    // WAL first: it is persistent and shared by every later connection.
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Io(format!(
+            "could not enable WAL mode on {} (got {mode})",
+            path.display()
+        )));
+    }
+    configure(&conn)?;
+    migrations::migrate(&mut conn)?;
+    ensure_cluster_row(&conn)?;
+    Ok(conn)
+}
 
+impl Store {
+    /// Opens the database read-only (a replica). The file may not exist yet;
+    /// reads fail until it does.
+    pub fn open_replica(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .with_init(|c| {
@@ -87,14 +97,59 @@ impl Store {
             });
         let pool = r2d2::Pool::builder()
             .max_size(8)
-            .min_idle(Some(1))
-            .build(manager)?;
-        let writer = Writer::spawn(conn, metrics)?;
+            .min_idle(Some(0))
+            .connection_timeout(Duration::from_secs(5))
+            .build_unchecked(manager);
         Ok(Store {
-            writer,
+            writer: std::sync::RwLock::new(None),
             pool,
             path: path.to_path_buf(),
+            metrics,
         })
+    }
+
+    /// Opens (creating if needed) the database, migrates it and becomes its
+    /// writer at once (standalone servers and tests).
+    pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        // Create and migrate before the read pool connects.
+        drop(open_rw(path)?);
+        let store = Store::open_replica(path, metrics)?;
+        store.promote_blocking(Box::new(|_| {}))?;
+        Ok(store)
+    }
+
+    /// Becomes the writer: opens read-write, migrates, bumps the epoch and
+    /// starts the writer thread for the new term. Returns the new epoch.
+    pub fn promote_blocking(&self, on_fenced: writer::OnFenced) -> Result<i64, StoreError> {
+        let conn = open_rw(&self.path)?;
+        let epoch = bump_epoch(&conn)?;
+        let writer = Writer::spawn(conn, self.metrics.clone(), epoch, on_fenced)?;
+        let old = self
+            .writer
+            .write()
+            .map_err(|_| StoreError::Io("writer lock poisoned".into()))?
+            .replace(Arc::new(writer));
+        if old.is_some() {
+            tracing::warn!("promoted while a writer was still open; the old one is dropped");
+        }
+        Ok(epoch)
+    }
+
+    /// Stops being the writer: flushes what is queued (unless fenced) and closes.
+    pub async fn demote(&self) {
+        let writer = self.writer.write().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            w.shutdown().await;
+        }
+    }
+
+    /// True while this store holds an unfenced writer.
+    pub fn is_writer(&self) -> bool {
+        self.current_writer().is_some_and(|w| !w.is_fenced())
+    }
+
+    fn current_writer(&self) -> Option<Arc<Writer>> {
+        self.writer.read().ok().and_then(|w| w.clone())
     }
 
     pub fn path(&self) -> &Path {
@@ -107,7 +162,10 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.writer.call(f).await
+        match self.current_writer() {
+            Some(w) => w.call(f).await,
+            None => Err(StoreError::NotPrimary),
+        }
     }
 
     /// Runs `f` on a pooled read-only connection off the async runtime.
@@ -136,7 +194,7 @@ impl Store {
 
     /// Flushes queued writes, checkpoints and stops the writer.
     pub async fn close(&self) {
-        self.writer.shutdown().await;
+        self.demote().await;
     }
 }
 

@@ -4,10 +4,16 @@
 //! Callers hand in closures; each runs inside its own savepoint so one failing
 //! operation rolls back alone, and every caller gets its reply only after the
 //! batch has committed. Batch size and commit latency go to the metrics.
+//!
+//! Fencing: the writer belongs to one term as primary (an epoch). Every batch
+//! first reads the cluster epoch inside its transaction; if another server
+//! has bumped it, the batch is rolled back, every caller gets
+//! [`StoreError::Fenced`], and the writer refuses all further work.
 
 use super::StoreError;
 use crate::metrics::Metrics;
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,20 +37,42 @@ const MAX_BATCH: usize = 4096;
 pub struct Writer {
     sender: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    fenced: Arc<AtomicBool>,
 }
+
+/// Called once when the writer finds it was fenced off.
+pub type OnFenced = Box<dyn Fn(i64) + Send + Sync>;
 
 impl Writer {
     /// Starts the writer thread over an open read-write connection.
-    pub fn spawn(conn: Connection, metrics: Arc<Metrics>) -> Result<Writer, StoreError> {
+    /// `epoch` is this term's fencing token; `on_fenced` hears the epoch that replaced it.
+    pub fn spawn(
+        conn: Connection,
+        metrics: Arc<Metrics>,
+        epoch: i64,
+        on_fenced: OnFenced,
+    ) -> Result<Writer, StoreError> {
         let (sender, receiver) = mpsc::channel();
+        let fenced = Arc::new(AtomicBool::new(false));
+        let term = Term {
+            epoch,
+            fenced: fenced.clone(),
+            on_fenced,
+        };
         let thread = std::thread::Builder::new()
             .name("sundial-writer".into())
-            .spawn(move || run(conn, receiver, metrics))
+            .spawn(move || run(conn, receiver, metrics, term))
             .map_err(|e| StoreError::Io(format!("starting writer thread: {e}")))?;
         Ok(Writer {
             sender,
             thread: std::sync::Mutex::new(Some(thread)),
+            fenced,
         })
+    }
+
+    /// True once a newer primary's epoch was seen.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Runs `f` inside the next batch transaction and waits for the commit.
@@ -67,7 +95,11 @@ impl Writer {
         self.sender
             .send(Msg::Op(op))
             .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        match rx.await {
+            Ok(result) => result,
+            Err(_) if self.is_fenced() => Err(StoreError::Fenced),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Applies everything already queued, checkpoints the WAL and stops the thread.
@@ -100,7 +132,14 @@ fn in_savepoint<T>(
     }
 }
 
-fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
+/// The term this writer serves and how it learns it is over.
+struct Term {
+    epoch: i64,
+    fenced: Arc<AtomicBool>,
+    on_fenced: OnFenced,
+}
+
+fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, term: Term) {
     let mut batch: Vec<Op> = Vec::with_capacity(64);
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
@@ -119,7 +158,7 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
             }
         }
         if !batch.is_empty() {
-            apply(&conn, &mut batch, &mut replies, &metrics);
+            apply(&conn, &mut batch, &mut replies, &metrics, &term);
         }
         if shutdown.is_some() {
             // Drain stragglers queued behind the shutdown request.
@@ -127,13 +166,15 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
                 batch.push(op);
             }
             if !batch.is_empty() {
-                apply(&conn, &mut batch, &mut replies, &metrics);
+                apply(&conn, &mut batch, &mut replies, &metrics, &term);
             }
             break;
         }
     }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-        tracing::warn!(error = %e, "final WAL checkpoint failed");
+    if !term.fenced.load(Ordering::Acquire) {
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::warn!(error = %e, "final WAL checkpoint failed");
+        }
     }
     drop(conn);
     tracing::debug!("writer stopped");
@@ -142,17 +183,53 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>) {
     }
 }
 
-fn apply(conn: &Connection, batch: &mut Vec<Op>, replies: &mut Vec<Reply>, metrics: &Metrics) {
+/// Reads the cluster epoch inside the open transaction.
+fn current_epoch(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))?)
+}
+
+fn apply(
+    conn: &Connection,
+    batch: &mut Vec<Op>,
+    replies: &mut Vec<Reply>,
+    metrics: &Metrics,
+    term: &Term,
+) {
     let started = Instant::now();
     let size = batch.len();
+    if term.fenced.load(Ordering::Acquire) {
+        // Dropping the ops drops their reply channels: callers see the refusal.
+        batch.clear();
+        return;
+    }
     let outcome = match conn.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => {
-            replies.extend(batch.drain(..).map(|op| op(conn)));
-            conn.execute_batch("COMMIT").map_err(|e| {
+        Ok(()) => match current_epoch(conn) {
+            Ok(epoch) if epoch != term.epoch => {
                 let _ = conn.execute_batch("ROLLBACK");
-                StoreError::Commit(e.to_string())
-            })
-        }
+                term.fenced.store(true, Ordering::Release);
+                tracing::error!(
+                    mine = term.epoch,
+                    current = epoch,
+                    "fenced: another server is primary; refusing writes"
+                );
+                (term.on_fenced)(epoch);
+                batch.clear();
+                return;
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                batch.clear();
+                tracing::error!(error = %e, "reading the epoch");
+                return;
+            }
+            Ok(_) => {
+                replies.extend(batch.drain(..).map(|op| op(conn)));
+                conn.execute_batch("COMMIT").map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    StoreError::Commit(e.to_string())
+                })
+            }
+        },
         Err(e) => {
             batch.clear();
             Err(StoreError::Commit(format!("begin: {e}")))

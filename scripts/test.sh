@@ -18,19 +18,11 @@ fi
 
 log "toolchain: $(cargo --version)"
 
-# External tools the e2e tests use. Missing ones are installed when we can
-# (root, Debian); otherwise their tests skip with a reason (or fail under CI=true).
-apt_missing=()
-command -v haproxy >/dev/null 2>&1 || apt_missing+=(haproxy)
-if ((${#apt_missing[@]})); then
-    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        log "installing ${apt_missing[*]} (apt)"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
-    else
-        log "missing ${apt_missing[*]}: the tests that need them will skip (install: apt-get install ${apt_missing[*]})"
-    fi
-fi
+# External tools the e2e tests use (HAProxy, Litestream, moto, validators).
+log "test tools"
+bash scripts/install-test-tools.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -91,7 +91,15 @@ fn killed_daemon_runs_are_retried_elsewhere_and_forbid_holds() {
             .ok()?;
         (r["state"] == "succeeded").then_some(r)
     })
-    .expect("the lost run was retried and finished");
+    .unwrap_or_else(|| {
+        let (_, r) = server
+            .call("GET", &format!("/v1/runs/{run_id}"), None)
+            .unwrap();
+        panic!(
+            "the lost run was not retried to success: {r}\nserver log:\n{}",
+            server.log_text()
+        )
+    });
     eprintln!(
         "run {run_id}: killed on {first_node}, finished after {:?}: {done}",
         killed.elapsed()

@@ -127,20 +127,31 @@ impl Dispatcher {
         if runs.is_empty() {
             return;
         }
-        let now = now_ms();
         let mut inner = self.lock();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
+        let mut woken: std::collections::HashSet<String> = std::collections::HashSet::new();
         for q in runs {
-            if q.ready_at <= now {
-                if !q.slot_node.is_empty() {
-                    if let Some(w) = inner.waiters.get(&q.slot_node) {
-                        wake.push(w.notify.clone());
-                    }
-                } else if let Some(w) = inner
+            // Wake an eligible waiter even for a run that is not ready yet
+            // (retry backoff): it re-arms its sleep to the run's ready time.
+            // Each run wakes a different node where it can, to spread work.
+            let target = if !q.slot_node.is_empty() {
+                inner
                     .waiters
-                    .values()
-                    .find(|w| w.node.eligible(&q.target, &q.executor_kind, &q.slot_node))
-                {
+                    .get(&q.slot_node)
+                    .map(|w| (q.slot_node.clone(), w))
+            } else {
+                inner
+                    .waiters
+                    .iter()
+                    .filter(|(id, w)| {
+                        !woken.contains(*id)
+                            && w.node.eligible(&q.target, &q.executor_kind, &q.slot_node)
+                    })
+                    .map(|(id, w)| (id.clone(), w))
+                    .next()
+            };
+            if let Some((id, w)) = target {
+                if woken.insert(id) {
                     wake.push(w.notify.clone());
                 }
             }
@@ -175,7 +186,30 @@ impl Dispatcher {
         self.metrics.dispatch_queue.set(inner.queue.len() as i64);
         (claimed, next_ready)
     }
+}
 
+/// Removes a long-poll's waiter when the poll ends for any reason — including
+/// the client going away mid-poll, which drops the handler's future.
+struct WaiterGuard<'a> {
+    dispatcher: &'a Dispatcher,
+    node: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.dispatcher.lock();
+        if inner
+            .waiters
+            .get(&self.node)
+            .is_some_and(|w| Arc::ptr_eq(&w.notify, &self.notify))
+        {
+            inner.waiters.remove(&self.node);
+        }
+    }
+}
+
+impl Dispatcher {
     /// Long-poll: returns as soon as runs are assigned to `node`, or empty after `wait`.
     pub async fn poll(
         &self,
@@ -185,6 +219,11 @@ impl Dispatcher {
     ) -> Result<Vec<Assignment>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = Arc::new(Notify::new());
+        let _guard = WaiterGuard {
+            dispatcher: self,
+            node: node.id.clone(),
+            notify: notify.clone(),
+        };
         let term = self.current_term();
         loop {
             if term.is_cancelled() {
@@ -245,16 +284,6 @@ impl Dispatcher {
                     _ = tokio::time::sleep_until(until) => {}
                     _ = self.stopping.cancelled() => {}
                     _ = term.cancelled() => {}
-                }
-            }
-            {
-                let mut inner = self.lock();
-                if inner
-                    .waiters
-                    .get(&node.id)
-                    .is_some_and(|w| Arc::ptr_eq(&w.notify, &notify))
-                {
-                    inner.waiters.remove(&node.id);
                 }
             }
             if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {

@@ -72,6 +72,8 @@ fi
     --node-id "$(hostname)" --labels role=local 2>>"$data/daemon.log" &
 daemon_pid=$!
 
+# The single quotes are deliberate: $SUNDIAL_NODE_ID expands in the job's shell.
+# shellcheck disable=SC2016
 curl -fsS -X PUT "$base/v1/jobs/hello" -H "$auth" -H "$json" \
     -d '{"schedule": "@every 10s", "executor": {"type": "shell", "script": "echo hello from $SUNDIAL_NODE_ID"},
          "description": "quickstart sample job"}' >/dev/null

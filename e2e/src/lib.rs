@@ -16,11 +16,14 @@ pub const ADMIN_KEY: &str = "e2e-admin-key-0123456789abcdef";
 /// Path of a workspace binary (built by `cargo build --workspace --bins`).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test-binary> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("locating the target directory")?;
+    // Tests run as target/<profile>/deps/<test-binary>; other binaries (the
+    // benchmark) as target/<profile>/<binary>. Either way → target/<profile>/<name>.
+    let parent = exe.parent().context("locating the target directory")?;
+    let dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().context("locating the target directory")?
+    } else {
+        parent
+    };
     let path = dir.join(name);
     if !path.exists() {
         bail!(

@@ -79,7 +79,7 @@ impl Metrics {
         let fire_lateness_seconds = must(Histogram::with_opts(
             HistogramOpts::new(
                 "fire_lateness_seconds",
-                "Delay between a slot's scheduled time and its commit",
+                "Delay between an on-time slot's scheduled time and the commit that created it",
             )
             .buckets(vec![
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0,

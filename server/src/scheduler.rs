@@ -5,7 +5,8 @@
 //! the writer to take the due jobs, plan their slots (see [`crate::misfire`]),
 //! insert them with `ON CONFLICT DO NOTHING` and advance `next_fire_at` — all
 //! in one transaction, so a crash or failover can neither lose nor repeat a
-//! slot. The loop then sleeps until the earliest remaining fire, or until an
+//! slot. Ticks run [`LOOKAHEAD_MS`] ahead, so a slot is committed before its
+//! time and released by the dispatcher exactly at it. The loop then sleeps until the earliest remaining fire, or until an
 //! API write hints that something earlier exists.
 
 use crate::dispatch::Dispatcher;
@@ -25,8 +26,14 @@ use sundial_proto::{MisfirePolicy, Target};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Most jobs fired in one write transaction; more due jobs take more ticks.
-const FIRE_BATCH: usize = 2000;
+/// Most jobs fired in one write transaction; more due jobs take more
+/// transactions. Small enough that the first slots of a big second are
+/// committed (visible, dispatchable) within milliseconds.
+const FIRE_BATCH: usize = 250;
+/// Slots are written this long before their scheduled time, so they are
+/// committed and dispatchable when it arrives; the dispatcher releases a run
+/// no earlier than its `scheduled_for`.
+pub const LOOKAHEAD_MS: i64 = 25;
 /// Longest sleep when nothing is scheduled (a safety net, not a poll).
 const IDLE_WAKE_MS: i64 = 60_000;
 /// Parsed schedules kept between fires.
@@ -77,6 +84,9 @@ impl ScheduleCache {
 pub struct Tick {
     /// The slots created, for the dispatch queue.
     pub created: Vec<Queued>,
+    /// Scheduled times of the on-time slots created (for the lateness histogram,
+    /// observed once they are committed).
+    pub on_time: Vec<i64>,
     pub slots_created: usize,
     pub jobs_fired: usize,
     /// Earliest fire still pending after this tick.
@@ -132,6 +142,11 @@ impl Scheduler {
                 .store
                 .write(move |conn| fire_due(conn, now, FIRE_BATCH, &cache, &metrics, &registry))
                 .await?;
+            let committed = now_ms();
+            for at in tick.on_time.drain(..) {
+                let late = (committed - at).max(0) as f64 / 1000.0;
+                self.metrics.fire_lateness_seconds.observe(late);
+            }
             self.dispatcher.enqueue(std::mem::take(&mut tick.created));
             total.slots_created += tick.slots_created;
             total.jobs_fired += tick.jobs_fired;
@@ -153,7 +168,7 @@ impl Scheduler {
             let now = now_ms();
             // Claim the wake slot before reading, so a hint racing this tick is not lost.
             self.wake_at.store(i64::MAX, Ordering::Release);
-            let sleep_ms = match self.tick(now).await {
+            let sleep_ms = match self.tick(now + LOOKAHEAD_MS).await {
                 Ok(tick) => {
                     failures = 0;
                     if tick.slots_created > 0 {
@@ -165,7 +180,8 @@ impl Scheduler {
                     }
                     let target = tick.next_fire.unwrap_or(now + IDLE_WAKE_MS);
                     self.wake_at.fetch_min(target, Ordering::AcqRel);
-                    (self.wake_at.load(Ordering::Acquire) - now_ms()).clamp(0, IDLE_WAKE_MS)
+                    (self.wake_at.load(Ordering::Acquire) - LOOKAHEAD_MS - now_ms())
+                        .clamp(0, IDLE_WAKE_MS)
                 }
                 Err(StoreError::Closed | StoreError::NotPrimary | StoreError::Fenced) => break,
                 Err(e) => {
@@ -233,13 +249,17 @@ fn fire_due(
             job.grace_ms,
             job.max_catch_up.max(1) as usize,
         );
+        let mut created = 0u64;
+        let mut last = None;
         for (at, trigger) in &plan.slots {
             for node in &slot_nodes {
-                let Some(run_id) = runs::insert_slot(conn, job.pk, *trigger, *at, node, now)?
+                let Some(run_id) =
+                    runs::insert_slot_only(conn, job.pk, *trigger, *at, node, now_ms())?
                 else {
                     continue;
                 };
-                tick.slots_created += 1;
+                created += 1;
+                last = Some((run_id, *at));
                 tick.created.push(Queued {
                     run_id,
                     job_pk: job.pk,
@@ -253,16 +273,16 @@ fn fire_due(
                     .with_label_values(&[trigger.as_str()])
                     .inc();
                 if *trigger == runs::Trigger::Schedule {
-                    let late = (now_ms() - at).max(0) as f64 / 1000.0;
-                    metrics.fire_lateness_seconds.observe(late);
+                    tick.on_time.push(*at);
                 }
             }
         }
+        tick.slots_created += created as usize;
         if plan.skipped > 0 {
             metrics.misfires_skipped.inc_by(plan.skipped);
             tracing::info!(job = %job.id, skipped = plan.skipped, policy = policy.as_str(), "missed fires not run");
         }
-        jobs::set_next_fire(conn, job.pk, plan.next)?;
+        jobs::record_fire(conn, job.pk, plan.next, created, last)?;
     }
     tick.next_fire = jobs::earliest_fire(conn)?;
     Ok(tick)

@@ -263,6 +263,31 @@ pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<()
     Ok(())
 }
 
+/// After a fire: moves the next fire and counts the slots created, in one
+/// write of the job row. `last` is the newest slot created (id, scheduled time).
+pub fn record_fire(
+    conn: &Connection,
+    pk: i64,
+    next: Option<i64>,
+    created: u64,
+    last: Option<(i64, i64)>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET next_fire_at = ?2, runs_total = runs_total + ?3,
+             last_run_id = coalesce(?4, last_run_id), last_run_at = coalesce(?5, last_run_at),
+             last_state = CASE WHEN ?4 IS NULL THEN last_state ELSE 'pending' END
+         WHERE pk = ?1",
+    )?
+    .execute(params![
+        pk,
+        next,
+        created as i64,
+        last.map(|l| l.0),
+        last.map(|l| l.1)
+    ])?;
+    Ok(())
+}
+
 /// The internal key of a job, for run queries.
 pub fn pk_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn

@@ -80,6 +80,8 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     configure(&conn)?;
+    // Savepoints and sorts stay in memory: no temp-file writes on the hot path.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrations::migrate(&mut conn)?;
     ensure_cluster_row(&conn)?;
     Ok(conn)

@@ -64,6 +64,28 @@ pub fn insert_slot(
     node: &str,
     now: i64,
 ) -> Result<Option<i64>, StoreError> {
+    let Some(id) = insert_slot_only(conn, job_pk, trigger, scheduled_for, node, now)? else {
+        return Ok(None);
+    };
+    conn.prepare_cached(
+        "UPDATE jobs SET runs_total = runs_total + 1, last_run_id = ?2, last_run_at = ?3,
+             last_state = 'pending'
+         WHERE pk = ?1",
+    )?
+    .execute(params![job_pk, id, scheduled_for])?;
+    Ok(Some(id))
+}
+
+/// [`insert_slot`] without the job's counters: the scheduler updates the job
+/// row once per fire instead (see `jobs::record_fire`).
+pub fn insert_slot_only(
+    conn: &Connection,
+    job_pk: i64,
+    trigger: Trigger,
+    scheduled_for: i64,
+    node: &str,
+    now: i64,
+) -> Result<Option<i64>, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at)
@@ -74,14 +96,7 @@ pub fn insert_slot(
     if inserted == 0 {
         return Ok(None);
     }
-    let id = conn.last_insert_rowid();
-    conn.prepare_cached(
-        "UPDATE jobs SET runs_total = runs_total + 1, last_run_id = ?2, last_run_at = ?3,
-             last_state = 'pending'
-         WHERE pk = ?1",
-    )?
-    .execute(params![job_pk, id, scheduled_for])?;
-    Ok(Some(id))
+    Ok(Some(conn.last_insert_rowid()))
 }
 
 /// Reads one run.

@@ -3,6 +3,9 @@
 //! waits for readiness, talks to it over HTTP, and kills/reaps exactly the
 //! processes it started (by PID, never by name).
 
+pub mod litestream;
+pub mod misfire;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::net::TcpListener;
@@ -321,32 +324,7 @@ impl ServerProc {
 
     /// Every row of every table, as text: equal snapshots mean nothing was written.
     pub fn snapshot(&self) -> Result<String> {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.data_dir.join("sundial.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
-        let mut out = String::new();
-        for table in [
-            "cluster",
-            "api_keys",
-            "join_tokens",
-            "nodes",
-            "jobs",
-            "runs",
-        ] {
-            let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY 1"))?;
-            let cols = stmt.column_count();
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                out.push_str(table);
-                for i in 0..cols {
-                    let v: rusqlite::types::Value = row.get(i)?;
-                    out.push_str(&format!("|{v:?}"));
-                }
-                out.push('\n');
-            }
-        }
-        Ok(out)
+        litestream::dump(&self.data_dir.join("sundial.db"))
     }
 
     /// Every run of the cluster (following cursors), oldest first.

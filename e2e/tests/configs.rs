@@ -134,7 +134,9 @@ fn litefs_yml_uses_documented_keys_and_a_valid_server_command() {
     let argv = shell_words::split(&cmd).unwrap();
     let cli = sundial_server::config::Cli::try_parse_from(&argv)
         .unwrap_or_else(|e| panic!("exec command rejected: {e}"));
-    let sundial_server::config::Command::Serve(args) = cli.command;
+    let sundial_server::config::Command::Serve(args) = cli.command else {
+        panic!("litefs.yml's exec does not run `sundial-server serve`: {cmd}");
+    };
     let settings = args.resolve().unwrap();
     assert!(matches!(
         settings.ha,

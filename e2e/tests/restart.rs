@@ -3,8 +3,9 @@
 //! the cap); jobs, counters and history survive; no slot exists twice.
 
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
+use sundial_e2e::misfire::Gap;
 use sundial_e2e::{ms, wait_for, ServerProc};
 use sundial_proto::time::now_ms;
 
@@ -124,66 +125,26 @@ fn kill9_restart_applies_misfire_policies_and_keeps_everything() {
             "{id} counters"
         );
 
-        let scheduled: Vec<&Value> = runs.iter().filter(|r| r["trigger"] != "manual").collect();
-        let times: Vec<i64> = scheduled.iter().map(|r| ms(r, "scheduled_for")).collect();
-        let unique: HashSet<i64> = times.iter().copied().collect();
-        assert_eq!(unique.len(), times.len(), "{id}: a slot exists twice");
+        let gap = Gap::of(id, &runs, killed_at);
         assert!(
-            times.iter().all(|t| t % 1000 == 0),
-            "{id}: slot off the second"
+            gap.missed.len() >= 3,
+            "{id}: expected a gap of several seconds, got {:?}",
+            gap.missed
         );
-
-        let last_pre = scheduled
-            .iter()
-            .filter(|r| ms(r, "created_at") < killed_at)
-            .map(|r| ms(r, "scheduled_for"))
-            .max()
-            .unwrap();
-        let post: Vec<&&Value> = scheduled
-            .iter()
-            .filter(|r| ms(r, "created_at") >= killed_at)
-            .collect();
-        let first_on = post
-            .iter()
-            .filter(|r| r["trigger"] == "schedule")
-            .map(|r| ms(r, "scheduled_for"))
-            .min()
-            .unwrap();
-        let mut catch_up: Vec<i64> = post
-            .iter()
-            .filter(|r| r["trigger"] == "catch_up")
-            .map(|r| ms(r, "scheduled_for"))
-            .collect();
-        catch_up.sort();
-        let missed: Vec<i64> = ((last_pre + 1000)..first_on).step_by(1000).collect();
-        assert!(
-            missed.len() >= 3,
-            "{id}: expected a gap of several seconds, got {missed:?}"
-        );
-        let expected: Vec<i64> = match policy {
-            "skip" => vec![],
-            "run_once" => vec![first_on - 1000],
-            _ => missed[missed.len().saturating_sub(cap as usize)..].to_vec(),
-        };
         assert_eq!(
-            catch_up, expected,
-            "{id} ({policy}, cap {cap}): catch-up slots; missed {} fires between {last_pre} and {first_on}",
-            missed.len()
+            gap.catch_up,
+            gap.expected(policy, cap as usize),
+            "{id} ({policy}, cap {cap}): catch-up slots; missed {} fires between {} and {}",
+            gap.missed.len(),
+            gap.last_pre,
+            gap.first_on
         );
         // After the gap, on-time slots continue second by second.
-        let mut on: Vec<i64> = post
-            .iter()
-            .filter(|r| r["trigger"] == "schedule")
-            .map(|r| ms(r, "scheduled_for"))
-            .collect();
-        on.sort();
-        for pair in on.windows(2) {
-            assert_eq!(pair[1] - pair[0], 1000, "{id}: hole after restart {on:?}");
-        }
+        gap.assert_contiguous(id);
         eprintln!(
             "{id:7} policy={policy:9} cap={cap:3}: missed {} fires, created {} catch-up slots",
-            missed.len(),
-            catch_up.len()
+            gap.missed.len(),
+            gap.catch_up.len()
         );
     }
     let code = server.terminate(Duration::from_secs(10)).unwrap();

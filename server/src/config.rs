@@ -20,10 +20,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start-up; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Check a database file without writing it: integrity, schema version,
+    /// and counts of jobs, runs and nodes (used after a restore).
+    Check(CheckArgs),
+}
+
+/// Flags of `sundial-server check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The database file (e.g. ./sundial-data/sundial.db or a restored copy).
+    #[arg(long, value_name = "FILE")]
+    pub db: PathBuf,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]

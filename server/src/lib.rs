@@ -6,11 +6,12 @@
 //! - [`scheduler`]: turns due fires into run slots
 //! - [`api`]: the HTTP API; [`auth`]: API keys; [`validate`]: input checks
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
-//! - [`config`] and [`server`]: settings and wiring
+//! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dbcheck;
 pub mod dispatch;
 pub mod ha;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! `sundial-server` binary: parse configuration, set up logging, serve.
+//! `sundial-server` binary: parse configuration, set up logging, serve (or
+//! check a database file).
 
 use anyhow::Context;
 use clap::Parser;
@@ -40,6 +41,15 @@ async fn main() -> anyhow::Result<()> {
             init_logging(settings.log_format);
             let env_key = std::env::var("SUNDIAL_ADMIN_KEY").ok();
             sundial_server::server::serve_until(settings, env_key, shutdown_signal()).await
+        }
+        Command::Check(args) => {
+            let report = sundial_server::dbcheck::check(&args.db)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(())
         }
     }
 }

@@ -1,0 +1,740 @@
+//! Acceptance for disaster recovery: real Litestream 0.5 replicating with the
+//! repository's `litestream.yml` to a real S3 API (`moto_server`) and to a
+//! file replica; `scripts/restore.sh` brings the database back.
+//!
+//! - crash: load jobs and runs (a daemon completes them), kill -9 server,
+//!   Litestream and daemon, delete the data directory, restore, start: every
+//!   job is back, every run acknowledged more than 1 s before the crash is
+//!   back, the scheduler resumes per misfire policy. RPO measured and printed.
+//! - point in time: a restore to a chosen timestamp returns exactly the rows
+//!   of that moment; the latest restore returns the rows at the end.
+//! - size: restore of a ~100 MB database, timed and printed.
+//! - refusals: restore.sh refuses to overwrite, bad timestamps and missing
+//!   backups with clear errors and replaces nothing.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sundial_e2e::litestream::{dump, restore_sh, LitestreamProc, MotoProc, Replica};
+use sundial_e2e::misfire::Gap;
+use sundial_e2e::{admin_call, ms, skip_without, wait_for, DaemonProc, ServerProc};
+use sundial_proto::time::{format_ms, now_ms};
+
+const BUCKET: &str = "sundial-dr";
+
+/// Every-second jobs and their misfire policies (policy, cap).
+const JOBS: [(&str, &str, u32); 6] = [
+    ("skip-a", "skip", 10),
+    ("skip-b", "skip", 10),
+    ("once-a", "run_once", 10),
+    ("once-b", "run_once", 10),
+    ("all-a", "run_all", 100),
+    ("all-capped", "run_all", 3),
+];
+
+fn tools_missing() -> bool {
+    skip_without("litestream") | skip_without("moto_server")
+}
+
+/// A backend for one test: moto (kept alive by the returned guard) or a directory.
+fn backend(dir: &Path, kind: &str) -> (Replica, Option<MotoProc>) {
+    match kind {
+        "s3" => {
+            let moto = MotoProc::start(dir, BUCKET).expect("moto_server");
+            let replica = Replica::S3 {
+                endpoint: moto.endpoint.clone(),
+                bucket: BUCKET.into(),
+                path: "sundial/test".into(),
+            };
+            (replica, Some(moto))
+        }
+        _ => (
+            Replica::File {
+                dir: dir.join("replica"),
+            },
+            None,
+        ),
+    }
+}
+
+fn job_spec(policy: &str, cap: u32) -> Value {
+    json!({
+        "schedule": "*/1 * * * * *",
+        "executor": {"type": "shell", "script": "echo run $SUNDIAL_RUN_ID"},
+        "misfire": {"policy": policy, "grace": "1s", "max_catch_up": cap},
+        "history": {"keep": 1000},
+    })
+}
+
+/// Job fields that must come back unchanged.
+fn stable(job: &Value) -> Value {
+    let mut j = job.clone();
+    if let Some(o) = j.as_object_mut() {
+        for volatile in ["next_fire_at", "counters", "updated_at"] {
+            o.remove(volatile);
+        }
+    }
+    j
+}
+
+/// Latest event of a run row read from the database (unix ms).
+type RunRow = (i64, String, i64, i64);
+
+/// (id, state, scheduled_for, time of its latest change) of every run.
+fn run_rows(db: &Path) -> HashMap<i64, RunRow> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, state, scheduled_for,
+                    max(created_at, coalesce(started_at, 0), coalesce(finished_at, 0))
+             FROM runs",
+        )
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query");
+    rows.map(|r| {
+        let row: RunRow = r.expect("row");
+        (row.0, row)
+    })
+    .collect()
+}
+
+fn crash_restore(kind: &str) {
+    if tools_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, _moto) = backend(dir.path(), kind);
+    let data = dir.path().join("data");
+    let db = data.join("sundial.db");
+    let mut server = ServerProc::start(&data).unwrap();
+    let config = replica.config(dir.path()).unwrap();
+    let mut litestream =
+        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+
+    let token = server.join_token().unwrap();
+    let mut daemon = DaemonProc::start(
+        &server.base,
+        &token,
+        "dr-node",
+        &dir.path().join("daemon"),
+        &["--capacity", "32"],
+    )
+    .unwrap();
+    for (id, policy, cap) in JOBS {
+        let (status, body) = server
+            .call(
+                "PUT",
+                &format!("/v1/jobs/{id}"),
+                Some(&job_spec(policy, cap)),
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    // Load: several seconds of slots, most of them run to completion.
+    wait_for(Duration::from_secs(30), || {
+        let runs = server.every_run().ok()?;
+        (runs.iter().filter(|r| r["state"] == "succeeded").count() >= 5 * JOBS.len()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("runs did not complete; daemon log:\n{}", daemon.log_text()));
+
+    // A steady stream of acknowledged writes up to the crash, for the RPO:
+    // each PUT stores its own send time in the job's description.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let (base, stop) = (server.base.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut last_acked = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let t = now_ms();
+                let spec = json!({
+                    "schedule": "@at 2099-01-01T00:00:00Z",
+                    "executor": {"type": "exec", "argv": ["true"]},
+                    "description": t.to_string(),
+                });
+                match admin_call(&base, "PUT", "/v1/jobs/ticker", Some(&spec)) {
+                    Ok((200 | 201, _)) => last_acked = t,
+                    _ => break,
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            last_acked
+        })
+    };
+
+    // What the API acknowledged now must survive a crash a second later.
+    let (_, jobs_acked) = server.call("GET", "/v1/jobs", None).unwrap();
+    let runs_acked = server.every_run().unwrap();
+    let acked_at = now_ms();
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // The state of the live file right before the crash, for the RPO.
+    let live = run_rows(&db);
+    // Litestream first: whatever the server acknowledges after this is lost,
+    // as when the machine dies.
+    let killed_at = now_ms();
+    litestream.kill9().unwrap();
+    server.kill9().unwrap();
+    daemon.kill9().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let last_acked_tick = ticker.join().unwrap();
+    assert!(killed_at - acked_at > 1000);
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let restore = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--output",
+            db.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        restore.ok,
+        "restore failed: {}\nlitestream log:\n{}",
+        restore.output,
+        litestream.log_text()
+    );
+    assert!(
+        restore.output.contains("integrity:      ok"),
+        "{}",
+        restore.output
+    );
+
+    // RPO: the oldest change present in the live file but not in the restore.
+    let restored = run_rows(&db);
+    let restored_tick: i64 =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap()
+            .query_row(
+                "SELECT json_extract(spec, '$.description') FROM jobs WHERE id = 'ticker'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+    // RPO: acknowledged writes lost = the ticks between the newest restored
+    // one and the newest acknowledged one.
+    let rpo_acked = last_acked_tick - restored_tick;
+    let lost: Vec<&RunRow> = live
+        .values()
+        .filter(|row| restored.get(&row.0) != Some(row))
+        .collect();
+    eprintln!(
+        "[{kind}] restore of {} runs took {:.3} s; RPO: newest acknowledged write restored was {} ms older than the newest acknowledged ({} ms before the kill); {} of {} run rows changed after the last sync",
+        restored.len(),
+        restore.elapsed.as_secs_f64(),
+        rpo_acked,
+        killed_at - restored_tick,
+        lost.len(),
+        live.len(),
+    );
+
+    // The outage: a few seconds of missed fires for the misfire policies.
+    std::thread::sleep(Duration::from_secs(3));
+    let restarted_at = now_ms();
+    server.restart().unwrap();
+    daemon.restart().unwrap();
+
+    // Every job is back, unchanged.
+    let (_, jobs_now) = server.call("GET", "/v1/jobs", None).unwrap();
+    let list = |v: &Value| -> Vec<Value> {
+        v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(stable)
+            .collect()
+    };
+    let without_ticker =
+        |v: Vec<Value>| -> Vec<Value> { v.into_iter().filter(|j| j["id"] != "ticker").collect() };
+    assert_eq!(
+        without_ticker(list(&jobs_acked)),
+        without_ticker(list(&jobs_now)),
+        "jobs after restore"
+    );
+
+    // Every run acknowledged >1 s before the crash is back; finished ones unchanged.
+    let now_by_id: HashMap<i64, Value> = server
+        .every_run()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r["id"].as_i64().unwrap_or(-1), r))
+        .collect();
+    let terminal = [
+        "succeeded",
+        "failed",
+        "timed_out",
+        "lost",
+        "cancelled",
+        "skipped",
+    ];
+    for old in &runs_acked {
+        let id = old["id"].as_i64().unwrap();
+        let now = now_by_id
+            .get(&id)
+            .unwrap_or_else(|| panic!("run {id} acknowledged before the crash is gone: {old}"));
+        assert_eq!(now["scheduled_for"], old["scheduled_for"], "run {id}");
+        assert_eq!(now["job_id"], old["job_id"], "run {id}");
+        if terminal.contains(&old["state"].as_str().unwrap_or("")) {
+            assert_eq!(now["state"], old["state"], "run {id}");
+            assert_eq!(now["output"], old["output"], "run {id}");
+        }
+    }
+
+    // The scheduler resumes per misfire policy.
+    wait_for(Duration::from_secs(20), || {
+        JOBS.iter()
+            .all(|(id, ..)| {
+                server.all_runs(id).is_ok_and(|runs| {
+                    runs.iter().any(|r| {
+                        r["trigger"] == "schedule" && ms(r, "scheduled_for") >= restarted_at + 1000
+                    })
+                })
+            })
+            .then_some(())
+    })
+    .expect("scheduling resumed after the restore");
+    for (id, policy, cap) in JOBS {
+        let runs = server.all_runs(id).unwrap();
+        let gap = Gap::of(id, &runs, restarted_at);
+        assert!(
+            !gap.missed.is_empty(),
+            "{id}: no missed fires between {} and {}",
+            gap.last_pre,
+            gap.first_on
+        );
+        assert_eq!(
+            gap.catch_up,
+            gap.expected(policy, cap as usize),
+            "[{kind}] {id} ({policy}, cap {cap}): catch-up after restore; missed {}",
+            gap.missed.len()
+        );
+        gap.assert_contiguous(id);
+    }
+    // Runs flow again: the daemon (whose node came back with the database) completes new ones.
+    wait_for(Duration::from_secs(20), || {
+        server
+            .every_run()
+            .ok()?
+            .iter()
+            .any(|r| r["state"] == "succeeded" && ms(r, "scheduled_for") >= restarted_at)
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no run completed after restore:\n{}", daemon.log_text()));
+    assert!(
+        rpo_acked <= 1000,
+        "[{kind}] RPO {rpo_acked} ms is over the 1 s target"
+    );
+    daemon.terminate(Duration::from_secs(15)).unwrap();
+    assert_eq!(server.terminate(Duration::from_secs(10)).unwrap(), Some(0));
+}
+
+#[test]
+fn s3_crash_delete_restore_resumes() {
+    crash_restore("s3");
+}
+
+#[test]
+fn file_replica_crash_delete_restore_resumes() {
+    crash_restore("file");
+}
+
+/// Restores the latest state into a scratch file until it equals `want`
+/// (the replica has caught up): an awaited condition, not a sleep.
+fn wait_replicated(replica: &Replica, config: &Path, db: &Path, scratch: &Path, want: &str) {
+    let mut last = String::new();
+    let done = wait_for(Duration::from_secs(30), || {
+        let _ = std::fs::remove_file(scratch);
+        let r = restore_sh(
+            replica,
+            db,
+            &[
+                "--config",
+                config.to_str()?,
+                "--db",
+                db.to_str()?,
+                "--output",
+                scratch.to_str()?,
+            ],
+        )
+        .ok()?;
+        if !r.ok {
+            last = r.output;
+            return None;
+        }
+        let got = dump(scratch).ok()?;
+        (got == want).then_some(())
+    });
+    let _ = std::fs::remove_file(scratch);
+    assert!(done.is_some(), "replica never caught up; last: {last}");
+}
+
+fn point_in_time(kind: &str) {
+    if tools_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, _moto) = backend(dir.path(), kind);
+    let data = dir.path().join("data");
+    let db = data.join("sundial.db");
+    let mut server = ServerProc::start(&data).unwrap();
+    let config = replica.config(dir.path()).unwrap();
+    let mut litestream =
+        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+    let scratch = dir.path().join("scratch.db");
+
+    // State A: quiet jobs (one-shots in the far future: nothing fires).
+    let quiet = |n: u32| {
+        json!({
+            "schedule": "@at 2099-01-01T00:00:00Z",
+            "executor": {"type": "exec", "argv": ["true"]},
+            "description": format!("version {n}"),
+        })
+    };
+    for i in 0..20 {
+        let (s, b) = server
+            .call("PUT", &format!("/v1/jobs/pit-{i:02}"), Some(&quiet(1)))
+            .unwrap();
+        assert_eq!(s, 201, "{b}");
+    }
+    let state_a = dump(&db).unwrap();
+    wait_replicated(&replica, &config, &db, &scratch, &state_a);
+    let t1 = now_ms();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // State B: more jobs, a changed one, a deleted one, a paused one.
+    for i in 20..30 {
+        let (s, _) = server
+            .call("PUT", &format!("/v1/jobs/pit-{i:02}"), Some(&quiet(1)))
+            .unwrap();
+        assert_eq!(s, 201);
+    }
+    let (s, _) = server
+        .call("PUT", "/v1/jobs/pit-03", Some(&quiet(2)))
+        .unwrap();
+    assert_eq!(s, 200);
+    let (s, _) = server.call("DELETE", "/v1/jobs/pit-04", None).unwrap();
+    assert!(s == 200 || s == 204, "delete: {s}");
+    let (s, _) = server.call("POST", "/v1/jobs/pit-05/pause", None).unwrap();
+    assert_eq!(s, 200);
+    let state_b = dump(&db).unwrap();
+    assert_ne!(state_a, state_b);
+    wait_replicated(&replica, &config, &db, &scratch, &state_b);
+
+    server.kill9().unwrap();
+    litestream.kill9().unwrap();
+
+    // Restore to t1: exactly state A.
+    let at = format_ms(t1);
+    let pit = dir.path().join("pit/sundial.db");
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--output",
+            pit.to_str().unwrap(),
+            "--timestamp",
+            &at,
+        ],
+    )
+    .unwrap();
+    assert!(r.ok, "point-in-time restore: {}", r.output);
+    assert_eq!(dump(&pit).unwrap(), state_a, "[{kind}] state at {at}");
+    assert!(r.output.contains("jobs:           20"), "{}", r.output);
+    eprintln!(
+        "[{kind}] point-in-time restore to {at}: {:.3} s, state A exactly",
+        r.elapsed.as_secs_f64()
+    );
+
+    // Latest: exactly state B.
+    let latest = dir.path().join("latest/sundial.db");
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--output",
+            latest.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(r.ok, "latest restore: {}", r.output);
+    assert_eq!(dump(&latest).unwrap(), state_b, "[{kind}] latest state");
+
+    // The point-in-time copy serves: start a server on it and read a job back.
+    let pit_server = ServerProc::start(pit.parent().unwrap()).unwrap();
+    let (s, job) = pit_server.call("GET", "/v1/jobs/pit-04", None).unwrap();
+    assert_eq!(s, 200, "the job deleted after t1 is there at t1: {job}");
+    assert_eq!(job["description"], "version 1");
+}
+
+#[test]
+fn s3_point_in_time_restore_is_exact() {
+    point_in_time("s3");
+}
+
+#[test]
+fn file_point_in_time_restore_is_exact() {
+    point_in_time("file");
+}
+
+/// Creates a database of at least `bytes` through the server's schema: a
+/// job, then runs with large outputs written directly (as history would be).
+fn big_database(data: &Path, bytes: u64) -> PathBuf {
+    let mut server = ServerProc::start(data).unwrap();
+    let (s, b) = server
+        .call(
+            "PUT",
+            "/v1/jobs/big",
+            Some(&json!({
+                "schedule": "@at 2099-01-01T00:00:00Z",
+                "executor": {"type": "exec", "argv": ["true"]},
+                "history": {"keep": 1000000},
+            })),
+        )
+        .unwrap();
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(server.terminate(Duration::from_secs(10)).unwrap(), Some(0));
+    let db = data.join("sundial.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rows = bytes / 4096 + 1;
+    conn.execute_batch(&format!(
+        "BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+         INSERT INTO runs (job, trigger, scheduled_for, state, created_at, finished_at, output)
+         SELECT (SELECT pk FROM jobs WHERE id = 'big'), 'schedule', 1700000000000 + i * 1000,
+                'succeeded', 1700000000000 + i * 1000, 1700000000000 + i * 1000 + 5,
+                hex(randomblob(2000))
+         FROM n;
+         COMMIT;
+         PRAGMA wal_checkpoint(TRUNCATE);"
+    ))
+    .unwrap();
+    drop(conn);
+    db
+}
+
+#[test]
+fn restore_of_100_mb_is_measured() {
+    if tools_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, _moto) = backend(dir.path(), "s3");
+    let data = dir.path().join("data");
+    let db = big_database(&data, 100 * 1024 * 1024);
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size >= 100 * 1024 * 1024, "database is only {size} bytes");
+    let want = dump(&db).unwrap();
+
+    let config = replica.config(dir.path()).unwrap();
+    let started = Instant::now();
+    let mut litestream =
+        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+    let scratch = dir.path().join("scratch.db");
+    wait_replicated(&replica, &config, &db, &scratch, &want);
+    let replicated = started.elapsed();
+    litestream.terminate(Duration::from_secs(30)).unwrap();
+
+    let out = dir.path().join("restored/sundial.db");
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(r.ok, "{}", r.output);
+    assert_eq!(
+        dump(&out).unwrap(),
+        want,
+        "restored 100 MB database differs"
+    );
+    let line = r
+        .output
+        .lines()
+        .find(|l| l.contains("restored") && l.contains("bytes in"))
+        .unwrap_or("");
+    eprintln!(
+        "[s3] database {:.1} MiB: replicated (initial snapshot to moto) within {:.1} s; {} (scripts/restore.sh total incl. check: {:.2} s; target <= 10 s)",
+        size as f64 / 1048576.0,
+        replicated.as_secs_f64(),
+        line.trim_start_matches("restore: "),
+        r.elapsed.as_secs_f64()
+    );
+    // A bound against pathologies, not the target: this is a test, not a benchmark.
+    assert!(
+        r.elapsed < Duration::from_secs(120),
+        "restore took {:?}",
+        r.elapsed
+    );
+}
+
+#[test]
+fn restore_refusals_are_clear_and_replace_nothing() {
+    if tools_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, _moto) = backend(dir.path(), "file");
+    let data = dir.path().join("data");
+    let db = data.join("sundial.db");
+    let config = replica.config(dir.path()).unwrap();
+    let cfg = config.to_str().unwrap();
+    let dbs = db.to_str().unwrap();
+
+    // No backup yet: a clear failure, nothing written.
+    let out = dir.path().join("out/sundial.db");
+    let outs = out.to_str().unwrap();
+    let r = restore_sh(
+        &replica,
+        &db,
+        &["--config", cfg, "--db", dbs, "--output", outs],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(1), "{}", r.output);
+    assert!(r.output.contains("nothing was replaced"), "{}", r.output);
+    assert!(!out.exists());
+
+    // Usage errors exit 2 with a reason.
+    for (args, needle) in [
+        (
+            vec!["--config", cfg, "--db", dbs],
+            "--output FILE is required",
+        ),
+        (
+            vec![
+                "--config",
+                cfg,
+                "--db",
+                dbs,
+                "--output",
+                outs,
+                "--timestamp",
+                "yesterday",
+            ],
+            "RFC 3339",
+        ),
+        (vec!["--output", outs, "--bogus"], "unknown argument"),
+        (
+            vec![
+                "--config",
+                cfg,
+                "--replica-url",
+                "file:///x",
+                "--output",
+                outs,
+            ],
+            "not both",
+        ),
+    ] {
+        let r = restore_sh(&replica, &db, &args).unwrap();
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.output);
+        assert!(r.output.contains(needle), "{args:?}: {}", r.output);
+    }
+
+    // With a backup: an existing file is not overwritten without --force…
+    let mut server = ServerProc::start(&data).unwrap();
+    let (s, _) = server
+        .call(
+            "PUT",
+            "/v1/jobs/keep",
+            Some(&json!({"schedule": "@at 2099-01-01T00:00:00Z",
+                         "executor": {"type": "exec", "argv": ["true"]}})),
+        )
+        .unwrap();
+    assert_eq!(s, 201);
+    let mut litestream =
+        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+    let scratch = dir.path().join("scratch.db");
+    let want = dump(&db).unwrap();
+    wait_replicated(&replica, &config, &db, &scratch, &want);
+
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::fs::write(&out, b"precious").unwrap();
+    let r = restore_sh(
+        &replica,
+        &db,
+        &["--config", cfg, "--db", dbs, "--output", outs],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(2), "{}", r.output);
+    assert!(r.output.contains("refusing to overwrite"), "{}", r.output);
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+
+    // …nor the database a running server has open, even with --force…
+    let r = restore_sh(
+        &replica,
+        &db,
+        &["--config", cfg, "--db", dbs, "--output", dbs, "--force"],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(2), "{}", r.output);
+    assert!(r.output.contains("is open by process"), "{}", r.output);
+
+    // …and a timestamp before the first backup finds nothing.
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            cfg,
+            "--db",
+            dbs,
+            "--output",
+            dir.path().join("early.db").to_str().unwrap(),
+            "--timestamp",
+            "2001-01-01T00:00:00Z",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(1), "{}", r.output);
+    assert!(!dir.path().join("early.db").exists());
+
+    // With --force the old file is kept aside and the restore checked in.
+    let r = restore_sh(
+        &replica,
+        &db,
+        &["--config", cfg, "--db", dbs, "--output", outs, "--force"],
+    )
+    .unwrap();
+    assert!(r.ok, "{}", r.output);
+    assert_eq!(dump(&out).unwrap(), want);
+    let aside: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the replaced file is kept");
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), b"precious");
+    litestream.kill9().unwrap();
+    server.kill9().unwrap();
+}

@@ -1,0 +1,279 @@
+//! Offline inspection of a database file (`sundial-server check`): integrity,
+//! schema version against this build, and what the file holds (jobs, runs by
+//! state, nodes, epoch). Used after a restore (`scripts/restore.sh`) and by
+//! operators before pointing a server at a file. Opens the file read-only and
+//! never writes it.
+
+use crate::store::migrations::SCHEMA_VERSION;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Why a file is not a usable Sundial database.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{path}: no such file")]
+    Missing { path: String },
+    #[error("{path}: cannot open as SQLite: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("{path}: integrity check failed: {detail}")]
+    Integrity { path: String, detail: String },
+    #[error("{path}: not a Sundial database (schema version 0, no tables)")]
+    NotSundial { path: String },
+    #[error("{path}: schema version {found} is newer than this build supports ({supported}); use a newer sundial-server")]
+    TooNew {
+        path: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{path}: reading {what}: {source}")]
+    Query {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// What a healthy file holds.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub path: String,
+    /// `ok` from `PRAGMA integrity_check`.
+    pub integrity: String,
+    pub schema_version: i64,
+    /// The version this build writes; a lower `schema_version` is migrated on start.
+    pub supported_schema_version: i64,
+    pub epoch: i64,
+    pub jobs: i64,
+    pub runs: i64,
+    pub runs_by_state: BTreeMap<String, i64>,
+    pub nodes: i64,
+    /// Newest `scheduled_for` of any run (unix ms), if there are runs.
+    pub newest_run_scheduled_for: Option<i64>,
+    /// Newest `finished_at` of any run (unix ms), if any run finished.
+    pub newest_run_finished_at: Option<i64>,
+}
+
+/// Checks the database file at `path`.
+pub fn check(path: &Path) -> Result<Report, CheckError> {
+    let name = path.display().to_string();
+    if !path.is_file() {
+        return Err(CheckError::Missing { path: name });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| CheckError::Open {
+        path: name.clone(),
+        source,
+    })?;
+    let q = |what: &'static str| {
+        let path = name.clone();
+        move |source| CheckError::Query {
+            path: path.clone(),
+            what,
+            source,
+        }
+    };
+    // integrity_check returns "ok" or one row per problem; a file that is not
+    // SQLite at all fails here with "file is not a database".
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA integrity_check")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|source| CheckError::Open {
+            path: name.clone(),
+            source,
+        })?;
+    if problems != ["ok"] {
+        return Err(CheckError::Integrity {
+            path: name,
+            detail: problems.join("; "),
+        });
+    }
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(q("schema version"))?;
+    if version == 0 {
+        return Err(CheckError::NotSundial { path: name });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(CheckError::TooNew {
+            path: name,
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let count = |sql: &str, what: &'static str| -> Result<i64, CheckError> {
+        conn.query_row(sql, [], |r| r.get(0)).map_err(q(what))
+    };
+    let epoch = count("SELECT coalesce(max(epoch), 0) FROM cluster", "epoch")?;
+    let jobs = count("SELECT count(*) FROM jobs", "jobs")?;
+    let nodes = count("SELECT count(*) FROM nodes", "nodes")?;
+    let mut runs_by_state = BTreeMap::new();
+    let mut runs = 0;
+    {
+        let mut stmt = conn
+            .prepare("SELECT state, count(*) FROM runs GROUP BY state ORDER BY state")
+            .map_err(q("runs"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(q("runs"))?;
+        for row in rows {
+            let (state, n) = row.map_err(q("runs"))?;
+            runs += n;
+            runs_by_state.insert(state, n);
+        }
+    }
+    let (newest_run_scheduled_for, newest_run_finished_at) = conn
+        .query_row(
+            "SELECT max(scheduled_for), max(finished_at) FROM runs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(q("run times"))?;
+    Ok(Report {
+        path: name,
+        integrity: "ok".into(),
+        schema_version: version,
+        supported_schema_version: SCHEMA_VERSION,
+        epoch,
+        jobs,
+        runs,
+        runs_by_state,
+        nodes,
+        newest_run_scheduled_for,
+        newest_run_finished_at,
+    })
+}
+
+impl Report {
+    /// Human-readable lines, one fact each.
+    pub fn to_text(&self) -> String {
+        let when = |ms: Option<i64>| {
+            ms.and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_else(|| "-".into())
+        };
+        let states = if self.runs_by_state.is_empty() {
+            "-".to_string()
+        } else {
+            self.runs_by_state
+                .iter()
+                .map(|(s, n)| format!("{s}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let migrate = if self.schema_version < self.supported_schema_version {
+            " (older: migrated when the server starts)"
+        } else {
+            ""
+        };
+        format!(
+            "database:       {}\nintegrity:      {}\nschema version: {} (this build: {}){}\nepoch:          {}\njobs:           {}\nruns:           {} ({})\nnodes:          {}\nnewest run:     scheduled {} / finished {}\n",
+            self.path,
+            self.integrity,
+            self.schema_version,
+            self.supported_schema_version,
+            migrate,
+            self.epoch,
+            self.jobs,
+            self.runs,
+            states,
+            self.nodes,
+            when(self.newest_run_scheduled_for),
+            when(self.newest_run_finished_at),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with the current schema, in rollback-journal mode so the
+    /// whole state is in the one file.
+    fn fresh_db(dir: &Path) -> std::path::PathBuf {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let path = dir.join(crate::store::DB_FILE);
+        let mut conn = Connection::open(&path).expect("open");
+        crate::store::migrations::migrate(&mut conn).expect("migrate");
+        path
+    }
+
+    #[test]
+    fn a_new_database_checks_clean() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fresh_db(dir.path());
+        let r = check(&path).expect("check");
+        assert_eq!(r.integrity, "ok");
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        assert_eq!((r.jobs, r.runs, r.nodes), (0, 0, 0));
+        assert!(r.runs_by_state.is_empty());
+        assert!(r.to_text().contains("jobs:           0"));
+    }
+
+    #[test]
+    fn refuses_missing_garbage_foreign_and_too_new_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.db");
+        assert!(matches!(check(&missing), Err(CheckError::Missing { .. })));
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).expect("write");
+        assert!(matches!(check(&garbage), Err(CheckError::Open { .. })));
+
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+            .expect("foreign db");
+        assert!(matches!(
+            check(&foreign),
+            Err(CheckError::NotSundial { .. })
+        ));
+
+        let path = fresh_db(&dir.path().join("newer"));
+        Connection::open(&path)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .expect("bump version");
+        let err = check(&path).expect_err("too new");
+        assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_page_fails_the_integrity_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fresh_db(dir.path());
+        // Enough rows for several pages, then overwrite the middle of the file.
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE filler (x BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+                 INSERT INTO filler SELECT randomblob(500) FROM n;
+                 CREATE INDEX filler_x ON filler (x);",
+            )
+            .expect("fill");
+        }
+        let mut bytes = std::fs::read(&path).expect("read");
+        let page = 4096;
+        assert!(bytes.len() > 20 * page);
+        for b in &mut bytes[10 * page + 16..12 * page] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, bytes).expect("write");
+        match check(&path) {
+            Err(CheckError::Integrity { .. }) | Err(CheckError::Open { .. }) => {}
+            other => panic!("damaged file passed: {other:?}"),
+        }
+    }
+}

@@ -226,6 +226,80 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
 }
 
+/// The value of one sample of a Prometheus exposition (`name` or
+/// `name{labels}` exactly as printed), or 0 when absent.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Open file descriptors of a process (sockets included).
+pub fn fd_count(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("listing /proc/{pid}/fd"))?
+        .count())
+}
+
+/// Soft and hard `RLIMIT_NOFILE` of a process (`pid` or `"self"`), from
+/// `/proc/<pid>/limits`; `u64::MAX` for "unlimited".
+pub fn nofile_limit(pid: &str) -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .with_context(|| format!("reading /proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no \"Max open files\" line in /proc/<pid>/limits")?;
+    let nums: Vec<u64> = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .take(2)
+        .map(|v| v.parse().unwrap_or(u64::MAX))
+        .collect();
+    match nums.as_slice() {
+        [soft, hard] => Ok((*soft, *hard)),
+        _ => anyhow::bail!("cannot parse {line:?}"),
+    }
+}
+
+/// CPU seconds of a process's reaped children (`cutime + cstime` of
+/// `/proc/<pid>/stat`): for a daemon, the jobs it ran.
+pub fn children_cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("parsing /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .context("parsing cutime/cstime")
+    };
+    Ok((ticks(16 - 3)? + ticks(17 - 3)?) / 100.0)
+}
+
+/// Machine-wide CPU time from `/proc/stat`, in seconds: (busy, iowait).
+pub fn machine_cpu() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Ok((busy / 100.0, get(4) / 100.0))
+}
+
 /// Opens the server's database read-only.
 pub fn open_ro(db: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -403,6 +477,14 @@ mod tests {
             let ahead = (m - minute_now).rem_euclid(1440);
             assert!((15..1425).contains(&ahead), "{s} fires {ahead} min ahead");
         }
+    }
+
+    #[test]
+    fn samples_by_exact_name() {
+        let text = "# HELP a\nsundial_a 3\nsundial_b{outcome=\"succeeded\"} 7\n";
+        assert_eq!(sample(text, "sundial_a"), 3.0);
+        assert_eq!(sample(text, "sundial_b{outcome=\"succeeded\"}"), 7.0);
+        assert_eq!(sample(text, "sundial_c"), 0.0);
     }
 
     #[test]

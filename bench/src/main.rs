@@ -15,6 +15,9 @@ use sundial_bench::{
 };
 use sundial_e2e::{ServerProc, ADMIN_KEY};
 
+mod dispatch;
+mod idle;
+
 #[derive(Parser)]
 #[command(about = "Sundial benchmark scenarios (see docs/benchmarks.md)")]
 struct Cli {
@@ -73,6 +76,52 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// End-to-end no-op runs through real daemons; sweeps the offered load.
+    Dispatch {
+        /// `sundial-daemon` processes.
+        #[arg(long, default_value_t = 10)]
+        daemons: usize,
+        /// `--capacity` of each daemon (runs executed at once).
+        #[arg(long, default_value_t = 1000)]
+        capacity: u32,
+        /// Offered loads to sweep (every-second jobs), ascending.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+        rates: Vec<u64>,
+        /// Measured window per step, seconds.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// Seconds between creating a step's jobs and its window.
+        #[arg(long, default_value_t = 3)]
+        settle: u64,
+        /// Seconds after a window before its runs are read back.
+        #[arg(long, default_value_t = 3)]
+        drain: u64,
+        /// No-op executor: `exec` (/bin/true) or `http` (GET to a local responder).
+        #[arg(long, default_value = "exec")]
+        executor: String,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
+    /// Many simulated daemons holding long-polls against one server.
+    IdleDaemons {
+        #[arg(long, default_value_t = 10_000)]
+        daemons: usize,
+        /// `wait_ms` of each long-poll (the real daemon uses 30 s).
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
+        /// Seconds to hold all polls open while measuring.
+        #[arg(long, default_value_t = 60)]
+        hold: u64,
+        /// Joins/registrations in flight at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        /// Tokio worker threads of the simulator.
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
+        /// Bound on the connect phase, seconds.
+        #[arg(long, default_value_t = 300)]
+        connect_timeout: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -106,6 +155,48 @@ fn main() -> Result<()> {
             seconds,
             clients,
         } => lateness(&data, &opts, jobs, seconds.max(1), clients.max(1)),
+        Scenario::Dispatch {
+            daemons,
+            capacity,
+            rates,
+            seconds,
+            settle,
+            drain,
+            executor,
+            clients,
+        } => dispatch::run(
+            &data,
+            &opts,
+            &dispatch::Args {
+                daemons: daemons.max(1),
+                capacity: capacity.max(1),
+                rates,
+                seconds: seconds.max(1),
+                settle: settle.max(1),
+                drain,
+                executor,
+                clients: clients.max(1),
+            },
+        ),
+        Scenario::IdleDaemons {
+            daemons,
+            wait_ms,
+            hold,
+            parallel,
+            client_threads,
+            connect_timeout,
+        } => idle::run(
+            &data,
+            &opts,
+            &idle::Args {
+                daemons: daemons.max(1),
+                wait_ms,
+                hold: hold.max(1),
+                parallel: parallel.max(1),
+                threads: client_threads.max(1),
+                connect_timeout: connect_timeout.max(1),
+            },
+        ),
     };
     if cli.keep {
         let kept = tmp.keep();
@@ -471,8 +562,8 @@ struct Load {
     client_cpu: f64,
 }
 
-/// PUTs `jobs` distinct jobs (`{prefix}-{i}`, schedule from `schedule(i)`)
-/// with `clients` concurrent keep-alive connections.
+/// PUTs `jobs` distinct jobs (`{prefix}-{i}`, schedule from `schedule(i)`,
+/// executor `exec ["true"]`) with `clients` concurrent keep-alive connections.
 fn put_jobs(
     base: &str,
     prefix: &str,
@@ -480,6 +571,24 @@ fn put_jobs(
     clients: usize,
     threads: usize,
     schedule: impl Fn(u64) -> String + Send + Sync + 'static,
+) -> Result<Load> {
+    put_job_bodies(base, prefix, jobs, clients, threads, move |i| {
+        serde_json::json!({
+            "schedule": schedule(i),
+            "executor": {"type": "exec", "argv": ["true"]},
+        })
+    })
+}
+
+/// PUTs `jobs` distinct jobs (`{prefix}-{i}`, body from `body(i)`) with
+/// `clients` concurrent keep-alive connections.
+fn put_job_bodies(
+    base: &str,
+    prefix: &str,
+    jobs: u64,
+    clients: usize,
+    threads: usize,
+    body: impl Fn(u64) -> serde_json::Value + Send + Sync + 'static,
 ) -> Result<Load> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -489,7 +598,7 @@ fn put_jobs(
     let cpu_before = cpu_seconds("self")?;
     let base = base.to_string();
     let prefix = prefix.to_string();
-    let schedule = Arc::new(schedule);
+    let make_body = Arc::new(body);
     let load = rt.block_on(async move {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
@@ -501,12 +610,12 @@ fn put_jobs(
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(clients);
         for _ in 0..clients {
-            let (http, next, base, prefix, schedule) = (
+            let (http, next, base, prefix, make_body) = (
                 http.clone(),
                 next.clone(),
                 base.clone(),
                 prefix.clone(),
-                schedule.clone(),
+                make_body.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
@@ -517,10 +626,7 @@ fn put_jobs(
                     if i >= jobs {
                         break;
                     }
-                    let body = serde_json::json!({
-                        "schedule": schedule(i),
-                        "executor": {"type": "exec", "argv": ["true"]},
-                    });
+                    let body = make_body(i);
                     let t = Instant::now();
                     let resp = http
                         .put(format!("{base}/v1/jobs/{prefix}-{i}"))

@@ -718,6 +718,11 @@ const ENV_ONLY: &[&str] = &[
     // `sundial`; named only to explain `enableServiceLinks: false`.
     "SUNDIAL_PORT",
     "SUNDIAL_SERVICE_HOST",
+    // The database path: `sundial-server check --db` (not `serve`), expanded
+    // by Litestream in litestream.yml, read by scripts/restore.sh.
+    "SUNDIAL_DB",
+    // scripts/restore.sh: which sundial-server runs the check.
+    "SUNDIAL_SERVER_BIN",
     // Read by haproxy/haproxy.cfg.
     "SUNDIAL_HAPROXY_BIND",
     "SUNDIAL_SERVER_1",
@@ -755,6 +760,8 @@ fn settings_named_in_the_kit_exist() {
         "docs/deployment/docker.md",
         "docs/deployment/litefs.md",
         "docs/deployment/ha-setup.md",
+        "docs/deployment/litestream.md",
+        "docs/dr.md",
     ];
     let check = |file: &str, envs: &BTreeSet<String>, errors: &mut Vec<String>| {
         let path = root.join(file);
@@ -841,5 +848,66 @@ fn settings_named_in_the_kit_exist() {
             }
         }
     }
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+/// Flags a command's `--help` text lists (for the scripts, which are not clap).
+fn script_flags(script: &str) -> BTreeSet<String> {
+    let (ok, out) = run(Command::new("bash").arg(repo().join(script)).arg("--help"));
+    assert!(ok, "{script} --help failed:\n{out}");
+    flags_near(
+        &format!("{script} {}", out.replace('\n', " ")),
+        &[script],
+        false,
+    )
+}
+
+/// The DR commands in the docs (restore.sh, litestream-primary.sh,
+/// `sundial-server check`) use flags those commands have.
+#[test]
+fn dr_doc_commands_use_real_flags() {
+    let root = repo();
+    let restore = script_flags("scripts/restore.sh");
+    let primary = script_flags("scripts/litestream-primary.sh");
+    let check = help("sundial-server", &["check", "--help"]).flags;
+    for needed in [
+        "output",
+        "timestamp",
+        "force",
+        "config",
+        "db",
+        "replica-url",
+    ] {
+        assert!(
+            restore.contains(needed),
+            "restore.sh --help lacks --{needed}"
+        );
+    }
+    let mut errors = Vec::new();
+    let mut seen = 0;
+    for file in [
+        "README.md",
+        "docs/dr.md",
+        "docs/deployment/litestream.md",
+        "docs/operations.md",
+    ] {
+        let text = read(&root.join(file));
+        for (bin, flags) in [
+            ("restore.sh", &restore),
+            ("litestream-primary.sh", &primary),
+            ("check", &check),
+        ] {
+            for f in flags_near(&text, &[bin], false) {
+                seen += 1;
+                if !flags.contains(&f) {
+                    errors.push(format!("{file}: --{f} is not a flag of {bin}"));
+                }
+            }
+        }
+    }
+    assert!(
+        seen >= 10,
+        "the DR docs name only {seen} flags: did the check lose them?"
+    );
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }

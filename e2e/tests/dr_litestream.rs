@@ -738,3 +738,123 @@ fn restore_refusals_are_clear_and_replace_nothing() {
     litestream.kill9().unwrap();
     server.kill9().unwrap();
 }
+
+/// `scripts/litestream-primary.sh` follows LiteFS's `.primary` contract:
+/// Litestream runs while the file is absent (primary), stops when it appears
+/// (replica), starts again on promotion, and SIGTERM ends it all.
+#[test]
+fn litestream_runs_only_on_the_litefs_primary() {
+    if tools_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (replica, _moto) = backend(dir.path(), "file");
+    let litefs = dir.path().join("litefs");
+    let db = litefs.join("sundial.db");
+    let mut server = ServerProc::start(&litefs).unwrap();
+    let config = replica.config(dir.path()).unwrap();
+    let log = dir.path().join("wrapper.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let wrapper = std::process::Command::new("bash")
+        .arg(sundial_e2e::litestream::repo_root().join("scripts/litestream-primary.sh"))
+        .args([
+            "--litefs-dir",
+            litefs.to_str().unwrap(),
+            "--interval",
+            "0.2",
+        ])
+        .args(["--config", config.to_str().unwrap()])
+        .arg("--litestream")
+        .arg(sundial_e2e::litestream::litestream_bin().unwrap())
+        .envs(replica.env(&db))
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    // Ends the wrapper (and so its Litestream) even when an assertion fails.
+    let mut wrapper = TermOnDrop(Some(wrapper));
+    let log_count = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count()
+    };
+    let scratch = dir.path().join("scratch.db");
+    let mut put = |n: u32| {
+        let (s, _) = server
+            .call(
+                "PUT",
+                &format!("/v1/jobs/p{n}"),
+                Some(&json!({"schedule": "@at 2099-01-01T00:00:00Z",
+                             "executor": {"type": "exec", "argv": ["true"]}})),
+            )
+            .unwrap();
+        assert!(s == 201, "PUT p{n}: {s}");
+    };
+
+    // Primary: Litestream runs and replicates.
+    put(1);
+    let want = dump(&db).unwrap();
+    wait_replicated(&replica, &config, &db, &scratch, &want);
+    assert_eq!(log_count("started Litestream"), 1);
+
+    // Replica: .primary appears, Litestream is stopped; writes are not replicated.
+    std::fs::write(litefs.join(".primary"), "sundial-1").unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (log_count("Litestream must not run here") == 1).then_some(())
+    })
+    .expect("wrapper stopped Litestream on demotion");
+    put(2);
+    std::thread::sleep(Duration::from_millis(800));
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--output",
+            scratch.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(r.ok, "{}", r.output);
+    assert_eq!(dump(&scratch).unwrap(), want, "replicated while replica");
+    std::fs::remove_file(&scratch).unwrap();
+
+    // Promoted again: Litestream restarts and catches up.
+    std::fs::remove_file(litefs.join(".primary")).unwrap();
+    let want = dump(&db).unwrap();
+    wait_replicated(&replica, &config, &db, &scratch, &want);
+    assert_eq!(log_count("started Litestream"), 2);
+
+    let status = wrapper.terminate().expect("wrapper ignored SIGTERM");
+    assert!(status.success(), "wrapper exit: {status}");
+    server.kill9().unwrap();
+}
+
+/// A child that gets SIGTERM (then, after 15 s, SIGKILL) when dropped.
+struct TermOnDrop(Option<std::process::Child>);
+
+impl TermOnDrop {
+    fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let exited = wait_for(Duration::from_secs(15), || child.try_wait().ok().flatten());
+        if exited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        exited
+    }
+}
+
+impl Drop for TermOnDrop {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}

@@ -35,7 +35,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// The database file (e.g. ./sundial-data/sundial.db or a restored copy).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "SUNDIAL_DB")]
     pub db: PathBuf,
     /// Print the report as JSON instead of text.
     #[arg(long)]

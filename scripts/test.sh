@@ -32,5 +32,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "building binaries for the e2e tests"
 cargo build --workspace --bins
 
-log "cargo test"
-cargo test --workspace -- "${filter[@]}"
+log "cargo test (unit and integration)"
+cargo test --workspace --exclude sundial-e2e -- "${filter[@]}"
+
+# The multi-process tests print what they measure (failover times, RPO,
+# restore times): show it.
+log "cargo test -p sundial-e2e (real binaries, HAProxy, Litestream, moto)"
+cargo test -p sundial-e2e -- --nocapture "${filter[@]}"

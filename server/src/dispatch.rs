@@ -240,8 +240,11 @@ impl Dispatcher {
                     .await?;
                 self.enqueue(result.later);
                 if !result.runs.is_empty() {
+                    // Measured once the assignment is committed (what the
+                    // node is about to receive), not when the claim began.
+                    let assigned = now_ms();
                     for a in &result.runs {
-                        let late = (now - a.scheduled_for).max(0) as f64 / 1000.0;
+                        let late = (assigned - a.scheduled_for).max(0) as f64 / 1000.0;
                         self.metrics.start_lateness_seconds.observe(late);
                     }
                     self.metrics

@@ -781,7 +781,7 @@ fn litestream_runs_only_on_the_litefs_primary() {
             .count()
     };
     let scratch = dir.path().join("scratch.db");
-    let mut put = |n: u32| {
+    let put = |n: u32| {
         let (s, _) = server
             .call(
                 "PUT",

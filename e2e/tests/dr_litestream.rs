@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sundial_e2e::litestream::{dump, restore_sh, LitestreamProc, MotoProc, Replica};
+use sundial_e2e::litestream::{dump, restore_sh, LitestreamProc, MotoProc, Replica, Restore};
 use sundial_e2e::misfire::Gap;
 use sundial_e2e::{admin_call, ms, skip_without, wait_for, DaemonProc, ServerProc};
 use sundial_proto::time::{format_ms, now_ms};
@@ -57,6 +57,49 @@ fn backend(dir: &Path, kind: &str) -> (Replica, Option<MotoProc>) {
             },
             None,
         ),
+    }
+}
+
+/// One test's world: a temporary directory, a replica (moto kept alive for
+/// S3), the data directory and the Litestream config for that replica.
+struct Rig {
+    dir: tempfile::TempDir,
+    replica: Replica,
+    _moto: Option<MotoProc>,
+    data: PathBuf,
+    db: PathBuf,
+    config: PathBuf,
+}
+
+impl Rig {
+    /// None (the test skips, or fails under CI=true) without Litestream and moto.
+    fn new(kind: &str) -> Option<Rig> {
+        if tools_missing() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (replica, _moto) = backend(dir.path(), kind);
+        let data = dir.path().join("data");
+        let db = data.join("sundial.db");
+        let config = replica.config(dir.path()).unwrap();
+        Some(Rig {
+            dir,
+            replica,
+            _moto,
+            data,
+            db,
+            config,
+        })
+    }
+
+    /// `litestream replicate` for this rig's database.
+    fn litestream(&self) -> LitestreamProc {
+        LitestreamProc::start(
+            &self.config,
+            &self.replica.env(&self.db),
+            &self.dir.path().join("ls.log"),
+        )
+        .unwrap()
     }
 }
 
@@ -106,17 +149,18 @@ fn run_rows(db: &Path) -> HashMap<i64, RunRow> {
 }
 
 fn crash_restore(kind: &str) {
-    if tools_missing() {
+    let Some(rig) = Rig::new(kind) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (replica, _moto) = backend(dir.path(), kind);
-    let data = dir.path().join("data");
-    let db = data.join("sundial.db");
+    };
+    let dir = &rig.dir;
+    let (replica, data, db, config) = (
+        rig.replica.clone(),
+        rig.data.clone(),
+        rig.db.clone(),
+        rig.config.clone(),
+    );
     let mut server = ServerProc::start(&data).unwrap();
-    let config = replica.config(dir.path()).unwrap();
-    let mut litestream =
-        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+    let mut litestream = rig.litestream();
 
     let token = server.join_token().unwrap();
     let mut daemon = DaemonProc::start(
@@ -188,19 +232,7 @@ fn crash_restore(kind: &str) {
     assert!(killed_at - acked_at > 1000);
 
     std::fs::remove_dir_all(&data).unwrap();
-    let restore = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--output",
-            db.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let restore = restore_to(&replica, &config, &db, &db, &[]);
     assert!(
         restore.ok,
         "restore failed: {}\nlitestream log:\n{}",
@@ -354,25 +386,22 @@ fn file_replica_crash_delete_restore_resumes() {
     crash_restore("file");
 }
 
+/// `scripts/restore.sh --config CONFIG --db DB --output OUT EXTRA…`.
+fn restore_to(replica: &Replica, config: &Path, db: &Path, out: &Path, extra: &[&str]) -> Restore {
+    let path = |p: &Path| p.to_str().expect("test paths are UTF-8").to_string();
+    let (config, dbs, out) = (path(config), path(db), path(out));
+    let mut args = vec!["--config", &config, "--db", &dbs, "--output", &out];
+    args.extend_from_slice(extra);
+    restore_sh(replica, db, &args).expect("running scripts/restore.sh")
+}
+
 /// Restores the latest state into a scratch file until it equals `want`
 /// (the replica has caught up): an awaited condition, not a sleep.
 fn wait_replicated(replica: &Replica, config: &Path, db: &Path, scratch: &Path, want: &str) {
     let mut last = String::new();
     let done = wait_for(Duration::from_secs(30), || {
         let _ = std::fs::remove_file(scratch);
-        let r = restore_sh(
-            replica,
-            db,
-            &[
-                "--config",
-                config.to_str()?,
-                "--db",
-                db.to_str()?,
-                "--output",
-                scratch.to_str()?,
-            ],
-        )
-        .ok()?;
+        let r = restore_to(replica, config, db, scratch, &[]);
         if !r.ok {
             last = r.output;
             return None;
@@ -385,17 +414,18 @@ fn wait_replicated(replica: &Replica, config: &Path, db: &Path, scratch: &Path, 
 }
 
 fn point_in_time(kind: &str) {
-    if tools_missing() {
+    let Some(rig) = Rig::new(kind) else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (replica, _moto) = backend(dir.path(), kind);
-    let data = dir.path().join("data");
-    let db = data.join("sundial.db");
+    };
+    let dir = &rig.dir;
+    let (replica, data, db, config) = (
+        rig.replica.clone(),
+        rig.data.clone(),
+        rig.db.clone(),
+        rig.config.clone(),
+    );
     let mut server = ServerProc::start(&data).unwrap();
-    let config = replica.config(dir.path()).unwrap();
-    let mut litestream =
-        LitestreamProc::start(&config, &replica.env(&db), &dir.path().join("ls.log")).unwrap();
+    let mut litestream = rig.litestream();
     let scratch = dir.path().join("scratch.db");
 
     // State A: quiet jobs (one-shots in the far future: nothing fires).
@@ -442,21 +472,7 @@ fn point_in_time(kind: &str) {
     // Restore to t1: exactly state A.
     let at = format_ms(t1);
     let pit = dir.path().join("pit/sundial.db");
-    let r = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--output",
-            pit.to_str().unwrap(),
-            "--timestamp",
-            &at,
-        ],
-    )
-    .unwrap();
+    let r = restore_to(&replica, &config, &db, &pit, &["--timestamp", &at]);
     assert!(r.ok, "point-in-time restore: {}", r.output);
     assert_eq!(dump(&pit).unwrap(), state_a, "[{kind}] state at {at}");
     assert!(r.output.contains("jobs:           20"), "{}", r.output);
@@ -467,19 +483,7 @@ fn point_in_time(kind: &str) {
 
     // Latest: exactly state B.
     let latest = dir.path().join("latest/sundial.db");
-    let r = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--output",
-            latest.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let r = restore_to(&replica, &config, &db, &latest, &[]);
     assert!(r.ok, "latest restore: {}", r.output);
     assert_eq!(dump(&latest).unwrap(), state_b, "[{kind}] latest state");
 
@@ -559,19 +563,7 @@ fn restore_of_100_mb_is_measured() {
     litestream.terminate(Duration::from_secs(30)).unwrap();
 
     let out = dir.path().join("restored/sundial.db");
-    let r = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let r = restore_to(&replica, &config, &db, &out, &[]);
     assert!(r.ok, "{}", r.output);
     assert_eq!(
         dump(&out).unwrap(),
@@ -807,19 +799,7 @@ fn litestream_runs_only_on_the_litefs_primary() {
     .expect("wrapper stopped Litestream on demotion");
     put(2);
     std::thread::sleep(Duration::from_millis(800));
-    let r = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--output",
-            scratch.to_str().unwrap(),
-        ],
-    )
-    .unwrap();
+    let r = restore_to(&replica, &config, &db, &scratch, &[]);
     assert!(r.ok, "{}", r.output);
     assert_eq!(dump(&scratch).unwrap(), want, "replicated while replica");
     std::fs::remove_file(&scratch).unwrap();

@@ -500,32 +500,20 @@ fn report_step(s: &mut Step, args: &Args) {
     );
     let (a, b) = s.cpu;
     let cores = |x: f64| format!("{x:.2} s ({:.2} cores)", x / s.window_s);
-    row("server CPU", cores(b.server - a.server), "");
-    row(
-        &format!("{} daemons' CPU (sum)", args.daemons),
-        cores(b.daemons - a.daemons),
-        "",
-    );
-    row(
-        "jobs' CPU (reaped children of the daemons)",
-        cores(b.jobs - a.jobs),
-        "",
-    );
-    row(
-        "bench process CPU (responder, metrics)",
-        cores(b.bench - a.bench),
-        "",
-    );
-    row(
-        "machine CPU busy (/proc/stat)",
-        cores(b.machine - a.machine),
-        "",
-    );
-    row(
-        "machine iowait (/proc/stat)",
-        cores(b.iowait - a.iowait),
-        "",
-    );
+    let daemons = format!("{} daemons' CPU (sum)", args.daemons);
+    for (label, used) in [
+        ("server CPU", b.server - a.server),
+        (daemons.as_str(), b.daemons - a.daemons),
+        (
+            "jobs' CPU (reaped children of the daemons)",
+            b.jobs - a.jobs,
+        ),
+        ("bench process CPU (responder, metrics)", b.bench - a.bench),
+        ("machine CPU busy (/proc/stat)", b.machine - a.machine),
+        ("machine iowait (/proc/stat)", b.iowait - a.iowait),
+    ] {
+        row(label, cores(used), "");
+    }
     println!("\nsundial_start_lateness_seconds (delta over the window, ms):");
     println!("{}", assign.render(1000.0, "ms"));
 }

@@ -205,25 +205,30 @@ pub fn rss_kb(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// User + system CPU time of a process in seconds (`/proc/<pid>/stat`),
-/// assuming the usual 100 ticks per second.
-pub fn cpu_seconds(pid: &str) -> Result<f64> {
+/// The sum of two tick counters of `/proc/<pid>/stat` (1-based field
+/// numbers as in proc(5)), in seconds, assuming the usual 100 ticks per second.
+fn stat_seconds(pid: &str, a: usize, b: usize) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    // Fields after the parenthesised command name start at field 3 (state),
+    // so field n is index n - 3.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
         .context("parsing /proc/<pid>/stat")?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
+    let ticks = |n: usize| -> Result<f64> {
         fields
-            .get(i)
+            .get(n - 3)
             .and_then(|v| v.parse::<f64>().ok())
-            .context("parsing utime/stime")
+            .with_context(|| format!("parsing field {n} of /proc/{pid}/stat"))
     };
-    // `rest` starts at field 3 (state), so field n is index n - 3.
-    Ok((ticks(14 - 3)? + ticks(15 - 3)?) / 100.0)
+    Ok((ticks(a)? + ticks(b)?) / 100.0)
+}
+
+/// User + system CPU time of a process in seconds (utime + stime).
+pub fn cpu_seconds(pid: &str) -> Result<f64> {
+    stat_seconds(pid, 14, 15)
 }
 
 /// The value of one sample of a Prometheus exposition (`name` or
@@ -269,20 +274,7 @@ pub fn nofile_limit(pid: &str) -> Result<(u64, u64)> {
 /// CPU seconds of a process's reaped children (`cutime + cstime` of
 /// `/proc/<pid>/stat`): for a daemon, the jobs it ran.
 pub fn children_cpu_seconds(pid: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("parsing /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .context("parsing cutime/cstime")
-    };
-    Ok((ticks(16 - 3)? + ticks(17 - 3)?) / 100.0)
+    stat_seconds(pid, 16, 17)
 }
 
 /// Machine-wide CPU time from `/proc/stat`, in seconds: (busy, iowait).
@@ -477,6 +469,20 @@ mod tests {
             let ahead = (m - minute_now).rem_euclid(1440);
             assert!((15..1425).contains(&ahead), "{s} fires {ahead} min ahead");
         }
+    }
+
+    #[test]
+    fn cpu_times_of_this_process_parse() {
+        // Burn a little CPU so utime + stime is visibly positive.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        let own = cpu_seconds("self").expect("own stat");
+        assert!(own > 0.0, "utime + stime = {own}");
+        assert!(children_cpu_seconds("self").expect("own stat") >= 0.0);
+        assert!(cpu_seconds("no-such-pid").is_err());
     }
 
     #[test]

@@ -6,9 +6,7 @@
 //! - [`executor`]: exec, shell and http executors with timeouts and output caps
 //! - [`runner`]: long-poll, heartbeats, completion, drain
 //! - [`spool`]: results that wait on disk for the server
-//! - [`backoff`]: reconnect delays with jitter
 
-pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod credential;

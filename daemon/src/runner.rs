@@ -3,7 +3,6 @@
 //! spool it, and on SIGTERM drain: stop polling, let running jobs finish
 //! within the grace period, hand back the rest.
 
-use crate::backoff::Backoff;
 use crate::client::{CallError, Client};
 use crate::executor::{self, Limits, Stop};
 use crate::spool::{Entry, Spool};
@@ -11,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
+use sundial_proto::backoff::Backoff;
 use sundial_proto::time::now_ms;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;

@@ -2,7 +2,6 @@
 //! (re-joining if the credential was revoked and a join token is at hand),
 //! then hand over to the [`Runner`](crate::runner::Runner).
 
-use crate::backoff::Backoff;
 use crate::client::{self, CallError, Client};
 use crate::config::{parse_executors, parse_labels, Args};
 use crate::credential;
@@ -14,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::agent::{Credential, RegisterRequest};
+use sundial_proto::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 fn default_node_id() -> Result<String> {

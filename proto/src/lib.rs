@@ -1,10 +1,12 @@
 //! Sundial's wire contract: the JSON shapes that cross process boundaries.
 //!
-//! Everything here is plain data with serde derives. The server, the daemon,
+//! Everything here is plain data with serde derives (plus the request signing
+//! and the retry backoff both sides share). The server, the daemon,
 //! the CLI and the tests all speak these types, so a change here is a change
 //! to the public API and must be reflected in `docs/api.md`.
 
 pub mod agent;
+pub mod backoff;
 pub mod duration;
 pub mod error;
 pub mod job;

@@ -81,6 +81,14 @@ pub struct ServeArgs {
     /// Lease granted to a node per attempt; heartbeats renew it [default: 30s].
     #[arg(long, env = "SUNDIAL_LEASE")]
     pub lease: Option<Duration>,
+    /// How long a write waits for another connection's lock before it fails
+    /// with "database busy" and is retried [default: 5s].
+    #[arg(long, env = "SUNDIAL_BUSY_TIMEOUT")]
+    pub busy_timeout: Option<Duration>,
+    /// `/readyz` answers 503 once the scheduler or the lease reaper has been
+    /// failing for this long [default: 10s].
+    #[arg(long, env = "SUNDIAL_STALL_AFTER")]
+    pub stall_after: Option<Duration>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "SUNDIAL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -142,6 +150,8 @@ struct FileConfig {
     ha_mode: Option<HaMode>,
     cluster_secret_file: Option<PathBuf>,
     lease: Option<Duration>,
+    busy_timeout: Option<Duration>,
+    stall_after: Option<Duration>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     role: Option<StaticRole>,
@@ -165,6 +175,10 @@ pub struct Settings {
     pub ha: crate::ha::Source,
     pub cluster_secret_file: Option<PathBuf>,
     pub lease: Duration,
+    /// SQLite busy timeout of every connection.
+    pub busy_timeout: Duration,
+    /// How long a critical loop may fail before `/readyz` answers 503.
+    pub stall_after: Duration,
     /// (certificate chain, private key) when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -182,6 +196,8 @@ impl Default for Settings {
             ha: crate::ha::Source::Standalone,
             cluster_secret_file: None,
             lease: Duration::from_secs_const(30),
+            busy_timeout: Duration::from_secs_const(5),
+            stall_after: Duration::from_secs_const(10),
             tls: None,
         }
     }
@@ -251,6 +267,14 @@ impl ServeArgs {
             },
             cluster_secret_file: self.cluster_secret_file.or(file.cluster_secret_file),
             lease: self.lease.or(file.lease).unwrap_or(d.lease),
+            busy_timeout: self
+                .busy_timeout
+                .or(file.busy_timeout)
+                .unwrap_or(d.busy_timeout),
+            stall_after: self
+                .stall_after
+                .or(file.stall_after)
+                .unwrap_or(d.stall_after),
             tls: match (
                 self.tls_cert.or(file.tls_cert),
                 self.tls_key.or(file.tls_key),
@@ -267,6 +291,12 @@ impl ServeArgs {
         }
         if settings.lease.as_millis() < 1_000 {
             bail!("lease must be at least 1s");
+        }
+        if settings.busy_timeout.as_millis() < 100 {
+            bail!("busy_timeout must be at least 100ms");
+        }
+        if settings.stall_after.as_millis() < 100 {
+            bail!("stall_after must be at least 100ms");
         }
         if settings.history_keep == 0 {
             bail!("history_keep must be at least 1");

@@ -7,6 +7,7 @@
 //! The queue is rebuilt from the database (`state = 'pending'`) whenever a
 //! server becomes primary, so nothing lives only in memory.
 
+use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::registry::{NodeInfo, Registry};
 use crate::store::lifecycle::{self, Queued};
@@ -47,6 +48,7 @@ pub struct Dispatcher {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    loops: Arc<Loops>,
     lease_ms: i64,
     inner: Mutex<Inner>,
     /// Cancelled at shutdown: long-polls return at once so HTTP can drain.
@@ -60,6 +62,7 @@ impl Dispatcher {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
+        loops: Arc<Loops>,
         lease_ms: i64,
         stopping: CancellationToken,
     ) -> Dispatcher {
@@ -67,6 +70,7 @@ impl Dispatcher {
             store,
             metrics,
             registry,
+            loops,
             lease_ms,
             inner: Mutex::new(Inner::default()),
             stopping,
@@ -234,10 +238,20 @@ impl Dispatcher {
             if !claimed.is_empty() {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
-                let result = self
+                // Kept to put back if the write fails: a claimed run is
+                // either assigned in the database or queued again.
+                let claimed_copy = claimed.clone();
+                let result = match self
                     .store
                     .write(move |c| lifecycle::assign(c, &node_id, claimed, now, lease))
-                    .await?;
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.enqueue(claimed_copy);
+                        return Err(e);
+                    }
+                };
                 self.enqueue(result.later);
                 if !result.runs.is_empty() {
                     // Measured once the assignment is committed (what the
@@ -310,33 +324,70 @@ impl Dispatcher {
         Ok(expired)
     }
 
-    /// Background duties: lease expiry and last-seen flushes, until shutdown.
+    /// Background duties, until the term ends: lease expiry (every
+    /// [`REAP_EVERY`]; sooner after a failure) and last-seen
+    /// flushes. A failed pass is reported to [`Loops`] and retried after a
+    /// backoff; neither duty ever stops while the term lasts.
     pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut reap = tokio::time::interval(REAP_EVERY);
-        let mut flush = tokio::time::interval(FLUSH_SEEN_EVERY);
+        let mut reap_backoff = loops::retry_backoff();
+        let mut flush_backoff = loops::retry_backoff();
+        let mut next_reap = tokio::time::Instant::now() + REAP_EVERY;
+        let mut next_flush = tokio::time::Instant::now() + FLUSH_SEEN_EVERY;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = reap.tick() => {
-                    if let Err(e) = self.reap_once().await {
-                        if matches!(e, StoreError::Closed) { break; }
-                        tracing::error!(error = %e, "lease expiry failed");
-                    }
+                _ = tokio::time::sleep_until(next_reap) => {
+                    self.loops.begin(Loop::LeaseReaper);
+                    let wait = match self.reap_once().await {
+                        Ok(_) => {
+                            reap_backoff.reset();
+                            self.loops.ok(Loop::LeaseReaper);
+                            REAP_EVERY
+                        }
+                        Err(e) => {
+                            let d = reap_backoff.next_delay().min(REAP_EVERY);
+                            self.loops.failed(Loop::LeaseReaper, &e, d);
+                            d
+                        }
+                    };
+                    next_reap = tokio::time::Instant::now() + wait;
                 }
-                _ = flush.tick() => self.flush_seen().await,
+                _ = tokio::time::sleep_until(next_flush) => {
+                    self.loops.begin(Loop::SeenFlush);
+                    let wait = match self.flush_seen().await {
+                        Ok(()) => {
+                            flush_backoff.reset();
+                            self.loops.ok(Loop::SeenFlush);
+                            FLUSH_SEEN_EVERY
+                        }
+                        Err(e) => {
+                            let d = flush_backoff.next_delay();
+                            self.loops.failed(Loop::SeenFlush, &e, d);
+                            d
+                        }
+                    };
+                    next_flush = tokio::time::Instant::now() + wait;
+                }
             }
         }
-        self.flush_seen().await;
+        if let Err(e) = self.flush_seen().await {
+            tracing::warn!(error = %e, "writing node last-seen times at the end of the term");
+        }
     }
 
-    async fn flush_seen(&self) {
+    /// Writes the in-memory last-seen times; on failure they are kept for
+    /// the next try.
+    async fn flush_seen(&self) -> Result<(), StoreError> {
         let seen = self.registry.take_dirty();
         if seen.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.store.write(move |c| nodes::touch_many(c, &seen)).await {
-            tracing::warn!(error = %e, "writing node last-seen times");
+        let copy = seen.clone();
+        let result = self.store.write(move |c| nodes::touch_many(c, &seen)).await;
+        if result.is_err() {
+            self.registry.restore_dirty(copy);
         }
+        result
     }
 
     /// Number of runs waiting for a node.

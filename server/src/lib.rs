@@ -6,6 +6,7 @@
 //! - [`scheduler`]: turns due fires into run slots
 //! - [`api`]: the HTTP API; [`auth`]: API keys; [`validate`]: input checks
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
+//! - [`loops`]: health and retry pacing of the background loops
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
 pub mod api;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod dbcheck;
 pub mod dispatch;
 pub mod ha;
+pub mod loops;
 pub mod metrics;
 pub mod misfire;
 pub mod registry;

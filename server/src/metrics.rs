@@ -4,7 +4,7 @@
 //! describe stored data (jobs, runs by state) are refreshed at scrape time.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -30,6 +30,10 @@ pub struct Metrics {
     pub agent_auth_failures: IntCounterVec,
     pub promotions: IntCounter,
     pub forwarded: IntCounterVec,
+    pub write_failures: IntCounter,
+    pub loop_last_success: GaugeVec,
+    pub loop_errors: IntCounterVec,
+    pub loop_failing: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -156,6 +160,31 @@ impl Metrics {
             ),
             &["outcome"],
         ));
+        let write_failures = must(IntCounter::new(
+            "store_write_failures_total",
+            "Write batches that failed as a whole (busy, disk full, I/O); their callers were told to retry",
+        ));
+        let loop_last_success = must(GaugeVec::new(
+            Opts::new(
+                "loop_last_success_timestamp_seconds",
+                "Unix time of each background loop's last successful pass",
+            ),
+            &["loop"],
+        ));
+        let loop_errors = must(IntCounterVec::new(
+            Opts::new(
+                "loop_errors_total",
+                "Failed passes of each background loop (each is retried)",
+            ),
+            &["loop"],
+        ));
+        let loop_failing = must(IntGaugeVec::new(
+            Opts::new(
+                "loop_failing",
+                "1 while a background loop's last pass failed",
+            ),
+            &["loop"],
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -177,6 +206,10 @@ impl Metrics {
             Box::new(agent_auth_failures.clone()),
             Box::new(promotions.clone()),
             Box::new(forwarded.clone()),
+            Box::new(write_failures.clone()),
+            Box::new(loop_last_success.clone()),
+            Box::new(loop_errors.clone()),
+            Box::new(loop_failing.clone()),
         ] {
             must(registry.register(c));
         }
@@ -202,6 +235,10 @@ impl Metrics {
             agent_auth_failures,
             promotions,
             forwarded,
+            write_failures,
+            loop_last_success,
+            loop_errors,
+            loop_failing,
         }
     }
 

@@ -126,6 +126,16 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Puts back last-seen times whose flush failed (newer ones win).
+    pub fn restore_dirty(&self, seen: Vec<(String, i64)>) {
+        if let Ok(mut d) = self.dirty.write() {
+            for (id, at) in seen {
+                let e = d.entry(id).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+    }
+
     /// Live, non-revoked nodes matching a broadcast target.
     pub fn broadcast_targets(&self, target: &Target, kind: &str, now: i64) -> Vec<String> {
         let Ok(m) = self.nodes.read() else {

@@ -2,6 +2,7 @@
 //! each job's `history.keep` or older than its `history.max_age`, a few hundred
 //! jobs per write so it never holds the writer for long.
 
+use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::store::runs::{self, Retention};
 use crate::store::Store;
@@ -33,23 +34,38 @@ pub async fn sweep(store: &Store, defaults: Retention, metrics: &Metrics) -> any
     }
 }
 
-/// Sweeps every `interval` until shutdown.
+/// Sweeps every `interval` until the term ends. A failed sweep is reported
+/// to [`Loops`] and tried again after a backoff (capped at `interval`).
 pub async fn run(
     store: Arc<Store>,
     defaults: Retention,
     metrics: Arc<Metrics>,
+    loops: Arc<Loops>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut backoff = loops::retry_backoff();
+    let mut wait = interval;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled() => return,
         }
-        match sweep(&store, defaults, &metrics).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "pruned run history"),
-            Err(e) => tracing::warn!(error = %e, "history sweep failed"),
-        }
+        loops.begin(Loop::Retention);
+        wait = match sweep(&store, defaults, &metrics).await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(deleted = n, "pruned run history");
+                }
+                backoff.reset();
+                loops.ok(Loop::Retention);
+                interval
+            }
+            Err(e) => {
+                let d = backoff.next_delay().min(interval);
+                loops.failed(Loop::Retention, &format!("{e:#}"), d);
+                d
+            }
+        };
     }
 }

@@ -10,6 +10,7 @@
 //! API write hints that something earlier exists.
 
 use crate::dispatch::Dispatcher;
+use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::misfire;
 use crate::registry::Registry;
@@ -98,6 +99,7 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     dispatcher: Arc<Dispatcher>,
+    loops: Arc<Loops>,
     cache: Arc<Mutex<ScheduleCache>>,
     wake: Notify,
     /// The instant the loop currently sleeps until (ms); hints earlier than it wake the loop.
@@ -110,12 +112,14 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
         dispatcher: Arc<Dispatcher>,
+        loops: Arc<Loops>,
     ) -> Scheduler {
         Scheduler {
             store,
             metrics,
             registry,
             dispatcher,
+            loops,
             cache: Arc::new(Mutex::new(ScheduleCache::default())),
             wake: Notify::new(),
             wake_at: AtomicI64::new(0),
@@ -131,8 +135,12 @@ impl Scheduler {
         }
     }
 
-    /// Fires everything due at `now` (in batches) and returns the totals.
-    pub async fn tick(&self, now: i64) -> Result<Tick, StoreError> {
+    /// Fires everything due up to `lookahead_ms` from now (in batches) and
+    /// returns the totals. "Now" is read inside each write transaction, not
+    /// when the write was queued: a write that waited for the database
+    /// (busy, full disk) judges its fires against the time it really runs,
+    /// so the misfire policy sees how late they are.
+    pub async fn tick(&self, lookahead_ms: i64) -> Result<Tick, StoreError> {
         let mut total = Tick::default();
         loop {
             let cache = self.cache.clone();
@@ -140,7 +148,10 @@ impl Scheduler {
             let registry = self.registry.clone();
             let mut tick = self
                 .store
-                .write(move |conn| fire_due(conn, now, FIRE_BATCH, &cache, &metrics, &registry))
+                .write(move |conn| {
+                    let now = now_ms() + lookahead_ms;
+                    fire_due(conn, now, FIRE_BATCH, &cache, &metrics, &registry)
+                })
                 .await?;
             let committed = now_ms();
             for at in tick.on_time.drain(..) {
@@ -157,20 +168,24 @@ impl Scheduler {
         }
     }
 
-    /// The scheduling loop; returns when `shutdown` is cancelled.
+    /// The scheduling loop; returns only when `shutdown` (the end of the
+    /// term) is cancelled. A failed tick — busy database, full disk, even a
+    /// fenced writer whose term is about to end — is reported to [`Loops`]
+    /// and retried after a backoff; nothing is lost, because a slot and its
+    /// `next_fire_at` advance commit together (missed fires then follow the
+    /// job's misfire policy).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!("scheduler started");
-        let mut failures = 0u32;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
+        let mut backoff = loops::retry_backoff();
+        while !shutdown.is_cancelled() {
             let now = now_ms();
             // Claim the wake slot before reading, so a hint racing this tick is not lost.
             self.wake_at.store(i64::MAX, Ordering::Release);
-            let sleep_ms = match self.tick(now + LOOKAHEAD_MS).await {
+            self.loops.begin(Loop::Scheduler);
+            let sleep_ms = match self.tick(LOOKAHEAD_MS).await {
                 Ok(tick) => {
-                    failures = 0;
+                    backoff.reset();
+                    self.loops.ok(Loop::Scheduler);
                     if tick.slots_created > 0 {
                         tracing::debug!(
                             slots = tick.slots_created,
@@ -183,12 +198,10 @@ impl Scheduler {
                     (self.wake_at.load(Ordering::Acquire) - LOOKAHEAD_MS - now_ms())
                         .clamp(0, IDLE_WAKE_MS)
                 }
-                Err(StoreError::Closed | StoreError::NotPrimary | StoreError::Fenced) => break,
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let backoff = (100i64 << failures.min(6)).min(5_000);
-                    tracing::error!(error = %e, backoff_ms = backoff, "scheduler tick failed");
-                    backoff
+                    let delay = backoff.next_delay();
+                    self.loops.failed(Loop::Scheduler, &e, delay);
+                    delay.as_millis() as i64
                 }
             };
             if sleep_ms > 0 {
@@ -199,7 +212,7 @@ impl Scheduler {
                 }
             }
         }
-        tracing::info!("scheduler stopped");
+        tracing::info!("scheduler stopped (end of term)");
     }
 }
 

@@ -9,6 +9,7 @@ use crate::auth;
 use crate::config::Settings;
 use crate::dispatch::Dispatcher;
 use crate::ha::{self, HaState, Observed, Role};
+use crate::loops::Loops;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::retention;
@@ -138,6 +139,29 @@ impl Controller {
         .await
         .context("promotion task")?
         .context("opening the database for writing")?;
+        match self.start_term_tasks().await {
+            Ok(()) => {}
+            Err(e) => {
+                // Give the term back so the retry starts from a clean slate.
+                self.app.dispatcher.end_term();
+                self.app.store.demote().await;
+                return Err(e);
+            }
+        }
+        let app = &self.app;
+        app.metrics.epoch.set(epoch);
+        app.metrics.promotions.inc();
+        tracing::info!(
+            epoch,
+            took_ms = started.elapsed().as_millis() as u64,
+            "promoted to primary"
+        );
+        Ok(epoch)
+    }
+
+    /// The part of a promotion after the writer is ours: seed the admin
+    /// key, load nodes and pending runs, start the term's loops.
+    async fn start_term_tasks(&mut self) -> anyhow::Result<()> {
         let app = &self.app;
         if let Some(key) = auth::bootstrap(
             &app.store,
@@ -159,6 +183,7 @@ impl Controller {
             .load()
             .await
             .context("loading pending runs")?;
+        app.loops.reset();
         let tasks = vec![
             tokio::spawn(app.scheduler.clone().run(token.clone())),
             tokio::spawn(app.dispatcher.clone().run_background(token.clone())),
@@ -166,20 +191,14 @@ impl Controller {
                 app.store.clone(),
                 self.retention,
                 app.metrics.clone(),
+                app.loops.clone(),
                 RETENTION_INTERVAL,
                 token.clone(),
             )),
         ];
         self.term = Some(Term { token, tasks });
-        app.metrics.epoch.set(epoch);
-        app.metrics.promotions.inc();
-        tracing::info!(
-            epoch,
-            pending = queued,
-            took_ms = started.elapsed().as_millis() as u64,
-            "promoted to primary"
-        );
-        Ok(epoch)
+        tracing::info!(pending = queued, "term started");
+        Ok(())
     }
 
     async fn end_term(&mut self) {
@@ -223,17 +242,23 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
     let db_path = settings.data_dir.join(DB_FILE);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
-        Store::open_replica(&db_path, metrics.clone())
-            .with_context(|| format!("opening database {}", db_path.display()))?,
+        Store::open_replica_with(
+            &db_path,
+            metrics.clone(),
+            Duration::from_millis(settings.busy_timeout.as_millis()),
+        )
+        .with_context(|| format!("opening database {}", db_path.display()))?,
     );
     let secrets =
         ClusterSecrets::load(settings.cluster_secret_file.as_deref(), &settings.data_dir)?;
     let registry = Arc::new(Registry::default());
+    let loops = Arc::new(Loops::new(metrics.clone()));
     let shutdown = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(
         store.clone(),
         metrics.clone(),
         registry.clone(),
+        loops.clone(),
         settings.lease.as_millis_i64(),
         shutdown.clone(),
     ));
@@ -242,6 +267,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         metrics.clone(),
         registry.clone(),
         dispatcher.clone(),
+        loops.clone(),
     ));
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -259,6 +285,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         keys: auth::KeyCache::default(),
         registry,
         dispatcher,
+        loops,
         secrets,
         nonces: Default::default(),
         ha: std::sync::RwLock::new(ha::initial_state()),

@@ -1,7 +1,7 @@
 //! The API's error type: every failure becomes a status code plus the JSON
 //! body `{"error": {"code", "message", "field"?}}`.
 
-use crate::store::StoreError;
+use crate::store::{StoreError, Transient};
 use crate::validate::Invalid;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,15 +14,24 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (on 503 and 507).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
+    /// Adds a `Retry-After` header.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -32,6 +41,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: Some(field.to_string()),
+            retry_after: None,
         }
     }
 
@@ -51,6 +61,7 @@ impl From<Invalid> for ApiError {
             code: e.code,
             message: e.message,
             field: Some(e.field),
+            retry_after: None,
         }
     }
 }
@@ -64,7 +75,29 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_primary",
                 "this server is not the primary; retry (the load balancer routes to the primary)",
-            ),
+            )
+            .retry_after(1),
+            StoreError::Unavailable { cause, detail } => {
+                tracing::warn!(%cause, %detail, "write refused: database unavailable");
+                let (status, code, message) = match cause {
+                    Transient::Busy => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_busy",
+                        "the database is busy (another process holds its write lock); nothing was written, retry",
+                    ),
+                    Transient::DiskFull => (
+                        StatusCode::INSUFFICIENT_STORAGE,
+                        "disk_full",
+                        "the database's disk is full; nothing was written, retry once space is freed",
+                    ),
+                    Transient::Io => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "database_io_error",
+                        "the database hit an I/O error; nothing was written, retry",
+                    ),
+                };
+                ApiError::new(status, code, message).retry_after(1)
+            }
             StoreError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -91,7 +124,12 @@ impl IntoResponse for ApiError {
                 field: self.field,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 

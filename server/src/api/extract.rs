@@ -86,6 +86,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     code,
                     message: shown,
                     field: (!field.is_empty()).then_some(field),
+                    retry_after: None,
                 }
             }
         }

@@ -41,6 +41,8 @@ pub struct App {
     pub keys: KeyCache,
     pub registry: Arc<Registry>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Health of the term's background loops (for `/readyz`).
+    pub loops: Arc<crate::loops::Loops>,
     pub secrets: ClusterSecrets,
     pub nonces: agent_auth::NonceCache,
     /// The HA role and what goes with it (see [`crate::ha`]).

@@ -19,24 +19,41 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// Readiness: the database answers a query and the role is known.
+/// Readiness: the database answers a query, the role is known, and on the
+/// primary neither the scheduler nor the lease reaper has been failing for
+/// longer than `--stall-after`.
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     let role = app.role();
+    let unavailable = |error: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "role": role.as_str(),
+                "error": error,
+                "loops": app.loops.statuses(),
+            })),
+        )
+    };
     match app.store.read(store::epoch).await {
-        Ok(epoch) if role != Role::Unknown => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "role": role.as_str(), "epoch": epoch})),
-        ),
-        Ok(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(
-                json!({"status": "unavailable", "role": role.as_str(), "error": "role not known yet"}),
-            ),
-        ),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "role": role.as_str(), "error": e.to_string()})),
-        ),
+        Ok(_) if role == Role::Unknown => unavailable("role not known yet".into()),
+        Ok(epoch) => {
+            let stalled = if role == Role::Primary {
+                app.loops.stalled(std::time::Duration::from_millis(
+                    app.settings.stall_after.as_millis(),
+                ))
+            } else {
+                None
+            };
+            match stalled {
+                Some(why) => unavailable(why),
+                None => (
+                    StatusCode::OK,
+                    Json(json!({"status": "ready", "role": role.as_str(), "epoch": epoch})),
+                ),
+            }
+        }
+        Err(e) => unavailable(e.to_string()),
     }
 }
 

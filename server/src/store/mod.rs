@@ -25,11 +25,15 @@ use writer::Writer;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "sundial.db";
 
-/// Everything that can go wrong in the store.
+/// Everything that can go wrong in the store. Each variant has one meaning:
+/// [`StoreError::Unavailable`] is "retry later" (the database is busy, the
+/// disk is full, an I/O error); [`StoreError::Closed`] is "the writer is
+/// gone" (shutdown); [`StoreError::NotPrimary`] and [`StoreError::Fenced`]
+/// are "this server may not write".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("read pool: {0}")]
     Pool(#[from] r2d2::Error),
     #[error(transparent)]
@@ -44,6 +48,9 @@ pub enum StoreError {
     Commit(String),
     #[error("{0}")]
     Io(String),
+    /// The write was not applied and may succeed later: nothing was written.
+    #[error("database unavailable ({cause}), nothing was written: {detail}")]
+    Unavailable { cause: Transient, detail: String },
     #[error("the database writer is not running")]
     Closed,
     #[error("this server is not the primary; writes go to the primary")]
@@ -52,24 +59,91 @@ pub enum StoreError {
     Fenced,
 }
 
+/// Why the database could not take a write just now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transient {
+    /// Another connection holds the write lock past the busy timeout.
+    Busy,
+    /// The disk (or the file system holding the data directory) is full.
+    DiskFull,
+    /// The operating system reported an I/O error.
+    Io,
+}
+
+impl Transient {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transient::Busy => "busy",
+            Transient::DiskFull => "disk full",
+            Transient::Io => "I/O error",
+        }
+    }
+
+    /// The transient condition behind a SQLite error, if it is one.
+    pub fn of(e: &rusqlite::Error) -> Option<Transient> {
+        use rusqlite::ErrorCode as C;
+        match e.sqlite_error_code()? {
+            C::DatabaseBusy | C::DatabaseLocked => Some(Transient::Busy),
+            C::DiskFull => Some(Transient::DiskFull),
+            C::SystemIoFailure | C::CannotOpen | C::OutOfMemory => Some(Transient::Io),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Busy, locked, full and I/O errors become [`StoreError::Unavailable`]
+    /// wherever they surface, so every caller sees "retry later".
+    fn from(e: rusqlite::Error) -> StoreError {
+        match Transient::of(&e) {
+            Some(cause) => StoreError::Unavailable {
+                cause,
+                detail: e.to_string(),
+            },
+            None => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl StoreError {
+    /// A transient condition: the same call may succeed later.
+    pub fn unavailable(cause: Transient, detail: impl Into<String>) -> StoreError {
+        StoreError::Unavailable {
+            cause,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// Handle to the database: at most one writer (while primary), many readers.
 pub struct Store {
     writer: std::sync::RwLock<Option<Arc<Writer>>>,
     pool: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
     metrics: Arc<Metrics>,
+    busy_timeout: Duration,
 }
 
+/// How long a connection waits for another's lock before giving up with
+/// "busy" (the server's `--busy-timeout`).
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Applies the pragmas every connection needs.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_millis(5000))?;
+fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy_timeout)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(())
 }
 
 /// Opens the read-write connection: WAL, pragmas, migrations, cluster row.
-fn open_rw(path: &Path) -> Result<Connection, StoreError> {
+fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     // WAL first: it is persistent and shared by every later connection.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -79,7 +153,7 @@ fn open_rw(path: &Path) -> Result<Connection, StoreError> {
             path.display()
         )));
     }
-    configure(&conn)?;
+    configure(&conn, busy_timeout)?;
     // Savepoints and sorts stay in memory: no temp-file writes on the hot path.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrations::migrate(&mut conn)?;
@@ -91,10 +165,19 @@ impl Store {
     /// Opens the database read-only (a replica). The file may not exist yet;
     /// reads fail until it does.
     pub fn open_replica(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        Store::open_replica_with(path, metrics, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open_replica`] with a busy timeout other than the default.
+    pub fn open_replica_with(
+        path: &Path,
+        metrics: Arc<Metrics>,
+        busy_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_init(|c| {
-                c.busy_timeout(Duration::from_millis(5000))?;
+            .with_init(move |c| {
+                c.busy_timeout(busy_timeout)?;
                 c.pragma_update(None, "query_only", "ON")
             });
         let pool = r2d2::Pool::builder()
@@ -107,15 +190,25 @@ impl Store {
             pool,
             path: path.to_path_buf(),
             metrics,
+            busy_timeout,
         })
     }
 
     /// Opens (creating if needed) the database, migrates it and becomes its
     /// writer at once (standalone servers and tests).
     pub fn open(path: &Path, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        Store::open_with(path, metrics, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// [`Store::open`] with a busy timeout other than the default.
+    pub fn open_with(
+        path: &Path,
+        metrics: Arc<Metrics>,
+        busy_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         // Create and migrate before the read pool connects.
-        drop(open_rw(path)?);
-        let store = Store::open_replica(path, metrics)?;
+        drop(open_rw(path, busy_timeout)?);
+        let store = Store::open_replica_with(path, metrics, busy_timeout)?;
         store.promote_blocking(Box::new(|_| {}))?;
         Ok(store)
     }
@@ -123,7 +216,7 @@ impl Store {
     /// Becomes the writer: opens read-write, migrates, bumps the epoch and
     /// starts the writer thread for the new term. Returns the new epoch.
     pub fn promote_blocking(&self, on_fenced: writer::OnFenced) -> Result<i64, StoreError> {
-        let conn = open_rw(&self.path)?;
+        let conn = open_rw(&self.path, self.busy_timeout)?;
         let epoch = bump_epoch(&conn)?;
         let writer = Writer::spawn(conn, self.metrics.clone(), epoch, on_fenced)?;
         let old = self

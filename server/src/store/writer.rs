@@ -9,10 +9,18 @@
 //! first reads the cluster epoch inside its transaction; if another server
 //! has bumped it, the batch is rolled back, every caller gets
 //! [`StoreError::Fenced`], and the writer refuses all further work.
+//!
+//! Failures never drop a caller: when `BEGIN`, the epoch read or `COMMIT`
+//! fails (another connection holds the lock past the busy timeout, the disk
+//! is full, an I/O error), or SQLite rolls the transaction back under an
+//! operation, every caller of the batch gets [`StoreError::Unavailable`]
+//! with the cause and the writer goes on with the next batch. Only a writer
+//! that is gone answers [`StoreError::Closed`].
 
-use super::StoreError;
+use super::{StoreError, Transient};
 use crate::metrics::Metrics;
 use rusqlite::Connection;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -21,9 +29,81 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Called once the batch an operation belonged to has committed (or failed to).
-type Reply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
-/// An operation: runs inside the batch transaction and returns its reply.
-type Op = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Result<(), &Failure>) + Send>;
+
+/// An operation queued for the next batch.
+trait Operation: Send {
+    /// Runs inside the batch transaction; returns the reply to send once
+    /// the batch's fate is known, and the transient error it hit, if any.
+    fn apply(self: Box<Self>, conn: &Connection) -> (Reply, Option<Failure>);
+    /// The batch never ran this operation: tell the caller why.
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+type Op = Box<dyn Operation>;
+
+/// Why a whole batch was not committed; every caller in it gets this.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// Retry later (busy, full, I/O; nothing of the batch was written).
+    Transient(Transient, String),
+    /// Another server holds a newer epoch.
+    Fenced,
+    /// COMMIT failed for a reason that is not transient.
+    Commit(String),
+}
+
+impl Failure {
+    fn from_sqlite(what: &str, e: &rusqlite::Error) -> Failure {
+        match Transient::of(e) {
+            Some(cause) => Failure::Transient(cause, format!("{what}: {e}")),
+            None => Failure::Commit(format!("{what}: {e}")),
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        match self {
+            Failure::Transient(cause, detail) => StoreError::unavailable(*cause, detail.clone()),
+            Failure::Fenced => StoreError::Fenced,
+            Failure::Commit(m) => StoreError::Commit(m.clone()),
+        }
+    }
+}
+
+/// A caller's closure and where its result goes.
+struct Call<F, T> {
+    f: F,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Operation for Call<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn apply(self: Box<Self>, conn: &Connection) -> (Reply, Option<Failure>) {
+        let Call { f, tx } = *self;
+        let result = in_savepoint(conn, f);
+        let hit = match &result {
+            Err(StoreError::Unavailable { cause, detail }) => {
+                Some(Failure::Transient(*cause, detail.clone()))
+            }
+            _ => None,
+        };
+        let reply: Reply = Box::new(move |committed: Result<(), &Failure>| {
+            let out = match committed {
+                Ok(()) => result,
+                Err(failure) => Err(failure.error()),
+            };
+            let _ = tx.send(out);
+        });
+        (reply, hit)
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
 
 enum Msg {
     Op(Op),
@@ -82,22 +162,13 @@ impl Writer {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
-            Box::new(move |committed: Result<(), &StoreError>| {
-                let out = match committed {
-                    Ok(()) => result,
-                    Err(e) => Err(StoreError::Commit(e.to_string())),
-                };
-                let _ = tx.send(out);
-            })
-        });
+        let op: Op = Box::new(Call { f, tx });
         self.sender
             .send(Msg::Op(op))
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(result) => result,
-            Err(_) if self.is_fenced() => Err(StoreError::Fenced),
+            // Every queued operation gets an answer; none means the thread is gone.
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -115,18 +186,26 @@ impl Writer {
     }
 }
 
+/// Runs one operation in its own savepoint, so its failure (or panic)
+/// rolls back only its own writes.
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     conn.execute_batch("SAVEPOINT op")?;
-    match f(conn) {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Io("a write operation panicked".into())));
+    match result {
         Ok(v) => {
             conn.execute_batch("RELEASE op")?;
             Ok(v)
         }
         Err(e) => {
-            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            // SQLite may already have rolled the whole transaction back (full
+            // disk, I/O error); `apply` notices that and fails the batch.
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            }
             Err(e)
         }
     }
@@ -140,30 +219,40 @@ struct Term {
 }
 
 fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, term: Term) {
-    let mut batch: Vec<Op> = Vec::with_capacity(64);
+    let mut batch: VecDeque<Op> = VecDeque::with_capacity(64);
     let mut replies: Vec<Reply> = Vec::with_capacity(64);
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     loop {
         match receiver.recv() {
-            Ok(Msg::Op(op)) => batch.push(op),
+            Ok(Msg::Op(op)) => batch.push_back(op),
             Ok(Msg::Shutdown(tx)) => shutdown = Some(tx),
             Err(_) => break,
         }
         // Gather whatever else is already waiting: this is the group commit.
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
-                Ok(Msg::Op(op)) => batch.push(op),
+                Ok(Msg::Op(op)) => batch.push_back(op),
                 Ok(Msg::Shutdown(tx)) => shutdown = Some(tx),
                 Err(_) => break,
             }
         }
         if !batch.is_empty() {
-            apply(&conn, &mut batch, &mut replies, &metrics, &term);
+            let failed = apply(&conn, &mut batch, &mut replies, &metrics, &term);
+            if let Some(busy @ Failure::Transient(Transient::Busy, _)) = failed {
+                // What queued while this batch waited out the busy timeout
+                // is answered now ("retry"), not after another full timeout.
+                while let Ok(msg) = receiver.try_recv() {
+                    match msg {
+                        Msg::Op(op) => op.refuse(busy.error()),
+                        Msg::Shutdown(tx) => shutdown = Some(tx),
+                    }
+                }
+            }
         }
         if shutdown.is_some() {
             // Drain stragglers queued behind the shutdown request.
             while let Ok(Msg::Op(op)) = receiver.try_recv() {
-                batch.push(op);
+                batch.push_back(op);
             }
             if !batch.is_empty() {
                 apply(&conn, &mut batch, &mut replies, &metrics, &term);
@@ -184,59 +273,34 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
 }
 
 /// Reads the cluster epoch inside the open transaction.
-fn current_epoch(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))?)
+fn current_epoch(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))
 }
 
+/// Applies one batch in one transaction and answers every caller in it;
+/// returns why it failed, if it did.
 fn apply(
     conn: &Connection,
-    batch: &mut Vec<Op>,
+    batch: &mut VecDeque<Op>,
     replies: &mut Vec<Reply>,
     metrics: &Metrics,
     term: &Term,
-) {
+) -> Option<Failure> {
     let started = Instant::now();
     let size = batch.len();
-    if term.fenced.load(Ordering::Acquire) {
-        // Dropping the ops drops their reply channels: callers see the refusal.
-        batch.clear();
-        return;
-    }
-    let outcome = match conn.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => match current_epoch(conn) {
-            Ok(epoch) if epoch != term.epoch => {
-                let _ = conn.execute_batch("ROLLBACK");
-                term.fenced.store(true, Ordering::Release);
-                tracing::error!(
-                    mine = term.epoch,
-                    current = epoch,
-                    "fenced: another server is primary; refusing writes"
-                );
-                (term.on_fenced)(epoch);
-                batch.clear();
-                return;
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                batch.clear();
-                tracing::error!(error = %e, "reading the epoch");
-                return;
-            }
-            Ok(_) => {
-                replies.extend(batch.drain(..).map(|op| op(conn)));
-                conn.execute_batch("COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    StoreError::Commit(e.to_string())
-                })
-            }
-        },
-        Err(e) => {
-            batch.clear();
-            Err(StoreError::Commit(format!("begin: {e}")))
+    let outcome = run_batch(conn, batch, replies, term);
+    // Operations the batch never reached are refused with its failure.
+    if let Err(failure) = &outcome {
+        for op in batch.drain(..) {
+            op.refuse(failure.error());
         }
-    };
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, batch = size, "write batch failed");
+        match failure {
+            Failure::Fenced => {}
+            other => {
+                metrics.write_failures.inc();
+                tracing::error!(error = %other.error(), batch = size, "write batch failed; its callers were told to retry");
+            }
+        }
     }
     metrics.write_batch_size.observe(size as f64);
     metrics
@@ -245,5 +309,202 @@ fn apply(
     for reply in replies.drain(..) {
         reply(outcome.as_ref().map(|_| ()));
     }
-    // A failed BEGIN leaves no replies: their ops were dropped, so callers see Closed.
+    outcome.err()
+}
+
+/// BEGIN, fence check, the operations, COMMIT. On error the transaction is
+/// rolled back; operations not yet run are left in `batch`.
+fn run_batch(
+    conn: &Connection,
+    batch: &mut VecDeque<Op>,
+    replies: &mut Vec<Reply>,
+    term: &Term,
+) -> Result<(), Failure> {
+    if term.fenced.load(Ordering::Acquire) {
+        return Err(Failure::Fenced);
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| Failure::from_sqlite("begin", &e))?;
+    let result = (|| {
+        let epoch = current_epoch(conn).map_err(|e| {
+            // Any failure to read the fencing token is "retry later".
+            let cause = Transient::of(&e).unwrap_or(Transient::Io);
+            Failure::Transient(cause, format!("reading the epoch: {e}"))
+        })?;
+        if epoch != term.epoch {
+            term.fenced.store(true, Ordering::Release);
+            tracing::error!(
+                mine = term.epoch,
+                current = epoch,
+                "fenced: another server is primary; refusing writes"
+            );
+            (term.on_fenced)(epoch);
+            return Err(Failure::Fenced);
+        }
+        while let Some(op) = batch.pop_front() {
+            let (reply, hit) = op.apply(conn);
+            replies.push(reply);
+            if conn.is_autocommit() {
+                // SQLite rolled the transaction back under this operation:
+                // what came before it is gone too, so the batch fails whole.
+                return Err(hit.unwrap_or_else(|| {
+                    Failure::Transient(
+                        Transient::Io,
+                        "SQLite rolled back the write transaction".into(),
+                    )
+                }));
+            }
+        }
+        conn.execute_batch("COMMIT")
+            .map_err(|e| Failure::from_sqlite("commit", &e))
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rollback after a failed batch");
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::Metrics;
+    use crate::store::{Store, StoreError, Transient, DB_FILE};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn store(busy_ms: u64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_with(
+            &dir.path().join(DB_FILE),
+            Arc::new(Metrics::new()),
+            Duration::from_millis(busy_ms),
+        )
+        .unwrap();
+        (dir, s)
+    }
+
+    fn insert_key(
+        id: &'static str,
+    ) -> impl FnOnce(&rusqlite::Connection) -> Result<(), StoreError> {
+        move |c| {
+            c.execute(
+                "INSERT INTO api_keys (id, hash, scope, created_at) VALUES (?1, ?1, 'read', 0)",
+                [id],
+            )?;
+            Ok(())
+        }
+    }
+
+    fn keys(s: &Store) -> Vec<String> {
+        s.read_blocking(|c| {
+            let mut st = c.prepare("SELECT id FROM api_keys ORDER BY id")?;
+            let rows = st.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_is_retryable_and_the_writer_goes_on() {
+        let (dir, s) = store(200);
+        let outside = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = s.write(insert_key("a")).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unavailable {
+                    cause: Transient::Busy,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("database unavailable (busy)"),
+            "{err}"
+        );
+        outside.execute_batch("COMMIT").unwrap();
+        s.write(insert_key("b")).await.unwrap();
+        assert_eq!(keys(&s), vec!["b"]);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_epoch_read_is_retryable() {
+        let (dir, s) = store(200);
+        let outside = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        outside
+            .execute_batch("ALTER TABLE cluster RENAME TO cluster_away")
+            .unwrap();
+        let err = s.write(insert_key("a")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("reading the epoch"), "{err}");
+        outside
+            .execute_batch("ALTER TABLE cluster_away RENAME TO cluster")
+            .unwrap();
+        s.write(insert_key("b")).await.unwrap();
+        assert_eq!(keys(&s), vec!["b"]);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_fails_the_write_and_the_writer_recovers() {
+        let (_dir, s) = store(200);
+        // Cap the file at its current size: the next growth is SQLITE_FULL.
+        s.write(|c| {
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let big = s.write(|c| {
+            c.execute(
+                "INSERT INTO api_keys (id, hash, scope, created_at) VALUES ('big', zeroblob(1000000), 'read', 0)",
+                [],
+            )?;
+            Ok(())
+        });
+        let small = s.write(insert_key("small"));
+        let (big, small) = tokio::join!(big, small);
+        let big = big.unwrap_err();
+        assert!(
+            matches!(
+                big,
+                StoreError::Unavailable {
+                    cause: Transient::DiskFull,
+                    ..
+                }
+            ),
+            "{big:?}"
+        );
+        // The small write either committed on its own or was told to retry.
+        if let Err(e) = &small {
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e:?}");
+        }
+        s.write(|c| {
+            c.query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.write(insert_key("after")).await.unwrap();
+        assert!(keys(&s).contains(&"after".to_string()));
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_fails_alone() {
+        let (_dir, s) = store(200);
+        let bad = s.write(|_| -> Result<(), StoreError> { panic!("boom") });
+        let good = s.write(insert_key("good"));
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(matches!(bad, Err(StoreError::Io(_))), "{bad:?}");
+        good.unwrap();
+        s.write(insert_key("later")).await.unwrap();
+        assert_eq!(keys(&s), vec!["good", "later"]);
+        s.close().await;
+    }
 }

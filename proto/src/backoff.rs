@@ -1,5 +1,6 @@
-//! Reconnect backoff: exponential with "equal jitter" (half fixed, half
-//! random), so a fleet of daemons does not reconnect in lockstep.
+//! Retry backoff for reconnects and background loops: exponential with
+//! "equal jitter" (half fixed, half random), so a fleet of daemons (or a
+//! loop hitting a busy database) does not retry in lockstep.
 
 use rand::Rng;
 use std::time::Duration;

@@ -90,13 +90,53 @@ fn default_expect_status() -> Vec<u16> {
 }
 
 impl Executor {
-    /// The executor's type name as used in allowlists (`exec`, `shell`, `http`).
-    pub fn kind(&self) -> &'static str {
+    /// The executor's kind, as used in allowlists.
+    pub fn kind(&self) -> ExecutorKind {
         match self {
-            Executor::Exec { .. } => "exec",
-            Executor::Shell { .. } => "shell",
-            Executor::Http { .. } => "http",
+            Executor::Exec { .. } => ExecutorKind::Exec,
+            Executor::Shell { .. } => ExecutorKind::Shell,
+            Executor::Http { .. } => ExecutorKind::Http,
         }
+    }
+}
+
+/// The kinds of executor (`exec`, `shell`, `http`): what a daemon's
+/// allowlist names and what a job needs of a node.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    Exec,
+    Shell,
+    Http,
+}
+
+impl ExecutorKind {
+    pub const ALL: [ExecutorKind; 3] =
+        [ExecutorKind::Exec, ExecutorKind::Shell, ExecutorKind::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Exec => "exec",
+            ExecutorKind::Shell => "shell",
+            ExecutorKind::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ExecutorKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ExecutorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown executor {s:?}; expected exec, shell or http"))
     }
 }
 
@@ -187,12 +227,31 @@ pub enum MisfirePolicy {
 }
 
 impl MisfirePolicy {
+    pub const ALL: [MisfirePolicy; 3] = [
+        MisfirePolicy::Skip,
+        MisfirePolicy::RunOnce,
+        MisfirePolicy::RunAll,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MisfirePolicy::Skip => "skip",
             MisfirePolicy::RunOnce => "run_once",
             MisfirePolicy::RunAll => "run_all",
         }
+    }
+}
+
+impl std::str::FromStr for MisfirePolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MisfirePolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown misfire policy {s:?}; expected skip, run_once or run_all")
+            })
     }
 }
 
@@ -311,7 +370,15 @@ mod tests {
             r#"{"type":"http","method":"POST","url":"http://x","headers":{"a":"b"},"body":"{}","expect_status":[200,204]}"#,
         )
         .unwrap();
-        assert_eq!(http.kind(), "http");
+        assert_eq!(http.kind(), ExecutorKind::Http);
+        for k in ExecutorKind::ALL {
+            assert_eq!(k.as_str().parse::<ExecutorKind>().unwrap(), k);
+        }
+        for p in MisfirePolicy::ALL {
+            assert_eq!(p.as_str().parse::<MisfirePolicy>().unwrap(), p);
+        }
+        assert!("once".parse::<MisfirePolicy>().is_err());
+        assert!("ssh".parse::<ExecutorKind>().is_err());
     }
 
     #[test]

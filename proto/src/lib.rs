@@ -17,7 +17,7 @@ pub mod time;
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{
-    Concurrency, Executor, History, Job, JobCounters, JobSpec, Misfire, MisfirePolicy, Retries,
-    Target,
+    Concurrency, Executor, ExecutorKind, History, Job, JobCounters, JobSpec, Misfire,
+    MisfirePolicy, Retries, Target,
 };
-pub use run::{List, Run, RunState};
+pub use run::{List, Run, RunState, Trigger};

@@ -71,6 +71,52 @@ impl FromStr for RunState {
     }
 }
 
+/// How a slot came to exist.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// An on-time fire of the schedule.
+    Schedule,
+    /// A missed fire created after downtime by the misfire policy.
+    CatchUp,
+    /// `POST /v1/jobs/{id}/trigger`.
+    Manual,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 3] = [Trigger::Schedule, Trigger::CatchUp, Trigger::Manual];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Trigger {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Trigger::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown trigger {s:?}; expected one of {}",
+                    Trigger::ALL.map(|t| t.as_str()).join(", ")
+                )
+            })
+    }
+}
+
 /// One run of a job: a slot and its latest attempt.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Run {
@@ -80,8 +126,7 @@ pub struct Run {
     pub scheduled_for: i64,
     /// The node the run targets or ran on; null when not yet assigned.
     pub node: Option<String>,
-    /// `schedule`, `catch_up` or `manual`.
-    pub trigger: String,
+    pub trigger: Trigger,
     pub attempt: u32,
     pub state: RunState,
     #[serde(with = "crate::time::rfc3339")]
@@ -117,5 +162,10 @@ mod tests {
             .parse::<RunState>()
             .unwrap_err()
             .contains("timed_out"));
+        for t in Trigger::ALL {
+            assert_eq!(t.as_str().parse::<Trigger>().unwrap(), t);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert!("cron".parse::<Trigger>().unwrap_err().contains("catch_up"));
     }
 }

@@ -149,7 +149,7 @@ impl Dispatcher {
                     .iter()
                     .filter(|(id, w)| {
                         !woken.contains(*id)
-                            && w.node.eligible(&q.target, &q.executor_kind, &q.slot_node)
+                            && w.node.eligible(&q.target, q.executor_kind, &q.slot_node)
                     })
                     .map(|(id, w)| (id.clone(), w))
                     .next()
@@ -179,7 +179,7 @@ impl Dispatcher {
                 next_ready = Some(key.0);
                 break;
             }
-            if node.eligible(&q.target, &q.executor_kind, &q.slot_node) {
+            if node.eligible(&q.target, q.executor_kind, &q.slot_node) {
                 keys.push(*key);
                 if keys.len() >= max {
                     break;
@@ -286,7 +286,7 @@ impl Dispatcher {
                     .queue
                     .iter()
                     .take_while(|(k, _)| k.0 <= now)
-                    .any(|(_, q)| node.eligible(&q.target, &q.executor_kind, &q.slot_node))
+                    .any(|(_, q)| node.eligible(&q.target, q.executor_kind, &q.slot_node))
             };
             if !has_work {
                 let until = match next_ready {
@@ -388,10 +388,5 @@ impl Dispatcher {
             self.registry.restore_dirty(copy);
         }
         result
-    }
-
-    /// Number of runs waiting for a node.
-    pub fn queue_len(&self) -> usize {
-        self.lock().queue.len()
     }
 }

@@ -293,3 +293,47 @@ pub fn initial_state() -> HaState {
         primary_host: None,
     }
 }
+
+/// This server's current role: written by the server's role controller,
+/// read by the API (probes, forwarding, status).
+#[derive(Debug)]
+pub struct RoleCell(std::sync::RwLock<HaState>);
+
+impl Default for RoleCell {
+    fn default() -> Self {
+        RoleCell(std::sync::RwLock::new(initial_state()))
+    }
+}
+
+impl RoleCell {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> HaState {
+        // Every update is a whole-field assignment: a poisoned lock holds valid data.
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).role
+    }
+
+    /// Records a role decision (`epoch` 0 keeps the last known epoch).
+    pub fn set(
+        &self,
+        role: Role,
+        epoch: i64,
+        primary_host: Option<String>,
+        primary_url: Option<String>,
+    ) {
+        let mut st = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if st.role != role {
+            st.since = now_ms();
+            tracing::info!(role = role.as_str(), epoch, primary = ?primary_url, "role changed");
+        }
+        st.role = role;
+        if epoch > 0 {
+            st.epoch = epoch;
+        }
+        st.primary_host = primary_host;
+        st.primary_url = primary_url;
+    }
+}

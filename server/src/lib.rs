@@ -1,28 +1,34 @@
 //! `sundial-server`: the Sundial control plane.
 //!
-//! - [`store`]: SQLite (WAL), migrations, the single writer, the read pool
+//! - [`store`]: SQLite (WAL), migrations, the single writer, the read pool,
+//!   one file per table, and the run lifecycle (the one owner of run
+//!   transitions and job counters)
 //! - [`schedule`]: cron / `@every` / `@at` with time zones and DST rules
 //! - [`misfire`]: which slots to create after downtime
-//! - [`scheduler`]: turns due fires into run slots
-//! - [`api`]: the HTTP API; [`auth`]: API keys; [`validate`]: input checks
+//! - [`scheduler`]: turns due fires into run slots (primary only)
+//! - [`dispatch`]: the in-memory queue, long-polls, leases, lease expiry
+//! - [`registry`]: the in-memory view of worker nodes
+//! - [`api`]: the HTTP API (admin, agent, probes, replica forwarding)
+//! - [`auth`]: admin API keys; [`secrets`]: the cluster secret; [`validate`]: input checks
+//! - [`ha`]: where the role comes from (standalone, static, LiteFS) and the current role
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
 //! - [`loops`]: health and retry pacing of the background loops
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
-pub mod api;
-pub mod auth;
+pub(crate) mod api;
+pub(crate) mod auth;
 pub mod config;
 pub mod dbcheck;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod ha;
-pub mod loops;
+pub(crate) mod loops;
 pub mod metrics;
-pub mod misfire;
-pub mod registry;
-pub mod retention;
+pub(crate) mod misfire;
+pub(crate) mod registry;
+pub(crate) mod retention;
 pub mod schedule;
-pub mod scheduler;
-pub mod secrets;
+pub(crate) mod scheduler;
+pub(crate) mod secrets;
 pub mod server;
 pub mod store;
-pub mod validate;
+pub(crate) mod validate;

@@ -7,9 +7,9 @@
 //! each of them, the most recent `max_catch_up`. Pure code, no I/O.
 
 use crate::schedule::Schedule;
-use crate::store::runs::Trigger;
 use std::collections::VecDeque;
 use sundial_proto::MisfirePolicy;
+use sundial_proto::Trigger;
 
 /// Longest walk over missed fires before jumping ahead (bounds work after a
 /// long outage of a very frequent schedule).

@@ -6,7 +6,7 @@
 use crate::store::{nodes, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
-use sundial_proto::Target;
+use sundial_proto::{ExecutorKind, Target};
 
 /// A node is live when it was heard from within this window.
 pub const LIVE_WINDOW_MS: i64 = 120_000;
@@ -18,7 +18,7 @@ pub struct NodeInfo {
     pub generation: u64,
     pub revoked: bool,
     pub labels: BTreeMap<String, String>,
-    pub executors: Vec<String>,
+    pub executors: Vec<ExecutorKind>,
     pub capacity: u32,
     pub last_seen: i64,
 }
@@ -26,8 +26,8 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// Whether this node may run a job with `target` and executor `kind`.
     /// `slot_node` is the node a broadcast slot belongs to ('' for any).
-    pub fn eligible(&self, target: &Target, kind: &str, slot_node: &str) -> bool {
-        if self.revoked || !self.executors.iter().any(|e| e == kind) {
+    pub fn eligible(&self, target: &Target, kind: ExecutorKind, slot_node: &str) -> bool {
+        if self.revoked || !self.executors.contains(&kind) {
             return false;
         }
         if !slot_node.is_empty() {
@@ -54,13 +54,6 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Loads every node from the database.
-    pub async fn load(store: &Store) -> Result<Registry, StoreError> {
-        let r = Registry::default();
-        r.reload(store).await?;
-        Ok(r)
-    }
-
     /// Replaces the in-memory view with the database's (at promotion).
     pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let all = store.read(nodes::list).await?;
@@ -137,7 +130,7 @@ impl Registry {
     }
 
     /// Live, non-revoked nodes matching a broadcast target.
-    pub fn broadcast_targets(&self, target: &Target, kind: &str, now: i64) -> Vec<String> {
+    pub fn broadcast_targets(&self, target: &Target, kind: ExecutorKind, now: i64) -> Vec<String> {
         let Ok(m) = self.nodes.read() else {
             return Vec::new();
         };
@@ -146,22 +139,12 @@ impl Registry {
             .filter(|n| {
                 !n.revoked
                     && now - n.last_seen <= LIVE_WINDOW_MS
-                    && n.executors.iter().any(|e| e == kind)
+                    && n.executors.contains(&kind)
                     && n.matches(target)
             })
             .map(|n| n.id.clone())
             .collect();
         ids.sort();
         ids
-    }
-
-    /// A consistent snapshot of all nodes (for the scheduler's broadcast slots).
-    pub fn snapshot(&self) -> Arc<Vec<Arc<NodeInfo>>> {
-        Arc::new(
-            self.nodes
-                .read()
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default(),
-        )
     }
 }

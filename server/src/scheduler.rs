@@ -15,15 +15,15 @@ use crate::metrics::Metrics;
 use crate::misfire;
 use crate::registry::Registry;
 use crate::schedule::Schedule;
-use crate::store::lifecycle::Queued;
-use crate::store::{jobs, runs, Store, StoreError};
+use crate::store::lifecycle::{self, NextFire, Queued};
+use crate::store::{jobs, Store, StoreError};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sundial_proto::time::now_ms;
-use sundial_proto::{MisfirePolicy, Target};
+use sundial_proto::{Target, Trigger};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,16 @@ struct Parsed {
     target: Arc<Target>,
 }
 
+/// Why a stored job cannot fire (only a hand-edited database gets here:
+/// everything is validated on write).
+#[derive(Debug, thiserror::Error)]
+enum Unfireable {
+    #[error(transparent)]
+    Schedule(#[from] crate::schedule::ScheduleError),
+    #[error(transparent)]
+    Row(#[from] StoreError),
+}
+
 /// Parsed schedules by job key, reused while the job's expression is unchanged.
 #[derive(Default)]
 struct ScheduleCache {
@@ -56,7 +66,7 @@ struct ScheduleCache {
 }
 
 impl ScheduleCache {
-    fn get(&mut self, job: &jobs::DueJob) -> Result<&Parsed, crate::schedule::ScheduleError> {
+    fn get(&mut self, job: &jobs::DueJob) -> Result<&Parsed, Unfireable> {
         let fresh = matches!(self.map.get(&job.pk),
             Some(p) if p.schedule_text == job.schedule && p.timezone == job.timezone
                 && p.target_text == job.target);
@@ -68,7 +78,7 @@ impl ScheduleCache {
                 schedule: Schedule::parse(&job.schedule, &job.timezone)?,
                 schedule_text: job.schedule.clone(),
                 timezone: job.timezone.clone(),
-                target: Arc::new(serde_json::from_str(&job.target).unwrap_or_default()),
+                target: Arc::new(lifecycle::parse_target(&job.id, &job.target)?),
                 target_text: job.target.clone(),
             };
             self.map.insert(job.pk, parsed);
@@ -216,6 +226,17 @@ impl Scheduler {
     }
 }
 
+/// A stored job that cannot fire stops firing, loudly.
+fn disable_timer(
+    conn: &Connection,
+    pk: i64,
+    id: &str,
+    error: &dyn std::fmt::Display,
+) -> Result<(), StoreError> {
+    tracing::error!(job = %id, error = %error, "stored job no longer parses; disabling its timer");
+    jobs::set_next_fire(conn, pk, None)
+}
+
 /// One transaction: take due jobs, create their slots, advance their fires.
 fn fire_due(
     conn: &Connection,
@@ -234,68 +255,61 @@ fn fire_due(
         .lock()
         .map_err(|_| StoreError::Io("schedule cache poisoned".into()))?;
     for job in &due {
-        let parsed = match cache.get(job) {
-            Ok(p) => p,
-            Err(e) => {
-                // Validated on write, so only a hand-edited database gets here.
-                tracing::error!(job = %job.id, error = %e, "stored schedule no longer parses; disabling its timer");
-                jobs::set_next_fire(conn, job.pk, None)?;
+        let (job, parsed) = match job {
+            Err(bad) => {
+                disable_timer(conn, bad.pk, &bad.id, &bad.error)?;
                 continue;
             }
+            Ok(job) => match cache.get(job) {
+                Ok(parsed) => (job, parsed),
+                Err(e) => {
+                    disable_timer(conn, job.pk, &job.id, &e)?;
+                    continue;
+                }
+            },
         };
-        let policy = match job.misfire.as_str() {
-            "skip" => MisfirePolicy::Skip,
-            "run_all" => MisfirePolicy::RunAll,
-            _ => MisfirePolicy::RunOnce,
+        let slot_job = lifecycle::SlotJob {
+            pk: job.pk,
+            target: parsed.target.clone(),
+            executor_kind: job.executor_kind,
         };
-        // A broadcast slot exists once per live matching node, fixed at fire time.
-        let slot_nodes: Vec<String> = if parsed.target.all {
-            registry.broadcast_targets(&parsed.target, &job.executor_kind, now)
-        } else {
-            vec![String::new()]
-        };
+        let nodes = lifecycle::slot_nodes(&parsed.target, || {
+            registry.broadcast_targets(&parsed.target, job.executor_kind, now)
+        });
         let plan = misfire::plan(
             &parsed.schedule,
             job.next_fire_at,
             now,
-            policy,
+            job.misfire,
             job.grace_ms,
             job.max_catch_up.max(1) as usize,
         );
-        let mut created = 0u64;
-        let mut last = None;
+        let mut fired = lifecycle::Fired::default();
         for (at, trigger) in &plan.slots {
-            for node in &slot_nodes {
-                let Some(run_id) =
-                    runs::insert_slot_only(conn, job.pk, *trigger, *at, node, now_ms())?
-                else {
-                    continue;
-                };
-                created += 1;
-                last = Some((run_id, *at));
-                tick.created.push(Queued {
-                    run_id,
-                    job_pk: job.pk,
-                    slot_node: node.clone(),
-                    ready_at: *at,
-                    target: parsed.target.clone(),
-                    executor_kind: job.executor_kind.clone(),
-                });
-                metrics
-                    .slots_created
-                    .with_label_values(&[trigger.as_str()])
-                    .inc();
-                if *trigger == runs::Trigger::Schedule {
-                    tick.on_time.push(*at);
-                }
+            let new = lifecycle::create_slots(
+                conn,
+                &slot_job,
+                *trigger,
+                *at,
+                &nodes,
+                now_ms(),
+                &mut fired,
+            )?;
+            metrics
+                .slots_created
+                .with_label_values(&[trigger.as_str()])
+                .inc_by(new as u64);
+            if *trigger == Trigger::Schedule && new > 0 {
+                tick.on_time.push(*at);
             }
         }
-        tick.slots_created += created as usize;
         if plan.skipped > 0 {
             metrics.misfires_skipped.inc_by(plan.skipped);
-            tracing::info!(job = %job.id, skipped = plan.skipped, policy = policy.as_str(), "missed fires not run");
+            tracing::info!(job = %job.id, skipped = plan.skipped, policy = job.misfire.as_str(), "missed fires not run");
         }
-        jobs::record_fire(conn, job.pk, plan.next, created, last)?;
+        lifecycle::record_slots(conn, job.pk, NextFire::Set(plan.next), &fired)?;
+        tick.slots_created += fired.queued.len();
+        tick.created.append(&mut fired.queued);
     }
     tick.next_fire = jobs::earliest_fire(conn)?;
     Ok(tick)

@@ -8,7 +8,7 @@ use crate::api::{self, App};
 use crate::auth;
 use crate::config::Settings;
 use crate::dispatch::Dispatcher;
-use crate::ha::{self, HaState, Observed, Role};
+use crate::ha::{self, Observed, Role};
 use crate::loops::Loops;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -22,7 +22,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use sundial_proto::time::now_ms;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -77,17 +76,9 @@ impl Controller {
                 .ha
                 .primary_url(obs.primary_host.as_deref())
         };
-        let mut st = self.app.ha.write().unwrap_or_else(|p| p.into_inner());
-        if st.role != role {
-            st.since = now_ms();
-            tracing::info!(role = role.as_str(), epoch, primary = ?primary_url, "role changed");
-        }
-        st.role = role;
-        if epoch > 0 {
-            st.epoch = epoch;
-        }
-        st.primary_host = obs.primary_host.clone();
-        st.primary_url = primary_url;
+        self.app
+            .ha
+            .set(role, epoch, obs.primary_host.clone(), primary_url);
         self.app
             .metrics
             .is_primary
@@ -288,10 +279,9 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         loops,
         secrets,
         nonces: Default::default(),
-        ha: std::sync::RwLock::new(ha::initial_state()),
+        ha: ha::RoleCell::default(),
         forwarder: api::forward::Forwarder::new()?,
         settings,
-        started_at: now_ms(),
     });
     let ha_stop = CancellationToken::new();
     let mut observed = ha::watch_source(&source, ha_stop.clone());
@@ -389,12 +379,4 @@ pub async fn serve_until(
     signal.await;
     tracing::info!("shutting down");
     running.stop().await
-}
-
-/// For `/v1/ha/status`.
-pub fn snapshot(app: &App) -> HaState {
-    app.ha
-        .read()
-        .map(|s| s.clone())
-        .unwrap_or_else(|p| p.into_inner().clone())
 }

@@ -21,6 +21,7 @@ use sundial_proto::agent::{
 };
 use sundial_proto::sign::derive_node_key;
 use sundial_proto::time::now_ms;
+use sundial_proto::ExecutorKind;
 
 /// The join token scheme: `Authorization: Sundial-Join <token>`.
 pub const JOIN_SCHEME: &str = "Sundial-Join ";
@@ -91,20 +92,15 @@ pub async fn register(
             ));
         }
     }
-    let allowed = ["exec", "shell", "http"];
-    if let Some(bad) = req
+    let executors: Vec<ExecutorKind> = req
         .executors
         .iter()
-        .find(|e| !allowed.contains(&e.as_str()))
-    {
-        return Err(ApiError::bad_request(
-            "invalid_value",
-            "executors",
-            format!("unknown executor {bad:?}"),
-        ));
-    }
+        .map(|e| e.parse::<ExecutorKind>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::bad_request("invalid_value", "executors", e))?;
     let id = signed.node.id.clone();
     let r = req.clone();
+    let executors_db = executors.clone();
     app.store
         .write(move |c| {
             nodes::register(
@@ -112,7 +108,7 @@ pub async fn register(
                 &id,
                 &r.labels,
                 r.capacity,
-                &r.executors,
+                &executors_db,
                 &r.version,
                 now_ms(),
             )
@@ -120,7 +116,7 @@ pub async fn register(
         .await?;
     app.registry.update(&signed.node.id, |n| {
         n.labels = req.labels;
-        n.executors = req.executors;
+        n.executors = executors;
         n.capacity = req.capacity;
     });
     tracing::info!(node = %signed.node.id, "node registered");
@@ -151,11 +147,6 @@ fn run_id(raw: &str) -> ApiResult<i64> {
 fn run_call_error(e: RunCall, id: i64) -> ApiError {
     match e {
         RunCall::Unknown => ApiError::not_found(format!("run {id} not found")),
-        RunCall::NotYours => ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("run {id} is not assigned to this node"),
-        ),
     }
 }
 
@@ -194,7 +185,8 @@ pub async fn complete(
         .await?
         .map_err(|e| run_call_error(e, id))?;
     let status = match result {
-        Completion::Recorded { requeue, .. } => {
+        Completion::Recorded { requeue, state } => {
+            tracing::debug!(run = id, %state, retried = requeue.is_some(), "result recorded");
             app.metrics
                 .runs_completed
                 .with_label_values(&[&outcome])

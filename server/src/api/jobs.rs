@@ -12,8 +12,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
+use std::sync::Arc;
 use sundial_proto::time::now_ms;
-use sundial_proto::{Job, JobSpec, List, Run};
+use sundial_proto::{Job, JobSpec, List, Run, Trigger};
 
 /// Default and largest page sizes for list endpoints.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -141,23 +142,18 @@ pub async fn trigger(
         app.store.read(move |c| jobs::require(c, &id)).await?
     };
     let now = now_ms();
+    let target = &current.spec.target;
     let kind = current.spec.executor.kind();
-    let slot_nodes: Vec<String> = if current.spec.target.all {
-        let nodes = app
-            .registry
-            .broadcast_targets(&current.spec.target, kind, now);
-        if nodes.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "no_eligible_nodes",
-                "the job broadcasts to all matching nodes and none is live",
-            ));
-        }
-        nodes
-    } else {
-        vec![String::new()]
-    };
+    let nodes = lifecycle::slot_nodes(target, || app.registry.broadcast_targets(target, kind, now));
+    if nodes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_eligible_nodes",
+            "the job broadcasts to all matching nodes and none is live",
+        ));
+    }
     let metrics = app.metrics.clone();
+    let target = Arc::new(current.spec.target.clone());
     let (run, queued) = app
         .store
         .write(move |c| {
@@ -165,35 +161,21 @@ pub async fn trigger(
                 kind: "job",
                 id: id.clone(),
             })?;
-            for offset in 0..1000 {
-                let at = now + offset;
-                let mut created = Vec::new();
-                for node in &slot_nodes {
-                    if let Some(run_id) =
-                        runs::insert_slot(c, pk, runs::Trigger::Manual, at, node, now)?
-                    {
-                        created.push(run_id);
-                    }
-                }
-                if let Some(first) = created.first() {
-                    metrics
-                        .slots_created
-                        .with_label_values(&["manual"])
-                        .inc_by(created.len() as u64);
-                    let mut queued = Vec::new();
-                    for run_id in &created {
-                        queued.extend(lifecycle::queued(c, *run_id)?);
-                    }
-                    let run = runs::get(c, *first)?.ok_or(StoreError::NotFound {
-                        kind: "run",
-                        id: first.to_string(),
-                    })?;
-                    return Ok((run, queued));
-                }
-            }
-            Err(StoreError::Conflict(
-                "too many manual triggers at once".into(),
-            ))
+            let job = lifecycle::SlotJob {
+                pk,
+                target,
+                executor_kind: kind,
+            };
+            let (first, queued) = lifecycle::trigger_manual(c, &job, &nodes, now)?;
+            metrics
+                .slots_created
+                .with_label_values(&[Trigger::Manual.as_str()])
+                .inc_by(queued.len() as u64);
+            let run = runs::get(c, first)?.ok_or(StoreError::NotFound {
+                kind: "run",
+                id: first.to_string(),
+            })?;
+            Ok((run, queued))
         })
         .await?;
     app.dispatcher.enqueue(queued);

@@ -1,6 +1,9 @@
 //! The HTTP API: routing, shared state, request metrics and the helpers the
 //! endpoint modules share. One module per resource: [`jobs`], [`runs`],
-//! [`keys`], [`preview`], [`probes`].
+//! [`keys`], [`nodes`] (and join tokens), [`preview`], [`probes`]; the agent
+//! protocol in [`agent`] with its request signing check in [`agent_auth`];
+//! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
+//! shape) and [`forward`] (a replica's forwarding to the primary).
 
 pub mod agent;
 pub mod agent_auth;
@@ -46,23 +49,19 @@ pub struct App {
     pub secrets: ClusterSecrets,
     pub nonces: agent_auth::NonceCache,
     /// The HA role and what goes with it (see [`crate::ha`]).
-    pub ha: std::sync::RwLock<crate::ha::HaState>,
+    pub ha: crate::ha::RoleCell,
     pub forwarder: forward::Forwarder,
     pub settings: Settings,
-    pub started_at: i64,
 }
 
 impl App {
     /// This server's role.
     pub fn role(&self) -> crate::ha::Role {
-        self.ha
-            .read()
-            .map(|s| s.role)
-            .unwrap_or(crate::ha::Role::Unknown)
+        self.ha.role()
     }
 
     pub fn ha_state(&self) -> crate::ha::HaState {
-        crate::server::snapshot(self)
+        self.ha.snapshot()
     }
 }
 

@@ -69,7 +69,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             for st in RunState::ALL {
                 let n = by_state
                     .iter()
-                    .find(|(s, _)| s == st.as_str())
+                    .find(|(s, _)| *s == st)
                     .map_or(0, |(_, n)| *n);
                 app.metrics.runs.with_label_values(&[st.as_str()]).set(n);
             }

@@ -4,7 +4,7 @@
 
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sundial_proto::{Job, JobCounters, JobSpec};
+use sundial_proto::{ExecutorKind, Job, JobCounters, JobSpec, MisfirePolicy};
 
 /// Columns selected for a full [`Job`].
 const JOB_COLUMNS: &str = "id, spec, paused, next_fire_at, created_at, updated_at, \
@@ -137,7 +137,7 @@ pub fn upsert(
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
                 target_text,
-                spec.executor.kind(),
+                spec.executor.kind().as_str(),
             ])?;
             Upserted::Updated
         }
@@ -163,7 +163,7 @@ pub fn upsert(
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
                 target_text,
-                spec.executor.kind(),
+                spec.executor.kind().as_str(),
             ])?;
             Upserted::Created
         }
@@ -204,24 +204,39 @@ pub fn set_paused(
     require(conn, id)
 }
 
-/// The scheduler's view of a due job: just what firing needs.
+/// The scheduler's view of a due job: just what firing needs. The schedule
+/// and target stay text here; the scheduler parses and caches them.
 #[derive(Debug, Clone)]
 pub struct DueJob {
     pub pk: i64,
     pub id: String,
     pub schedule: String,
     pub timezone: String,
-    pub misfire: String,
+    pub misfire: MisfirePolicy,
     pub grace_ms: i64,
     pub max_catch_up: i64,
     pub next_fire_at: i64,
     /// JSON of the job's target.
     pub target: String,
-    pub executor_kind: String,
+    pub executor_kind: ExecutorKind,
 }
 
-/// Jobs whose `next_fire_at` is at or before `now`, earliest first.
-pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<DueJob>, StoreError> {
+/// A due job whose row does not parse (a hand-edited database).
+#[derive(Debug)]
+pub struct BadRow {
+    pub pk: i64,
+    pub id: String,
+    pub error: StoreError,
+}
+
+/// Jobs whose `next_fire_at` is at or before `now`, earliest first. A row
+/// whose policy or executor kind does not parse comes back as a [`BadRow`]
+/// (so one bad row never stops the others).
+pub fn due(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Result<DueJob, BadRow>>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT pk, id, schedule, timezone, misfire, grace_ms, max_catch_up, next_fire_at,
                 target, executor_kind
@@ -229,21 +244,42 @@ pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<DueJob>, Sto
          WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at <= ?1
          ORDER BY next_fire_at LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![now, limit as i64], |r| {
-        Ok(DueJob {
-            pk: r.get(0)?,
-            id: r.get(1)?,
-            schedule: r.get(2)?,
-            timezone: r.get(3)?,
-            misfire: r.get(4)?,
-            grace_ms: r.get(5)?,
-            max_catch_up: r.get(6)?,
-            next_fire_at: r.get(7)?,
-            target: r.get(8)?,
-            executor_kind: r.get(9)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut rows = stmt.query(params![now, limit as i64])?;
+    let mut out = Vec::with_capacity(limit.min(1024));
+    while let Some(r) = rows.next()? {
+        let pk: i64 = r.get(0)?;
+        let id: String = r.get(1)?;
+        let misfire: String = r.get(4)?;
+        let kind: String = r.get(9)?;
+        let parsed = misfire
+            .parse::<MisfirePolicy>()
+            .map_err(|e| format!("job {id}: {e}"))
+            .and_then(|m| {
+                let k =
+                    super::lifecycle::parse_executor_kind(&id, &kind).map_err(|e| e.to_string())?;
+                Ok((m, k))
+            });
+        out.push(match parsed {
+            Ok((misfire, executor_kind)) => Ok(DueJob {
+                pk,
+                schedule: r.get(2)?,
+                timezone: r.get(3)?,
+                misfire,
+                grace_ms: r.get(5)?,
+                max_catch_up: r.get(6)?,
+                next_fire_at: r.get(7)?,
+                target: r.get(8)?,
+                executor_kind,
+                id,
+            }),
+            Err(e) => Err(BadRow {
+                pk,
+                id,
+                error: StoreError::Corrupt(e),
+            }),
+        });
+    }
+    Ok(out)
 }
 
 /// The earliest pending fire among active jobs.
@@ -263,35 +299,62 @@ pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<()
     Ok(())
 }
 
-/// After a fire: moves the next fire and counts the slots created, in one
-/// write of the job row. `last` is the newest slot created (id, scheduled time).
-pub fn record_fire(
-    conn: &Connection,
-    pk: i64,
-    next: Option<i64>,
-    created: u64,
-    last: Option<(i64, i64)>,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE jobs SET next_fire_at = ?2, runs_total = runs_total + ?3,
-             last_run_id = coalesce(?4, last_run_id), last_run_at = coalesce(?5, last_run_at),
-             last_state = CASE WHEN ?4 IS NULL THEN last_state ELSE 'pending' END
-         WHERE pk = ?1",
-    )?
-    .execute(params![
-        pk,
-        next,
-        created as i64,
-        last.map(|l| l.0),
-        last.map(|l| l.1)
-    ])?;
-    Ok(())
-}
-
 /// The internal key of a job, for run queries.
 pub fn pk_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT pk FROM jobs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    #[tokio::test]
+    async fn a_due_row_that_does_not_parse_is_an_error_naming_the_job() {
+        let (_dir, store) = temp_store();
+        let due = store
+            .write(|c| {
+                let spec: JobSpec = serde_json::from_str(
+                    r#"{"schedule":"@every 1s","executor":{"type":"exec","argv":["true"]}}"#,
+                )
+                .unwrap();
+                for id in ["good", "bad-misfire", "bad-kind"] {
+                    upsert(c, id, &spec, 0, |_| Some(1_000))?;
+                }
+                c.execute(
+                    "UPDATE jobs SET misfire = 'sometimes' WHERE id = 'bad-misfire'",
+                    [],
+                )?;
+                c.execute(
+                    "UPDATE jobs SET executor_kind = 'ssh' WHERE id = 'bad-kind'",
+                    [],
+                )?;
+                due(c, 10_000, 10)
+            })
+            .await
+            .unwrap();
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for d in due {
+            match d {
+                Ok(j) => good.push(j.id),
+                Err(b) => bad.push(format!("{}: {}", b.id, b.error)),
+            }
+        }
+        assert_eq!(good, vec!["good"]);
+        bad.sort();
+        assert_eq!(bad.len(), 2);
+        assert!(
+            bad[0].starts_with("bad-kind:") && bad[0].contains("unknown executor \"ssh\""),
+            "{bad:?}"
+        );
+        assert!(
+            bad[1].contains("job bad-misfire: unknown misfire policy \"sometimes\""),
+            "{bad:?}"
+        );
+        store.close().await;
+    }
 }

@@ -1,11 +1,22 @@
-//! A run's life after its slot exists: assignment to a node (with the job's
-//! concurrency policy), heartbeats, completion (idempotent), lease expiry and
-//! retries with exponential backoff. Each function runs inside a writer batch.
+//! A run's whole life and its job's counters: the one owner of every run
+//! transition. Slots are created here (for the scheduler and for manual
+//! triggers alike: one copy of slot insertion), then assigned (with the
+//! job's concurrency policy), heart-beaten, completed (idempotent), retried,
+//! handed back, cancelled or expired — each as [`transition::next`] decides
+//! — and the job row's counters (`runs_total`, `runs_succeeded`,
+//! `runs_failed`, `last_run_*`, `last_state`) move with them. Each function
+//! runs inside a writer batch, so a transition and its counters commit
+//! together.
+//!
+//! Rows become types here: a state, trigger, target or executor kind that
+//! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
+use super::transition::{self, Event, RetryAt, Step};
 use super::{runs, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
-use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
-use sundial_proto::{Concurrency, JobSpec, RunState, Target};
+use std::sync::Arc;
+use sundial_proto::agent::{Assignment, CompleteRequest};
+use sundial_proto::{ExecutorKind, JobSpec, RunState, Target, Trigger};
 
 /// What the dispatcher keeps in memory for a pending run.
 #[derive(Debug, Clone)]
@@ -16,48 +27,218 @@ pub struct Queued {
     pub slot_node: String,
     /// Not dispatched before this instant (scheduled time or retry backoff).
     pub ready_at: i64,
-    pub target: std::sync::Arc<Target>,
-    pub executor_kind: String,
+    pub target: Arc<Target>,
+    pub executor_kind: ExecutorKind,
 }
 
-fn parse_target(text: &str) -> Target {
-    serde_json::from_str(text).unwrap_or_default()
+/// Parses a job's stored target (JSON); an error names the job.
+pub fn parse_target(job: &str, text: &str) -> Result<Target, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::Corrupt(format!("job {job}: stored target {text:?}: {e}")))
 }
+
+/// Parses a job's stored executor kind; an error names the job.
+pub fn parse_executor_kind(job: &str, text: &str) -> Result<ExecutorKind, StoreError> {
+    text.parse()
+        .map_err(|e: String| StoreError::Corrupt(format!("job {job}: {e}")))
+}
+
+fn parse_state(run_id: i64, text: &str) -> Result<RunState, StoreError> {
+    text.parse()
+        .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
+}
+
+// ---------------------------------------------------------------------------
+// Slots
+
+/// The job a slot is created for: what the queue entry needs.
+#[derive(Debug, Clone)]
+pub struct SlotJob {
+    pub pk: i64,
+    pub target: Arc<Target>,
+    pub executor_kind: ExecutorKind,
+}
+
+/// The nodes one fire creates a slot for: each live matching node of a
+/// broadcast (fixed at fire time), or `''` (any one node).
+pub fn slot_nodes(target: &Target, broadcast_targets: impl FnOnce() -> Vec<String>) -> Vec<String> {
+    if target.all {
+        broadcast_targets()
+    } else {
+        vec![String::new()]
+    }
+}
+
+/// The slots of one fire and the newest of them, for [`record_slots`].
+#[derive(Debug, Default)]
+pub struct Fired {
+    pub queued: Vec<Queued>,
+    /// (run id, scheduled time) of the newest slot created.
+    pub last: Option<(i64, i64)>,
+}
+
+/// Creates the slots of one fire at `at` — one per entry of `nodes` —
+/// unless they exist (the UNIQUE key, never timing, decides). Appends the
+/// new ones to `fired`; returns how many were new.
+pub fn create_slots(
+    conn: &Connection,
+    job: &SlotJob,
+    trigger: Trigger,
+    at: i64,
+    nodes: &[String],
+    now: i64,
+    fired: &mut Fired,
+) -> Result<usize, StoreError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)
+         ON CONFLICT (job, trigger, scheduled_for, node) DO NOTHING",
+    )?;
+    let mut created = 0;
+    for node in nodes {
+        if insert.execute(params![job.pk, trigger.as_str(), at, node, now])? == 0 {
+            continue;
+        }
+        let run_id = conn.last_insert_rowid();
+        created += 1;
+        fired.last = Some((run_id, at));
+        fired.queued.push(Queued {
+            run_id,
+            job_pk: job.pk,
+            slot_node: node.clone(),
+            ready_at: at,
+            target: job.target.clone(),
+            executor_kind: job.executor_kind,
+        });
+    }
+    Ok(created)
+}
+
+/// What a fire does to the job's `next_fire_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextFire {
+    /// A scheduled fire: move it (None: the job never fires again).
+    Set(Option<i64>),
+    /// A manual trigger: leave the schedule alone.
+    Keep,
+}
+
+/// The job row after a fire: slots counted, newest slot noted, next fire
+/// moved — one write of the row.
+pub fn record_slots(
+    conn: &Connection,
+    job_pk: i64,
+    next: NextFire,
+    fired: &Fired,
+) -> Result<(), StoreError> {
+    let (keep, next) = match next {
+        NextFire::Set(n) => (false, n),
+        NextFire::Keep => (true, None),
+    };
+    let created = fired.queued.len() as i64;
+    conn.prepare_cached(
+        "UPDATE jobs SET next_fire_at = CASE WHEN ?6 THEN next_fire_at ELSE ?2 END,
+             runs_total = runs_total + ?3,
+             last_run_id = coalesce(?4, last_run_id), last_run_at = coalesce(?5, last_run_at),
+             last_state = CASE WHEN ?4 IS NULL THEN last_state ELSE 'pending' END
+         WHERE pk = ?1",
+    )?
+    .execute(params![
+        job_pk,
+        next,
+        created,
+        fired.last.map(|l| l.0),
+        fired.last.map(|l| l.1),
+        keep,
+    ])?;
+    Ok(())
+}
+
+/// A manual trigger: its own slot(s) at `now` — or the next free
+/// millisecond, so two triggers in one millisecond are two slots.
+/// Returns the first new run's id and the queue entries.
+pub fn trigger_manual(
+    conn: &Connection,
+    job: &SlotJob,
+    nodes: &[String],
+    now: i64,
+) -> Result<(i64, Vec<Queued>), StoreError> {
+    for offset in 0..1000 {
+        let mut fired = Fired::default();
+        create_slots(
+            conn,
+            job,
+            Trigger::Manual,
+            now + offset,
+            nodes,
+            now,
+            &mut fired,
+        )?;
+        if let Some(first) = fired.queued.first().map(|q| q.run_id) {
+            record_slots(conn, job.pk, NextFire::Keep, &fired)?;
+            return Ok((first, fired.queued));
+        }
+    }
+    Err(StoreError::Conflict(
+        "too many manual triggers at once".into(),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// Queue
 
 const QUEUED_SELECT: &str =
-    "SELECT r.id, r.job, r.node, max(r.scheduled_for, r.not_before), j.target, j.executor_kind
+    "SELECT r.id, r.job, r.node, max(r.scheduled_for, r.not_before), j.target, j.executor_kind, j.id
      FROM runs r JOIN jobs j ON j.pk = r.job";
 
-fn queued_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queued> {
+fn queued_from_row(r: &rusqlite::Row<'_>) -> Result<Queued, StoreError> {
+    let job: String = r.get(6)?;
     let target: String = r.get(4)?;
+    let kind: String = r.get(5)?;
     Ok(Queued {
         run_id: r.get(0)?,
         job_pk: r.get(1)?,
         slot_node: r.get(2)?,
         ready_at: r.get(3)?,
-        target: std::sync::Arc::new(parse_target(&target)),
-        executor_kind: r.get(5)?,
+        target: Arc::new(parse_target(&job, &target)?),
+        executor_kind: parse_executor_kind(&job, &kind)?,
     })
 }
 
-/// Every pending run (loaded when a server becomes primary).
+/// Every pending run (loaded when a server becomes primary). A run whose
+/// job row does not parse is left pending, not dispatched, and logged.
 pub fn load_pending(conn: &Connection) -> Result<Vec<Queued>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "{QUEUED_SELECT} WHERE r.state = 'pending' ORDER BY r.id"
     ))?;
-    let rows = stmt.query_map([], queued_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        match queued_from_row(row) {
+            Ok(q) => out.push(q),
+            Err(e) => {
+                let id: i64 = row.get(0)?;
+                tracing::error!(run = id, error = %e, "pending run not queued: its job row is not valid");
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The queue entry of one pending run.
 pub fn queued(conn: &Connection, run_id: i64) -> Result<Option<Queued>, StoreError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "{QUEUED_SELECT} WHERE r.id = ?1 AND r.state = 'pending'"
-        ))?
-        .query_row([run_id], queued_from_row)
-        .optional()?)
+    let mut stmt = conn.prepare_cached(&format!(
+        "{QUEUED_SELECT} WHERE r.id = ?1 AND r.state = 'pending'"
+    ))?;
+    let mut rows = stmt.query([run_id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(queued_from_row(row)?)),
+        None => Ok(None),
+    }
 }
+
+// ---------------------------------------------------------------------------
+// Transitions
 
 /// Retry delay before attempt `next_attempt` (2, 3, …): backoff × 2^(n-2), capped.
 pub fn backoff_ms(spec: &JobSpec, next_attempt: u32) -> i64 {
@@ -71,7 +252,89 @@ fn job_spec(conn: &Connection, job_pk: i64) -> Result<JobSpec, StoreError> {
     let text: String = conn
         .prepare_cached("SELECT spec FROM jobs WHERE pk = ?1")?
         .query_row([job_pk], |r| r.get(0))?;
-    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("job spec: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("job {job_pk}: stored spec: {e}")))
+}
+
+/// The fields of a run row that transitions decide on.
+struct RunRow {
+    state: RunState,
+    attempt: u32,
+    assigned: Option<String>,
+    job_pk: i64,
+    cancel_requested: bool,
+}
+
+fn run_row(conn: &Connection, run_id: i64) -> Result<Option<RunRow>, StoreError> {
+    let row: Option<(String, u32, Option<String>, i64, bool)> = conn
+        .prepare_cached(
+            "SELECT state, attempt, assigned_node, job, cancel_requested FROM runs WHERE id = ?1",
+        )?
+        .query_row([run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    row.map(|(state, attempt, assigned, job_pk, cancel_requested)| {
+        Ok(RunRow {
+            state: parse_state(run_id, &state)?,
+            attempt,
+            assigned,
+            job_pk,
+            cancel_requested,
+        })
+    })
+    .transpose()
+}
+
+/// Notes a running run as its job's latest state (when it is the latest run).
+fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE jobs SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2",
+    )?
+    .execute(params![job_pk, run_id])?;
+    Ok(())
+}
+
+/// Moves a run to a terminal state and its job's counters with it.
+fn finish(
+    conn: &Connection,
+    run_id: i64,
+    job_pk: i64,
+    state: RunState,
+    at: i64,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    debug_assert!(state.is_terminal());
+    conn.prepare_cached(
+        "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error),
+             lease_expires_at = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![run_id, state.as_str(), at, error])?;
+    let (succeeded, failed) = transition::counts(state);
+    conn.prepare_cached(
+        "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
+             last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END
+         WHERE pk = ?5",
+    )?
+    .execute(params![succeeded, failed, run_id, state.as_str(), job_pk])?;
+    Ok(())
+}
+
+/// Puts a run back in the queue as its next attempt.
+fn retry(
+    conn: &Connection,
+    run_id: i64,
+    last_node: &str,
+    not_before: i64,
+) -> Result<Option<Queued>, StoreError> {
+    conn.prepare_cached(
+        "UPDATE runs SET state = 'pending', attempt = attempt + 1, assigned_node = NULL,
+             last_node = ?2, not_before = ?3, lease_expires_at = NULL
+         WHERE id = ?1",
+    )?
+    .execute(params![run_id, last_node, not_before])?;
+    queued(conn, run_id)
 }
 
 /// Result of trying to assign queued runs to a node.
@@ -104,44 +367,47 @@ pub fn assign(
         let Some((state, attempt, scheduled_for, job_id)) = row else {
             continue; // deleted with its job
         };
-        if state != "pending" {
-            continue; // cancelled meanwhile
+        let state = parse_state(c.run_id, &state)?;
+        if state != RunState::Pending {
+            continue; // cancelled meanwhile: the table would only say Ignore/AlreadyFinished
         }
         let spec = job_spec(conn, c.job_pk)?;
-        match spec.concurrency {
-            Concurrency::Allow => {}
-            Concurrency::Forbid => {
-                let active: bool = conn
-                    .prepare_cached(
-                        "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND state = 'running')",
-                    )?
-                    .query_row([c.job_pk], |r| r.get(0))?;
-                if active {
-                    if attempt == 1 {
-                        runs::finish(
-                            conn,
-                            c.run_id,
-                            RunState::Skipped,
-                            now,
-                            Some(
-                                "skipped: concurrency is forbid and a previous run is still active",
-                            ),
-                        )?;
-                        out.skipped += 1;
-                    } else {
-                        // A retry waits for the active attempt rather than being dropped.
-                        c.ready_at = now + 1_000;
-                        out.later.push(c);
-                    }
-                    continue;
-                }
-            }
-            Concurrency::Replace => {
+        let other_running: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND state = 'running')",
+            )?
+            .query_row([c.job_pk], |r| r.get(0))?;
+        let event = Event::Assign {
+            concurrency: spec.concurrency,
+            other_running,
+            first_attempt: attempt == 1,
+        };
+        match transition::next(state, event) {
+            Step::Start => {}
+            Step::StartReplacing => {
                 conn.prepare_cached(
                     "UPDATE runs SET cancel_requested = 1 WHERE job = ?1 AND state = 'running'",
                 )?
                 .execute([c.job_pk])?;
             }
+            Step::Skip => {
+                finish(
+                    conn,
+                    c.run_id,
+                    c.job_pk,
+                    RunState::Skipped,
+                    now,
+                    Some("skipped: concurrency is forbid and a previous run is still active"),
+                )?;
+                out.skipped += 1;
+                continue;
+            }
+            Step::Defer => {
+                c.ready_at = now + 1_000;
+                out.later.push(c);
+                continue;
+            }
+            _ => continue,
         }
         conn.prepare_cached(
             "UPDATE runs SET state = 'running', assigned_node = ?2, lease_expires_at = ?3,
@@ -149,10 +415,7 @@ pub fn assign(
              WHERE id = ?1 AND state = 'pending'",
         )?
         .execute(params![c.run_id, node, now + lease_ms, now])?;
-        conn.prepare_cached(
-            "UPDATE jobs SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2",
-        )?
-        .execute(params![c.job_pk, c.run_id])?;
+        note_running(conn, c.job_pk, c.run_id)?;
         out.runs.push(Assignment {
             run_id: c.run_id,
             job_id,
@@ -171,11 +434,11 @@ pub fn assign(
 pub enum RunCall {
     /// The run does not exist.
     Unknown,
-    /// The run is not (or no longer) this node's current attempt.
-    NotYours,
 }
 
-/// Extends a running attempt's lease. Returns (cancel requested, new expiry).
+/// Extends a running attempt's lease. Returns (stop, new expiry): `stop` is
+/// true when the operator asked for a cancel or the attempt is no longer
+/// this node's to run (lease expired, reassigned, finished).
 pub fn heartbeat(
     conn: &Connection,
     node: &str,
@@ -184,25 +447,17 @@ pub fn heartbeat(
     now: i64,
     lease_ms: i64,
 ) -> Result<Result<(bool, i64), RunCall>, StoreError> {
-    let row: Option<(String, u32, Option<String>, bool)> = conn
-        .prepare_cached(
-            "SELECT state, attempt, assigned_node, cancel_requested FROM runs WHERE id = ?1",
-        )?
-        .query_row([run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .optional()?;
-    let Some((state, current, assigned, cancel)) = row else {
+    let Some(row) = run_row(conn, run_id)? else {
         return Ok(Err(RunCall::Unknown));
     };
-    if state != "running" || current != attempt || assigned.as_deref() != Some(node) {
-        // The attempt was taken away (lease expired, cancelled): tell the node to stop.
+    let current = row.attempt == attempt && row.assigned.as_deref() == Some(node);
+    if !current || transition::next(row.state, Event::Heartbeat) != Step::Extend {
         return Ok(Ok((true, now)));
     }
     let expires = now + lease_ms;
     conn.prepare_cached("UPDATE runs SET lease_expires_at = ?2 WHERE id = ?1")?
         .execute(params![run_id, expires])?;
-    Ok(Ok((cancel, expires)))
+    Ok(Ok((row.cancel_requested, expires)))
 }
 
 /// How a completion was taken.
@@ -227,23 +482,24 @@ pub fn complete(
     req: &CompleteRequest,
     now: i64,
 ) -> Result<Result<Completion, RunCall>, StoreError> {
-    let row: Option<(String, u32, Option<String>, i64, bool)> = conn
-        .prepare_cached(
-            "SELECT state, attempt, assigned_node, job, cancel_requested FROM runs WHERE id = ?1",
-        )?
-        .query_row([run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .optional()?;
-    let Some((state, attempt, assigned, job_pk, cancel_requested)) = row else {
+    let Some(row) = run_row(conn, run_id)? else {
         return Ok(Err(RunCall::Unknown));
     };
-    let state: RunState = state.parse().map_err(|e: String| StoreError::Corrupt(e))?;
-    if req.attempt == attempt && assigned.as_deref() == Some(node) && state.is_terminal() {
-        return Ok(Ok(Completion::Duplicate));
-    }
-    if req.attempt != attempt || assigned.as_deref() != Some(node) || state != RunState::Running {
+    let current = req.attempt == row.attempt && row.assigned.as_deref() == Some(node);
+    if !current {
         return Ok(Ok(Completion::Stale));
+    }
+    let spec = job_spec(conn, row.job_pk)?;
+    let event = Event::Complete {
+        outcome: req.outcome,
+        retries_left: row.attempt <= spec.retries.max,
+        cancel_requested: row.cancel_requested,
+    };
+    let step = transition::next(row.state, event);
+    match step {
+        Step::AlreadyFinished(_) => return Ok(Ok(Completion::Duplicate)),
+        Step::Retry(_) | Step::Finish(_) => {}
+        _ => return Ok(Ok(Completion::Stale)),
     }
     conn.prepare_cached(
         "UPDATE runs SET exit_code = ?2, output = ?3, truncated = ?4, error = ?5,
@@ -258,51 +514,27 @@ pub fn complete(
         req.error,
         req.started_at,
     ])?;
-    let spec = job_spec(conn, job_pk)?;
-    let retry_budget = attempt <= spec.retries.max;
-    let (final_state, retry) = match req.outcome {
-        Outcome::Succeeded => (RunState::Succeeded, false),
-        Outcome::Cancelled => (RunState::Cancelled, false),
-        Outcome::Failed if retry_budget && !cancel_requested => (RunState::Failed, true),
-        Outcome::TimedOut if retry_budget && !cancel_requested => (RunState::TimedOut, true),
-        Outcome::Failed => (RunState::Failed, false),
-        Outcome::TimedOut => (RunState::TimedOut, false),
-        Outcome::HandedBack if cancel_requested => (RunState::Cancelled, false),
-        Outcome::HandedBack => (RunState::Pending, true),
-    };
-    if retry {
-        let delay = if req.outcome == Outcome::HandedBack {
-            0
-        } else {
-            backoff_ms(&spec, attempt + 1)
-        };
-        let requeue = retry_run(conn, run_id, node, now + delay)?;
-        return Ok(Ok(Completion::Recorded {
-            requeue,
-            state: RunState::Pending,
-        }));
+    match step {
+        Step::Retry(at) => {
+            let delay = match at {
+                RetryAt::Now => 0,
+                RetryAt::Backoff => backoff_ms(&spec, row.attempt + 1),
+            };
+            let requeue = retry(conn, run_id, node, now + delay)?;
+            Ok(Ok(Completion::Recorded {
+                requeue,
+                state: RunState::Pending,
+            }))
+        }
+        Step::Finish(state) => {
+            finish(conn, run_id, row.job_pk, state, req.finished_at, None)?;
+            Ok(Ok(Completion::Recorded {
+                requeue: None,
+                state,
+            }))
+        }
+        _ => unreachable!("filtered above"),
     }
-    runs::finish_at(conn, run_id, final_state, req.finished_at, None)?;
-    Ok(Ok(Completion::Recorded {
-        requeue: None,
-        state: final_state,
-    }))
-}
-
-/// Puts a run back in the queue as its next attempt.
-fn retry_run(
-    conn: &Connection,
-    run_id: i64,
-    last_node: &str,
-    not_before: i64,
-) -> Result<Option<Queued>, StoreError> {
-    conn.prepare_cached(
-        "UPDATE runs SET state = 'pending', attempt = attempt + 1, assigned_node = NULL,
-             last_node = ?2, not_before = ?3, lease_expires_at = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![run_id, last_node, not_before])?;
-    queued(conn, run_id)
 }
 
 /// Expires leases older than `now`: the attempt is `lost` and retried per the
@@ -319,21 +551,23 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
         })?
         .collect::<Result<_, _>>()?;
     let mut requeue = Vec::new();
-    for (run_id, attempt, node, job_pk, cancel) in &expired {
+    for (run_id, attempt, node, job_pk, cancel_requested) in &expired {
         let node = node.clone().unwrap_or_default();
         let spec = job_spec(conn, *job_pk)?;
         let msg = format!("attempt {attempt} lost: lease expired on node {node:?}");
-        if *cancel {
-            runs::finish_at(conn, *run_id, RunState::Cancelled, now, Some(&msg))?;
-        } else if *attempt <= spec.retries.max {
-            conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
-                .execute(params![run_id, msg])?;
-            if let Some(q) = retry_run(conn, *run_id, &node, now + backoff_ms(&spec, attempt + 1))?
-            {
-                requeue.push(q);
+        let event = Event::LeaseExpired {
+            retries_left: *attempt <= spec.retries.max,
+            cancel_requested: *cancel_requested,
+        };
+        match transition::next(RunState::Running, event) {
+            Step::Retry(_) => {
+                conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
+                    .execute(params![run_id, msg])?;
+                let at = now + backoff_ms(&spec, attempt + 1);
+                requeue.extend(retry(conn, *run_id, &node, at)?);
             }
-        } else {
-            runs::finish_at(conn, *run_id, RunState::Lost, now, Some(&msg))?;
+            Step::Finish(state) => finish(conn, *run_id, *job_pk, state, now, Some(&msg))?,
+            other => unreachable!("lease expiry of a running run: {other:?}"),
         }
     }
     Ok((requeue, expired.len()))
@@ -349,31 +583,192 @@ pub fn renew_all_leases(conn: &Connection, now: i64, lease_ms: i64) -> Result<us
 }
 
 /// Operator cancel: a pending run ends at once; a running one is flagged and
-/// the node is told in its next heartbeat reply.
+/// the node is told in its next heartbeat reply; a finished one is a conflict.
 pub fn cancel(conn: &Connection, run_id: i64, now: i64) -> Result<sundial_proto::Run, StoreError> {
-    let state: Option<String> = conn
-        .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
-        .query_row([run_id], |r| r.get(0))
-        .optional()?;
-    match state.as_deref() {
-        None => Err(StoreError::NotFound {
-            kind: "run",
-            id: run_id.to_string(),
-        }),
-        Some("running") => {
+    let not_found = || StoreError::NotFound {
+        kind: "run",
+        id: run_id.to_string(),
+    };
+    let row = run_row(conn, run_id)?.ok_or_else(not_found)?;
+    match transition::next(row.state, Event::Cancel) {
+        Step::RequestCancel => {
             conn.prepare_cached("UPDATE runs SET cancel_requested = 1 WHERE id = ?1")?
                 .execute([run_id])?;
-            runs::get(conn, run_id)?.ok_or(StoreError::NotFound {
-                kind: "run",
-                id: run_id.to_string(),
-            })
         }
-        Some(_) => runs::finish(
+        Step::Finish(state) => finish(
             conn,
             run_id,
-            RunState::Cancelled,
+            row.job_pk,
+            state,
             now,
             Some("cancelled by operator"),
-        ),
+        )?,
+        Step::AlreadyFinished(state) => {
+            return Err(StoreError::Conflict(format!(
+                "run {run_id} already finished as {state}"
+            )))
+        }
+        other => unreachable!("cancel: {other:?}"),
+    }
+    runs::get(conn, run_id)?.ok_or_else(not_found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::jobs;
+    use crate::store::test_support::temp_store;
+    use sundial_proto::agent::Outcome;
+
+    fn spec(extra: &str) -> JobSpec {
+        serde_json::from_str(&format!(
+            r#"{{"schedule":"@hourly","executor":{{"type":"exec","argv":["true"]}}{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn slot_job(c: &Connection, id: &str, spec: &JobSpec) -> SlotJob {
+        jobs::upsert(c, id, spec, 0, |_| None).unwrap();
+        SlotJob {
+            pk: jobs::pk_of(c, id).unwrap().unwrap(),
+            target: Arc::new(spec.target.clone()),
+            executor_kind: spec.executor.kind(),
+        }
+    }
+
+    fn one_slot(c: &Connection, job: &SlotJob, at: i64) -> Queued {
+        let mut fired = Fired::default();
+        create_slots(
+            c,
+            job,
+            Trigger::Schedule,
+            at,
+            &[String::new()],
+            0,
+            &mut fired,
+        )
+        .unwrap();
+        record_slots(c, job.pk, NextFire::Keep, &fired).unwrap();
+        fired.queued.pop().unwrap()
+    }
+
+    fn done(outcome: Outcome, attempt: u32) -> CompleteRequest {
+        CompleteRequest {
+            attempt,
+            outcome,
+            exit_code: Some(0),
+            output: String::new(),
+            truncated: false,
+            error: None,
+            started_at: 1,
+            finished_at: 2,
+        }
+    }
+
+    fn state(c: &Connection, run: i64) -> (RunState, u32, bool) {
+        let r = run_row(c, run).unwrap().unwrap();
+        (r.state, r.attempt, r.cancel_requested)
+    }
+
+    #[tokio::test]
+    async fn replace_flags_the_running_attempt_and_starts_the_new_one() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "r", &spec(r#","concurrency":"replace""#));
+                let first = one_slot(c, &job, 1_000);
+                let a = assign(c, "n1", vec![first.clone()], 1_000, 30_000)?;
+                assert_eq!(a.runs.len(), 1);
+                let second = one_slot(c, &job, 2_000);
+                let b = assign(c, "n2", vec![second.clone()], 2_000, 30_000)?;
+                assert_eq!(b.runs.len(), 1, "replace starts the new run");
+                assert_eq!(state(c, first.run_id), (RunState::Running, 1, true));
+                assert_eq!(state(c, second.run_id), (RunState::Running, 1, false));
+                // The replaced attempt hears "stop" in its heartbeat…
+                assert_eq!(
+                    heartbeat(c, "n1", first.run_id, 1, 2_100, 30_000)?,
+                    Ok((true, 32_100))
+                );
+                // …and a hand-back of it ends it as cancelled, not requeued.
+                let r = complete(c, "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
+                assert!(matches!(
+                    r,
+                    Ok(Completion::Recorded {
+                        requeue: None,
+                        state: RunState::Cancelled
+                    })
+                ));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_handed_back_run_is_requeued_at_once_as_its_next_attempt() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "h", &spec(r#","retries":{"max":0}"#));
+                let q = one_slot(c, &job, 1_000);
+                assign(c, "n1", vec![q.clone()], 1_000, 30_000)?;
+                let r = complete(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
+                let Ok(Completion::Recorded {
+                    requeue: Some(again),
+                    state: RunState::Pending,
+                }) = r
+                else {
+                    panic!("{r:?}");
+                };
+                // No backoff (not a failure), even with no retries left.
+                assert_eq!(again.ready_at, 5_000);
+                assert_eq!(state(c, q.run_id), (RunState::Pending, 2, false));
+                // The old attempt's late result is stale; the new one runs elsewhere.
+                let stale = complete(c, "n1", q.run_id, &done(Outcome::Succeeded, 1), 5_100)?;
+                assert!(matches!(stale, Ok(Completion::Stale)));
+                let b = assign(c, "n2", vec![again], 5_200, 30_000)?;
+                assert_eq!(b.runs[0].attempt, 2);
+                let ok = complete(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_000)?;
+                assert!(matches!(
+                    ok,
+                    Ok(Completion::Recorded {
+                        state: RunState::Succeeded,
+                        ..
+                    })
+                ));
+                let dup = complete(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_001)?;
+                assert!(matches!(dup, Ok(Completion::Duplicate)));
+                let j = jobs::require(c, "h")?;
+                assert_eq!((j.counters.total, j.counters.succeeded), (1, 1));
+                assert_eq!(j.counters.last_state.as_deref(), Some("succeeded"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_target_is_an_error_naming_the_job() {
+        let (_dir, store) = temp_store();
+        let err = store
+            .write(|c| {
+                let job = slot_job(c, "x", &spec(""));
+                let q = one_slot(c, &job, 1_000);
+                c.execute(
+                    "UPDATE jobs SET target = 'not json' WHERE pk = ?1",
+                    [job.pk],
+                )?;
+                let e = queued(c, q.run_id).unwrap_err();
+                assert!(e.to_string().contains("job x: stored target"), "{e}");
+                // A pending run of a corrupt job is not loaded (and not dispatched anywhere).
+                assert!(load_pending(c)?.is_empty());
+                Ok(cancel(c, q.run_id + 1000, 0).unwrap_err().to_string())
+            })
+            .await
+            .unwrap();
+        assert!(err.contains("not found"), "{err}");
+        store.close().await;
     }
 }

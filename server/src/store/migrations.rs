@@ -93,6 +93,41 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     "#,
+    // 2: runs.state is one of the run states (CHECK, like trigger). SQLite
+    // cannot add a CHECK to a column, so the table is rebuilt; a row with
+    // any other state fails the migration (nothing is changed) rather than
+    // being carried over.
+    r#"
+    CREATE TABLE runs_v2 (
+        id             INTEGER PRIMARY KEY,
+        job            INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        trigger        TEXT NOT NULL CHECK (trigger IN ('schedule', 'catch_up', 'manual')),
+        scheduled_for  INTEGER NOT NULL,
+        node           TEXT NOT NULL DEFAULT '',
+        attempt        INTEGER NOT NULL DEFAULT 1,
+        state          TEXT NOT NULL CHECK (state IN ('pending', 'running', 'succeeded',
+                           'failed', 'timed_out', 'lost', 'cancelled', 'skipped')),
+        created_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        finished_at    INTEGER,
+        exit_code      INTEGER,
+        output         TEXT,
+        truncated      INTEGER NOT NULL DEFAULT 0,
+        error          TEXT,
+        assigned_node  TEXT,
+        last_node      TEXT,
+        lease_expires_at INTEGER,
+        not_before     INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (job, trigger, scheduled_for, node)
+    );
+    INSERT INTO runs_v2 SELECT * FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v2 RENAME TO runs;
+    CREATE INDEX runs_by_job ON runs (job, id);
+    CREATE INDEX runs_by_state ON runs (state, id);
+    CREATE INDEX runs_active_by_job ON runs (job) WHERE state = 'running';
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -148,6 +183,58 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn runs_state_is_checked_and_v1_rows_carry_over() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // A version-1 database with a run in it.
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                 concurrency, enabled, created_at, updated_at)
+             VALUES (1, 'j', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, 0);
+             INSERT INTO runs (job, trigger, scheduled_for, state, created_at)
+             VALUES (1, 'schedule', 1000, 'succeeded', 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let state: String = conn
+            .query_row(
+                "SELECT state FROM runs WHERE scheduled_for = 1000",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "succeeded");
+        let bad = conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_for, state, created_at)
+             VALUES (1, 'schedule', 2000, 'done', 1)",
+            [],
+        );
+        assert!(bad.unwrap_err().to_string().contains("CHECK"));
+        // A version-1 row with an unknown state stops the migration, changing nothing.
+        let mut old = Connection::open_in_memory().unwrap();
+        old.execute_batch(MIGRATIONS[0]).unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        old.execute_batch(
+            "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                 concurrency, enabled, created_at, updated_at)
+             VALUES (1, 'j', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, 0);
+             INSERT INTO runs (job, trigger, scheduled_for, state, created_at)
+             VALUES (1, 'schedule', 1000, 'weird', 1);",
+        )
+        .unwrap();
+        let err = migrate(&mut old).unwrap_err();
+        assert!(
+            matches!(err, MigrationError::Apply { version: 2, .. }),
+            "{err}"
+        );
+        let v: i64 = old
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 1);
     }
 
     #[test]

@@ -1,18 +1,24 @@
 //! The SQLite store: opening the database with Sundial's pragmas, migrations,
 //! the single writer ([`writer`]) and a pool of read-only connections.
 //!
-//! Domain queries live beside this file, one per table: [`jobs`], [`runs`],
-//! [`keys`]. They take a `&Connection` so the same code serves reads (pool)
-//! and writes (inside a writer batch).
+//! Domain queries live beside this file, one per table: [`jobs`], [`runs`]
+//! (reads and pruning), [`nodes`], [`keys`], [`tokens`]. Every change of a
+//! run — slot creation, assignment, heartbeat, completion, retry, hand-back,
+//! cancel, lease expiry — and the job counters that follow it belong to
+//! [`lifecycle`], which asks the pure state table in [`transition`] what
+//! each event does. [`migrations`] versions the schema. They take a
+//! `&Connection` so the same code serves reads (pool) and writes (inside a
+//! [`writer`] batch).
 
 pub mod jobs;
-pub mod keys;
-pub mod lifecycle;
-pub mod migrations;
-pub mod nodes;
-pub mod runs;
-pub mod tokens;
-pub mod writer;
+pub(crate) mod keys;
+pub(crate) mod lifecycle;
+pub(crate) mod migrations;
+pub(crate) mod nodes;
+pub(crate) mod runs;
+pub(crate) mod tokens;
+pub(crate) mod transition;
+pub(crate) mod writer;
 
 use crate::metrics::Metrics;
 use r2d2_sqlite::SqliteConnectionManager;

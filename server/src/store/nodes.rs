@@ -6,6 +6,7 @@ use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use sundial_proto::ExecutorKind;
 
 /// A node as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -15,7 +16,7 @@ pub struct Node {
     pub revoked: bool,
     pub labels: BTreeMap<String, String>,
     pub capacity: u32,
-    pub executors: Vec<String>,
+    pub executors: Vec<ExecutorKind>,
     pub version: String,
     #[serde(with = "sundial_proto::time::rfc3339")]
     pub joined_at: i64,
@@ -79,7 +80,7 @@ pub fn register(
     id: &str,
     labels: &BTreeMap<String, String>,
     capacity: u32,
-    executors: &[String],
+    executors: &[ExecutorKind],
     version: &str,
     now: i64,
 ) -> Result<(), StoreError> {

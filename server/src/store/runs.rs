@@ -1,47 +1,36 @@
-//! The `runs` table: slot creation (exactly once per `(job, trigger,
-//! scheduled_for, node)`), reads with cursor pagination, state changes with
-//! the job's counters kept in step, and history pruning.
+//! The `runs` table's reads (one run, cursor pages, counts by state) and
+//! history pruning. Every change of a run — slot creation included — is in
+//! [`super::lifecycle`], which keeps the job's counters in step.
 
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sundial_proto::{Run, RunState};
-
-/// How a slot came to exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// An on-time fire of the schedule.
-    Schedule,
-    /// A missed fire created after downtime by the misfire policy.
-    CatchUp,
-    /// `POST /v1/jobs/{id}/trigger`.
-    Manual,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Schedule => "schedule",
-            Trigger::CatchUp => "catch_up",
-            Trigger::Manual => "manual",
-        }
-    }
-}
+use sundial_proto::{Run, RunState, Trigger};
 
 const RUN_COLUMNS: &str = "r.id, j.id, r.scheduled_for, coalesce(r.assigned_node, r.node), r.trigger, r.attempt, r.state, \
      r.created_at, r.started_at, r.finished_at, r.exit_code, r.output, r.truncated, r.error";
 
+/// A text column that must parse into `T`; an error names the run.
+fn typed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(i)?;
+    text.parse::<T>().map_err(|e| {
+        let id: i64 = row.get(0).unwrap_or_default();
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("run {id}: {e}").into(),
+        )
+    })
+}
+
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
-    let state: String = row.get(6)?;
-    let state = state.parse::<RunState>().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(6, rusqlite::types::Type::Text, e.into())
-    })?;
+    let state: RunState = typed(row, 6)?;
     let node: String = row.get(3)?;
     Ok(Run {
         id: row.get(0)?,
         job_id: row.get(1)?,
         scheduled_for: row.get(2)?,
         node: (!node.is_empty()).then_some(node),
-        trigger: row.get(4)?,
+        trigger: typed::<Trigger>(row, 4)?,
         attempt: row.get(5)?,
         state,
         created_at: row.get(7)?,
@@ -52,51 +41,6 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         truncated: row.get(12)?,
         error: row.get(13)?,
     })
-}
-
-/// Creates a slot unless it already exists. Returns the new run id, or `None`
-/// when the slot was already there (the UNIQUE key, never timing, decides).
-pub fn insert_slot(
-    conn: &Connection,
-    job_pk: i64,
-    trigger: Trigger,
-    scheduled_for: i64,
-    node: &str,
-    now: i64,
-) -> Result<Option<i64>, StoreError> {
-    let Some(id) = insert_slot_only(conn, job_pk, trigger, scheduled_for, node, now)? else {
-        return Ok(None);
-    };
-    conn.prepare_cached(
-        "UPDATE jobs SET runs_total = runs_total + 1, last_run_id = ?2, last_run_at = ?3,
-             last_state = 'pending'
-         WHERE pk = ?1",
-    )?
-    .execute(params![job_pk, id, scheduled_for])?;
-    Ok(Some(id))
-}
-
-/// [`insert_slot`] without the job's counters: the scheduler updates the job
-/// row once per fire instead (see `jobs::record_fire`).
-pub fn insert_slot_only(
-    conn: &Connection,
-    job_pk: i64,
-    trigger: Trigger,
-    scheduled_for: i64,
-    node: &str,
-    now: i64,
-) -> Result<Option<i64>, StoreError> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5)
-             ON CONFLICT (job, trigger, scheduled_for, node) DO NOTHING",
-        )?
-        .execute(params![job_pk, trigger.as_str(), scheduled_for, node, now])?;
-    if inserted == 0 {
-        return Ok(None);
-    }
-    Ok(Some(conn.last_insert_rowid()))
 }
 
 /// Reads one run.
@@ -150,65 +94,18 @@ pub fn list(
     Ok((items, None))
 }
 
-/// Moves a run to a terminal state and updates its job's counters.
-/// Refuses when the run is already terminal (the first result wins).
-pub fn finish(
-    conn: &Connection,
-    id: i64,
-    state: RunState,
-    now: i64,
-    error: Option<&str>,
-) -> Result<Run, StoreError> {
-    finish_at(conn, id, state, now, error)
-}
-
-/// [`finish`] with an explicit finish time (as reported by the node).
-pub fn finish_at(
-    conn: &Connection,
-    id: i64,
-    state: RunState,
-    now: i64,
-    error: Option<&str>,
-) -> Result<Run, StoreError> {
-    debug_assert!(state.is_terminal());
-    let run = get(conn, id)?.ok_or_else(|| StoreError::NotFound {
-        kind: "run",
-        id: id.to_string(),
-    })?;
-    if run.state.is_terminal() {
-        return Err(StoreError::Conflict(format!(
-            "run {id} already finished as {}",
-            run.state
-        )));
-    }
-    conn.prepare_cached(
-        "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error),
-             lease_expires_at = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![id, state.as_str(), now, error])?;
-    let (succeeded, failed) = match state {
-        RunState::Succeeded => (1, 0),
-        RunState::Failed | RunState::TimedOut | RunState::Lost => (0, 1),
-        _ => (0, 0),
-    };
-    conn.prepare_cached(
-        "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
-             last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END
-         WHERE pk = (SELECT job FROM runs WHERE id = ?3)",
-    )?
-    .execute(params![succeeded, failed, id, state.as_str()])?;
-    get(conn, id)?.ok_or(StoreError::NotFound {
-        kind: "run",
-        id: id.to_string(),
-    })
-}
-
 /// Counts runs per state (for metrics).
-pub fn count_by_state(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
+pub fn count_by_state(conn: &Connection) -> Result<Vec<(RunState, i64)>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM runs GROUP BY state")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+    rows.map(|r| {
+        let (state, n) = r?;
+        let state = state
+            .parse::<RunState>()
+            .map_err(|e| StoreError::Corrupt(format!("runs.state: {e}")))?;
+        Ok((state, n))
+    })
+    .collect()
 }
 
 /// Retention defaults applied to jobs that set none.
@@ -260,7 +157,10 @@ pub fn prune(
 mod tests {
     use super::*;
     use crate::store::jobs;
+    use crate::store::lifecycle::{self, Fired, NextFire, SlotJob};
     use crate::store::test_support::temp_store;
+    use std::sync::Arc;
+    use sundial_proto::agent::{CompleteRequest, Outcome};
     use sundial_proto::JobSpec;
 
     fn spec(history: &str) -> JobSpec {
@@ -270,24 +170,58 @@ mod tests {
         .unwrap()
     }
 
+    fn slot_job(c: &Connection, id: &str, history: &str) -> SlotJob {
+        let spec = spec(history);
+        jobs::upsert(c, id, &spec, 0, |_| None).unwrap();
+        SlotJob {
+            pk: jobs::pk_of(c, id).unwrap().unwrap(),
+            target: Arc::new(spec.target.clone()),
+            executor_kind: spec.executor.kind(),
+        }
+    }
+
+    /// Creates one slot; None when it already existed.
+    fn slot(c: &Connection, job: &SlotJob, trigger: Trigger, at: i64) -> Option<i64> {
+        let mut fired = Fired::default();
+        lifecycle::create_slots(c, job, trigger, at, &[String::new()], 1, &mut fired).unwrap();
+        lifecycle::record_slots(c, job.pk, NextFire::Keep, &fired).unwrap();
+        fired.queued.first().map(|q| q.run_id)
+    }
+
+    /// Runs a slot to the end with `outcome` on node n.
+    fn run_to_end(c: &Connection, id: i64, outcome: Outcome) {
+        let q = lifecycle::queued(c, id).unwrap().unwrap();
+        lifecycle::assign(c, "n", vec![q], 2, 30_000).unwrap();
+        let req = CompleteRequest {
+            attempt: 1,
+            outcome,
+            exit_code: None,
+            output: String::new(),
+            truncated: false,
+            error: Some("boom".into()),
+            started_at: 2,
+            finished_at: 5,
+        };
+        lifecycle::complete(c, "n", id, &req, 5).unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn slots_are_unique_and_prune_keeps_newest_and_active() {
         let (_dir, store) = temp_store();
         let out = store
             .write(|c| {
-                let (job, _) = jobs::upsert(c, "j", &spec(r#"{"keep":3}"#), 0, |_| None)?;
-                let pk = jobs::pk_of(c, &job.id)?.unwrap();
+                let job = slot_job(c, "j", r#"{"keep":3}"#);
                 let mut ids = Vec::new();
                 for t in 0..10 {
-                    ids.push(insert_slot(c, pk, Trigger::Schedule, t * 1000, "", 1)?.unwrap());
+                    ids.push(slot(c, &job, Trigger::Schedule, t * 1000).unwrap());
                 }
                 // The same slot again is refused by the UNIQUE key, not by timing.
-                assert_eq!(insert_slot(c, pk, Trigger::Schedule, 0, "", 2)?, None);
+                assert_eq!(slot(c, &job, Trigger::Schedule, 0), None);
                 // A manual slot at the same instant is a different slot.
-                assert!(insert_slot(c, pk, Trigger::Manual, 0, "", 2)?.is_some());
+                assert!(slot(c, &job, Trigger::Manual, 0).is_some());
                 // Finish all but the last two; those stay pending.
                 for id in &ids[..8] {
-                    finish(c, *id, RunState::Succeeded, 5, None)?;
+                    run_to_end(c, *id, Outcome::Succeeded);
                 }
                 let defaults = Retention {
                     keep: 100,
@@ -323,12 +257,11 @@ mod tests {
         let (_dir, store) = temp_store();
         let deleted = store
             .write(|c| {
-                let (a, _) = jobs::upsert(c, "a", &spec(r#"{"max_age":"1s"}"#), 0, |_| None)?;
-                let (b, _) = jobs::upsert(c, "b", &spec("{}"), 0, |_| None)?;
+                let a = slot_job(c, "a", r#"{"max_age":"1s"}"#);
+                let b = slot_job(c, "b", "{}");
                 for job in [&a, &b] {
-                    let pk = jobs::pk_of(c, &job.id)?.unwrap();
-                    let id = insert_slot(c, pk, Trigger::Schedule, 0, "", 0)?.unwrap();
-                    finish(c, id, RunState::Failed, 1, Some("boom"))?;
+                    let id = slot(c, job, Trigger::Schedule, 0).unwrap();
+                    run_to_end(c, id, Outcome::Failed);
                 }
                 // At t = 5 s: job a (max_age 1 s) loses its run; b uses the 1 h default.
                 let defaults = Retention {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod backoff;
 pub mod duration;
 pub mod error;
+pub mod event;
 pub mod job;
 pub mod run;
 pub mod sign;

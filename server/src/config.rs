@@ -71,6 +71,12 @@ pub struct ServeArgs {
     /// Age after which finished runs are pruned unless the job sets `history.max_age` [default: 30d].
     #[arg(long, env = "SUNDIAL_HISTORY_MAX_AGE")]
     pub history_max_age: Option<Duration>,
+    /// Newest events kept [default: 100000].
+    #[arg(long, env = "SUNDIAL_EVENTS_KEEP")]
+    pub events_keep: Option<u64>,
+    /// Age after which events are pruned [default: 7d].
+    #[arg(long, env = "SUNDIAL_EVENTS_MAX_AGE")]
+    pub events_max_age: Option<Duration>,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, env = "SUNDIAL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -146,6 +152,8 @@ struct FileConfig {
     admin_key_file: Option<PathBuf>,
     history_keep: Option<u32>,
     history_max_age: Option<Duration>,
+    events_keep: Option<u64>,
+    events_max_age: Option<Duration>,
     max_body_bytes: Option<usize>,
     ha_mode: Option<HaMode>,
     cluster_secret_file: Option<PathBuf>,
@@ -170,6 +178,8 @@ pub struct Settings {
     pub admin_key_file: Option<PathBuf>,
     pub history_keep: u32,
     pub history_max_age: Duration,
+    pub events_keep: u64,
+    pub events_max_age: Duration,
     pub max_body_bytes: usize,
     /// Where the role comes from.
     pub ha: crate::ha::Source,
@@ -192,6 +202,8 @@ impl Default for Settings {
             admin_key_file: None,
             history_keep: 100,
             history_max_age: Duration::from_secs_const(30 * 86_400),
+            events_keep: 100_000,
+            events_max_age: Duration::from_secs_const(7 * 86_400),
             max_body_bytes: 1 << 20,
             ha: crate::ha::Source::Standalone,
             cluster_secret_file: None,
@@ -230,6 +242,14 @@ impl ServeArgs {
                 .history_max_age
                 .or(file.history_max_age)
                 .unwrap_or(d.history_max_age),
+            events_keep: self
+                .events_keep
+                .or(file.events_keep)
+                .unwrap_or(d.events_keep),
+            events_max_age: self
+                .events_max_age
+                .or(file.events_max_age)
+                .unwrap_or(d.events_max_age),
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -297,6 +317,9 @@ impl ServeArgs {
         }
         if settings.stall_after.as_millis() < 100 {
             bail!("stall_after must be at least 100ms");
+        }
+        if settings.events_keep == 0 {
+            bail!("events_keep must be at least 1");
         }
         if settings.history_keep == 0 {
             bail!("history_keep must be at least 1");

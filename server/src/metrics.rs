@@ -34,6 +34,9 @@ pub struct Metrics {
     pub loop_last_success: GaugeVec,
     pub loop_errors: IntCounterVec,
     pub loop_failing: IntGaugeVec,
+    pub events_pruned: IntCounter,
+    pub events_stored: IntGauge,
+    pub events_last_id: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -185,6 +188,15 @@ impl Metrics {
             ),
             &["loop"],
         ));
+        let events_pruned = must(IntCounter::new(
+            "events_pruned_total",
+            "Events deleted by retention",
+        ));
+        let events_stored = must(IntGauge::new("events", "Events stored"));
+        let events_last_id = must(IntGauge::new(
+            "events_last_id",
+            "Id of the newest event (the stream's head)",
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -210,6 +222,9 @@ impl Metrics {
             Box::new(loop_last_success.clone()),
             Box::new(loop_errors.clone()),
             Box::new(loop_failing.clone()),
+            Box::new(events_pruned.clone()),
+            Box::new(events_stored.clone()),
+            Box::new(events_last_id.clone()),
         ] {
             must(registry.register(c));
         }
@@ -239,6 +254,9 @@ impl Metrics {
             loop_last_success,
             loop_errors,
             loop_failing,
+            events_pruned,
+            events_stored,
+            events_last_id,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::misfire;
 use crate::registry::Registry;
 use crate::schedule::Schedule;
+use crate::store::events::{self, EventType};
 use crate::store::lifecycle::{self, NextFire, Queued};
 use crate::store::{jobs, Store, StoreError};
 use rusqlite::Connection;
@@ -306,6 +307,15 @@ fn fire_due(
         if plan.skipped > 0 {
             metrics.misfires_skipped.inc_by(plan.skipped);
             tracing::info!(job = %job.id, skipped = plan.skipped, policy = job.misfire.as_str(), "missed fires not run");
+            events::append(
+                conn,
+                now_ms(),
+                EventType::SlotMissed,
+                Some(&job.id),
+                None,
+                None,
+                &serde_json::json!({"missed": plan.skipped, "policy": job.misfire.as_str()}),
+            )?;
         }
         lifecycle::record_slots(conn, job.pk, NextFire::Set(plan.next), &fired)?;
         tick.slots_created += fired.queued.len();

@@ -57,7 +57,7 @@ struct Term {
 /// Follows the role source and starts/ends terms.
 struct Controller {
     app: Arc<App>,
-    retention: Retention,
+    retention: retention::Policy,
     env_admin_key: Option<String>,
     term: Option<Term>,
     /// Set when fenced: ignore "you are primary" until the source changes.
@@ -264,9 +264,13 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let retention_defaults = Retention {
-        keep: settings.history_keep,
-        max_age_ms: settings.history_max_age.as_millis_i64(),
+    let retention_policy = retention::Policy {
+        runs: Retention {
+            keep: settings.history_keep,
+            max_age_ms: settings.history_max_age.as_millis_i64(),
+        },
+        events_keep: settings.events_keep,
+        events_max_age_ms: settings.events_max_age.as_millis_i64(),
     };
     let source = settings.ha.clone();
     let app = Arc::new(App {
@@ -282,12 +286,13 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         ha: ha::RoleCell::default(),
         forwarder: api::forward::Forwarder::new()?,
         settings,
+        shutdown: shutdown.clone(),
     });
     let ha_stop = CancellationToken::new();
     let mut observed = ha::watch_source(&source, ha_stop.clone());
     let mut controller = Controller {
         app: app.clone(),
-        retention: retention_defaults,
+        retention: retention_policy,
         env_admin_key,
         term: None,
         fenced_latch: false,

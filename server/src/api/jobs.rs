@@ -91,7 +91,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
-    if app.store.write(move |c| jobs::delete(c, &id)).await? {
+    if app
+        .store
+        .write(move |c| jobs::delete(c, &id, now_ms()))
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("job {shown:?} not found")))

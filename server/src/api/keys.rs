@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sundial_proto::time::now_ms;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,7 +59,10 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
-    let deleted = app.store.write(move |c| keys::delete(c, &id)).await?;
+    let deleted = app
+        .store
+        .write(move |c| keys::delete(c, &id, now_ms()))
+        .await?;
     app.keys.invalidate();
     if deleted {
         Ok(StatusCode::NO_CONTENT)

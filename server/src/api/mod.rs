@@ -1,6 +1,6 @@
 //! The HTTP API: routing, shared state, request metrics and the helpers the
 //! endpoint modules share. One module per resource: [`jobs`], [`runs`],
-//! [`keys`], [`nodes`] (and join tokens), [`preview`], [`probes`]; the agent
+//! [`keys`], [`nodes`] (and join tokens), [`events`], [`preview`], [`probes`]; the agent
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
 //! shape) and [`forward`] (a replica's forwarding to the primary).
@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod agent_auth;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod forward;
 pub mod jobs;
@@ -52,6 +53,9 @@ pub struct App {
     pub ha: crate::ha::RoleCell,
     pub forwarder: forward::Forwarder,
     pub settings: Settings,
+    /// Cancelled when the server shuts down: long-lived responses (event
+    /// streams) end so HTTP can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl App {
@@ -159,6 +163,8 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/schedule/preview", get(preview::preview))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
         .route("/v1/api-keys", get(keys::list).post(keys::create))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::delete))
         .route("/v1/nodes", get(nodes::list))

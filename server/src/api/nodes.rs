@@ -70,7 +70,11 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    if !app.store.write(move |c| nodes::revoke(c, &key)).await? {
+    if !app
+        .store
+        .write(move |c| nodes::revoke(c, &key, now_ms()))
+        .await?
+    {
         return Err(ApiError::not_found(format!("node {id:?} not found")));
     }
     app.registry.update(&id, |n| {
@@ -138,7 +142,11 @@ pub async fn delete_token(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    if app.store.write(move |c| tokens::delete(c, &key)).await? {
+    if app
+        .store
+        .write(move |c| tokens::delete(c, &key, now_ms()))
+        .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("join token {id:?} not found")))

@@ -5,7 +5,7 @@ use super::error::ApiResult;
 use super::extract::Reader;
 use super::AppState;
 use crate::ha::Role;
-use crate::store::{self, jobs, runs};
+use crate::store::{self, events, jobs, runs};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -61,10 +61,19 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let snapshot = app
         .store
-        .read(|c| Ok((jobs::count(c)?, runs::count_by_state(c)?, store::epoch(c)?)))
+        .read(|c| {
+            Ok((
+                jobs::count(c)?,
+                runs::count_by_state(c)?,
+                store::epoch(c)?,
+                events::stats(c)?,
+            ))
+        })
         .await;
     match snapshot {
-        Ok((jobs, by_state, epoch)) => {
+        Ok((jobs, by_state, epoch, (last_event, events))) => {
+            app.metrics.events_stored.set(events);
+            app.metrics.events_last_id.set(last_event);
             app.metrics.jobs.set(jobs);
             for st in RunState::ALL {
                 let n = by_state

@@ -2,6 +2,7 @@
 //! scheduler uses to find due jobs. The full spec is stored as canonical JSON;
 //! the fields the scheduler needs are also columns so due-job scans never parse JSON.
 
+use super::events::{self, EventType};
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sundial_proto::{ExecutorKind, Job, JobCounters, JobSpec, MisfirePolicy};
@@ -168,15 +169,43 @@ pub fn upsert(
             Upserted::Created
         }
     };
+    let kind = match outcome {
+        Upserted::Created => Some(EventType::JobCreated),
+        Upserted::Updated => Some(EventType::JobUpdated),
+        Upserted::Unchanged => None,
+    };
+    if let Some(kind) = kind {
+        events::append(
+            conn,
+            now,
+            kind,
+            Some(id),
+            None,
+            None,
+            &serde_json::json!({}),
+        )?;
+    }
     Ok((require(conn, id)?, outcome))
 }
 
 /// Deletes a job and (by cascade) its runs. Returns false when it did not exist.
-pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn
+pub fn delete(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    let deleted = conn
         .prepare_cached("DELETE FROM jobs WHERE id = ?1")?
         .execute([id])?
-        > 0)
+        > 0;
+    if deleted {
+        events::append(
+            conn,
+            now,
+            EventType::JobDeleted,
+            Some(id),
+            None,
+            None,
+            &serde_json::json!({}),
+        )?;
+    }
+    Ok(deleted)
 }
 
 /// Pauses or resumes a job. Resuming recomputes the next fire from `now`:
@@ -201,6 +230,20 @@ pub fn set_paused(
         "UPDATE jobs SET paused = ?2, next_fire_at = ?3, updated_at = ?4 WHERE id = ?1",
     )?
     .execute(params![id, paused, next, now])?;
+    let kind = if paused {
+        EventType::JobPaused
+    } else {
+        EventType::JobResumed
+    };
+    events::append(
+        conn,
+        now,
+        kind,
+        Some(id),
+        None,
+        None,
+        &serde_json::json!({}),
+    )?;
     require(conn, id)
 }
 

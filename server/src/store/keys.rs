@@ -1,6 +1,7 @@
 //! The `api_keys` table: admin and read keys, stored only as SHA-256 hashes.
 //! A key's secret is shown once, when it is created, and never stored.
 
+use super::events::{self, EventType};
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -58,7 +59,15 @@ pub fn insert(
         "INSERT INTO api_keys (id, hash, scope, name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![id, hash, scope.as_str(), name, now])?;
-    Ok(())
+    events::append(
+        conn,
+        now,
+        EventType::KeyCreated,
+        None,
+        None,
+        None,
+        &serde_json::json!({ "id": id, "scope": scope.as_str(), "name": name }),
+    )
 }
 
 /// Looks a key up by the hash of its secret.
@@ -83,7 +92,13 @@ pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
         let scope: String = r.get(1)?;
         Ok(KeyInfo {
             id: r.get(0)?,
-            scope: Scope::parse(&scope).unwrap_or(Scope::Read),
+            scope: Scope::parse(&scope).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("api key scope {scope:?}").into(),
+                )
+            })?,
             name: r.get(2)?,
             created_at: r.get(3)?,
         })
@@ -92,14 +107,14 @@ pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
 }
 
 /// Deletes a key; refuses to delete the last admin key (that would lock everyone out).
-pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+pub fn delete(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
     let scope: Option<String> = conn
         .query_row("SELECT scope FROM api_keys WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .optional()?;
     match scope.as_deref() {
-        None => Ok(false),
+        None => return Ok(false),
         Some("admin") => {
             let admins: i64 = conn.query_row(
                 "SELECT count(*) FROM api_keys WHERE scope = 'admin'",
@@ -111,12 +126,18 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
                     "refusing to delete the last admin key".into(),
                 ));
             }
-            conn.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
-            Ok(true)
         }
-        Some(_) => {
-            conn.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
-            Ok(true)
-        }
+        Some(_) => {}
     }
+    conn.execute("DELETE FROM api_keys WHERE id = ?1", [id])?;
+    events::append(
+        conn,
+        now,
+        EventType::KeyDeleted,
+        None,
+        None,
+        None,
+        &serde_json::json!({ "id": id }),
+    )?;
+    Ok(true)
 }

@@ -4,15 +4,16 @@
 //! job's concurrency policy), heart-beaten, completed (idempotent), retried,
 //! handed back, cancelled or expired — each as [`transition::next`] decides
 //! — and the job row's counters (`runs_total`, `runs_succeeded`,
-//! `runs_failed`, `last_run_*`, `last_state`) move with them. Each function
-//! runs inside a writer batch, so a transition and its counters commit
-//! together.
+//! `runs_failed`, `last_run_*`, `last_state`) move with them, and each
+//! transition appends its event (`run.started`, `run.retrying`, `run.<end
+//! state>`) to the outbox. Each function runs inside a writer batch, so a
+//! transition, its counters and its event commit together.
 //!
 //! Rows become types here: a state, trigger, target or executor kind that
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
 use super::transition::{self, Event, RetryAt, Step};
-use super::{runs, StoreError};
+use super::{events, runs, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest};
@@ -318,7 +319,7 @@ fn finish(
          WHERE pk = ?5",
     )?
     .execute(params![succeeded, failed, run_id, state.as_str(), job_pk])?;
-    Ok(())
+    events::append_run(conn, at, events::for_state(state), run_id)
 }
 
 /// Puts a run back in the queue as its next attempt.
@@ -326,6 +327,7 @@ fn retry(
     conn: &Connection,
     run_id: i64,
     last_node: &str,
+    now: i64,
     not_before: i64,
 ) -> Result<Option<Queued>, StoreError> {
     conn.prepare_cached(
@@ -334,6 +336,7 @@ fn retry(
          WHERE id = ?1",
     )?
     .execute(params![run_id, last_node, not_before])?;
+    events::append_run(conn, now, events::EventType::RunRetrying, run_id)?;
     queued(conn, run_id)
 }
 
@@ -416,6 +419,7 @@ pub fn assign(
         )?
         .execute(params![c.run_id, node, now + lease_ms, now])?;
         note_running(conn, c.job_pk, c.run_id)?;
+        events::append_run(conn, now, events::EventType::RunStarted, c.run_id)?;
         out.runs.push(Assignment {
             run_id: c.run_id,
             job_id,
@@ -520,7 +524,7 @@ pub fn complete(
                 RetryAt::Now => 0,
                 RetryAt::Backoff => backoff_ms(&spec, row.attempt + 1),
             };
-            let requeue = retry(conn, run_id, node, now + delay)?;
+            let requeue = retry(conn, run_id, node, now, now + delay)?;
             Ok(Ok(Completion::Recorded {
                 requeue,
                 state: RunState::Pending,
@@ -564,7 +568,7 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
                 conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
                     .execute(params![run_id, msg])?;
                 let at = now + backoff_ms(&spec, attempt + 1);
-                requeue.extend(retry(conn, *run_id, &node, at)?);
+                requeue.extend(retry(conn, *run_id, &node, now, at)?);
             }
             Step::Finish(state) => finish(conn, *run_id, *job_pk, state, now, Some(&msg))?,
             other => unreachable!("lease expiry of a running run: {other:?}"),

@@ -128,6 +128,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_by_state ON runs (state, id);
     CREATE INDEX runs_active_by_job ON runs (job) WHERE state = 'running';
     "#,
+    // 3: the event outbox. AUTOINCREMENT: ids never go back, even after
+    // pruning, because they are every reader's cursor.
+    r#"
+    CREATE TABLE events (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       INTEGER NOT NULL,
+        type     TEXT NOT NULL,
+        job_id   TEXT,
+        run_id   INTEGER,
+        node_id  TEXT,
+        data     TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_by_job ON events (job_id, id);
+    CREATE INDEX events_by_time ON events (at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -10,6 +10,7 @@
 //! `&Connection` so the same code serves reads (pool) and writes (inside a
 //! [`writer`] batch).
 
+pub(crate) mod events;
 pub mod jobs;
 pub(crate) mod keys;
 pub(crate) mod lifecycle;
@@ -134,6 +135,8 @@ pub struct Store {
     path: PathBuf,
     metrics: Arc<Metrics>,
     busy_timeout: Duration,
+    /// Bumped after every committed write batch (see [`Store::commits`]).
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How long a connection waits for another's lock before giving up with
@@ -197,6 +200,7 @@ impl Store {
             path: path.to_path_buf(),
             metrics,
             busy_timeout,
+            commits: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
 
@@ -224,7 +228,13 @@ impl Store {
     pub fn promote_blocking(&self, on_fenced: writer::OnFenced) -> Result<i64, StoreError> {
         let conn = open_rw(&self.path, self.busy_timeout)?;
         let epoch = bump_epoch(&conn)?;
-        let writer = Writer::spawn(conn, self.metrics.clone(), epoch, on_fenced)?;
+        let writer = Writer::spawn(
+            conn,
+            self.metrics.clone(),
+            epoch,
+            on_fenced,
+            self.commits.clone(),
+        )?;
         let old = self
             .writer
             .write()
@@ -255,6 +265,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes after every write batch this server commits. A replica never
+    /// commits: its followers poll as well (the file changes under it).
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// Runs `f` in the next write batch; the result arrives after commit.
@@ -307,13 +323,37 @@ fn ensure_cluster_row(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Starts a new term as primary: increments and returns the cluster epoch.
+/// Starts a new term as primary: increments and returns the cluster epoch,
+/// with its `ha.promoted` event, in one transaction.
 pub fn bump_epoch(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "UPDATE cluster SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
-        [],
-        |r| r.get(0),
-    )?)
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let bumped = (|| {
+        let epoch: i64 = conn.query_row(
+            "UPDATE cluster SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch",
+            [],
+            |r| r.get(0),
+        )?;
+        events::append(
+            conn,
+            sundial_proto::time::now_ms(),
+            sundial_proto::event::EventType::HaPromoted,
+            None,
+            None,
+            None,
+            &serde_json::json!({ "epoch": epoch }),
+        )?;
+        Ok(epoch)
+    })();
+    match bumped {
+        Ok(epoch) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(epoch)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// Reads the cluster epoch (fencing token).

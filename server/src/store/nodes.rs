@@ -2,6 +2,7 @@
 //! revoke or re-join, which invalidates the derived key), labels, capacity
 //! and last contact. No key material is stored here.
 
+use super::events::{self, EventType};
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -71,6 +72,15 @@ pub fn join(conn: &Connection, id: &str, now: i64) -> Result<u64, StoreError> {
              RETURNING generation",
         )?
         .query_row(params![id, now], |r| r.get(0))?;
+    events::append(
+        conn,
+        now,
+        EventType::NodeJoined,
+        None,
+        None,
+        Some(id),
+        &serde_json::json!({ "generation": gen }),
+    )?;
     Ok(gen as u64)
 }
 
@@ -103,11 +113,23 @@ pub fn register(
 }
 
 /// Revokes a node: bumps its generation so its key stops verifying.
-pub fn revoke(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn
+pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    let revoked = conn
         .prepare_cached("UPDATE nodes SET revoked = 1, generation = generation + 1 WHERE id = ?1")?
         .execute([id])?
-        > 0)
+        > 0;
+    if revoked {
+        events::append(
+            conn,
+            now,
+            EventType::NodeRevoked,
+            None,
+            None,
+            Some(id),
+            &serde_json::json!({}),
+        )?;
+    }
+    Ok(revoked)
 }
 
 /// Writes last-contact times collected in memory.

@@ -1,6 +1,7 @@
 //! The `join_tokens` table: shared secrets a DaemonSet uses to join nodes.
 //! Stored as SHA-256 hashes, with an expiry and an optional use limit.
 
+use super::events::{self, EventType};
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -31,7 +32,15 @@ pub fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![id, hash, name, expires_at, max_uses, now])?;
-    Ok(())
+    events::append(
+        conn,
+        now,
+        EventType::TokenCreated,
+        None,
+        None,
+        None,
+        &serde_json::json!({ "id": id, "name": name }),
+    )
 }
 
 /// Why a join token was refused.
@@ -83,6 +92,18 @@ pub fn list(conn: &Connection) -> Result<Vec<TokenInfo>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute("DELETE FROM join_tokens WHERE id = ?1", [id])? > 0)
+pub fn delete(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    let deleted = conn.execute("DELETE FROM join_tokens WHERE id = ?1", [id])? > 0;
+    if deleted {
+        events::append(
+            conn,
+            now,
+            EventType::TokenDeleted,
+            None,
+            None,
+            None,
+            &serde_json::json!({ "id": id }),
+        )?;
+    }
+    Ok(deleted)
 }

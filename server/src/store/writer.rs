@@ -131,10 +131,12 @@ impl Writer {
         metrics: Arc<Metrics>,
         epoch: i64,
         on_fenced: OnFenced,
+        commits: Arc<tokio::sync::watch::Sender<u64>>,
     ) -> Result<Writer, StoreError> {
         let (sender, receiver) = mpsc::channel();
         let fenced = Arc::new(AtomicBool::new(false));
         let term = Term {
+            commits,
             epoch,
             fenced: fenced.clone(),
             on_fenced,
@@ -213,6 +215,9 @@ fn in_savepoint<T>(
 
 /// The term this writer serves and how it learns it is over.
 struct Term {
+    /// Counts committed batches; readers that follow the database (event
+    /// streams) wait on it.
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
     epoch: i64,
     fenced: Arc<AtomicBool>,
     on_fenced: OnFenced,
@@ -289,6 +294,9 @@ fn apply(
     let started = Instant::now();
     let size = batch.len();
     let outcome = run_batch(conn, batch, replies, term);
+    if outcome.is_ok() {
+        term.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
     // Operations the batch never reached are refused with its failure.
     if let Err(failure) = &outcome {
         for op in batch.drain(..) {

@@ -1,0 +1,260 @@
+//! The `events` table: the outbox. Every function that changes a run, job,
+//! node, key or join token appends its event here inside the same writer
+//! batch, so an event exists exactly when its change committed. Ids come
+//! from `AUTOINCREMENT`: they only grow, even after pruning, so a reader's
+//! cursor (`after`, SSE `Last-Event-ID`) stays valid across restarts and
+//! failovers. Pruned by count and age like run history.
+
+use super::StoreError;
+use rusqlite::{params, Connection, Row};
+use serde_json::Value;
+pub use sundial_proto::event::EventType;
+use sundial_proto::event::{Event, TypePattern};
+
+/// Appends an event about a job, run or node (any may be absent).
+pub fn append(
+    conn: &Connection,
+    at: i64,
+    kind: EventType,
+    job_id: Option<&str>,
+    run_id: Option<i64>,
+    node: Option<&str>,
+    data: &Value,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, type, job_id, run_id, node_id, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![at, kind.as_str(), job_id, run_id, node, data.to_string()])?;
+    Ok(())
+}
+
+/// Appends an event about a run, its details read from the run's row in the
+/// same statement: `{"attempt", "trigger", "scheduled_for", "exit_code",
+/// "error", "not_before"}`.
+pub fn append_run(
+    conn: &Connection,
+    at: i64,
+    kind: EventType,
+    run_id: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, type, job_id, run_id, node_id, data)
+         SELECT ?1, ?2, j.id, r.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
+                json_object(
+                    'attempt', r.attempt,
+                    'trigger', r.trigger,
+                    'scheduled_for', strftime('%Y-%m-%dT%H:%M:%fZ', r.scheduled_for / 1000.0, 'unixepoch'),
+                    'exit_code', r.exit_code,
+                    'error', r.error,
+                    'not_before', CASE WHEN r.state = 'pending' AND r.not_before > 0
+                        THEN strftime('%Y-%m-%dT%H:%M:%fZ', r.not_before / 1000.0, 'unixepoch') END)
+         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?3",
+    )?
+    .execute(params![at, kind.as_str(), run_id])?;
+    Ok(())
+}
+
+/// The event of a run that reached `state` (a terminal state or running).
+pub fn for_state(state: sundial_proto::RunState) -> EventType {
+    use sundial_proto::RunState as S;
+    match state {
+        S::Pending => EventType::RunRetrying,
+        S::Running => EventType::RunStarted,
+        S::Succeeded => EventType::RunSucceeded,
+        S::Failed => EventType::RunFailed,
+        S::TimedOut => EventType::RunTimedOut,
+        S::Lost => EventType::RunLost,
+        S::Cancelled => EventType::RunCancelled,
+        S::Skipped => EventType::RunSkipped,
+    }
+}
+
+/// Filters for [`list`]; empty means "any".
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub types: Vec<TypePattern>,
+    pub job: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, e: &Event) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|p| p.matches(e.kind)))
+            && self
+                .job
+                .as_deref()
+                .is_none_or(|j| e.job_id.as_deref() == Some(j))
+    }
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let kind: String = row.get(2)?;
+    let data: String = row.get(6)?;
+    let bad = |i: usize, e: String| {
+        let id: i64 = row.get(0).unwrap_or_default();
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("event {id}: {e}").into(),
+        )
+    };
+    Ok(Event {
+        id: row.get(0)?,
+        at: row.get(1)?,
+        kind: kind.parse().map_err(|e| bad(2, e))?,
+        job_id: row.get(3)?,
+        run_id: row.get(4)?,
+        node: row.get(5)?,
+        data: serde_json::from_str(&data).map_err(|e| bad(6, e.to_string()))?,
+    })
+}
+
+/// Most events scanned per page when a filter skips many of them.
+const SCAN_LIMIT: usize = 10_000;
+
+/// A page of events.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Event>,
+    /// Where the next read continues: the last id examined (also when the
+    /// filter skipped it, so a sparse filter never rescans).
+    pub cursor: i64,
+    /// More events are already stored after `cursor`.
+    pub more: bool,
+}
+
+/// Events after `after`, oldest first, at most `limit`.
+pub fn list(
+    conn: &Connection,
+    after: i64,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, type, job_id, run_id, node_id, data FROM events
+         WHERE id > ?1 AND (?2 IS NULL OR job_id = ?2)
+         ORDER BY id LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![after, filter.job, SCAN_LIMIT as i64 + 1])?;
+    let mut page = Page {
+        items: Vec::with_capacity(limit.min(1024)),
+        cursor: after,
+        more: false,
+    };
+    let mut scanned = 0;
+    while let Some(row) = rows.next()? {
+        if scanned == SCAN_LIMIT || page.items.len() == limit {
+            page.more = true;
+            break;
+        }
+        scanned += 1;
+        let e = from_row(row)?;
+        page.cursor = e.id;
+        if filter.matches(&e) {
+            page.items.push(e);
+        }
+    }
+    Ok(page)
+}
+
+/// The newest event id (0 when there is none) and the number stored.
+pub fn stats(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row(
+        "SELECT coalesce(max(id), 0), count(*) FROM events",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+/// Deletes events older than `min_at` and beyond the newest `keep`, at most
+/// `batch` per call (so a sweep never holds the writer long). Returns how
+/// many were deleted.
+pub fn prune(conn: &Connection, keep: u64, min_at: i64, batch: usize) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM events WHERE id IN (
+                 SELECT id FROM events
+                 WHERE at < ?1
+                    OR id <= coalesce((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2), -1)
+                 ORDER BY id LIMIT ?3)",
+        )?
+        .execute(params![min_at, keep as i64, batch as i64])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn ids_grow_filters_apply_and_pruning_keeps_the_cursor_valid() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                // Start from an empty table (opening the store recorded its promotion).
+                c.execute("DELETE FROM events", [])?;
+                for i in 0..10 {
+                    let kind = if i % 2 == 0 {
+                        EventType::JobCreated
+                    } else {
+                        EventType::RunFailed
+                    };
+                    let job = if i < 5 { "a" } else { "b" };
+                    append(c, i, kind, Some(job), None, None, &json!({"i": i}))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let all = store
+            .read(|c| list(c, 0, &Filter::default(), 100))
+            .await
+            .unwrap();
+        assert_eq!(all.items.len(), 10);
+        assert!(!all.more, "caught up");
+        let ids: Vec<i64> = all.items.iter().map(|e| e.id).collect();
+        assert_eq!(all.cursor, *ids.last().unwrap());
+        assert!(ids.windows(2).all(|w| w[1] > w[0]));
+        let filter = Filter {
+            types: vec!["run.*".parse().unwrap()],
+            job: Some("b".into()),
+        };
+        let b_runs = store.read(move |c| list(c, 0, &filter, 100)).await.unwrap();
+        assert_eq!(
+            b_runs
+                .items
+                .iter()
+                .map(|e| e.data["i"].as_i64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![5, 7, 9]
+        );
+        // A page ends at `limit`, with a cursor to continue from.
+        let page = store
+            .read(|c| list(c, 0, &Filter::default(), 3))
+            .await
+            .unwrap();
+        assert_eq!(page.items.len(), 3);
+        assert!(page.more);
+        assert_eq!(page.cursor, page.items[2].id);
+        // Prune to the newest 4, then append: ids keep growing past the old maximum.
+        let max = *ids.last().unwrap();
+        let deleted = store.write(|c| prune(c, 4, 0, 100)).await.unwrap();
+        assert_eq!(deleted, 6);
+        store
+            .write(|c| prune(c, 0, i64::MAX, 100).map(|_| ()))
+            .await
+            .unwrap();
+        store
+            .write(|c| append(c, 20, EventType::HaPromoted, None, None, None, &json!({})))
+            .await
+            .unwrap();
+        let after = store
+            .read(|c| list(c, 0, &Filter::default(), 10))
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(after.len(), 1);
+        assert!(after[0].id > max, "{} > {max}", after[0].id);
+        store.close().await;
+    }
+}

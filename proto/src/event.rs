@@ -32,10 +32,12 @@ pub enum EventType {
     TokenDeleted,
     /// A server became primary (a new epoch).
     HaPromoted,
+    /// A webhook gave up on an event after its retry window.
+    WebhookFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 21] = [
+    pub const ALL: [EventType; 22] = [
         EventType::RunStarted,
         EventType::RunSucceeded,
         EventType::RunFailed,
@@ -57,6 +59,7 @@ impl EventType {
         EventType::TokenCreated,
         EventType::TokenDeleted,
         EventType::HaPromoted,
+        EventType::WebhookFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -82,6 +85,7 @@ impl EventType {
             EventType::TokenCreated => "token.created",
             EventType::TokenDeleted => "token.deleted",
             EventType::HaPromoted => "ha.promoted",
+            EventType::WebhookFailed => "webhook.failed",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod job;
 pub mod run;
 pub mod sign;
 pub mod time;
+pub mod webhook;
 
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};

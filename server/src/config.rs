@@ -77,6 +77,15 @@ pub struct ServeArgs {
     /// Age after which events are pruned [default: 7d].
     #[arg(long, env = "SUNDIAL_EVENTS_MAX_AGE")]
     pub events_max_age: Option<Duration>,
+    /// Longest wait for a webhook receiver's answer [default: 10s].
+    #[arg(long, env = "SUNDIAL_WEBHOOK_TIMEOUT")]
+    pub webhook_timeout: Option<Duration>,
+    /// How long an event is retried before a webhook gives it up [default: 24h].
+    #[arg(long, env = "SUNDIAL_WEBHOOK_RETRY_FOR")]
+    pub webhook_retry_for: Option<Duration>,
+    /// Refuse webhook receivers on loopback, private or link-local addresses (SSRF guard).
+    #[arg(long, env = "SUNDIAL_WEBHOOK_DENY_PRIVATE")]
+    pub webhook_deny_private: bool,
     /// Largest accepted request body in bytes [default: 1048576].
     #[arg(long, env = "SUNDIAL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -154,6 +163,9 @@ struct FileConfig {
     history_max_age: Option<Duration>,
     events_keep: Option<u64>,
     events_max_age: Option<Duration>,
+    webhook_timeout: Option<Duration>,
+    webhook_retry_for: Option<Duration>,
+    webhook_deny_private: Option<bool>,
     max_body_bytes: Option<usize>,
     ha_mode: Option<HaMode>,
     cluster_secret_file: Option<PathBuf>,
@@ -180,6 +192,9 @@ pub struct Settings {
     pub history_max_age: Duration,
     pub events_keep: u64,
     pub events_max_age: Duration,
+    pub webhook_timeout: Duration,
+    pub webhook_retry_for: Duration,
+    pub webhook_deny_private: bool,
     pub max_body_bytes: usize,
     /// Where the role comes from.
     pub ha: crate::ha::Source,
@@ -204,6 +219,9 @@ impl Default for Settings {
             history_max_age: Duration::from_secs_const(30 * 86_400),
             events_keep: 100_000,
             events_max_age: Duration::from_secs_const(7 * 86_400),
+            webhook_timeout: Duration::from_secs_const(10),
+            webhook_retry_for: Duration::from_secs_const(86_400),
+            webhook_deny_private: false,
             max_body_bytes: 1 << 20,
             ha: crate::ha::Source::Standalone,
             cluster_secret_file: None,
@@ -250,6 +268,16 @@ impl ServeArgs {
                 .events_max_age
                 .or(file.events_max_age)
                 .unwrap_or(d.events_max_age),
+            webhook_timeout: self
+                .webhook_timeout
+                .or(file.webhook_timeout)
+                .unwrap_or(d.webhook_timeout),
+            webhook_retry_for: self
+                .webhook_retry_for
+                .or(file.webhook_retry_for)
+                .unwrap_or(d.webhook_retry_for),
+            webhook_deny_private: self.webhook_deny_private
+                || file.webhook_deny_private.unwrap_or(d.webhook_deny_private),
             max_body_bytes: self
                 .max_body_bytes
                 .or(file.max_body_bytes)
@@ -317,6 +345,9 @@ impl ServeArgs {
         }
         if settings.stall_after.as_millis() < 100 {
             bail!("stall_after must be at least 100ms");
+        }
+        if settings.webhook_timeout.as_millis() < 100 {
+            bail!("webhook_timeout must be at least 100ms");
         }
         if settings.events_keep == 0 {
             bail!("events_keep must be at least 1");

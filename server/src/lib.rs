@@ -13,6 +13,7 @@
 //! - [`ha`]: where the role comes from (standalone, static, LiteFS) and the current role
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
 //! - [`loops`]: health and retry pacing of the background loops
+//! - [`webhooks`]: delivery of events to webhooks (signed, ordered, retried)
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
 pub(crate) mod api;
@@ -32,3 +33,4 @@ pub(crate) mod secrets;
 pub mod server;
 pub mod store;
 pub(crate) mod validate;
+pub(crate) mod webhooks;

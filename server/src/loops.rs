@@ -19,14 +19,16 @@ pub enum Loop {
     LeaseReaper,
     SeenFlush,
     Retention,
+    Webhooks,
 }
 
 impl Loop {
-    pub const ALL: [Loop; 4] = [
+    pub const ALL: [Loop; 5] = [
         Loop::Scheduler,
         Loop::LeaseReaper,
         Loop::SeenFlush,
         Loop::Retention,
+        Loop::Webhooks,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +37,7 @@ impl Loop {
             Loop::LeaseReaper => "lease_reaper",
             Loop::SeenFlush => "seen_flush",
             Loop::Retention => "retention",
+            Loop::Webhooks => "webhooks",
         }
     }
 
@@ -75,7 +78,7 @@ pub struct LoopStatus {
 
 /// Per-loop health, shared by the loops, `/readyz` and the metrics.
 pub struct Loops {
-    states: [Mutex<State>; 4],
+    states: [Mutex<State>; 5],
     metrics: Arc<Metrics>,
 }
 

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub events_pruned: IntCounter,
     pub events_stored: IntGauge,
     pub events_last_id: IntGauge,
+    pub webhooks: IntGauge,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_lag_seconds: Histogram,
+    pub webhook_backlog: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -197,6 +201,30 @@ impl Metrics {
             "events_last_id",
             "Id of the newest event (the stream's head)",
         ));
+        let webhooks = must(IntGauge::new(
+            "webhooks",
+            "Webhooks being delivered by this primary",
+        ));
+        let webhook_deliveries = must(IntCounterVec::new(
+            Opts::new(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts, by outcome (delivered, retrying, failed)",
+            ),
+            &["outcome"],
+        ));
+        let webhook_lag_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_lag_seconds",
+                "Time from an event to its successful delivery",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0,
+            ]),
+        ));
+        let webhook_backlog = must(IntGauge::new(
+            "webhook_backlog",
+            "Largest number of events any webhook has not handled yet (by id distance)",
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -225,6 +253,10 @@ impl Metrics {
             Box::new(events_pruned.clone()),
             Box::new(events_stored.clone()),
             Box::new(events_last_id.clone()),
+            Box::new(webhooks.clone()),
+            Box::new(webhook_deliveries.clone()),
+            Box::new(webhook_lag_seconds.clone()),
+            Box::new(webhook_backlog.clone()),
         ] {
             must(registry.register(c));
         }
@@ -257,6 +289,10 @@ impl Metrics {
             events_pruned,
             events_stored,
             events_last_id,
+            webhooks,
+            webhook_deliveries,
+            webhook_lag_seconds,
+            webhook_backlog,
         }
     }
 

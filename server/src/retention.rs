@@ -6,7 +6,7 @@
 use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::store::runs::{self, Retention};
-use crate::store::{events, Store};
+use crate::store::{events, webhooks, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::time::now_ms;
@@ -56,6 +56,18 @@ pub async fn sweep(store: &Store, policy: Policy, metrics: &Metrics) -> anyhow::
             .await?;
         total += deleted;
         metrics.events_pruned.inc_by(deleted as u64);
+        if deleted < EVENTS_PER_BATCH {
+            break;
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+    // Delivery records live as long as events do.
+    loop {
+        let min_at = now_ms() - policy.events_max_age_ms;
+        let deleted = store
+            .write(move |c| webhooks::prune_deliveries(c, min_at, EVENTS_PER_BATCH))
+            .await?;
+        total += deleted;
         if deleted < EVENTS_PER_BATCH {
             return Ok(total);
         }

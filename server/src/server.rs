@@ -178,6 +178,7 @@ impl Controller {
         let tasks = vec![
             tokio::spawn(app.scheduler.clone().run(token.clone())),
             tokio::spawn(app.dispatcher.clone().run_background(token.clone())),
+            tokio::spawn(app.deliverer.clone().run(token.clone())),
             tokio::spawn(retention::run(
                 app.store.clone(),
                 self.retention,
@@ -273,6 +274,17 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         events_max_age_ms: settings.events_max_age.as_millis_i64(),
     };
     let source = settings.ha.clone();
+    let deliverer = Arc::new(crate::webhooks::Deliverer::new(
+        store.clone(),
+        secrets.clone(),
+        metrics.clone(),
+        loops.clone(),
+        crate::webhooks::Settings {
+            timeout: Duration::from_millis(settings.webhook_timeout.as_millis()),
+            retry_for_ms: settings.webhook_retry_for.as_millis_i64(),
+            deny_private: settings.webhook_deny_private,
+        },
+    )?);
     let app = Arc::new(App {
         store: store.clone(),
         scheduler,
@@ -281,6 +293,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         registry,
         dispatcher,
         loops,
+        deliverer,
         secrets,
         nonces: Default::default(),
         ha: ha::RoleCell::default(),

@@ -63,6 +63,7 @@ fn filter(q: &EventQuery) -> ApiResult<Filter> {
     Ok(Filter {
         types,
         job: q.job.clone(),
+        job_ids: Vec::new(),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The HTTP API: routing, shared state, request metrics and the helpers the
 //! endpoint modules share. One module per resource: [`jobs`], [`runs`],
-//! [`keys`], [`nodes`] (and join tokens), [`events`], [`preview`], [`probes`]; the agent
+//! [`keys`], [`nodes`] (and join tokens), [`events`], [`webhooks`], [`preview`], [`probes`]; the agent
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
 //! shape) and [`forward`] (a replica's forwarding to the primary).
@@ -17,6 +17,7 @@ pub mod nodes;
 pub mod preview;
 pub mod probes;
 pub mod runs;
+pub mod webhooks;
 
 use crate::auth::KeyCache;
 use crate::config::Settings;
@@ -47,6 +48,8 @@ pub struct App {
     pub dispatcher: Arc<Dispatcher>,
     /// Health of the term's background loops (for `/readyz`).
     pub loops: Arc<crate::loops::Loops>,
+    /// Webhook delivery (its loop runs in each term as primary).
+    pub deliverer: Arc<crate::webhooks::Deliverer>,
     pub secrets: ClusterSecrets,
     pub nonces: agent_auth::NonceCache,
     /// The HA role and what goes with it (see [`crate::ha`]).
@@ -165,6 +168,13 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/schedule/preview", get(preview::preview))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get).delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
         .route("/v1/api-keys", get(keys::list).post(keys::create))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::delete))
         .route("/v1/nodes", get(nodes::list))

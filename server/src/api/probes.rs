@@ -5,7 +5,7 @@ use super::error::ApiResult;
 use super::extract::Reader;
 use super::AppState;
 use crate::ha::Role;
-use crate::store::{self, events, jobs, runs};
+use crate::store::{self, events, jobs, runs, webhooks};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -67,13 +67,17 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
                 runs::count_by_state(c)?,
                 store::epoch(c)?,
                 events::stats(c)?,
+                webhooks::min_cursor(c)?,
             ))
         })
         .await;
     match snapshot {
-        Ok((jobs, by_state, epoch, (last_event, events))) => {
+        Ok((jobs, by_state, epoch, (last_event, events), min_cursor)) => {
             app.metrics.events_stored.set(events);
             app.metrics.events_last_id.set(last_event);
+            app.metrics
+                .webhook_backlog
+                .set(min_cursor.map_or(0, |c| (last_event - c).max(0)));
             app.metrics.jobs.set(jobs);
             for st in RunState::ALL {
                 let n = by_state

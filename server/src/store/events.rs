@@ -73,7 +73,10 @@ pub fn for_state(state: sundial_proto::RunState) -> EventType {
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub types: Vec<TypePattern>,
+    /// One job (narrows the scan itself).
     pub job: Option<String>,
+    /// Any of these jobs (a webhook's selector).
+    pub job_ids: Vec<String>,
 }
 
 impl Filter {
@@ -83,6 +86,8 @@ impl Filter {
                 .job
                 .as_deref()
                 .is_none_or(|j| e.job_id.as_deref() == Some(j))
+            && (self.job_ids.is_empty()
+                || e.job_id.as_ref().is_some_and(|j| self.job_ids.contains(j)))
     }
 }
 
@@ -218,6 +223,7 @@ mod tests {
         let filter = Filter {
             types: vec!["run.*".parse().unwrap()],
             job: Some("b".into()),
+            job_ids: Vec::new(),
         };
         let b_runs = store.read(move |c| list(c, 0, &filter, 100)).await.unwrap();
         assert_eq!(

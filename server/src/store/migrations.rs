@@ -143,6 +143,35 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_job ON events (job_id, id);
     CREATE INDEX events_by_time ON events (at);
     "#,
+    // 4: webhooks and their delivery log. No secret is stored: a webhook's
+    // secret is derived from the cluster secret and its salt.
+    r#"
+    CREATE TABLE webhooks (
+        id               TEXT PRIMARY KEY,
+        spec             TEXT NOT NULL,
+        salt             BLOB NOT NULL,
+        cursor           INTEGER NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        first_attempt_at INTEGER,
+        next_attempt_at  INTEGER,
+        last_error       TEXT,
+        created_at       INTEGER NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id          INTEGER PRIMARY KEY,
+        webhook_id  TEXT NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        message_id  TEXT NOT NULL,
+        event_id    INTEGER,
+        attempt     INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        status      INTEGER,
+        latency_ms  INTEGER NOT NULL,
+        error       TEXT,
+        outcome     TEXT NOT NULL CHECK (outcome IN ('delivered', 'retrying', 'failed'))
+    );
+    CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook_id, id);
+    CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (at);
+    "#,
 ];
 
 /// The schema version this build writes.

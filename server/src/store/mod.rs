@@ -19,6 +19,7 @@ pub(crate) mod nodes;
 pub(crate) mod runs;
 pub(crate) mod tokens;
 pub(crate) mod transition;
+pub(crate) mod webhooks;
 pub(crate) mod writer;
 
 use crate::metrics::Metrics;

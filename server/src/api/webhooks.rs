@@ -1,0 +1,178 @@
+//! Webhook endpoints (admin scope): `POST /v1/webhooks` (the secret is in
+//! this answer only), `GET /v1/webhooks`, `GET|DELETE /v1/webhooks/{id}`,
+//! `GET /v1/webhooks/{id}/deliveries` and `POST /v1/webhooks/{id}/test`.
+//! Delivery itself is [`crate::webhooks`].
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{Admin, JsonBody};
+use super::jobs::page_limit;
+use super::{parse_cursor, parse_query, AppState};
+use crate::store::webhooks;
+use crate::store::StoreError;
+use crate::validate;
+use crate::webhooks::check_url;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use rand::RngCore;
+use serde::Deserialize;
+use sundial_proto::event::TypePattern;
+use sundial_proto::time::now_ms;
+use sundial_proto::webhook::{Delivery, Webhook, WebhookSpec};
+use sundial_proto::List;
+
+/// Longest receiver URL accepted.
+const MAX_URL: usize = 2048;
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("webhook {id:?} not found"))
+}
+
+async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
+    if spec.url.len() > MAX_URL {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "url",
+            format!("url is longer than {MAX_URL} bytes"),
+        ));
+    }
+    check_url(&spec.url, app.deliverer.settings().deny_private)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_value", "url", e.to_string()))?;
+    if spec.events.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "events",
+            "name at least one event type (\"run.failed\", \"job.*\", \"*\")",
+        ));
+    }
+    for t in &spec.events {
+        t.parse::<TypePattern>()
+            .map_err(|m| ApiError::bad_request("invalid_value", "events", m))?;
+    }
+    for id in &spec.jobs.ids {
+        validate::job_id(id).map_err(|mut e| {
+            e.field = "jobs.ids".into();
+            e
+        })?;
+    }
+    if spec.description.len() > 4096 {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "description",
+            "description is longer than 4096 bytes",
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(app): State<AppState>,
+    _: Admin,
+    JsonBody(spec): JsonBody<WebhookSpec>,
+) -> ApiResult<(StatusCode, Json<Webhook>)> {
+    validate_spec(&app, &spec).await?;
+    let mut raw = [0u8; 8];
+    rand::rng().fill_bytes(&mut raw);
+    let id = format!("wh_{}", hex::encode(raw));
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let key = id.clone();
+    let stored = app
+        .store
+        .write(move |c| webhooks::insert(c, &key, &spec, &salt, now_ms()))
+        .await?;
+    let mut webhook = stored.webhook;
+    // Shown once: only the salt is stored, the secret is derived.
+    webhook.secret = Some(app.deliverer.secret_of(&id, &stored.salt));
+    tracing::info!(webhook = %id, url = %webhook.spec.url, "webhook created");
+    Ok((StatusCode::CREATED, Json(webhook)))
+}
+
+pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<Webhook>>> {
+    let items = app
+        .store
+        .read(webhooks::list)
+        .await?
+        .into_iter()
+        .map(|s| s.webhook)
+        .collect();
+    Ok(Json(List {
+        items,
+        next_cursor: None,
+    }))
+}
+
+pub async fn get(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Webhook>> {
+    let key = id.clone();
+    match app.store.read(move |c| webhooks::get(c, &key)).await? {
+        Some(s) => Ok(Json(s.webhook)),
+        None => Err(not_found(&id)),
+    }
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let key = id.clone();
+    if app.store.write(move |c| webhooks::delete(c, &key)).await? {
+        tracing::info!(webhook = %id, "webhook deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found(&id))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn deliveries(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<List<Delivery>>> {
+    let q: DeliveryQuery = parse_query(query.as_deref())?;
+    let limit = page_limit(q.limit)?;
+    let cursor = parse_cursor(q.cursor.as_deref())?;
+    let key = id.clone();
+    let (items, next) = app
+        .store
+        .read(move |c| {
+            if webhooks::get(c, &key)?.is_none() {
+                return Err(StoreError::NotFound {
+                    kind: "webhook",
+                    id: key,
+                });
+            }
+            webhooks::deliveries(c, &key, cursor, limit)
+        })
+        .await?;
+    Ok(Json(List {
+        items,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// Sends a `webhook.test` message now; answers with the attempt.
+pub async fn test(
+    State(app): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Delivery>> {
+    let key = id.clone();
+    let Some(hook) = app.store.read(move |c| webhooks::get(c, &key)).await? else {
+        return Err(not_found(&id));
+    };
+    Ok(Json(app.deliverer.send_test(&hook).await?))
+}

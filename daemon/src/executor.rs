@@ -175,6 +175,10 @@ async fn run_process(
         .env("SUNDIAL_SCHEDULED_FOR", format_ms(a.scheduled_for))
         .env("SUNDIAL_ATTEMPT", a.attempt.to_string())
         .env("SUNDIAL_NODE_ID", &limits.node_id)
+        .envs(
+            a.upstream_run_id
+                .map(|id| ("SUNDIAL_UPSTREAM_RUN_ID", id.to_string())),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -354,6 +358,7 @@ mod tests {
             executor,
             timeout_ms,
             lease_ms: 30_000,
+            upstream_run_id: Some(41),
         }
     }
 
@@ -375,12 +380,12 @@ mod tests {
 
     #[tokio::test]
     async fn exec_sets_env_and_captures_output() {
-        let a = assignment(shell("echo \"$SUNDIAL_JOB_ID $SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT $SUNDIAL_SCHEDULED_FOR $SUNDIAL_NODE_ID\"; echo err >&2; exit 3"), None);
+        let a = assignment(shell("echo \"$SUNDIAL_JOB_ID $SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT $SUNDIAL_SCHEDULED_FOR $SUNDIAL_NODE_ID $SUNDIAL_UPSTREAM_RUN_ID\"; echo err >&2; exit 3"), None);
         let f = execute(&a, &limits(4096), &Stop::default(), &reqwest::Client::new()).await;
         assert_eq!(f.outcome, Outcome::Failed);
         assert_eq!(f.exit_code, Some(3));
         assert!(f.output.contains("job-x 7 2 2026-09-21T"), "{}", f.output);
-        assert!(f.output.contains(" node-t"), "{}", f.output);
+        assert!(f.output.contains(" node-t 41\n"), "{}", f.output);
         assert!(f.output.contains("err"));
         let ok = execute(
             &assignment(

@@ -62,6 +62,10 @@ pub struct Assignment {
     pub timeout_ms: Option<u64>,
     /// Heartbeat at least this often (ms) or the lease expires.
     pub lease_ms: u64,
+    /// The upstream run that started this one (job chains): the job sees it
+    /// as `SUNDIAL_UPSTREAM_RUN_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_run_id: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -37,6 +37,25 @@ pub struct JobSpec {
     pub enabled: bool,
     #[serde(default)]
     pub description: String,
+    /// Job chains: run this job when a slot of each listed upstream job ends
+    /// in one of the listed states (one run per upstream slot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<After>,
+}
+
+/// One upstream of a chained job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct After {
+    /// The upstream job's id.
+    pub job: String,
+    /// The end states that trigger a run [default: succeeded].
+    #[serde(default = "default_after_on")]
+    pub on: Vec<crate::RunState>,
+}
+
+fn default_after_on() -> Vec<crate::RunState> {
+    vec![crate::RunState::Succeeded]
 }
 
 fn default_timezone() -> String {

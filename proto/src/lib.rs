@@ -19,7 +19,7 @@ pub mod webhook;
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{
-    Concurrency, Executor, ExecutorKind, History, Job, JobCounters, JobSpec, Misfire,
+    After, Concurrency, Executor, ExecutorKind, History, Job, JobCounters, JobSpec, Misfire,
     MisfirePolicy, Retries, Target,
 };
 pub use run::{List, Run, RunState, Trigger};

@@ -81,16 +81,24 @@ pub enum Trigger {
     CatchUp,
     /// `POST /v1/jobs/{id}/trigger`.
     Manual,
+    /// A slot of an upstream job ended (the job's `after`).
+    Chain,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 3] = [Trigger::Schedule, Trigger::CatchUp, Trigger::Manual];
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Schedule,
+        Trigger::CatchUp,
+        Trigger::Manual,
+        Trigger::Chain,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::CatchUp => "catch_up",
             Trigger::Manual => "manual",
+            Trigger::Chain => "chain",
         }
     }
 }
@@ -127,6 +135,9 @@ pub struct Run {
     /// The node the run targets or ran on; null when not yet assigned.
     pub node: Option<String>,
     pub trigger: Trigger,
+    /// The upstream run that started this one (trigger `chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_run_id: Option<i64>,
     pub attempt: u32,
     pub state: RunState,
     #[serde(with = "crate::time::rfc3339")]

@@ -46,6 +46,41 @@ impl NodeInfo {
     }
 }
 
+impl From<nodes::Node> for NodeInfo {
+    fn from(n: nodes::Node) -> NodeInfo {
+        NodeInfo {
+            id: n.id,
+            generation: n.generation,
+            revoked: n.revoked,
+            labels: n.labels,
+            executors: n.executors,
+            capacity: n.capacity,
+            last_seen: n.last_seen.unwrap_or(0),
+        }
+    }
+}
+
+/// The nodes a broadcast slot is created for: live, not revoked, offering
+/// the executor and matching the target; sorted by id.
+pub fn broadcast_targets<'a>(
+    nodes: impl Iterator<Item = &'a NodeInfo>,
+    target: &Target,
+    kind: ExecutorKind,
+    now: i64,
+) -> Vec<String> {
+    let mut ids: Vec<String> = nodes
+        .filter(|n| {
+            !n.revoked
+                && now - n.last_seen <= LIVE_WINDOW_MS
+                && n.executors.contains(&kind)
+                && n.matches(target)
+        })
+        .map(|n| n.id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[derive(Default)]
 pub struct Registry {
     nodes: RwLock<HashMap<String, Arc<NodeInfo>>>,
@@ -59,18 +94,7 @@ impl Registry {
         let all = store.read(nodes::list).await?;
         let map: HashMap<String, Arc<NodeInfo>> = all
             .into_iter()
-            .map(|n| {
-                let info = NodeInfo {
-                    id: n.id.clone(),
-                    generation: n.generation,
-                    revoked: n.revoked,
-                    labels: n.labels,
-                    executors: n.executors,
-                    capacity: n.capacity,
-                    last_seen: n.last_seen.unwrap_or(0),
-                };
-                (n.id, Arc::new(info))
-            })
+            .map(|n| (n.id.clone(), Arc::new(NodeInfo::from(n))))
             .collect();
         if let Ok(mut m) = self.nodes.write() {
             *m = map;
@@ -131,20 +155,9 @@ impl Registry {
 
     /// Live, non-revoked nodes matching a broadcast target.
     pub fn broadcast_targets(&self, target: &Target, kind: ExecutorKind, now: i64) -> Vec<String> {
-        let Ok(m) = self.nodes.read() else {
-            return Vec::new();
-        };
-        let mut ids: Vec<String> = m
-            .values()
-            .filter(|n| {
-                !n.revoked
-                    && now - n.last_seen <= LIVE_WINDOW_MS
-                    && n.executors.contains(&kind)
-                    && n.matches(target)
-            })
-            .map(|n| n.id.clone())
-            .collect();
-        ids.sort();
-        ids
+        match self.nodes.read() {
+            Ok(m) => broadcast_targets(m.values().map(|n| &**n), target, kind, now),
+            Err(_) => Vec::new(),
+        }
     }
 }

@@ -186,14 +186,12 @@ pub async fn complete(
         .map_err(|e| run_call_error(e, id))?;
     let status = match result {
         Completion::Recorded { requeue, state } => {
-            tracing::debug!(run = id, %state, retried = requeue.is_some(), "result recorded");
+            tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
             app.metrics
                 .runs_completed
                 .with_label_values(&[&outcome])
                 .inc();
-            if let Some(q) = requeue {
-                app.dispatcher.enqueue(vec![q]);
-            }
+            app.dispatcher.enqueue(requeue);
             "recorded"
         }
         Completion::Duplicate => "duplicate",

@@ -71,6 +71,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Invalid { field, message } => {
+                ApiError::bad_request("invalid_value", &field, message)
+            }
             StoreError::NotPrimary | StoreError::Fenced => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_primary",

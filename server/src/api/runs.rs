@@ -89,9 +89,10 @@ pub async fn cancel(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
-    let run = app
+    let (run, chained) = app
         .store
         .write(move |c| lifecycle::cancel(c, id, now_ms()))
         .await?;
+    app.dispatcher.enqueue(chained);
     Ok(Json(run))
 }

@@ -175,6 +175,11 @@ pub fn upsert(
         Upserted::Unchanged => None,
     };
     if let Some(kind) = kind {
+        let pk = pk_of(conn, id)?.ok_or_else(|| StoreError::NotFound {
+            kind: "job",
+            id: id.to_string(),
+        })?;
+        super::chains::set_edges(conn, pk, id, &spec.after)?;
         events::append(
             conn,
             now,

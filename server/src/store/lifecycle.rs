@@ -13,7 +13,7 @@
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
 use super::transition::{self, Event, RetryAt, Step};
-use super::{events, runs, StoreError};
+use super::{chains, events, runs, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest};
@@ -90,14 +90,84 @@ pub fn create_slots(
     now: i64,
     fired: &mut Fired,
 ) -> Result<usize, StoreError> {
+    insert_slots(conn, job, trigger, at, nodes, None, now, fired)
+}
+
+/// Whether a chained slot was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainSlot {
+    Created,
+    /// This upstream slot already has its run (a repeat: nothing to do).
+    Exists,
+    /// The instant is taken by another chained slot of the job: try the next.
+    Collides,
+}
+
+/// The slot a chain creates for `job` after the upstream slot whose first
+/// run is `upstream_run` (one per upstream slot, by a UNIQUE index).
+pub fn create_chain_slots(
+    conn: &Connection,
+    job: &SlotJob,
+    at: i64,
+    nodes: &[String],
+    upstream_run: i64,
+    now: i64,
+    fired: &mut Fired,
+) -> Result<ChainSlot, StoreError> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND upstream_run = ?2)")?
+        .query_row(params![job.pk, upstream_run], |r| r.get(0))?;
+    if exists {
+        return Ok(ChainSlot::Exists);
+    }
+    let taken: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND trigger = 'chain' AND scheduled_for = ?2)",
+        )?
+        .query_row(params![job.pk, at], |r| r.get(0))?;
+    if taken {
+        return Ok(ChainSlot::Collides);
+    }
+    insert_slots(
+        conn,
+        job,
+        Trigger::Chain,
+        at,
+        nodes,
+        Some(upstream_run),
+        now,
+        fired,
+    )?;
+    Ok(ChainSlot::Created)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_slots(
+    conn: &Connection,
+    job: &SlotJob,
+    trigger: Trigger,
+    at: i64,
+    nodes: &[String],
+    upstream_run: Option<i64>,
+    now: i64,
+    fired: &mut Fired,
+) -> Result<usize, StoreError> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at)
-         VALUES (?1, ?2, ?3, ?4, 'pending', ?5)
+        "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at, upstream_run)
+         VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)
          ON CONFLICT (job, trigger, scheduled_for, node) DO NOTHING",
     )?;
     let mut created = 0;
     for node in nodes {
-        if insert.execute(params![job.pk, trigger.as_str(), at, node, now])? == 0 {
+        if insert.execute(params![
+            job.pk,
+            trigger.as_str(),
+            at,
+            node,
+            now,
+            upstream_run
+        ])? == 0
+        {
             continue;
         }
         let run_id = conn.last_insert_rowid();
@@ -296,7 +366,9 @@ fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), Store
     Ok(())
 }
 
-/// Moves a run to a terminal state and its job's counters with it.
+/// Moves a run to a terminal state and its job's counters with it, writes
+/// its event, and starts the jobs chained to its slot (returned for the
+/// dispatch queue).
 fn finish(
     conn: &Connection,
     run_id: i64,
@@ -304,7 +376,7 @@ fn finish(
     state: RunState,
     at: i64,
     error: Option<&str>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Queued>, StoreError> {
     debug_assert!(state.is_terminal());
     conn.prepare_cached(
         "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error),
@@ -319,7 +391,8 @@ fn finish(
          WHERE pk = ?5",
     )?
     .execute(params![succeeded, failed, run_id, state.as_str(), job_pk])?;
-    events::append_run(conn, at, events::for_state(state), run_id)
+    events::append_run(conn, at, events::for_state(state), run_id)?;
+    chains::fire(conn, run_id, at)
 }
 
 /// Puts a run back in the queue as its next attempt.
@@ -344,7 +417,8 @@ fn retry(
 #[derive(Debug, Default)]
 pub struct Assigned {
     pub runs: Vec<Assignment>,
-    /// Runs that must wait (e.g. a retry under `forbid` while another attempt runs).
+    /// Runs to queue again or anew: a retry under `forbid` waiting for the
+    /// active attempt, and runs chained to a skipped slot.
     pub later: Vec<Queued>,
     /// Runs recorded as `skipped` by `forbid`.
     pub skipped: usize,
@@ -360,14 +434,16 @@ pub fn assign(
 ) -> Result<Assigned, StoreError> {
     let mut out = Assigned::default();
     for mut c in candidates {
-        let row: Option<(String, u32, i64, String)> = conn
+        let row: Option<(String, u32, i64, String, Option<i64>)> = conn
             .prepare_cached(
-                "SELECT r.state, r.attempt, r.scheduled_for, j.id FROM runs r JOIN jobs j ON j.pk = r.job
-                 WHERE r.id = ?1",
+                "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run
+                 FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
             )?
-            .query_row([c.run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row([c.run_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?;
-        let Some((state, attempt, scheduled_for, job_id)) = row else {
+        let Some((state, attempt, scheduled_for, job_id, upstream_run_id)) = row else {
             continue; // deleted with its job
         };
         let state = parse_state(c.run_id, &state)?;
@@ -394,7 +470,7 @@ pub fn assign(
                 .execute([c.job_pk])?;
             }
             Step::Skip => {
-                finish(
+                let chained = finish(
                     conn,
                     c.run_id,
                     c.job_pk,
@@ -402,6 +478,7 @@ pub fn assign(
                     now,
                     Some("skipped: concurrency is forbid and a previous run is still active"),
                 )?;
+                out.later.extend(chained);
                 out.skipped += 1;
                 continue;
             }
@@ -428,6 +505,7 @@ pub fn assign(
             executor: spec.executor,
             timeout_ms: spec.timeout.map(|t| t.as_millis()),
             lease_ms: lease_ms as u64,
+            upstream_run_id,
         });
     }
     Ok(out)
@@ -467,9 +545,10 @@ pub fn heartbeat(
 /// How a completion was taken.
 #[derive(Debug, Clone)]
 pub enum Completion {
-    /// Recorded; `requeue` holds the retry if one was scheduled.
+    /// Recorded; `requeue` holds what to queue: the retry, or the runs
+    /// chained to the slot that ended.
     Recorded {
-        requeue: Option<Queued>,
+        requeue: Vec<Queued>,
         state: RunState,
     },
     /// The same result arrived before (a retried delivery).
@@ -526,14 +605,14 @@ pub fn complete(
             };
             let requeue = retry(conn, run_id, node, now, now + delay)?;
             Ok(Ok(Completion::Recorded {
-                requeue,
+                requeue: requeue.into_iter().collect(),
                 state: RunState::Pending,
             }))
         }
         Step::Finish(state) => {
-            finish(conn, run_id, row.job_pk, state, req.finished_at, None)?;
+            let chained = finish(conn, run_id, row.job_pk, state, req.finished_at, None)?;
             Ok(Ok(Completion::Recorded {
-                requeue: None,
+                requeue: chained,
                 state,
             }))
         }
@@ -570,7 +649,9 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
                 let at = now + backoff_ms(&spec, attempt + 1);
                 requeue.extend(retry(conn, *run_id, &node, now, at)?);
             }
-            Step::Finish(state) => finish(conn, *run_id, *job_pk, state, now, Some(&msg))?,
+            Step::Finish(state) => {
+                requeue.extend(finish(conn, *run_id, *job_pk, state, now, Some(&msg))?)
+            }
             other => unreachable!("lease expiry of a running run: {other:?}"),
         }
     }
@@ -588,16 +669,22 @@ pub fn renew_all_leases(conn: &Connection, now: i64, lease_ms: i64) -> Result<us
 
 /// Operator cancel: a pending run ends at once; a running one is flagged and
 /// the node is told in its next heartbeat reply; a finished one is a conflict.
-pub fn cancel(conn: &Connection, run_id: i64, now: i64) -> Result<sundial_proto::Run, StoreError> {
+/// Returns the run and the runs chained to its slot (to queue).
+pub fn cancel(
+    conn: &Connection,
+    run_id: i64,
+    now: i64,
+) -> Result<(sundial_proto::Run, Vec<Queued>), StoreError> {
     let not_found = || StoreError::NotFound {
         kind: "run",
         id: run_id.to_string(),
     };
     let row = run_row(conn, run_id)?.ok_or_else(not_found)?;
-    match transition::next(row.state, Event::Cancel) {
+    let chained = match transition::next(row.state, Event::Cancel) {
         Step::RequestCancel => {
             conn.prepare_cached("UPDATE runs SET cancel_requested = 1 WHERE id = ?1")?
                 .execute([run_id])?;
+            Vec::new()
         }
         Step::Finish(state) => finish(
             conn,
@@ -613,8 +700,8 @@ pub fn cancel(conn: &Connection, run_id: i64, now: i64) -> Result<sundial_proto:
             )))
         }
         other => unreachable!("cancel: {other:?}"),
-    }
-    runs::get(conn, run_id)?.ok_or_else(not_found)
+    };
+    Ok((runs::get(conn, run_id)?.ok_or_else(not_found)?, chained))
 }
 
 #[cfg(test)]
@@ -695,13 +782,10 @@ mod tests {
                 );
                 // …and a hand-back of it ends it as cancelled, not requeued.
                 let r = complete(c, "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
-                assert!(matches!(
-                    r,
-                    Ok(Completion::Recorded {
-                        requeue: None,
-                        state: RunState::Cancelled
-                    })
-                ));
+                assert!(
+                    matches!(&r, Ok(Completion::Recorded { requeue, state: RunState::Cancelled }) if requeue.is_empty()),
+                    "{r:?}"
+                );
                 Ok(())
             })
             .await
@@ -719,12 +803,13 @@ mod tests {
                 assign(c, "n1", vec![q.clone()], 1_000, 30_000)?;
                 let r = complete(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
                 let Ok(Completion::Recorded {
-                    requeue: Some(again),
+                    requeue: mut again,
                     state: RunState::Pending,
                 }) = r
                 else {
                     panic!("{r:?}");
                 };
+                let again = again.pop().unwrap();
                 // No backoff (not a failure), even with no retries left.
                 assert_eq!(again.ready_at, 5_000);
                 assert_eq!(state(c, q.run_id), (RunState::Pending, 2, false));

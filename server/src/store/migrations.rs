@@ -93,15 +93,16 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     "#,
-    // 2: runs.state is one of the run states (CHECK, like trigger). SQLite
-    // cannot add a CHECK to a column, so the table is rebuilt; a row with
-    // any other state fails the migration (nothing is changed) rather than
-    // being carried over.
+    // 2: runs.state is one of the run states (CHECK, like trigger); trigger
+    // may be 'chain', with the upstream run that started it (one chained run
+    // per upstream slot: UNIQUE). SQLite cannot add a CHECK to a column, so
+    // the table is rebuilt; a row with any other state fails the migration
+    // (nothing is changed) rather than being carried over.
     r#"
     CREATE TABLE runs_v2 (
         id             INTEGER PRIMARY KEY,
         job            INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
-        trigger        TEXT NOT NULL CHECK (trigger IN ('schedule', 'catch_up', 'manual')),
+        trigger        TEXT NOT NULL CHECK (trigger IN ('schedule', 'catch_up', 'manual', 'chain')),
         scheduled_for  INTEGER NOT NULL,
         node           TEXT NOT NULL DEFAULT '',
         attempt        INTEGER NOT NULL DEFAULT 1,
@@ -119,14 +120,22 @@ const MIGRATIONS: &[&str] = &[
         lease_expires_at INTEGER,
         not_before     INTEGER NOT NULL DEFAULT 0,
         cancel_requested INTEGER NOT NULL DEFAULT 0,
+        upstream_run   INTEGER,
         UNIQUE (job, trigger, scheduled_for, node)
     );
-    INSERT INTO runs_v2 SELECT * FROM runs;
+    INSERT INTO runs_v2 (id, job, trigger, scheduled_for, node, attempt, state, created_at,
+        started_at, finished_at, exit_code, output, truncated, error, assigned_node, last_node,
+        lease_expires_at, not_before, cancel_requested)
+    SELECT id, job, trigger, scheduled_for, node, attempt, state, created_at,
+        started_at, finished_at, exit_code, output, truncated, error, assigned_node, last_node,
+        lease_expires_at, not_before, cancel_requested FROM runs;
     DROP TABLE runs;
     ALTER TABLE runs_v2 RENAME TO runs;
     CREATE INDEX runs_by_job ON runs (job, id);
     CREATE INDEX runs_by_state ON runs (state, id);
     CREATE INDEX runs_active_by_job ON runs (job) WHERE state = 'running';
+    CREATE UNIQUE INDEX runs_by_upstream ON runs (job, upstream_run, node)
+        WHERE upstream_run IS NOT NULL;
     "#,
     // 3: the event outbox. AUTOINCREMENT: ids never go back, even after
     // pruning, because they are every reader's cursor.
@@ -171,6 +180,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX webhook_deliveries_by_hook ON webhook_deliveries (webhook_id, id);
     CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (at);
+    "#,
+    // 5: job chains: which job runs after which (by upstream id, so an
+    // upstream deleted and created again keeps its followers).
+    r#"
+    CREATE TABLE job_after (
+        downstream  INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        upstream    TEXT NOT NULL,
+        states      TEXT NOT NULL,
+        PRIMARY KEY (upstream, downstream)
+    );
+    CREATE INDEX job_after_by_downstream ON job_after (downstream);
     "#,
 ];
 

@@ -10,6 +10,7 @@
 //! `&Connection` so the same code serves reads (pool) and writes (inside a
 //! [`writer`] batch).
 
+pub(crate) mod chains;
 pub(crate) mod events;
 pub mod jobs;
 pub(crate) mod keys;
@@ -50,6 +51,10 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// Input the store refuses (it needs the database to tell: an unknown
+    /// upstream job, a cycle); `field` names the input.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("commit failed: {0}")]

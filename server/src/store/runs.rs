@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use sundial_proto::{Run, RunState, Trigger};
 
 const RUN_COLUMNS: &str = "r.id, j.id, r.scheduled_for, coalesce(r.assigned_node, r.node), r.trigger, r.attempt, r.state, \
-     r.created_at, r.started_at, r.finished_at, r.exit_code, r.output, r.truncated, r.error";
+     r.created_at, r.started_at, r.finished_at, r.exit_code, r.output, r.truncated, r.error, r.upstream_run";
 
 /// A text column that must parse into `T`; an error names the run.
 fn typed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
@@ -31,6 +31,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
         scheduled_for: row.get(2)?,
         node: (!node.is_empty()).then_some(node),
         trigger: typed::<Trigger>(row, 4)?,
+        upstream_run_id: row.get(14)?,
         attempt: row.get(5)?,
         state,
         created_at: row.get(7)?,

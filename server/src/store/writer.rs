@@ -242,10 +242,12 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
             }
         }
         if !batch.is_empty() {
-            let failed = apply(&conn, &mut batch, &mut replies, &metrics, &term);
-            if let Some(busy @ Failure::Transient(Transient::Busy, _)) = failed {
+            let outcome = apply(&conn, &mut batch, &mut replies, &metrics, &term);
+            if let Err(busy @ Failure::Transient(Transient::Busy, _)) = &outcome {
                 // What queued while this batch waited out the busy timeout
-                // is answered now ("retry"), not after another full timeout.
+                // is answered now ("retry"), not after another full timeout —
+                // before this batch's callers hear back, so nothing they send
+                // next is caught by it.
                 while let Ok(msg) = receiver.try_recv() {
                     match msg {
                         Msg::Op(op) => op.refuse(busy.error()),
@@ -253,6 +255,7 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
                     }
                 }
             }
+            answer(&mut replies, &outcome);
         }
         if shutdown.is_some() {
             // Drain stragglers queued behind the shutdown request.
@@ -260,7 +263,8 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
                 batch.push_back(op);
             }
             if !batch.is_empty() {
-                apply(&conn, &mut batch, &mut replies, &metrics, &term);
+                let outcome = apply(&conn, &mut batch, &mut replies, &metrics, &term);
+                answer(&mut replies, &outcome);
             }
             break;
         }
@@ -282,15 +286,23 @@ fn current_epoch(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))
 }
 
-/// Applies one batch in one transaction and answers every caller in it;
-/// returns why it failed, if it did.
+/// Sends every reply of a batch its fate.
+fn answer(replies: &mut Vec<Reply>, outcome: &Result<(), Failure>) {
+    for reply in replies.drain(..) {
+        reply(outcome.as_ref().map(|_| ()));
+    }
+}
+
+/// Applies one batch in one transaction; operations it never reached are
+/// refused at once, the replies of those it ran wait in `replies` for
+/// [`answer`].
 fn apply(
     conn: &Connection,
     batch: &mut VecDeque<Op>,
     replies: &mut Vec<Reply>,
     metrics: &Metrics,
     term: &Term,
-) -> Option<Failure> {
+) -> Result<(), Failure> {
     let started = Instant::now();
     let size = batch.len();
     let outcome = run_batch(conn, batch, replies, term);
@@ -314,10 +326,7 @@ fn apply(
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
-    for reply in replies.drain(..) {
-        reply(outcome.as_ref().map(|_| ()));
-    }
-    outcome.err()
+    outcome
 }
 
 /// BEGIN, fence check, the operations, COMMIT. On error the transaction is

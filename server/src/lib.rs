@@ -6,6 +6,7 @@
 //! - [`scheduler`]: turns due fires into run slots
 //! - [`api`]: the HTTP API; [`auth`]: API keys; [`validate`]: input checks
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
+//! - [`ui`]: the web console under `/ui/`
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
 pub mod api;
@@ -23,4 +24,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod ui;
 pub mod validate;

@@ -114,7 +114,7 @@ pub fn duration_bars(runs_newest_first: &[Run]) -> (Vec<Bar>, String) {
         .iter()
         .enumerate()
         .map(|(i, (r, d))| {
-            let h = ((*d as f64 / max as f64) * f64::from(CHART_H - 30)).round() as u32;
+            let h = ((*d as f64 / max as f64) * f64::from(CHART_H - 40)).round() as u32;
             let h = h.max(1);
             Bar {
                 run_id: r.id,
@@ -190,7 +190,7 @@ mod tests {
         let (bars, scale) = duration_bars(&[run(2, 2000), run(1, 1000)]);
         assert_eq!(scale, "2.0 s");
         assert_eq!(bars[0].run_id, 1);
-        assert_eq!(bars[1].h, CHART_H - 30);
-        assert_eq!(bars[0].h, (CHART_H - 30) / 2);
+        assert_eq!(bars[1].h, CHART_H - 40);
+        assert_eq!(bars[0].h, (CHART_H - 40) / 2);
     }
 }

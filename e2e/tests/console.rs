@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 use sundial_e2e::webdriver::{Browser, Chromedriver};
-use sundial_e2e::{skip_without, wait_for, DaemonProc, ServerProc, ADMIN_KEY};
+use sundial_e2e::{skip_without, wait_for, DaemonProc, LitefsDouble, ServerProc, ADMIN_KEY};
 
 const XSS: &str = "<script>alert(1)</script>";
 
@@ -41,7 +41,7 @@ fn sign_in(b: &Browser, base: &str, key: &str) -> Result<()> {
 /// Clicks an action link, then the confirmation page's button.
 fn confirm_action(b: &Browser, link: &str) -> Result<()> {
     b.click(&b.must(link)?)?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#confirm")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#confirm"))?;
     b.click(&b.must("#confirm")?)?;
     Ok(())
 }
@@ -113,14 +113,14 @@ fn run() -> Result<()> {
 
     // A wrong key: a clear error, still on the sign-in page.
     sign_in(&b, &base, "sdk_not-a-real-key")?;
-    let err = b.wait(Duration::from_secs(10), |b| Ok(b.find("#login-error")?))?;
+    let err = b.wait(Duration::from_secs(10), |b| b.find("#login-error"))?;
     let text = b.text(&err)?;
     assert!(text.contains("not valid"), "error text: {text}");
     b.screenshot(&shots.join("login-error.png"))?;
 
     // The admin key: the overview.
     sign_in(&b, &base, ADMIN_KEY)?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#role")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#role"))?;
     assert_eq!(b.text(&b.must("#role")?)?, "primary");
     assert!(
         b.source()?.contains("1 ready"),
@@ -149,7 +149,7 @@ fn run() -> Result<()> {
     // Trigger: confirmation, then the run page follows the run to its end
     // without a reload (a marker set on the page must survive).
     confirm_action(&b, "#trigger")?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#run-live")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#run-live"))?;
     let run_url = b.current_url()?;
     assert!(run_url.contains("/ui/runs/"), "{run_url}");
     b.execute("window.__sundialMarker = 42; return null;")?;
@@ -189,14 +189,14 @@ fn run() -> Result<()> {
     // Pause and resume, each confirmed; the API agrees.
     b.goto(&format!("{base}/ui/jobs/hello"))?;
     confirm_action(&b, "#pause")?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#resume")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#resume"))?;
     assert_eq!(b.text(&b.must("#job-status")?)?, "paused");
     assert_eq!(
         server.call("GET", "/v1/jobs/hello", None)?.1["paused"],
         true
     );
     confirm_action(&b, "#resume")?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#pause")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#pause"))?;
     assert_eq!(b.text(&b.must("#job-status")?)?, "active");
     assert_eq!(
         server.call("GET", "/v1/jobs/hello", None)?.1["paused"],
@@ -236,7 +236,7 @@ fn run() -> Result<()> {
     b.goto(&format!("{base}/ui/keys"))?;
     b.type_text(&b.must("#tok-name")?, "daemonset")?;
     b.click(&b.must("#create-token")?)?;
-    let secret = b.wait(Duration::from_secs(10), |b| Ok(b.find("#new-secret")?))?;
+    let secret = b.wait(Duration::from_secs(10), |b| b.find("#new-secret"))?;
     assert!(b.text(&secret)?.starts_with("sjt_"));
     b.screenshot(&shots.join("keys.png"))?;
     b.goto(&format!("{base}/ui/keys"))?;
@@ -254,9 +254,9 @@ fn run() -> Result<()> {
     assert_eq!(st, 201, "{created}");
     let read_key = created["key"].as_str().context("key")?.to_string();
     b.click(&b.must("header form[action='/ui/logout'] button")?)?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#key")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#key"))?;
     sign_in(&b, &base, &read_key)?;
-    b.wait(Duration::from_secs(10), |b| Ok(b.find("#role")?))?;
+    b.wait(Duration::from_secs(10), |b| b.find("#role"))?;
     assert!(
         b.find("a[href='/ui/keys']")?.is_none(),
         "read scope sees the keys page link"
@@ -460,5 +460,113 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     assert_eq!(server.all_runs("hello")?.len(), runs_before);
     let (_, job): (u16, Value) = server.call("GET", "/v1/jobs/hello", None)?;
     assert_eq!(job["paused"], false);
+    Ok(())
+}
+
+fn start_ha(
+    shared: &std::path::Path,
+    double: &LitefsDouble,
+    secret: &std::path::Path,
+) -> Result<ServerProc> {
+    ServerProc::start_args(
+        shared,
+        &[
+            "--ha-mode",
+            "litefs",
+            "--litefs-dir",
+            double.dir.to_str().context("path")?,
+            "--litefs-api",
+            &double.api_url(),
+            "--peer-url-template",
+            "http://{hostname}",
+            "--cluster-secret-file",
+            secret.to_str().context("path")?,
+            "--lease",
+            "3s",
+        ],
+    )
+}
+
+fn is_primary(s: &ServerProc) -> bool {
+    s.call("GET", "/v1/ha/primary", None)
+        .map(|(st, _)| st == 200)
+        .unwrap_or(false)
+}
+
+/// Sessions live in the database: a console used through a replica signs in
+/// and acts (its POSTs are forwarded to the primary), and the same session
+/// keeps working on both servers after a failover. Plain HTTP (no browser).
+#[test]
+fn console_through_a_replica_and_across_a_failover() {
+    replica_and_failover().unwrap();
+}
+
+fn replica_and_failover() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let shared = dir.path().join("litefs-mount");
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n")?;
+    let d1 = LitefsDouble::start(&dir.path().join("l1"))?;
+    let d2 = LitefsDouble::start(&dir.path().join("l2"))?;
+    d1.make_primary()?;
+    let s1 = start_ha(&shared, &d1, &secret)?;
+    let host = |s: &ServerProc| format!("127.0.0.1:{}", s.port);
+    d2.make_replica(Some(&host(&s1)))?;
+    let s2 = start_ha(&shared, &d2, &secret)?;
+    assert!(is_primary(&s1) && !is_primary(&s2));
+    let spec = json!({"schedule": "@every 1h", "executor": {"type": "exec", "argv": ["true"]}});
+    assert_eq!(s1.call("PUT", "/v1/jobs/ha-job", Some(&spec))?.0, 201);
+
+    // Through the replica: sign in (forwarded), read, act (forwarded).
+    let mut c = Plain::new(&s2.base)?;
+    assert_eq!(c.login(ADMIN_KEY)?, 303, "sign-in through the replica");
+    let page = c.send("GET", "/ui/jobs", None)?;
+    assert_eq!(page.status(), 200);
+    assert!(page.text()?.contains("ha-job"));
+    let csrf = c.csrf("/ui/jobs/ha-job")?;
+    let st = c
+        .send("POST", "/ui/jobs/ha-job/pause", Some(&[("csrf", &csrf)]))?
+        .status();
+    assert_eq!(st, 303, "pause through the replica");
+    assert_eq!(s1.call("GET", "/v1/jobs/ha-job", None)?.1["paused"], true);
+
+    // Failover: s2 becomes primary, s1 a replica of it.
+    d1.make_replica(Some(&host(&s2)))?;
+    d2.make_primary()?;
+    wait_for(Duration::from_secs(10), || is_primary(&s2).then_some(()))
+        .context("s2 did not become primary")?;
+    wait_for(Duration::from_secs(10), || {
+        let (_, st) = s1.call("GET", "/v1/ha/status", None).ok()?;
+        (st["role"] == "replica" && st["primary_url"] == format!("http://{}", host(&s2)))
+            .then_some(())
+    })
+    .context("s1 did not follow s2")?;
+
+    // The same session works on the new primary and through the new replica.
+    let page = c.send("GET", "/ui/", None)?;
+    assert_eq!(page.status(), 200, "session on the new primary");
+    assert!(page.text()?.contains(">primary<"));
+    let csrf = c.csrf("/ui/jobs/ha-job")?;
+    let st = c
+        .send("POST", "/ui/jobs/ha-job/resume", Some(&[("csrf", &csrf)]))?
+        .status();
+    assert_eq!(st, 303, "resume on the new primary");
+    assert_eq!(s2.call("GET", "/v1/jobs/ha-job", None)?.1["paused"], false);
+    let mut via_s1 = Plain::new(&s1.base)?;
+    via_s1.cookies = c.cookies.clone();
+    assert_eq!(via_s1.send("GET", "/ui/jobs/ha-job", None)?.status(), 200);
+    let st = via_s1
+        .send("POST", "/ui/jobs/ha-job/pause", Some(&[("csrf", &csrf)]))?
+        .status();
+    assert_eq!(st, 303, "pause forwarded by the new replica");
+    assert_eq!(s2.call("GET", "/v1/jobs/ha-job", None)?.1["paused"], true);
+    // Sign-out through the replica ends the session everywhere.
+    assert_eq!(
+        via_s1
+            .send("POST", "/ui/logout", Some(&[("csrf", &csrf)]))?
+            .status(),
+        303
+    );
+    assert_eq!(c.send("GET", "/ui/", None)?.status(), 303);
     Ok(())
 }

@@ -25,6 +25,8 @@ impl Forwarder {
         Ok(Forwarder {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
+                // A proxy passes redirects back (the console answers POSTs with 303).
+                .redirect(reqwest::redirect::Policy::none())
                 // Long-polls wait up to 60 s on the primary.
                 .timeout(Duration::from_secs(90))
                 .build()?,

@@ -30,6 +30,15 @@ fn shots_dir() -> PathBuf {
     dir
 }
 
+/// The run page's live state, read in one step (htmx replaces the element
+/// every second, so a held element reference goes stale).
+fn run_state(b: &Browser) -> Result<String> {
+    let v = b.execute(
+        "var e = document.getElementById('run-live'); return e ? e.getAttribute('data-state') : '';",
+    )?;
+    Ok(v.as_str().unwrap_or_default().to_string())
+}
+
 fn sign_in(b: &Browser, base: &str, key: &str) -> Result<()> {
     b.goto(&format!("{base}/ui/login"))?;
     let field = b.must("#key")?;
@@ -153,29 +162,29 @@ fn run() -> Result<()> {
     let run_url = b.current_url()?;
     assert!(run_url.contains("/ui/runs/"), "{run_url}");
     b.execute("window.__sundialMarker = 42; return null;")?;
-    let first = b
-        .attr(&b.must("#run-live")?, "data-state")?
-        .unwrap_or_default();
+    let first = run_state(&b)?;
     assert!(
         first == "pending" || first == "running",
         "state on arrival: {first}"
     );
     // Catch it running (the script sleeps 2 s) for the screenshot.
     let saw_running = b.wait(Duration::from_secs(10), |b| {
-        let s = b
-            .attr(&b.must("#run-live")?, "data-state")?
-            .unwrap_or_default();
+        let s = run_state(b)?;
         Ok((s != "pending").then_some(s))
     })?;
     if saw_running == "running" {
         b.screenshot(&shots.join("run-running.png"))?;
     }
     b.wait(Duration::from_secs(30), |b| {
-        let s = b
-            .attr(&b.must("#run-live")?, "data-state")?
-            .unwrap_or_default();
-        Ok((s == "succeeded").then_some(()))
+        Ok((run_state(b)? == "succeeded").then_some(()))
     })?;
+    // Finished: the fragment no longer asks to be polled.
+    let live = b.must("#run-live")?;
+    assert_eq!(
+        b.attr(&live, "hx-trigger")?,
+        None,
+        "still polling a finished run"
+    );
     assert_eq!(
         b.execute("return window.__sundialMarker;")?,
         json!(42),

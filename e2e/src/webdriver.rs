@@ -42,13 +42,15 @@ pub struct Chromedriver {
 
 impl Chromedriver {
     /// Starts chromedriver on a free loopback port and waits until it is ready.
-    pub fn start(log: &Path) -> Result<Chromedriver> {
+    /// The browser it starts runs in time zone `tz` (IANA name, via `TZ`).
+    pub fn start(log: &Path, tz: &str) -> Result<Chromedriver> {
         let exe = which("chromedriver").context("chromedriver is not on PATH")?;
         let port = free_port()?;
         let out = std::fs::File::create(log)?;
         let child = Command::new(exe)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
+            .env("TZ", tz)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -109,7 +109,7 @@ fn run() -> Result<()> {
         assert!(st == 201, "{body}");
     }
 
-    let driver = Chromedriver::start(&dir.path().join("chromedriver.log"))?;
+    let driver = Chromedriver::start(&dir.path().join("chromedriver.log"), "America/New_York")?;
     let b = Browser::open(&driver)?;
 
     // `/` redirects to the console, which asks for a key.
@@ -153,6 +153,18 @@ fn run() -> Result<()> {
     b.goto(&format!("{base}/ui/jobs/hello"))?;
     assert_eq!(b.text(&b.must("#description")?)?, XSS);
     assert_eq!(b.find_all("#fires tbody tr")?.len(), 10);
+    // Times: the viewer's zone (the browser runs in New York), UTC on hover;
+    // the fires table's UTC column stays UTC.
+    let next = b.must("dl.kv time")?;
+    let (shown, hover) = (b.text(&next)?, b.attr(&next, "title")?.unwrap_or_default());
+    assert!(hover.ends_with(" UTC"), "hover text: {hover:?}");
+    assert!(
+        !shown.ends_with("UTC") && shown != hover,
+        "not localized: {shown:?}"
+    );
+    let utc = b.must("#fires time.keep")?;
+    assert!(b.text(&utc)?.ends_with(" UTC"));
+    assert_eq!(b.attr(&utc, "title")?, None);
     assert!(b.alert_text().is_none(), "an alert opened");
 
     // Trigger: confirmation, then the run page follows the run to its end

@@ -114,7 +114,7 @@ pub async fn login(
         None => login_page(
             &app,
             StatusCode::UNAUTHORIZED,
-            "That API key is not valid. Check it (keys start with \"sdk_\") and try again.",
+            "That API key is not valid (unknown or deleted). Check it and try again.",
         ),
         Some((token, s)) => {
             tracing::info!(key = %s.key_id, scope = s.scope.as_str(), "console sign-in");

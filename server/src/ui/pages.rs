@@ -437,6 +437,58 @@ pub async fn nodes(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
 mod tests {
     use super::*;
 
+    fn layout() -> Layout {
+        Layout {
+            nav: "jobs",
+            signed_in: true,
+            key_id: "key_<b>".into(),
+            admin: false,
+            csrf: "t\"ok".into(),
+            role: "primary",
+            v: "0",
+        }
+    }
+
+    #[test]
+    fn job_text_is_escaped() {
+        let xss = "<script>alert(1)</script>";
+        let page = JobsPage {
+            layout: layout(),
+            rows: vec![JobRow {
+                id: "j1".into(),
+                description: xss.into(),
+                schedule: "@every 1h\"><img src=x onerror=alert(1)>".into(),
+                timezone: "UTC".into(),
+                paused: false,
+                enabled: true,
+                last_state: String::new(),
+                last_run: None,
+                next_fire: Some(Ts::new(0)),
+            }],
+            total: 1,
+            query: JobsQuery {
+                q: "\"><script>x</script>".into(),
+                ..Default::default()
+            },
+            states: vec!["failed"],
+            page: 1,
+            pages: 1,
+            prev: None,
+            next: None,
+        };
+        let html = page.render().unwrap();
+        assert!(!html.contains(xss));
+        assert!(!html.contains("<img"));
+        assert!(!html.contains("<script>x"));
+        assert!(!html.contains("key_<b>"));
+        assert!(
+            html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
+            "{html}"
+        );
+        // A read-scope layout renders no admin navigation.
+        assert!(!html.contains("/ui/keys"));
+    }
+
     #[test]
     fn jobs_query_refuses_bad_values() {
         let q = JobsQuery {

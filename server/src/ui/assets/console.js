@@ -1,10 +1,11 @@
 // Sundial console: progressive enhancement only (every page works without it).
 // Shows each server-rendered UTC <time datetime> in the viewer's zone, with the
-// UTC text kept on hover. Loaded as a file: the CSP allows no inline script.
+// UTC text kept on hover (except <time class="keep">, e.g. a UTC column).
+// Loaded as a file: the CSP allows no inline script.
 (function () {
   "use strict";
   function localize(root) {
-    var nodes = root.querySelectorAll("time[datetime]:not([data-local])");
+    var nodes = root.querySelectorAll("time[datetime]:not([data-local]):not(.keep)");
     for (var i = 0; i < nodes.length; i++) {
       var el = nodes[i];
       var d = new Date(el.getAttribute("datetime"));

@@ -118,7 +118,8 @@ impl Browser {
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
-            "goog:chromeOptions": {"binary": binary, "args": args}
+            "goog:chromeOptions": {"binary": binary, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}
         }}});
         let http = client()?;
         let resp: Value = http
@@ -235,6 +236,19 @@ impl Browser {
         self.get("/alert/text")
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
+    }
+
+    /// Browser console messages since the last call (chromedriver's log
+    /// endpoint), e.g. to find Content-Security-Policy violations.
+    pub fn console_log(&self) -> Result<Vec<String>> {
+        let v = self.post("/se/log", json!({"type": "browser"}))?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["message"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// Resizes the browser window (e.g. to a phone's width).

@@ -266,6 +266,31 @@ fn run() -> Result<()> {
         "the secret was shown twice"
     );
 
+    // Delete a job (confirmed): gone from the list and from the API.
+    b.goto(&format!("{base}/ui/jobs/cleanup"))?;
+    confirm_action(&b, "#delete")?;
+    b.wait(Duration::from_secs(10), |b| b.find("table#jobs"))?;
+    assert!(b.find("a[href='/ui/jobs/cleanup']")?.is_none());
+    assert_eq!(server.call("GET", "/v1/jobs/cleanup", None)?.0, 404);
+
+    // No CSP violation (or other refusal) in the browser console so far.
+    let errors: Vec<String> = b
+        .console_log()?
+        .into_iter()
+        .filter(|m| m.contains("Content Security Policy") || m.contains("Refused"))
+        .collect();
+    assert!(errors.is_empty(), "browser console: {errors:#?}");
+
+    // Revoke the node (confirmed); the runs above are long done.
+    b.goto(&format!("{base}/ui/nodes"))?;
+    confirm_action(&b, "a[href='/ui/nodes/worker-1/confirm']")?;
+    b.wait(Duration::from_secs(10), |b| b.find("table#nodes"))?;
+    assert!(b.source()?.contains(">revoked<"));
+    assert_eq!(
+        server.call("GET", "/v1/nodes/worker-1", None)?.1["status"],
+        "revoked"
+    );
+
     // A read-scope key: no action controls anywhere.
     let (st, created) = server.call(
         "POST",
@@ -276,7 +301,9 @@ fn run() -> Result<()> {
     let read_key = created["key"].as_str().context("key")?.to_string();
     b.click(&b.must("header form[action='/ui/logout'] button")?)?;
     b.wait(Duration::from_secs(10), |b| b.find("#key"))?;
-    sign_in(&b, &base, &read_key)?;
+    // Keyboard only: type the key and press Enter.
+    b.goto(&format!("{base}/ui/login"))?;
+    b.type_text(&b.must("#key")?, &format!("{read_key}\u{E007}"))?;
     b.wait(Duration::from_secs(10), |b| b.find("#role"))?;
     assert!(
         b.find("a[href='/ui/keys']")?.is_none(),
@@ -292,6 +319,7 @@ fn run() -> Result<()> {
     let forms = b.find_all("main form")?;
     assert!(forms.is_empty(), "read scope sees {} forms", forms.len());
     b.goto(&format!("{base}/ui/nodes"))?;
+    assert!(b.find("table#nodes")?.is_some());
     assert!(
         b.find("a[href$='/confirm']")?.is_none(),
         "read scope sees revoke"

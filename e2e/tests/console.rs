@@ -619,3 +619,65 @@ fn replica_and_failover() -> Result<()> {
     assert_eq!(c.send("GET", "/ui/", None)?.status(), 303);
     Ok(())
 }
+
+/// Under TLS the console's cookies carry `Secure` (and still `HttpOnly`,
+/// `SameSite=Strict`, `Path=/ui`).
+#[test]
+fn console_cookies_are_secure_under_tls() {
+    tls_cookies().unwrap();
+}
+
+fn tls_cookies() -> Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir()?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert =
+        CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &ca, &ca_key)?;
+    let (ca_pem, cert_pem, key_pem) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem())?;
+    std::fs::write(&cert_pem, cert.pem())?;
+    std::fs::write(&key_pem, key.serialize_pem())?;
+    let server = ServerProc::start_tls(&dir.path().join("data"), &cert_pem, &key_pem, &ca_pem)?;
+    let http = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca_pem)?)?)
+        .build()?;
+    let set_cookie = |r: &reqwest::blocking::Response, name: &str| -> Option<String> {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let resp = http.get(format!("{}/ui/login", server.base)).send()?;
+    let login = set_cookie(&resp, "sundial_login").context("login cookie")?;
+    assert!(login.ends_with("; Secure"), "{login}");
+    let token = login.split(';').next().unwrap_or_default().to_string();
+    let html = resp.text()?;
+    let at = html.find("name=\"csrf\" value=\"").context("csrf")? + 19;
+    let csrf = html[at..].split('"').next().unwrap_or_default().to_string();
+    let resp = http
+        .post(format!("{}/ui/login", server.base))
+        .header("cookie", token)
+        .form(&[("key", ADMIN_KEY), ("csrf", csrf.as_str())])
+        .send()?;
+    assert_eq!(resp.status(), 303);
+    let session = set_cookie(&resp, "sundial_session").context("session cookie")?;
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Secure"] {
+        assert!(
+            session.contains(attr),
+            "session cookie lacks {attr}: {session}"
+        );
+    }
+    Ok(())
+}

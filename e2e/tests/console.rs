@@ -427,8 +427,16 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     assert!(assets.headers()["cache-control"]
         .to_str()?
         .contains("max-age"));
-    // A page without a session redirects to sign-in.
+    // A page without a session redirects to sign-in; an htmx poll is told
+    // to load the sign-in page (a 303 would be followed inside the fragment).
     assert_eq!(anon.send("GET", "/ui/jobs", None)?.status(), 303);
+    let resp = anon
+        .http
+        .get(format!("{base}/ui/runs/1/live"))
+        .header("hx-request", "true")
+        .send()?;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["hx-redirect"], "/ui/login");
 
     // Sign-in without the login form's token is refused.
     let mut forged = Plain::new(base)?;

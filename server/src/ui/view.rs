@@ -184,6 +184,14 @@ impl FromRequestParts<AppState> for Viewer {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
         match session::current(app, &parts.headers).await {
             Ok(Some(s)) => Ok(Viewer(s)),
+            // An htmx poll (e.g. a run page left open past expiry) cannot
+            // follow a 303 usefully: tell htmx to load the sign-in page.
+            Ok(None) if parts.headers.contains_key("hx-request") => Err((
+                StatusCode::UNAUTHORIZED,
+                [("hx-redirect", "/ui/login")],
+                "signed out",
+            )
+                .into_response()),
             Ok(None) => Err(Redirect::to("/ui/login").into_response()),
             Err(e) => Err(UiError::from(e).into_response()),
         }

@@ -56,7 +56,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// The console's routes, merged into the API router by [`crate::api::router`].
-pub fn router(_app: AppState) -> Router<AppState> {
+pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 /// Shared page furniture.
 pub struct Layout {
-    /// Which nav entry is current: `overview`, `jobs`, `nodes`, `keys` or ``.
+    /// Which nav entry is current: `overview`, `jobs`, `nodes`, `keys`, or empty.
     pub nav: &'static str,
     pub signed_in: bool,
     pub key_id: String,

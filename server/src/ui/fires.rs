@@ -171,21 +171,16 @@ mod tests {
 
     #[test]
     fn bars_scale_to_the_longest() {
-        let run = |id: i64, d: i64| Run {
-            id,
-            job_id: "j".into(),
-            scheduled_for: 0,
-            node: None,
-            trigger: "manual".into(),
-            attempt: 1,
-            state: sundial_proto::RunState::Succeeded,
-            created_at: 0,
-            started_at: Some(0),
-            finished_at: Some(d),
-            exit_code: Some(0),
-            output: None,
-            truncated: false,
-            error: None,
+        // Built from JSON so the test does not depend on Run's Rust field types.
+        let run = |id: i64, d: i64| -> Run {
+            serde_json::from_value(serde_json::json!({
+                "id": id, "job_id": "j", "scheduled_for": "1970-01-01T00:00:00Z",
+                "node": null, "trigger": "manual", "attempt": 1, "state": "succeeded",
+                "created_at": "1970-01-01T00:00:00Z", "started_at": "1970-01-01T00:00:00Z",
+                "finished_at": sundial_proto::time::format_ms(d), "exit_code": 0,
+                "output": null, "truncated": false, "error": null
+            }))
+            .unwrap()
         };
         let (bars, scale) = duration_bars(&[run(2, 2000), run(1, 1000)]);
         assert_eq!(scale, "2.0 s");

@@ -83,7 +83,7 @@ impl From<&Run> for RunView {
             state: r.state.as_str(),
             live: !r.state.is_terminal(),
             attempt: r.attempt,
-            trigger: r.trigger.clone(),
+            trigger: r.trigger.to_string(),
             node: r.node.clone().unwrap_or_default(),
             scheduled: Ts::new(r.scheduled_for),
             created: Ts::new(r.created_at),
@@ -419,7 +419,12 @@ pub async fn nodes(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
                     .collect::<Vec<_>>()
                     .join(", "),
                 capacity: n.capacity,
-                executors: n.executors.join(", "),
+                executors: n
+                    .executors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 version: n.version.clone(),
                 last_seen: Ts::opt(n.last_seen),
                 joined: Ts::new(n.joined_at),

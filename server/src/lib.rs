@@ -24,5 +24,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod store;
-pub mod ui;
+pub(crate) mod ui;
 pub mod validate;

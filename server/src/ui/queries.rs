@@ -9,19 +9,25 @@ use rusqlite::{params, params_from_iter, Connection};
 use sundial_proto::{Job, RunState};
 
 /// Runs created since `since`, counted by state (newest first, stops at the
-/// first older run; ids grow with creation time). Bounded by `cap` rows.
+/// first older run; ids grow with creation time). Reads at most `cap` rows;
+/// the flag says whether the count stopped there (shown as "at least").
 pub fn runs_by_state_since(
     conn: &Connection,
     since: i64,
     cap: usize,
-) -> Result<Vec<(RunState, u64)>, StoreError> {
+) -> Result<(Vec<(RunState, u64)>, bool), StoreError> {
     let mut stmt = conn.prepare_cached("SELECT state, created_at FROM runs ORDER BY id DESC")?;
     let mut rows = stmt.query([])?;
     let mut counts = [0u64; RunState::ALL.len()];
     let mut seen = 0usize;
+    let mut capped = false;
     while let Some(row) = rows.next()? {
         let created: i64 = row.get(1)?;
-        if created < since || seen >= cap {
+        if created < since {
+            break;
+        }
+        if seen >= cap {
+            capped = true;
             break;
         }
         seen += 1;
@@ -30,12 +36,13 @@ pub fn runs_by_state_since(
             counts[i] += 1;
         }
     }
-    Ok(RunState::ALL
+    let by_state = RunState::ALL
         .iter()
         .zip(counts)
         .filter(|(_, n)| *n > 0)
         .map(|(s, n)| (*s, n))
-        .collect())
+        .collect();
+    Ok((by_state, capped))
 }
 
 /// Jobs whose latest run failed, timed out or was lost, most recent first.
@@ -291,6 +298,32 @@ mod tests {
         };
         let (page, _) = store.read(move |c| search_jobs(c, &q)).await.unwrap();
         assert_eq!(page[0].id, "job-29");
+        // Runs of the last hour, counted up to a cap.
+        store
+            .write(|c| {
+                let pk = jobs::pk_of(c, "job-01")?.unwrap_or_default();
+                for (i, state) in ["succeeded", "failed", "succeeded"].iter().enumerate() {
+                    c.execute(
+                        "INSERT INTO runs (job, trigger, scheduled_for, state, created_at)
+                         VALUES (?1, 'manual', ?2, ?3, ?4)",
+                        rusqlite::params![pk, i as i64, state, 100 + i as i64],
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (counts, capped) = store
+            .read(|c| runs_by_state_since(c, 101, 10))
+            .await
+            .unwrap();
+        assert!(!capped);
+        assert_eq!(
+            counts,
+            vec![(RunState::Succeeded, 1), (RunState::Failed, 1)]
+        );
+        let (_, capped) = store.read(|c| runs_by_state_since(c, 0, 2)).await.unwrap();
+        assert!(capped);
         // A quote in the search text is data, not SQL.
         let q = JobSearch {
             text: "' OR 1=1 --".into(),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the external tools the tests use, when missing:
 #   - haproxy (Debian package)
+#   - chromium and chromium-driver (Debian packages; the console's browser tests)
 #   - a virtualenv at .venv with Litestream 0.5.x, moto's S3 server and the
 #     config validators (kubernetes-validate, shellcheck, hadolint), and the
 #     Standard Webhooks reference library the webhook tests verify with, pinned.
@@ -12,6 +13,8 @@ log() { printf '==> %s\n' "$*"; }
 
 apt_missing=()
 command -v haproxy >/dev/null 2>&1 || apt_missing+=(haproxy)
+command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 if ((${#apt_missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
         log "installing ${apt_missing[*]} (apt)"

@@ -15,6 +15,7 @@ use sundial_bench::{
 };
 use sundial_e2e::{ServerProc, ADMIN_KEY};
 
+mod console;
 mod dispatch;
 mod idle;
 
@@ -102,6 +103,17 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         clients: usize,
     },
+    /// Server time of the web console's pages over a large database.
+    Console {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: u64,
+        /// Finished runs to add (1,000 on job-0000001, the rest spread).
+        #[arg(long, default_value_t = 200_000)]
+        runs: u64,
+        /// Timed requests per page (after one warm-up).
+        #[arg(long, default_value_t = 20)]
+        requests: usize,
+    },
     /// Many simulated daemons holding long-polls against one server.
     IdleDaemons {
         #[arg(long, default_value_t = 10_000)]
@@ -176,6 +188,18 @@ fn main() -> Result<()> {
                 drain,
                 executor,
                 clients: clients.max(1),
+            },
+        ),
+        Scenario::Console {
+            jobs,
+            runs,
+            requests,
+        } => console::run(
+            &data,
+            &console::Args {
+                jobs: jobs.max(100),
+                runs: runs.max(1000),
+                requests: requests.max(1),
             },
         ),
         Scenario::IdleDaemons {

@@ -5,6 +5,7 @@
 
 pub mod litestream;
 pub mod misfire;
+pub mod webdriver;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

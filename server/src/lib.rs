@@ -14,6 +14,7 @@
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
 //! - [`loops`]: health and retry pacing of the background loops
 //! - [`webhooks`]: delivery of events to webhooks (signed, ordered, retried)
+//! - [`ui`]: the web console under `/ui/`
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
 pub(crate) mod api;
@@ -32,5 +33,6 @@ pub(crate) mod scheduler;
 pub(crate) mod secrets;
 pub mod server;
 pub mod store;
+pub(crate) mod ui;
 pub(crate) mod validate;
 pub(crate) mod webhooks;

@@ -25,6 +25,8 @@ impl Forwarder {
         Ok(Forwarder {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
+                // A proxy passes redirects back (the console answers POSTs with 303).
+                .redirect(reqwest::redirect::Policy::none())
                 // Long-polls wait up to 60 s on the primary.
                 .timeout(Duration::from_secs(90))
                 .build()?,
@@ -35,6 +37,10 @@ impl Forwarder {
 /// Requests a replica must not answer itself.
 fn must_forward(method: &Method, path: &str) -> bool {
     if path.starts_with("/v1/agent/") {
+        return true;
+    }
+    // Console actions (sign-in, sign-out, job/node/key actions) write too.
+    if path.starts_with("/ui/") && *method == Method::POST {
         return true;
     }
     path.starts_with("/v1/")
@@ -113,7 +119,8 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                     name.as_str(),
                     "connection" | "content-length" | "transfer-encoding"
                 ) {
-                    r.headers_mut().insert(name, value.clone());
+                    // append: a response may carry several Set-Cookie headers.
+                    r.headers_mut().append(name, value.clone());
                 }
             }
             r
@@ -139,5 +146,7 @@ mod tests {
         assert!(!must_forward(&Method::GET, "/v1/ha/primary"));
         assert!(!must_forward(&Method::GET, "/metrics"));
         assert!(!must_forward(&Method::POST, "/healthz"));
+        assert!(must_forward(&Method::POST, "/ui/login"));
+        assert!(!must_forward(&Method::GET, "/ui/jobs"));
     }
 }

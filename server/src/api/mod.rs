@@ -192,6 +192,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/poll", post(agent::poll))
         .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/runs/{id}/complete", post(agent::complete))
+        .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -18,20 +18,26 @@ use serde_json::{json, Value};
 use sundial_proto::time::{format_ms, now_ms};
 use sundial_proto::Duration;
 
-fn with_status(n: Node, now: i64) -> Value {
-    let status = if n.revoked {
+/// `revoked`, `ready` (seen within the live window) or `down`.
+pub(crate) fn status_of(n: &Node, now: i64) -> &'static str {
+    if n.revoked {
         "revoked"
     } else if n.last_seen.is_some_and(|t| now - t <= LIVE_WINDOW_MS) {
         "ready"
     } else {
         "down"
-    };
+    }
+}
+
+fn with_status(n: Node, now: i64) -> Value {
+    let status = status_of(&n, now);
     let mut v = serde_json::to_value(&n).unwrap_or(Value::Null);
     v["status"] = json!(status);
     v
 }
 
-fn live_view(app: &AppState, mut n: Node) -> Node {
+/// The node with its last contact as the in-memory registry knows it.
+pub(crate) fn live_view(app: &AppState, mut n: Node) -> Node {
     if let Some(info) = app.registry.get(&n.id) {
         n.last_seen = Some(n.last_seen.unwrap_or(0).max(info.last_seen)).filter(|t| *t > 0);
     }

@@ -192,6 +192,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX job_after_by_downstream ON job_after (downstream);
     "#,
+    // 6: web console sessions. Only a hash of the session token is
+    // stored; the key id ties a session to its API key (deleting the key ends it).
+    r#"
+    CREATE TABLE ui_sessions (
+        token_hash  BLOB PRIMARY KEY,
+        key_id      TEXT NOT NULL,
+        scope       TEXT NOT NULL CHECK (scope IN ('admin', 'read')),
+        csrf        TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+    );
+    CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
+    "#,
 ];
 
 /// The schema version this build writes.

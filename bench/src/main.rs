@@ -378,6 +378,7 @@ fn populate(db: &Path, jobs: u64, chunk: u64) -> Result<Duration> {
                             history: Default::default(),
                             enabled: true,
                             description: String::new(),
+                            labels: Default::default(),
                         };
                         store_jobs::upsert(c, &format!("job-{i:07}"), &spec, now, |t| {
                             parsed.next_after(t)

@@ -37,6 +37,10 @@ pub struct JobSpec {
     pub enabled: bool,
     #[serde(default)]
     pub description: String,
+    /// Job labels, for selection (`GET /v1/jobs?label=k=v`) and pruning in
+    /// bulk apply. Not where the job runs: that is `target.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn default_timezone() -> String {

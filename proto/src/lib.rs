@@ -5,6 +5,7 @@
 //! to the public API and must be reflected in `docs/api.md`.
 
 pub mod agent;
+pub mod apply;
 pub mod duration;
 pub mod error;
 pub mod job;
@@ -12,6 +13,7 @@ pub mod run;
 pub mod sign;
 pub mod time;
 
+pub use apply::{Action, ApplyRequest, ApplyResponse, JobManifest, PlanEntry, Prune};
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{

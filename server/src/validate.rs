@@ -207,6 +207,7 @@ pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
             "history.keep must be at least 1",
         ));
     }
+    labels(&spec.labels)?;
     if spec.description.len() > 4096 {
         return Err(Invalid::value(
             "description",
@@ -214,6 +215,45 @@ pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
         ));
     }
     Ok(parsed)
+}
+
+/// Most job labels one job may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Job labels: keys 1-128 of `[A-Za-z0-9._/-]` starting with a letter or
+/// digit; values at most 256 bytes without control characters.
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), Invalid> {
+    if labels.len() > MAX_LABELS {
+        return Err(Invalid::value(
+            "labels",
+            format!("at most {MAX_LABELS} labels per job"),
+        ));
+    }
+    for (k, v) in labels {
+        label_pair(k, v).map_err(|m| Invalid::value(format!("labels.{k}"), m))?;
+    }
+    Ok(())
+}
+
+/// Checks one label key and value (also used for selectors); the message says what is wrong.
+pub fn label_pair(key: &str, value: &str) -> Result<(), String> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_ID_LEN
+        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !key_ok {
+        return Err(format!(
+            "label key {key:?} must be 1-{MAX_ID_LEN} characters of letters, digits, '.', '_', '-' or '/', starting with a letter or digit"
+        ));
+    }
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "label value {value:?} must be at most 256 bytes without control characters"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -267,6 +307,18 @@ mod tests {
             ),
             (Box::new(|s| s.history.keep = Some(0)), "history.keep"),
             (Box::new(|s| s.retries.max = 1000), "retries.max"),
+            (
+                Box::new(|s| {
+                    s.labels.insert("bad key".into(), "x".into());
+                }),
+                "labels.bad key",
+            ),
+            (
+                Box::new(|s| {
+                    s.labels.insert("team".into(), "a\nb".into());
+                }),
+                "labels.team",
+            ),
         ];
         for (mutate, field) in cases {
             let mut s = base();

@@ -89,6 +89,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 field: self.field,
+                index: None,
             },
         };
         (self.status, Json(body)).into_response()

@@ -93,6 +93,10 @@ const MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL
     );
     "#,
+    // Job labels (selection and pruning by `POST /v1/jobs:apply`), as JSON.
+    r#"
+    ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// The schema version this build writes.

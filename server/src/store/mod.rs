@@ -5,6 +5,7 @@
 //! [`keys`]. They take a `&Connection` so the same code serves reads (pool)
 //! and writes (inside a writer batch).
 
+pub mod apply;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;

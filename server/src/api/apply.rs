@@ -1,0 +1,173 @@
+//! `POST /v1/jobs:apply`: bulk apply of job manifests with an optional prune
+//! selector and a dry run, in one transaction (all or nothing). Every refused
+//! document is reported with its `index` in `jobs` and the offending `field`.
+
+use super::error::ApiError;
+use super::extract::{Admin, JsonBody};
+use super::AppState;
+use crate::store::apply::{self, Input};
+use crate::validate;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use sundial_proto::time::now_ms;
+use sundial_proto::{ApplyResponse, ErrorBody, ErrorDetail, JobManifest, Prune};
+
+/// Largest body this route accepts: at least 128 MiB (100,000 jobs are about
+/// 25 MiB of JSON), or the server's general limit when that is larger.
+pub fn body_limit(max_body_bytes: usize) -> usize {
+    max_body_bytes.max(128 << 20)
+}
+
+/// Most jobs one request may carry.
+pub const MAX_JOBS: usize = 200_000;
+
+/// The request as it arrives; each job is decoded on its own so its errors
+/// carry its index.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApply {
+    jobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    prune: Option<Prune>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// An API error about one document of the request.
+fn at(index: usize, e: ApiError) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: e.code.to_string(),
+            message: format!("jobs[{index}]: {}", e.message),
+            field: e.field,
+            index: Some(index),
+        },
+    };
+    (e.status, Json(body)).into_response()
+}
+
+fn invalid(index: usize, code: &'static str, field: Option<String>, message: String) -> Response {
+    at(
+        index,
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message,
+            field,
+        },
+    )
+}
+
+/// Decodes and validates every document; the first bad one is the answer.
+fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<Input>, Response> {
+    let mut seen = HashSet::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+    for (index, mut map) in raw.into_iter().enumerate() {
+        let id = match map.remove("id") {
+            Some(serde_json::Value::String(id)) => id,
+            Some(_) => {
+                return Err(invalid(
+                    index,
+                    "invalid_value",
+                    Some("id".into()),
+                    "id must be a string".into(),
+                ))
+            }
+            None => {
+                return Err(invalid(
+                    index,
+                    "missing_field",
+                    Some("id".into()),
+                    "missing field `id`".into(),
+                ))
+            }
+        };
+        validate::job_id(&id).map_err(|e| at(index, e.into()))?;
+        let spec = JobManifest::spec_from_map(map).map_err(|e| {
+            let code = if e.message.starts_with("unknown field") {
+                "unknown_field"
+            } else if e.message.starts_with("missing field") {
+                "missing_field"
+            } else {
+                "invalid_value"
+            };
+            invalid(index, code, e.field.clone(), e.to_string())
+        })?;
+        let schedule = validate::spec(&spec).map_err(|e| at(index, e.into()))?;
+        if !seen.insert(id.clone()) {
+            return Err(invalid(
+                index,
+                "duplicate_id",
+                Some("id".into()),
+                format!("job {id:?} appears more than once"),
+            ));
+        }
+        out.push(Input { id, spec, schedule });
+    }
+    Ok(out)
+}
+
+fn prune_selector(prune: Option<Prune>) -> Result<Option<BTreeMap<String, String>>, ApiError> {
+    let Some(prune) = prune else { return Ok(None) };
+    if prune.labels.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "prune.labels",
+            "prune needs at least one label: an empty selector would delete every job",
+        ));
+    }
+    for (k, v) in &prune.labels {
+        validate::label_pair(k, v)
+            .map_err(|m| ApiError::bad_request("invalid_value", "prune.labels", m))?;
+    }
+    Ok(Some(prune.labels))
+}
+
+pub async fn apply(
+    State(app): State<AppState>,
+    _: Admin,
+    JsonBody(req): JsonBody<RawApply>,
+) -> Result<Json<ApplyResponse>, Response> {
+    if req.jobs.len() > MAX_JOBS {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "jobs",
+            format!("at most {MAX_JOBS} jobs per request"),
+        )
+        .into_response());
+    }
+    let selector = prune_selector(req.prune).map_err(IntoResponse::into_response)?;
+    let raw = req.jobs;
+    // Decoding and parsing 10^5 schedules is CPU work: keep it off the runtime.
+    let inputs = tokio::task::spawn_blocking(move || decode(raw))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("decoding task failed: {e}"),
+            )
+            .into_response()
+        })??;
+    let dry_run = req.dry_run;
+    let now = now_ms();
+    let outcome = if dry_run {
+        app.store
+            .read(move |c| apply::plan_and_apply(c, &inputs, selector.as_ref(), true, now))
+            .await
+    } else {
+        app.store
+            .write(move |c| apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now))
+            .await
+    }
+    .map_err(|e| ApiError::from(e).into_response())?;
+    app.scheduler.hint(outcome.earliest_fire);
+    Ok(Json(ApplyResponse {
+        plan: outcome.plan,
+        applied: !dry_run,
+    }))
+}

@@ -38,19 +38,31 @@ pub struct RawApply {
 }
 
 /// An API error about one document of the request.
-fn at(index: usize, e: ApiError) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: e.code.to_string(),
-            message: format!("jobs[{index}]: {}", e.message),
-            field: e.field,
-            index: Some(index),
-        },
-    };
-    (e.status, Json(body)).into_response()
+pub struct DocError {
+    index: usize,
+    error: ApiError,
 }
 
-fn invalid(index: usize, code: &'static str, field: Option<String>, message: String) -> Response {
+impl IntoResponse for DocError {
+    fn into_response(self) -> Response {
+        let e = self.error;
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: e.code.to_string(),
+                message: format!("jobs[{}]: {}", self.index, e.message),
+                field: e.field,
+                index: Some(self.index),
+            },
+        };
+        (e.status, Json(body)).into_response()
+    }
+}
+
+fn at(index: usize, error: ApiError) -> DocError {
+    DocError { index, error }
+}
+
+fn invalid(index: usize, code: &'static str, field: Option<String>, message: String) -> DocError {
     at(
         index,
         ApiError {
@@ -63,7 +75,7 @@ fn invalid(index: usize, code: &'static str, field: Option<String>, message: Str
 }
 
 /// Decodes and validates every document; the first bad one is the answer.
-fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<Input>, Response> {
+fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<Input>, DocError> {
     let mut seen = HashSet::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
     for (index, mut map) in raw.into_iter().enumerate() {
@@ -152,7 +164,8 @@ pub async fn apply(
                 format!("decoding task failed: {e}"),
             )
             .into_response()
-        })??;
+        })?
+        .map_err(IntoResponse::into_response)?;
     let dry_run = req.dry_run;
     let now = now_ms();
     let outcome = if dry_run {

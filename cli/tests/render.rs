@@ -73,7 +73,9 @@ ping     @every 30s    UTC            paused                               -    
     let wide = render::jobs_table(&view(), &jobs(), true);
     let first = wide.lines().nth(1).unwrap();
     assert!(
-        first.ends_with("12    1       exec /usr/local/bin/report --daily  labels role=worker  team=billing"),
+        first.ends_with(
+            "12    1       exec /usr/local/bin/report --daily  labels role=worker  team=billing"
+        ),
         "{wide}"
     );
 }

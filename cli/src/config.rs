@@ -1,5 +1,5 @@
 //! Connection settings: named contexts in `~/.config/sundial/config.toml`
-//! (or `$SUNDIAL_CONFIG`), and how flags, environment and the current context
+//! (or `$SUNDIAL_CLI_CONFIG`), and how flags, environment and the current context
 //! combine into one [`Connection`].
 //!
 //! Precedence, highest first: `--server`/`SUNDIAL_URL`, `--key-file`/`SUNDIAL_KEY`/
@@ -37,10 +37,10 @@ pub struct ConfigFile {
     pub contexts: BTreeMap<String, Context>,
 }
 
-/// Where the config file lives: `$SUNDIAL_CONFIG`, else
+/// Where the config file lives: `$SUNDIAL_CLI_CONFIG`, else
 /// `$XDG_CONFIG_HOME/sundial/config.toml`, else `~/.config/sundial/config.toml`.
 pub fn config_path() -> CliResult<PathBuf> {
-    if let Some(p) = std::env::var_os("SUNDIAL_CONFIG").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os("SUNDIAL_CLI_CONFIG").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
     let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
@@ -48,7 +48,7 @@ pub fn config_path() -> CliResult<PathBuf> {
         None => {
             let home = std::env::var_os("HOME")
                 .filter(|p| !p.is_empty())
-                .ok_or_else(|| CliError::usage("neither SUNDIAL_CONFIG nor HOME is set"))?;
+                .ok_or_else(|| CliError::usage("neither SUNDIAL_CLI_CONFIG nor HOME is set"))?;
             PathBuf::from(home).join(".config")
         }
     };

@@ -13,7 +13,7 @@ use sundial_proto::{Job, Run, RunState};
 fn sundial(cfg: &Path, server: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(binary("sundial").unwrap());
     cmd.args(args)
-        .env("SUNDIAL_CONFIG", cfg)
+        .env("SUNDIAL_CLI_CONFIG", cfg)
         .env("NO_COLOR", "1")
         .env_remove("SUNDIAL_URL")
         .env_remove("SUNDIAL_KEY_FILE")

@@ -47,11 +47,13 @@ impl fmt::Display for Source {
     }
 }
 
-/// Jobs read from files, with `sources[i]` the origin of `jobs[i]`.
+/// Jobs read from files, with `sources[i]` the origin of `jobs[i]` and
+/// `raw[i]` its document as written (what is sent to the server).
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub jobs: Vec<JobManifest>,
     pub sources: Vec<Source>,
+    pub raw: Vec<serde_json::Value>,
 }
 
 fn bad(source: &Source, message: impl fmt::Display) -> CliError {
@@ -101,31 +103,119 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> CliResult<()> {
     Ok(())
 }
 
-/// Splits one file's text into documents (JSON values), in order.
-pub fn documents(name: &str, format: Format, text: &str) -> CliResult<Vec<serde_json::Value>> {
+/// Files at least this large are parsed on several threads.
+const PARALLEL_BYTES: usize = 1 << 20;
+
+/// Start of the first line at or after `from` that is a YAML document marker
+/// (`---` at column 0 followed by a blank or the end of the line). Such a line
+/// can never be content (YAML forbids it inside scalars), so cutting there is exact.
+fn next_marker(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut at = from;
+    while let Some(found) = text.get(at..)?.find("\n---") {
+        let line = at + found + 1;
+        match bytes.get(line + 3) {
+            None | Some(b' ' | b'\t' | b'\r' | b'\n') => return Some(line),
+            _ => at = line,
+        }
+    }
+    None
+}
+
+/// Cuts a YAML stream into about `parts` pieces at document markers.
+fn yaml_pieces(text: &str, parts: usize) -> Vec<&str> {
+    if parts <= 1 || text.len() < PARALLEL_BYTES {
+        return vec![text];
+    }
+    let step = text.len() / parts;
+    let mut cuts = vec![0];
+    while cuts.len() < parts {
+        let from = cuts[cuts.len() - 1] + step;
+        match next_marker(text, from) {
+            Some(cut) => cuts.push(cut),
+            None => break,
+        }
+    }
+    cuts.push(text.len());
+    cuts.windows(2).map(|w| &text[w[0]..w[1]]).collect()
+}
+
+/// Parses a YAML piece: (raw document count, non-empty documents with their
+/// 0-based position) or the position and error of the first bad document.
+#[allow(clippy::type_complexity)]
+fn yaml_piece(text: &str) -> Result<(usize, Vec<(usize, serde_json::Value)>), (usize, String)> {
+    let mut docs = Vec::new();
+    let mut count = 0;
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let v = serde_json::Value::deserialize(doc).map_err(|e| (i, e.to_string()))?;
+        count = i + 1;
+        // Empty documents (a trailing `---`, `--- ` twice) hold no job.
+        if !v.is_null() {
+            docs.push((i, v));
+        }
+    }
+    Ok((count, docs))
+}
+
+/// Splits one file's text into documents (JSON values) with their 1-based
+/// document numbers, in order. Empty YAML documents are skipped but counted.
+pub fn documents(
+    name: &str,
+    format: Format,
+    text: &str,
+) -> CliResult<Vec<(usize, serde_json::Value)>> {
     let whole = |m: String| CliError::Other(anyhow!("{name}: {m}"));
+    let numbered = |items: Vec<serde_json::Value>| {
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (i + 1, v))
+            .collect()
+    };
     match format {
         Format::Yaml => {
-            let mut docs = Vec::new();
-            for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-                let v = serde_json::Value::deserialize(doc).map_err(|e| {
-                    bad(
-                        &Source {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let pieces = yaml_pieces(text, threads.min(8));
+            let results: Vec<_> = if pieces.len() == 1 {
+                vec![yaml_piece(text)]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = pieces
+                        .iter()
+                        .map(|p| scope.spawn(move || yaml_piece(p)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            h.join()
+                                .unwrap_or_else(|_| Err((0, "the YAML parser panicked".into())))
+                        })
+                        .collect()
+                })
+            };
+            let mut out = Vec::new();
+            let mut before = 0;
+            for r in results {
+                match r {
+                    Ok((count, docs)) => {
+                        out.extend(docs.into_iter().map(|(i, v)| (before + i + 1, v)));
+                        before += count;
+                    }
+                    Err((i, message)) => {
+                        let source = Source {
                             file: name.to_string(),
-                            doc: i + 1,
-                        },
-                        e,
-                    )
-                })?;
-                docs.push(v);
+                            doc: before + i + 1,
+                        };
+                        return Err(bad(&source, message));
+                    }
+                }
             }
-            // Empty documents (a leading or trailing `---`) hold no job.
-            Ok(docs.into_iter().filter(|d| !d.is_null()).collect())
+            Ok(out)
         }
         Format::Json => {
             let v: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| whole(e.to_string()))?;
-            Ok(match v {
+            Ok(numbered(match v {
                 serde_json::Value::Array(items) => items,
                 serde_json::Value::Object(mut m) if m.len() == 1 && m.contains_key("jobs") => {
                     match m.remove("jobs") {
@@ -134,12 +224,12 @@ pub fn documents(name: &str, format: Format, text: &str) -> CliResult<Vec<serde_
                     }
                 }
                 other => vec![other],
-            })
+            }))
         }
         Format::Toml => {
             let table: toml::Table = toml::from_str(text).map_err(|e| whole(e.to_string()))?;
             let v = serde_json::to_value(&table).map_err(|e| whole(e.to_string()))?;
-            Ok(match v {
+            Ok(numbered(match v {
                 serde_json::Value::Object(mut m) if m.len() == 1 && m.contains_key("jobs") => {
                     match m.remove("jobs") {
                         Some(serde_json::Value::Array(items)) => items,
@@ -149,13 +239,18 @@ pub fn documents(name: &str, format: Format, text: &str) -> CliResult<Vec<serde_
                     }
                 }
                 other => vec![other],
-            })
+            }))
         }
     }
 }
 
-/// Turns one document into a manifest, naming the field at fault.
-pub fn manifest(source: &Source, doc: serde_json::Value) -> CliResult<JobManifest> {
+/// Turns one document into a manifest, naming the field at fault. Returns the
+/// document too (as written, `id` included): that is what is sent, so the
+/// server fills in defaults and the request stays small.
+pub fn manifest(
+    source: &Source,
+    doc: serde_json::Value,
+) -> CliResult<(JobManifest, serde_json::Value)> {
     let serde_json::Value::Object(mut map) = doc else {
         return Err(bad(
             source,
@@ -177,11 +272,63 @@ pub fn manifest(source: &Source, doc: serde_json::Value) -> CliResult<JobManifes
             ))
         }
     };
-    let spec = JobManifest::spec_from_map(map).map_err(|e| match &e.field {
+    let mut doc = serde_json::Value::Object(map);
+    let spec = sundial_proto::spec_from_value(&doc).map_err(|e| match &e.field {
         Some(f) => bad(source, format!("job {id:?}: field {f}: {}", e.message)),
         None => bad(source, format!("job {id:?}: {}", e.message)),
     })?;
-    Ok(JobManifest { id, spec })
+    if let serde_json::Value::Object(m) = &mut doc {
+        m.insert("id".into(), serde_json::Value::String(id.clone()));
+    }
+    Ok((JobManifest { id, spec }, doc))
+}
+
+/// Documents of one file into manifests, on several threads for large files;
+/// the first bad document (in file order) is the error.
+fn decode_all(
+    name: &str,
+    docs: Vec<(usize, serde_json::Value)>,
+) -> CliResult<Vec<(Source, JobManifest, serde_json::Value)>> {
+    let one = |(n, doc): (usize, serde_json::Value)| {
+        let source = Source {
+            file: name.to_string(),
+            doc: n,
+        };
+        manifest(&source, doc).map(|(m, raw)| (source, m, raw))
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads == 1 || docs.len() < 4096 {
+        return docs.into_iter().map(one).collect();
+    }
+    let size = docs.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<(usize, serde_json::Value)>> = Vec::new();
+    let mut rest = docs;
+    while rest.len() > size {
+        let tail = rest.split_off(size);
+        chunks.push(rest);
+        rest = tail;
+    }
+    chunks.push(rest);
+    let results: Vec<CliResult<Vec<_>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || c.into_iter().map(one).collect::<CliResult<Vec<_>>>()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(CliError::Other(anyhow!("{name}: decoding panicked"))))
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
 }
 
 /// Reads every file (see [`expand`]); `tick` is called once per document read.
@@ -206,12 +353,8 @@ pub fn load(paths: &[PathBuf], mut tick: impl FnMut(usize)) -> CliResult<Loaded>
             (path.display().to_string(), format, text)
         };
         let docs = documents(&name, format, &text)?;
-        for (i, doc) in docs.into_iter().enumerate() {
-            let source = Source {
-                file: name.clone(),
-                doc: i + 1,
-            };
-            let m = manifest(&source, doc)?;
+        drop(text);
+        for (source, m, raw) in decode_all(&name, docs)? {
             if let Some(first) = seen.insert(m.id.clone(), loaded.jobs.len()) {
                 return Err(bad(
                     &source,
@@ -222,6 +365,7 @@ pub fn load(paths: &[PathBuf], mut tick: impl FnMut(usize)) -> CliResult<Loaded>
                 ));
             }
             loaded.jobs.push(m);
+            loaded.raw.push(raw);
             loaded.sources.push(source);
             tick(1);
         }
@@ -284,15 +428,15 @@ executor:
     fn load_text(name: &str, format: Format, text: &str) -> CliResult<Vec<JobManifest>> {
         documents(name, format, text)?
             .into_iter()
-            .enumerate()
-            .map(|(i, d)| {
+            .map(|(n, d)| {
                 manifest(
                     &Source {
                         file: name.into(),
-                        doc: i + 1,
+                        doc: n,
                     },
                     d,
                 )
+                .map(|(m, _)| m)
             })
             .collect()
     }
@@ -328,6 +472,35 @@ executor:
             .unwrap_err()
             .to_string();
         assert!(err.contains("schedul"), "{err}");
+    }
+
+    #[test]
+    fn large_yaml_is_cut_at_document_markers_and_numbered_in_order() {
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!(
+                "---\nid: j{i}\nschedule: '@hourly'\nexecutor: {{type: shell, script: \"echo ---x\\n--- y\"}}\n"
+            ));
+            if i == 5 {
+                text.push_str("---\n");
+            }
+        }
+        assert!(text.len() > PARALLEL_BYTES);
+        let pieces = yaml_pieces(&text, 4);
+        assert_eq!(pieces.len(), 4);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|p| p.starts_with("---\n")));
+        let docs = documents("big.yaml", Format::Yaml, &text).unwrap();
+        assert_eq!(docs.len(), 20_000);
+        assert_eq!(docs[5].0, 6);
+        assert_eq!(docs[6].0, 8, "the empty document counts");
+        assert_eq!(docs[19_999].0, 20_001);
+        assert_eq!(docs[19_999].1["id"], "j19999");
+        let bad_text = text.replace("id: j15000\n", "id: j15000\n  bad: [\n");
+        let err = documents("big.yaml", Format::Yaml, &bad_text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("big.yaml: document 15002:"), "{err}");
     }
 
     #[test]

@@ -499,3 +499,44 @@ fn contexts_over_tls_and_keys_shown_only_once() {
         "{listed}"
     );
 }
+
+#[test]
+fn a_large_apply_is_one_atomic_request() {
+    // Above 5,000 documents apply skips the planning request; still all or nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let url = server.base.as_str();
+    let cfg = dir.path().join("config.toml");
+    let doc = |i: usize, hour: usize| {
+        format!("id: big-{i}\nschedule: '0 {} {hour} * * *'\nexecutor: {{type: exec, argv: [x]}}\nlabels: {{bulk: 'yes'}}\n", i % 60)
+    };
+    let file = dir.path().join("big.yaml");
+    let docs: Vec<String> = (0..6000).map(|i| doc(i, 3)).collect();
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let text = ok(sundial(
+        &cfg,
+        Some(url),
+        &["apply", "-f", file.to_str().unwrap()],
+    ));
+    assert!(
+        text.contains("Applied: 6000 created"),
+        "{}",
+        text.lines().last().unwrap_or("")
+    );
+    let mut docs: Vec<String> = (0..6000).map(|i| doc(i, 4)).collect();
+    docs.push("id: broken\nschedule: '@every nope'\nexecutor: {type: exec, argv: [x]}\n".into());
+    std::fs::write(&file, docs.join("---\n")).unwrap();
+    let o = sundial(&cfg, Some(url), &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert!(
+        err(&o).contains("big.yaml: document 6001: job \"broken\""),
+        "{}",
+        err(&o)
+    );
+    let stored = jobs_json(&cfg, url, &["-l", "bulk=yes"]);
+    assert_eq!(stored.len(), 6000);
+    assert!(
+        stored.iter().all(|j| j.spec.schedule.ends_with(" 3 * * *")),
+        "a refused apply wrote"
+    );
+}

@@ -69,6 +69,17 @@ impl JobManifest {
     }
 }
 
+/// Like [`JobManifest::spec_from_map`], reading a spec object by reference.
+pub fn spec_from_value(value: &serde_json::Value) -> Result<JobSpec, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        FieldError {
+            field: (path != ".").then_some(path),
+            message: e.into_inner().to_string(),
+        }
+    })
+}
+
 /// A field-level decoding error: which field (JSON path) and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {

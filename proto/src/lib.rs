@@ -13,7 +13,9 @@ pub mod run;
 pub mod sign;
 pub mod time;
 
-pub use apply::{Action, ApplyRequest, ApplyResponse, JobManifest, PlanEntry, Prune};
+pub use apply::{
+    spec_from_value, Action, ApplyRequest, ApplyResponse, JobManifest, PlanEntry, Prune,
+};
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{

@@ -166,6 +166,13 @@ fn executor(e: &Executor) -> Result<(), Invalid> {
 /// Validates a whole spec and returns its parsed schedule.
 pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
     let parsed = schedule(&spec.schedule, &spec.timezone)?;
+    spec_fields(spec)?;
+    Ok(parsed)
+}
+
+/// Everything [`spec`] checks except the schedule (bulk apply parses each
+/// distinct schedule once).
+pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
     executor(&spec.executor)?;
     for n in &spec.target.nodes {
         if n.is_empty() || n.len() > MAX_ID_LEN {
@@ -214,7 +221,7 @@ pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
             "description is longer than 4096 bytes",
         ));
     }
-    Ok(parsed)
+    Ok(())
 }
 
 /// Most job labels one job may carry.

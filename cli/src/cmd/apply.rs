@@ -15,6 +15,11 @@ use std::io::IsTerminal;
 use std::time::Duration;
 use sundial_proto::{ApplyRequest, ApplyResponse, Job, JobManifest, JobSpec, Prune};
 
+/// Above this many documents `apply` skips the separate planning request and
+/// prints the plan the (atomic) apply returns, naming changed fields of
+/// updates; `diff` and `apply --dry-run` always show values.
+const PLAN_FIRST_LIMIT: usize = 5_000;
+
 /// Updates whose stored spec is fetched to show a field-level diff; beyond
 /// this the plan names the changed fields only.
 const DIFF_DETAIL_LIMIT: usize = 200;
@@ -33,9 +38,27 @@ fn progress() -> ProgressBar {
     bar
 }
 
+/// The request as sent: the documents as written (the server fills in defaults).
+#[derive(serde::Serialize)]
+struct RawRequest<'a> {
+    jobs: &'a [serde_json::Value],
+    prune: &'a Option<Prune>,
+    dry_run: bool,
+}
+
 /// Sends the request; a refused document is named by file and document.
-fn send(client: &Client, sources: &[Source], req: &ApplyRequest) -> CliResult<ApplyResponse> {
-    let body = serde_json::to_vec(req).map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
+fn send(
+    client: &Client,
+    sources: &[Source],
+    req: &ApplyRequest,
+    raw: &[serde_json::Value],
+) -> CliResult<ApplyResponse> {
+    let body = serde_json::to_vec(&RawRequest {
+        jobs: raw,
+        prune: &req.prune,
+        dry_run: req.dry_run,
+    })
+    .map_err(|e| anyhow::anyhow!("encoding: {e}"))?;
     client
         .post_raw("/v1/jobs:apply", body)
         .map_err(|e| match e {
@@ -82,39 +105,70 @@ fn stored_specs(client: &Client, plan: &ApplyResponse) -> CliResult<HashMap<Stri
     Ok(out)
 }
 
+/// With `SUNDIAL_TIMING` set, phase durations go to stderr (for benchmarks).
+struct Phases {
+    on: bool,
+    last: std::time::Instant,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            on: std::env::var_os("SUNDIAL_TIMING").is_some_and(|v| !v.is_empty()),
+            last: std::time::Instant::now(),
+        }
+    }
+
+    fn done(&mut self, phase: &str) {
+        if self.on {
+            eprintln!("timing: {phase} {:.3} s", self.last.elapsed().as_secs_f64());
+        }
+        self.last = std::time::Instant::now();
+    }
+}
+
 /// `apply` (and `diff` when `diff_only`).
 pub fn apply(ctx: &Ctx, args: &ApplyArgs, diff_only: bool) -> CliResult<()> {
     ctx.only(&[OutputFormat::Table, OutputFormat::Json, OutputFormat::Yaml])?;
+    let mut phases = Phases::new();
     let bar = progress();
     bar.set_message("reading manifests");
     let loaded = manifest::load(&args.files, |n| bar.inc(n as u64))?;
+    phases.done("read");
     let selector: BTreeMap<String, String> = args.selector.iter().cloned().collect();
     let prune = args.prune.then_some(Prune { labels: selector });
     let client = ctx.client_with(Duration::from_secs(600))?;
-    let Loaded { jobs, sources } = loaded;
+    let Loaded { jobs, sources, raw } = loaded;
+    let plan_only = diff_only || args.dry_run;
+    // Large applies go straight to the one atomic request (see PLAN_FIRST_LIMIT).
+    let plan_first = plan_only || jobs.len() <= PLAN_FIRST_LIMIT;
     let mut req = ApplyRequest {
         jobs,
         prune,
-        dry_run: true,
+        dry_run: plan_first,
     };
-    bar.set_message("planning");
-    let planned = send(&client, &sources, &req).inspect_err(|_| bar.finish_and_clear())?;
-    let counts = Counts::of(&planned);
     let structured = !matches!(ctx.format(), OutputFormat::Table);
+    let new: HashMap<&str, &JobSpec> = req.jobs.iter().map(|j| (j.id.as_str(), &j.spec)).collect();
+    bar.set_message(if plan_first { "planning" } else { "applying" });
+    let first = send(&client, &sources, &req, &raw).inspect_err(|_| bar.finish_and_clear())?;
+    phases.done(if plan_first { "plan" } else { "apply" });
     if !structured {
-        let old = stored_specs(&client, &planned)?;
-        let new: HashMap<&str, &JobSpec> =
-            req.jobs.iter().map(|j| (j.id.as_str(), &j.spec)).collect();
-        bar.suspend(|| {
-            emit(&plan::render(&ctx.view, &planned, &new, &old));
-        });
+        let old = if plan_first {
+            stored_specs(&client, &first)?
+        } else {
+            HashMap::new()
+        };
+        bar.suspend(|| emit(&plan::render(&ctx.view, &first, &new, &old)));
+        phases.done("print");
     }
-    let done = if diff_only || args.dry_run || counts.changes() == 0 {
-        planned
+    let done = if !plan_first || plan_only || Counts::of(&first).changes() == 0 {
+        first
     } else {
         bar.set_message("applying");
         req.dry_run = false;
-        send(&client, &sources, &req).inspect_err(|_| bar.finish_and_clear())?
+        let done = send(&client, &sources, &req, &raw).inspect_err(|_| bar.finish_and_clear())?;
+        phases.done("apply");
+        done
     };
     bar.finish_and_clear();
     let counts = Counts::of(&done);

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use sundial_proto::time::now_ms;
 use sundial_proto::{ApplyResponse, ErrorBody, ErrorDetail, JobManifest, Prune};
 
@@ -74,11 +74,16 @@ fn invalid(index: usize, code: &'static str, field: Option<String>, message: Str
     )
 }
 
-/// Decodes and validates every document; the first bad one is the answer.
-fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<Input>, DocError> {
-    let mut seen = HashSet::with_capacity(raw.len());
+/// Decodes and validates documents `first..` of the request. Each distinct
+/// (schedule, timezone) is parsed once.
+fn decode_chunk(
+    first: usize,
+    raw: Vec<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Vec<Input>, DocError> {
+    let mut schedules: HashMap<(String, String), crate::schedule::Schedule> = HashMap::new();
     let mut out = Vec::with_capacity(raw.len());
-    for (index, mut map) in raw.into_iter().enumerate() {
+    for (offset, mut map) in raw.into_iter().enumerate() {
+        let index = first + offset;
         let id = match map.remove("id") {
             Some(serde_json::Value::String(id)) => id,
             Some(_) => {
@@ -109,16 +114,75 @@ fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<In
             };
             invalid(index, code, e.field.clone(), e.to_string())
         })?;
-        let schedule = validate::spec(&spec).map_err(|e| at(index, e.into()))?;
-        if !seen.insert(id.clone()) {
+        let key = (spec.schedule.clone(), spec.timezone.clone());
+        let schedule = match schedules.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let parsed = validate::schedule(&spec.schedule, &spec.timezone)
+                    .map_err(|e| at(index, e.into()))?;
+                schedules.insert(key, parsed.clone());
+                parsed
+            }
+        };
+        validate::spec_fields(&spec).map_err(|e| at(index, e.into()))?;
+        out.push(Input { id, spec, schedule });
+    }
+    Ok(out)
+}
+
+/// Decodes and validates every document, on all cores for large requests;
+/// the refused document with the lowest index is the answer.
+fn decode(raw: Vec<serde_json::Map<String, serde_json::Value>>) -> Result<Vec<Input>, DocError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    let chunk = raw.len().div_ceil(threads).max(4096);
+    let mut chunks = Vec::new();
+    let mut rest = raw;
+    let mut first = 0;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        chunks.push((first, rest));
+        first += chunk;
+        rest = tail;
+    }
+    chunks.push((first, rest));
+    let results: Vec<Result<Vec<Input>, DocError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|(first, part)| scope.spawn(move || decode_chunk(first, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(at(
+                        0,
+                        ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "decoding failed; see the server log",
+                        ),
+                    ))
+                })
+            })
+            .collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        // Chunks are in request order, so the first error is the lowest index.
+        out.extend(r?);
+    }
+    let mut seen = HashSet::with_capacity(out.len());
+    for (index, input) in out.iter().enumerate() {
+        if !seen.insert(input.id.as_str()) {
             return Err(invalid(
                 index,
                 "duplicate_id",
                 Some("id".into()),
-                format!("job {id:?} appears more than once"),
+                format!("job {:?} appears more than once", input.id),
             ));
         }
-        out.push(Input { id, spec, schedule });
     }
     Ok(out)
 }

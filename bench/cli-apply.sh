@@ -43,7 +43,7 @@ gen "$dir/jobs-bad.yaml" 5 bad
 echo "jobs: $jobs, file: $(du -h "$dir/jobs.yaml" | cut -f1), machine: $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export SUNDIAL_URL="http://127.0.0.1:$port" SUNDIAL_KEY="bench-admin-key-0123456789" SUNDIAL_CLI_CONFIG="$dir/cli.toml"
+export SUNDIAL_TIMING=1 SUNDIAL_URL="http://127.0.0.1:$port" SUNDIAL_KEY="bench-admin-key-0123456789" SUNDIAL_CLI_CONFIG="$dir/cli.toml"
 SUNDIAL_ADMIN_KEY="$SUNDIAL_KEY" "$bin/sundial-server" serve --listen "127.0.0.1:$port" \
     --data-dir "$dir/data" 2>"$dir/server.log" &
 server_pid=$!
@@ -63,13 +63,14 @@ step() { # step NAME EXPECTED_EXIT FILE
     read -r user sys < <(tail -n1 "$dir/cpu")
     printf '%-10s exit %d  wall %6.2f s  cli cpu %5.2f s  %s\n' "$1" "$rc" \
         "$(echo "$end - $start" | bc)" "$(echo "$user + $sys" | bc)" \
-        "$(tail -n1 "$dir/out" "$dir/err" 2>/dev/null | grep -v '^==>' | grep -v '^$' | tail -n1 | cut -c1-120)"
+        "$( (grep '^error:' "$dir/err" || tail -n1 "$dir/out") | head -n1 | cut -c1-110)"
+    echo "           phases: $(grep '^timing:' "$dir/err" | sed 's/^timing: //' | tr '\n' ' ')"
     [[ $rc -eq $2 ]] || { echo "unexpected exit $rc (wanted $2)" >&2; cat "$dir/err" >&2; exit 1; }
 }
 step create 0 "$dir/jobs.yaml"
 step unchanged 0 "$dir/jobs.yaml"
 step update 0 "$dir/jobs-updated.yaml"
 step invalid 1 "$dir/jobs-bad.yaml"
-stored=$("$bin/sundial" jobs ls -l bench=cli -o json | grep -c '"id"')
-changed=$("$bin/sundial" diff -f "$dir/jobs-updated.yaml" | tail -n1)
+stored=$(SUNDIAL_TIMING= "$bin/sundial" jobs ls -l bench=cli -o json | grep -c '"id"')
+changed=$(SUNDIAL_TIMING= "$bin/sundial" diff -f "$dir/jobs-updated.yaml" | tail -n1)
 echo "stored jobs after the refused apply: $stored; diff against the step-3 file: $changed"

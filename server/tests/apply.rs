@@ -58,6 +58,25 @@ async fn labels_are_stored_returned_and_filter_the_list() {
         )
         .await;
     assert_eq!(body["items"].as_array().unwrap().len(), 0);
+    // Keys with dots and slashes select exactly (no JSON-path surprises).
+    let dotted = json!({"jobs": [{"id": "k8s", "schedule": "@hourly",
+        "executor": {"type": "exec", "argv": ["x"]},
+        "labels": {"app.kubernetes.io/team": "billing", "app": "other"}}]});
+    assert_eq!(apply(&s, dotted).await.0, 200);
+    let (_, body) = s
+        .json(
+            Method::GET,
+            "/v1/jobs?label=app.kubernetes.io/team=billing",
+            None,
+        )
+        .await;
+    let ids: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["k8s"]);
     let (status, body) = s.json(Method::GET, "/v1/jobs?label=team", None).await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),

@@ -2,8 +2,8 @@
 //! (or `$SUNDIAL_CLI_CONFIG`), and how flags, environment and the current context
 //! combine into one [`Connection`].
 //!
-//! Precedence, highest first: `--server`/`SUNDIAL_URL`, `--key-file`/`SUNDIAL_KEY`/
-//! `SUNDIAL_KEY_FILE`, `--ca-file`; then the context named by `--context`/
+//! Precedence, highest first: `--server`/`SUNDIAL_URL`; `--key-file`/`SUNDIAL_KEY_FILE`,
+//! then `SUNDIAL_KEY`; `--ca-file`/`SUNDIAL_CA_FILE`; then the context named by `--context`/
 //! `SUNDIAL_CONTEXT`, else the file's `current_context`; then
 //! `http://127.0.0.1:8080` with no key. Contexts store a key *file*, never a key.
 
@@ -136,10 +136,10 @@ pub fn resolve(o: &Overrides, file: &ConfigFile) -> CliResult<Connection> {
         .clone()
         .or_else(|| ctx.map(|c| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let key = match (&o.key, &o.key_file, ctx.and_then(|c| c.key_file.as_ref())) {
-        (Some(k), _, _) if !k.trim().is_empty() => Some(k.trim().to_string()),
-        (_, Some(f), _) => Some(read_key(f)?),
-        (_, None, Some(f)) => Some(read_key(f)?),
+    let key = match (&o.key_file, &o.key, ctx.and_then(|c| c.key_file.as_ref())) {
+        (Some(f), _, _) => Some(read_key(f)?),
+        (None, Some(k), _) if !k.trim().is_empty() => Some(k.trim().to_string()),
+        (None, _, Some(f)) => Some(read_key(f)?),
         _ => None,
     };
     let ca_file = o

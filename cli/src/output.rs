@@ -115,6 +115,13 @@ impl View {
         }
     }
 
+    /// Relative form of an optional RFC 3339 instant, or `-`.
+    pub fn relative_opt(&self, s: Option<&str>) -> String {
+        s.and_then(instant)
+            .map(|t| self.relative(t))
+            .unwrap_or_else(|| "-".into())
+    }
+
     /// `2026-11-25 14:30:00 CET (in 3h12m)`, or `-`.
     pub fn when(&self, ms: Option<i64>) -> String {
         match ms {

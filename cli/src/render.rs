@@ -381,15 +381,6 @@ pub fn nodes_table(view: &View, items: &[Value]) -> String {
     )
 }
 
-impl View {
-    /// Relative form of an optional RFC 3339 instant, or `-`.
-    pub fn relative_opt(&self, s: Option<&str>) -> String {
-        s.and_then(output::instant)
-            .map(|t| self.relative(t))
-            .unwrap_or_else(|| "-".into())
-    }
-}
-
 /// `keys ls` (never shows a key: the API does not return them).
 pub fn keys_table(view: &View, items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items

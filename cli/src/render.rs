@@ -108,7 +108,7 @@ pub fn runs_table(view: &View, runs: &[Run]) -> String {
                 r.id.to_string(),
                 r.job_id.clone(),
                 view.local(r.scheduled_for),
-                r.trigger.clone(),
+                r.trigger.to_string(),
                 view.state(r.state.as_str()),
                 r.attempt.to_string(),
                 r.exit_code
@@ -157,7 +157,7 @@ pub fn run_detail(view: &View, r: &Run) -> String {
     line("Run:", r.id.to_string());
     line("Job:", r.job_id.clone());
     line("State:", view.state(r.state.as_str()));
-    line("Trigger:", r.trigger.clone());
+    line("Trigger:", r.trigger.to_string());
     line("Scheduled:", view.when(Some(r.scheduled_for)));
     line("Started:", view.when(r.started_at));
     line("Finished:", view.when(r.finished_at));

@@ -63,15 +63,9 @@ fn at(index: usize, error: ApiError) -> DocError {
 }
 
 fn invalid(index: usize, code: &'static str, field: Option<String>, message: String) -> DocError {
-    at(
-        index,
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message,
-            field,
-        },
-    )
+    let mut error = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    error.field = field;
+    at(index, error)
 }
 
 /// Decodes and validates documents `first..` of the request. Each distinct

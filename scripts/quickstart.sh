@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Single-node Sundial with no config to write: builds the server and the
-# daemon, starts the server on 127.0.0.1:8080 (SQLite under ./sundial-data),
-# joins one local daemon, registers a sample job and prints where to look.
+# Single-node Sundial with no config to write: builds the server, the
+# daemon and the `sundial` CLI, starts the server on 127.0.0.1:8080 (SQLite under ./sundial-data),
+# joins one local daemon, applies the sample job examples/jobs/hello.yaml with
+# `sundial apply` and prints CLI commands to look around.
 # Ctrl-C stops both cleanly; running it again keeps the data and the key.
 #
 #   scripts/quickstart.sh
@@ -21,8 +22,8 @@ case "$profile" in
     debug) build=() ;;
     *) echo "SUNDIAL_PROFILE must be release or debug" >&2; exit 2 ;;
 esac
-echo "==> building sundial-server and sundial-daemon ($profile)"
-cargo build "${build[@]}" --quiet -p sundial-server -p sundial-daemon
+echo "==> building sundial-server, sundial-daemon and sundial ($profile)"
+cargo build "${build[@]}" --quiet -p sundial-server -p sundial-daemon -p sundial-cli
 bin=./target/$profile
 
 mkdir -p "$data"
@@ -32,9 +33,9 @@ if [[ ! -s "$keyfile" ]]; then
     # A random admin key, kept beside (not inside) the database; only its hash is stored.
     (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$keyfile")
 fi
-key=$(cat "$keyfile")
-auth="Authorization: Bearer $key"
-json='Content-Type: application/json'
+# The CLI's connection for this script (a context is not needed).
+export SUNDIAL_URL="$base" SUNDIAL_KEY_FILE="$keyfile"
+sundial() { "$bin/sundial" "$@"; }
 
 server_pid=""
 daemon_pid=""
@@ -62,8 +63,8 @@ curl -fsS "$base/readyz" >/dev/null
 # One local daemon. It joins once with a single-use token and keeps its
 # credential in $data/daemon (mode 0600); later starts reuse it.
 if [[ ! -s "$data/daemon/credential.json" ]]; then
-    token=$(curl -fsS -X POST "$base/v1/join-tokens" -H "$auth" -H "$json" \
-        -d '{"name": "quickstart", "ttl": "10m", "max_uses": 1}' | sed -n 's/.*"token":"\([^"]*\)".*/\1/p')
+    token=$(sundial tokens create --name quickstart --ttl 10m --max-uses 1 -o json |
+        sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
     join=(--join-token "$token")
 else
     join=()
@@ -72,11 +73,7 @@ fi
     --node-id "$(hostname)" --labels role=local 2>>"$data/daemon.log" &
 daemon_pid=$!
 
-# The single quotes are deliberate: $SUNDIAL_NODE_ID expands in the job's shell.
-# shellcheck disable=SC2016
-curl -fsS -X PUT "$base/v1/jobs/hello" -H "$auth" -H "$json" \
-    -d '{"schedule": "@every 10s", "executor": {"type": "shell", "script": "echo hello from $SUNDIAL_NODE_ID"},
-         "description": "quickstart sample job"}' >/dev/null
+sundial apply -f examples/jobs/hello.yaml >/dev/null
 
 cat <<INFO
 
@@ -85,12 +82,16 @@ Sundial is running at $base
   admin key:  $data/admin.key
   logs:       $data/server.log, $data/daemon.log
 
-The sample job "hello" runs every 10 seconds on the local daemon:
+The sample job "hello" (examples/jobs/hello.yaml) runs every 10 seconds on
+the local daemon. Look around with the CLI ($bin/sundial):
 
-  export SUNDIAL_KEY=\$(cat $data/admin.key)
-  curl -s '$base/v1/runs?job=hello&limit=3' -H "Authorization: Bearer \$SUNDIAL_KEY"
-  curl -s $base/v1/nodes -H "Authorization: Bearer \$SUNDIAL_KEY"
-  curl -s $base/metrics
+  export SUNDIAL_URL=$base SUNDIAL_KEY_FILE=$keyfile
+  $bin/sundial status
+  $bin/sundial jobs ls
+  $bin/sundial runs ls --job hello
+  $bin/sundial jobs trigger hello --wait
+  $bin/sundial apply -f examples/jobs/ --dry-run
+  $bin/sundial preview "0 30 2 * * *" --tz Europe/Berlin -n 5
 
 Press Ctrl-C to stop.
 INFO

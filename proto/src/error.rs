@@ -17,6 +17,9 @@ pub struct ErrorDetail {
     /// The JSON path of the offending field, when the error is about one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Which element of a bulk request (`POST /v1/jobs:apply`) was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 impl ErrorBody {
@@ -26,6 +29,7 @@ impl ErrorBody {
                 code: code.into(),
                 message: message.into(),
                 field: None,
+                index: None,
             },
         }
     }

@@ -41,6 +41,10 @@ pub struct JobSpec {
     /// in one of the listed states (one run per upstream slot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<After>,
+    /// Job labels, for selection (`GET /v1/jobs?label=k=v`) and pruning in
+    /// bulk apply. Not where the job runs: that is `target.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One upstream of a chained job.

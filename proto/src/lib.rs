@@ -6,6 +6,7 @@
 //! to the public API and must be reflected in `docs/api.md`.
 
 pub mod agent;
+pub mod apply;
 pub mod backoff;
 pub mod duration;
 pub mod error;
@@ -16,6 +17,9 @@ pub mod sign;
 pub mod time;
 pub mod webhook;
 
+pub use apply::{
+    spec_from_value, Action, ApplyRequest, ApplyResponse, JobManifest, PlanEntry, Prune,
+};
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{

@@ -166,6 +166,13 @@ fn executor(e: &Executor) -> Result<(), Invalid> {
 /// Validates a whole spec and returns its parsed schedule.
 pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
     let parsed = schedule(&spec.schedule, &spec.timezone)?;
+    spec_fields(spec)?;
+    Ok(parsed)
+}
+
+/// Everything [`spec`] checks except the schedule (bulk apply parses each
+/// distinct schedule once).
+pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
     executor(&spec.executor)?;
     for n in &spec.target.nodes {
         if n.is_empty() || n.len() > MAX_ID_LEN {
@@ -207,13 +214,53 @@ pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
             "history.keep must be at least 1",
         ));
     }
+    labels(&spec.labels)?;
     if spec.description.len() > 4096 {
         return Err(Invalid::value(
             "description",
             "description is longer than 4096 bytes",
         ));
     }
-    Ok(parsed)
+    Ok(())
+}
+
+/// Most job labels one job may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Job labels: keys 1-128 of `[A-Za-z0-9._/-]` starting with a letter or
+/// digit; values at most 256 bytes without control characters.
+pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), Invalid> {
+    if labels.len() > MAX_LABELS {
+        return Err(Invalid::value(
+            "labels",
+            format!("at most {MAX_LABELS} labels per job"),
+        ));
+    }
+    for (k, v) in labels {
+        label_pair(k, v).map_err(|m| Invalid::value(format!("labels.{k}"), m))?;
+    }
+    Ok(())
+}
+
+/// Checks one label key and value (also used for selectors); the message says what is wrong.
+pub fn label_pair(key: &str, value: &str) -> Result<(), String> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_ID_LEN
+        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !key_ok {
+        return Err(format!(
+            "label key {key:?} must be 1-{MAX_ID_LEN} characters of letters, digits, '.', '_', '-' or '/', starting with a letter or digit"
+        ));
+    }
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(format!(
+            "label value {value:?} must be at most 256 bytes without control characters"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -267,6 +314,18 @@ mod tests {
             ),
             (Box::new(|s| s.history.keep = Some(0)), "history.keep"),
             (Box::new(|s| s.retries.max = 1000), "retries.max"),
+            (
+                Box::new(|s| {
+                    s.labels.insert("bad key".into(), "x".into());
+                }),
+                "labels.bad key",
+            ),
+            (
+                Box::new(|s| {
+                    s.labels.insert("team".into(), "a\nb".into());
+                }),
+                "labels.team",
+            ),
         ];
         for (mutate, field) in cases {
             let mut s = base();

@@ -125,6 +125,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 field: self.field,
+                index: None,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();

@@ -81,7 +81,12 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| req.uri().path().to_owned());
     let (parts, body) = req.into_parts();
-    let body = match to_bytes(body, app.settings.max_body_bytes).await {
+    let limit = if parts.uri.path() == "/v1/jobs:apply" {
+        super::apply::body_limit(app.settings.max_body_bytes)
+    } else {
+        app.settings.max_body_bytes
+    };
+    let body = match to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
             return ApiError::new(

@@ -72,17 +72,56 @@ pub async fn list(
     _: Reader,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<List<Job>>> {
-    let q: ListQuery = parse_query(query.as_deref())?;
+    let (selector, rest) = label_selector(query.as_deref())?;
+    let q: ListQuery = parse_query(rest.as_deref())?;
     let limit = page_limit(q.limit)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let (items, next) = app
         .store
-        .read(move |c| jobs::list(c, cursor, limit))
+        .read(move |c| jobs::list_matching(c, &selector, cursor, limit))
         .await?;
     Ok(Json(List {
         items,
         next_cursor: next.map(|n| n.to_string()),
     }))
+}
+
+/// Splits the repeatable `label=k=v` parameters (all must match) off a query
+/// string; returns them and the rest of the query.
+fn label_selector(
+    raw: Option<&str>,
+) -> ApiResult<(std::collections::BTreeMap<String, String>, Option<String>)> {
+    let Some(raw) = raw.filter(|q| !q.is_empty()) else {
+        return Ok(Default::default());
+    };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("query string: {e}"),
+        )
+    })?;
+    let mut selector = std::collections::BTreeMap::new();
+    let mut rest = Vec::new();
+    for (k, v) in pairs {
+        if k != "label" {
+            rest.push((k, v));
+            continue;
+        }
+        let (key, value) = v.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_value",
+                "label",
+                format!("label {v:?} must be key=value"),
+            )
+        })?;
+        validate::label_pair(key, value)
+            .map_err(|m| ApiError::bad_request("invalid_value", "label", m))?;
+        selector.insert(key.to_string(), value.to_string());
+    }
+    let rest = serde_urlencoded::to_string(&rest)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.to_string()))?;
+    Ok((selector, Some(rest)))
 }
 
 pub async fn delete(

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod agent_auth;
+pub mod apply;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -155,6 +156,10 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/ha/primary", get(probes::ha_primary))
         .route("/v1/ha/status", get(probes::ha_status))
         .route("/v1/jobs", get(jobs::list))
+        .route(
+            "/v1/jobs:apply",
+            post(apply::apply).layer(DefaultBodyLimit::max(apply::body_limit(limit))),
+        )
         .route(
             "/v1/jobs/{id}",
             get(jobs::get).put(jobs::put).delete(jobs::delete),

@@ -94,6 +94,35 @@ pub fn upsert(
     now: i64,
     next_fire: impl Fn(i64) -> Option<i64>,
 ) -> Result<(Job, Upserted), StoreError> {
+    let outcome = write_spec(conn, id, spec, now, next_fire)?;
+    if outcome != Upserted::Unchanged {
+        set_after(conn, id, spec)?;
+    }
+    Ok((require(conn, id)?, outcome))
+}
+
+/// Stores a written job's `after` edges (refusing unknown upstreams and
+/// cycles). Bulk apply calls it once every job of the request is written,
+/// so a manifest may list a job before its upstream.
+pub fn set_after(conn: &Connection, id: &str, spec: &JobSpec) -> Result<(), StoreError> {
+    let pk = pk_of(conn, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: "job",
+        id: id.to_string(),
+    })?;
+    super::chains::set_edges(conn, pk, id, &spec.after)
+}
+
+/// The write half of [`upsert`], without reading the job back (bulk apply
+/// writes many jobs and needs only the outcome).
+pub fn write_spec(
+    conn: &Connection,
+    id: &str,
+    spec: &JobSpec,
+    now: i64,
+    next_fire: impl Fn(i64) -> Option<i64>,
+) -> Result<Upserted, StoreError> {
+    let labels_text = serde_json::to_string(&spec.labels)
+        .map_err(|e| StoreError::Corrupt(format!("encoding labels: {e}")))?;
     let spec_text = serde_json::to_string(spec)
         .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
     let target_text = serde_json::to_string(&spec.target)
@@ -120,7 +149,7 @@ pub fn upsert(
                 "UPDATE jobs SET spec = ?2, schedule = ?3, timezone = ?4, misfire = ?5, grace_ms = ?6,
                     max_catch_up = ?7, concurrency = ?8, enabled = ?9, next_fire_at = ?10,
                     keep_runs = ?11, max_age_ms = ?12, updated_at = ?13, target = ?14,
-                    executor_kind = ?15
+                    executor_kind = ?15, labels = ?16
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -139,6 +168,7 @@ pub fn upsert(
                 now,
                 target_text,
                 spec.executor.kind().as_str(),
+                labels_text,
             ])?;
             Upserted::Updated
         }
@@ -146,8 +176,8 @@ pub fn upsert(
             conn.prepare_cached(
                 "INSERT INTO jobs (id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
                     concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at,
-                    target, executor_kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15)",
+                    target, executor_kind, labels)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16)",
             )?
             .execute(params![
                 id,
@@ -165,6 +195,7 @@ pub fn upsert(
                 now,
                 target_text,
                 spec.executor.kind().as_str(),
+                labels_text,
             ])?;
             Upserted::Created
         }
@@ -175,11 +206,6 @@ pub fn upsert(
         Upserted::Unchanged => None,
     };
     if let Some(kind) = kind {
-        let pk = pk_of(conn, id)?.ok_or_else(|| StoreError::NotFound {
-            kind: "job",
-            id: id.to_string(),
-        })?;
-        super::chains::set_edges(conn, pk, id, &spec.after)?;
         events::append(
             conn,
             now,
@@ -190,7 +216,7 @@ pub fn upsert(
             &serde_json::json!({}),
         )?;
     }
-    Ok((require(conn, id)?, outcome))
+    Ok(outcome)
 }
 
 /// Deletes a job and (by cascade) its runs. Returns false when it did not exist.
@@ -351,6 +377,73 @@ pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<()
 pub fn pk_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
     Ok(conn
         .prepare_cached("SELECT pk FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+/// SQL condition and parameters for "carries all these job labels"
+/// (parameters numbered from `first`).
+fn label_condition(
+    selector: &std::collections::BTreeMap<String, String>,
+    first: usize,
+) -> (String, Vec<String>) {
+    let mut sql = String::new();
+    let mut args = Vec::with_capacity(selector.len() * 2);
+    for (i, (k, v)) in selector.iter().enumerate() {
+        let n = first + 2 * i;
+        sql.push_str(&format!(" AND json_extract(labels, ?{n}) = ?{}", n + 1));
+        // Keys are validated (no quotes), so quoting the key is exact.
+        args.push(format!("$.\"{k}\""));
+        args.push(v.clone());
+    }
+    (sql, args)
+}
+
+/// Like [`list`], limited to jobs carrying all the labels of `selector`.
+pub fn list_matching(
+    conn: &Connection,
+    selector: &std::collections::BTreeMap<String, String>,
+    cursor: Option<i64>,
+    limit: usize,
+) -> Result<(Vec<Job>, Option<i64>), StoreError> {
+    if selector.is_empty() {
+        return list(conn, cursor, limit);
+    }
+    let (cond, args) = label_condition(selector, 3);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS}, pk FROM jobs WHERE pk < ?1{cond} ORDER BY pk DESC LIMIT ?2"
+    ))?;
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![cursor.unwrap_or(i64::MAX).into(), (limit as i64 + 1).into()];
+    values.extend(args.into_iter().map(rusqlite::types::Value::from));
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let mut items = Vec::with_capacity(limit.min(1024));
+    let mut last_pk = None;
+    while let Some(row) = rows.next()? {
+        if items.len() == limit {
+            return Ok((items, last_pk));
+        }
+        last_pk = Some(row.get::<_, i64>(12)?);
+        items.push(job_from_row(row)?);
+    }
+    Ok((items, None))
+}
+
+/// Ids of every job carrying all the labels of `selector` (non-empty).
+pub fn ids_matching(
+    conn: &Connection,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<String>, StoreError> {
+    let (cond, args) = label_condition(selector, 1);
+    let mut stmt = conn.prepare_cached(&format!("SELECT id FROM jobs WHERE 1 = 1{cond}"))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The stored canonical spec JSON of a job, if it exists.
+pub fn spec_text(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT spec FROM jobs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?)
 }

@@ -205,6 +205,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_at);
     "#,
+    // 7: job labels (selection and pruning by `POST /v1/jobs:apply`), as JSON.
+    r#"
+    ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    "#,
 ];
 
 /// The schema version this build writes.

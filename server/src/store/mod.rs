@@ -10,6 +10,7 @@
 //! `&Connection` so the same code serves reads (pool) and writes (inside a
 //! [`writer`] batch).
 
+pub(crate) mod apply;
 pub(crate) mod chains;
 pub(crate) mod events;
 pub mod jobs;

@@ -1,0 +1,181 @@
+//! `jobs ls|get|describe|trigger [--wait]|pause|resume|rm`.
+
+use super::{emit, preview, Ctx};
+use crate::args::JobsCmd;
+use crate::client::{enc, Client};
+use crate::error::{CliError, CliResult};
+use crate::output::OutputFormat;
+use crate::render;
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use sundial_proto::{Job, List, Run};
+
+/// Every job (all pages), optionally only those carrying `selector`'s labels.
+pub fn list_all(client: &Client, selector: &BTreeMap<String, String>) -> CliResult<Vec<Job>> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+        for (k, v) in selector {
+            q.push(("label", format!("{k}={v}")));
+        }
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let query = serde_urlencoded::to_string(&q).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let page: List<Job> = client.get(&format!("/v1/jobs?{query}"))?;
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Exit code of a finished run for `trigger --wait`: its process exit code
+/// when it has one (0-255), else 0 for success and 1 for anything else.
+pub fn run_exit_code(run: &Run) -> i32 {
+    match run.exit_code {
+        Some(c) if (0..=255).contains(&c) => c,
+        Some(_) => 1,
+        None if run.state == sundial_proto::RunState::Succeeded => 0,
+        None => 1,
+    }
+}
+
+/// Polls a run until it reaches a terminal state (or `timeout`), calling
+/// `on_update` with each new version.
+pub fn follow_run(
+    client: &Client,
+    id: i64,
+    timeout: Duration,
+    mut on_update: impl FnMut(&Run),
+) -> CliResult<Run> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let run: Run = client.get(&format!("/v1/runs/{id}"))?;
+        on_update(&run);
+        if run.state.is_terminal() {
+            return Ok(run);
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::Other(anyhow::anyhow!(
+                "run {id} still {} after {}s",
+                run.state,
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
+    let client = ctx.client()?;
+    match cmd {
+        JobsCmd::Ls { selector } => {
+            let selector: BTreeMap<String, String> = selector.into_iter().collect();
+            let mut jobs = list_all(&client, &selector)?;
+            jobs.sort_by(|a, b| a.id.cmp(&b.id));
+            let wide = ctx.format() == OutputFormat::Wide;
+            ctx.print(&jobs, || render::jobs_table(&ctx.view, &jobs, wide))
+        }
+        JobsCmd::Get { id } => {
+            let job: Job = client.get(&format!("/v1/jobs/{}", enc(&id)))?;
+            let wide = ctx.format() == OutputFormat::Wide;
+            ctx.print(&job, || {
+                render::jobs_table(&ctx.view, std::slice::from_ref(&job), wide)
+            })
+        }
+        JobsCmd::Describe { id } => {
+            let job: Job = client.get(&format!("/v1/jobs/{}", enc(&id)))?;
+            let fires = preview::fetch(&client, &job.spec.schedule, &job.spec.timezone, 5, None)?;
+            let runs: List<Run> = client.get(&format!("/v1/runs?job={}&limit=5", enc(&id)))?;
+            let tz: chrono_tz::Tz = job.spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+            let next = render::fires(tz, &fires);
+            #[derive(serde::Serialize)]
+            struct Described<'a> {
+                job: &'a Job,
+                next_fires: Vec<String>,
+                last_runs: &'a [Run],
+            }
+            let value = Described {
+                job: &job,
+                next_fires: fires
+                    .iter()
+                    .map(|t| sundial_proto::time::format_ms(*t))
+                    .collect(),
+                last_runs: &runs.items,
+            };
+            ctx.print(&value, || {
+                render::describe(&ctx.view, &job, &next, &runs.items)
+            })
+        }
+        JobsCmd::Trigger { id, wait, timeout } => {
+            let run: Run = client.call(
+                Method::POST,
+                &format!("/v1/jobs/{}/trigger", enc(&id)),
+                None::<&()>,
+            )?;
+            if !wait {
+                return ctx.print(&run, || {
+                    format!("Triggered run {} of job {}.\n", run.id, run.job_id)
+                });
+            }
+            if matches!(ctx.format(), OutputFormat::Table | OutputFormat::Wide) {
+                eprintln!("Triggered run {} of job {}; waiting…", run.id, run.job_id);
+            }
+            let done = follow_run(&client, run.id, Duration::from_secs(timeout), |_| {})?;
+            match ctx.format() {
+                OutputFormat::Table | OutputFormat::Wide => {
+                    if let Some(out) = &done.output {
+                        emit(out);
+                    }
+                    eprintln!(
+                        "Run {} {} (exit code {}).",
+                        done.id,
+                        done.state,
+                        done.exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "none".into())
+                    );
+                }
+                _ => ctx.print(&done, String::new)?,
+            }
+            match run_exit_code(&done) {
+                0 => Ok(()),
+                code => Err(CliError::Exit(code)),
+            }
+        }
+        JobsCmd::Pause { id } => {
+            let job: Job = client.call(
+                Method::POST,
+                &format!("/v1/jobs/{}/pause", enc(&id)),
+                None::<&()>,
+            )?;
+            ctx.print(&job, || format!("Paused job {}.\n", job.id))
+        }
+        JobsCmd::Resume { id } => {
+            let job: Job = client.call(
+                Method::POST,
+                &format!("/v1/jobs/{}/resume", enc(&id)),
+                None::<&()>,
+            )?;
+            ctx.print(&job, || {
+                format!(
+                    "Resumed job {}; next fire {}.\n",
+                    job.id,
+                    ctx.view.when(job.next_fire_at)
+                )
+            })
+        }
+        JobsCmd::Rm { id } => {
+            client.send_empty(Method::DELETE, &format!("/v1/jobs/{}", enc(&id)))?;
+            ctx.print(&serde_json::json!({"deleted": id}), || {
+                format!("Deleted job {id}.\n")
+            })
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `sundial`, the operator CLI: jobs as files (`apply`, `diff`, `export`)
+//! through `POST /v1/jobs:apply`, and everyday commands over the admin API.
+//!
+//! `main.rs` only parses and exits; [`run`] dispatches to the command modules.
+//! Rendering is separate from fetching so tests can pin the clock and zone.
+
+pub mod args;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod output;
+pub mod plan;
+pub mod render;
+
+pub use error::{CliError, CliResult};
+
+/// Runs one parsed command line.
+pub fn run(cli: args::Cli) -> CliResult<()> {
+    let ctx = cmd::Ctx::new(cli.global);
+    cmd::dispatch(&ctx, cli.command)
+}

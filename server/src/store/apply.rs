@@ -1,0 +1,193 @@
+//! Bulk apply in the store: decides per job whether it is created, updated,
+//! unchanged or (when pruning) deleted, by comparing the canonical spec JSON
+//! with the stored one, and — unless it is a dry run — writes the plan. The
+//! caller runs [`plan_and_apply`] inside one writer operation, so a bulk apply
+//! is one transaction: all or nothing.
+
+use super::{jobs, StoreError};
+use rusqlite::Connection;
+use std::collections::{BTreeMap, HashSet};
+use sundial_proto::{Action, JobSpec, PlanEntry};
+
+/// One validated job of the request, with its schedule already parsed.
+pub struct Input {
+    pub id: String,
+    pub spec: JobSpec,
+    pub schedule: crate::schedule::Schedule,
+}
+
+/// The plan and, after a real apply, the earliest next fire to wake the scheduler for.
+pub struct Outcome {
+    pub plan: Vec<PlanEntry>,
+    pub earliest_fire: Option<i64>,
+}
+
+/// Top-level spec fields whose values differ between two canonical specs.
+fn changed_fields(old_text: &str, new: &JobSpec) -> Result<Vec<String>, StoreError> {
+    let old: serde_json::Value = serde_json::from_str(old_text)
+        .map_err(|e| StoreError::Corrupt(format!("stored spec: {e}")))?;
+    let new = serde_json::to_value(new)
+        .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
+    let (Some(old), Some(new)) = (old.as_object(), new.as_object()) else {
+        return Err(StoreError::Corrupt("spec is not a JSON object".into()));
+    };
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    Ok(keys
+        .into_iter()
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect())
+}
+
+/// Plans the request against the stored jobs and, unless `dry_run`, applies it.
+/// `prune` (non-empty) deletes stored jobs carrying all its labels that the
+/// request does not name. Entries come in request order, deletions last.
+pub fn plan_and_apply(
+    conn: &Connection,
+    inputs: &[Input],
+    prune: Option<&BTreeMap<String, String>>,
+    dry_run: bool,
+    now: i64,
+) -> Result<Outcome, StoreError> {
+    let mut plan = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let new_text = serde_json::to_string(&input.spec)
+            .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
+        let (action, changes) = match jobs::spec_text(conn, &input.id)? {
+            None => (Action::Create, Vec::new()),
+            Some(old) if old == new_text => (Action::Unchanged, Vec::new()),
+            Some(old) => (Action::Update, changed_fields(&old, &input.spec)?),
+        };
+        if !dry_run && action != Action::Unchanged {
+            jobs::write_spec(conn, &input.id, &input.spec, now, |t| {
+                input.schedule.next_after(t)
+            })?;
+        }
+        plan.push(PlanEntry {
+            id: input.id.clone(),
+            action,
+            changes,
+        });
+    }
+    // Chains once every job of the request exists: a manifest may list a
+    // job before its upstream. A refusal names the document.
+    if !dry_run {
+        for (i, (input, entry)) in inputs.iter().zip(&plan).enumerate() {
+            if entry.action == Action::Unchanged {
+                continue;
+            }
+            jobs::set_after(conn, &input.id, &input.spec).map_err(|e| match e {
+                StoreError::Invalid { field, message } => StoreError::Invalid {
+                    field: format!("jobs[{i}].{field}"),
+                    message,
+                },
+                other => other,
+            })?;
+        }
+    }
+    if let Some(selector) = prune.filter(|s| !s.is_empty()) {
+        let named: HashSet<&str> = inputs.iter().map(|i| i.id.as_str()).collect();
+        let mut doomed: Vec<String> = jobs::ids_matching(conn, selector)?
+            .into_iter()
+            .filter(|id| !named.contains(id.as_str()))
+            .collect();
+        doomed.sort();
+        for id in doomed {
+            if !dry_run {
+                jobs::delete(conn, &id, now)?;
+            }
+            plan.push(PlanEntry {
+                id,
+                action: Action::Delete,
+                changes: Vec::new(),
+            });
+        }
+    }
+    let earliest_fire = if dry_run {
+        None
+    } else {
+        jobs::earliest_fire(conn)?
+    };
+    Ok(Outcome {
+        plan,
+        earliest_fire,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::Schedule;
+    use crate::store::test_support::temp_store;
+
+    fn input(id: &str, schedule: &str, team: &str) -> Input {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "schedule": schedule, "executor": {"type": "exec", "argv": ["true"]},
+            "labels": {"team": team}
+        }))
+        .unwrap();
+        Input {
+            id: id.into(),
+            schedule: Schedule::parse(&spec.schedule, &spec.timezone).unwrap(),
+            spec,
+        }
+    }
+
+    fn actions(o: &Outcome) -> Vec<(String, Action, Vec<String>)> {
+        o.plan
+            .iter()
+            .map(|e| (e.id.clone(), e.action, e.changes.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn create_update_unchanged_prune_and_dry_run() {
+        let (_dir, store) = temp_store();
+        let first = vec![input("a", "@hourly", "x"), input("b", "@daily", "x")];
+        let o = store
+            .write(move |c| plan_and_apply(c, &first, None, false, 1_000))
+            .await
+            .unwrap();
+        assert!(o.earliest_fire.is_some());
+        assert_eq!(
+            actions(&o),
+            vec![
+                ("a".into(), Action::Create, vec![]),
+                ("b".into(), Action::Create, vec![])
+            ]
+        );
+        // Dry run: a changes schedule, b is dropped and pruned; nothing written.
+        let sel: BTreeMap<String, String> = [("team".to_string(), "x".to_string())].into();
+        let (second, sel2) = (vec![input("a", "@daily", "x")], sel.clone());
+        let o = store
+            .read(move |c| plan_and_apply(c, &second, Some(&sel2), true, 2_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            actions(&o),
+            vec![
+                ("a".into(), Action::Update, vec!["schedule".to_string()]),
+                ("b".into(), Action::Delete, vec![])
+            ]
+        );
+        let still: Vec<String> = store
+            .read(|c| jobs::ids_matching(c, &[("team".into(), "x".into())].into()))
+            .await
+            .unwrap();
+        assert_eq!(still.len(), 2);
+        // Real apply of the same, then again: all unchanged.
+        let second = vec![input("a", "@daily", "x")];
+        store
+            .write(move |c| plan_and_apply(c, &second, Some(&sel), false, 2_000))
+            .await
+            .unwrap();
+        let again = vec![input("a", "@daily", "x")];
+        let o = store
+            .write(move |c| plan_and_apply(c, &again, None, false, 3_000))
+            .await
+            .unwrap();
+        assert_eq!(actions(&o), vec![("a".into(), Action::Unchanged, vec![])]);
+        assert!(store.read(|c| jobs::get(c, "b")).await.unwrap().is_none());
+        store.close().await;
+    }
+}

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 use sundial_proto::agent::{
     CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, PollRequest, PollResponse, RegisterRequest,
+    JoinRequest, OutputRequest, OutputResponse, PollRequest, PollResponse, RegisterRequest,
 };
 use sundial_proto::sign::{self, AuthHeader, NodeKey};
 use sundial_proto::time::now_ms;
@@ -170,6 +170,19 @@ impl Client {
         self.call(
             &format!("/v1/agent/runs/{run_id}/heartbeat"),
             &HeartbeatRequest { attempt },
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    pub async fn output(
+        &self,
+        run_id: i64,
+        req: &OutputRequest,
+    ) -> Result<OutputResponse, CallError> {
+        self.call(
+            &format!("/v1/agent/runs/{run_id}/output"),
+            req,
             Duration::from_secs(10),
         )
         .await

@@ -29,14 +29,33 @@ pub struct Limits {
     pub node_id: String,
 }
 
-/// Asks a running attempt to stop, remembering why.
+/// The runner's handle on a running attempt: asks it to stop (remembering
+/// why), and reads the output it has printed so far (for live output).
 #[derive(Default)]
 pub struct Stop {
     token: CancellationToken,
     reason: Mutex<Option<Outcome>>,
+    output: Arc<Mutex<Capture>>,
 }
 
 impl Stop {
+    /// Output printed after byte `offset`, up to the last whole UTF-8
+    /// character: (the chunk, the offset after it). None when nothing new.
+    pub fn output_since(&self, offset: usize) -> Option<(String, usize)> {
+        let c = self.output.lock().ok()?;
+        let new = c.buf.get(offset..)?;
+        let whole = match std::str::from_utf8(new) {
+            Ok(s) => s,
+            // Up to a character cut in half at the end; invalid bytes in
+            // the middle are sent replaced (the final result has them all).
+            Err(e) if e.error_len().is_none() => {
+                std::str::from_utf8(&new[..e.valid_up_to()]).unwrap_or_default()
+            }
+            Err(_) => return Some((String::from_utf8_lossy(new).into_owned(), c.buf.len())),
+        };
+        (!whole.is_empty()).then(|| (whole.to_string(), offset + whole.len()))
+    }
+
     /// Stops the attempt; the first reason given wins.
     pub fn stop(&self, reason: Outcome) {
         if let Ok(mut r) = self.reason.lock() {
@@ -78,7 +97,7 @@ impl Finished {
 
 /// Output collected up to a cap.
 #[derive(Default)]
-struct Capture {
+pub struct Capture {
     buf: Vec<u8>,
     truncated: bool,
 }
@@ -192,7 +211,7 @@ async fn run_process(
         return Finished::failed("the process exited before it could be tracked".into());
     };
     let pgid = pid as i32;
-    let capture = Arc::new(Mutex::new(Capture::default()));
+    let capture = stop.output.clone();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(drain(out, limits.output_cap, capture.clone())));
@@ -311,21 +330,26 @@ async fn run_http(
     let work = async {
         let mut resp = req.send().await?;
         let status = resp.status().as_u16();
-        let mut cap = Capture::default();
         while let Some(chunk) = resp.chunk().await? {
-            cap.push(&chunk, limits.output_cap);
+            if let Ok(mut c) = stop.output.lock() {
+                c.push(&chunk, limits.output_cap);
+            }
         }
-        Ok::<_, reqwest::Error>((status, cap))
+        Ok::<_, reqwest::Error>(status)
     };
     tokio::select! {
         r = work => match r {
-            Ok((status, cap)) => {
+            Ok(status) => {
                 let ok = expect.contains(&status);
+                let (output, truncated) = match stop.output.lock() {
+                    Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
+                    Err(_) => (String::new(), false),
+                };
                 Finished {
                     outcome: if ok { Outcome::Succeeded } else { Outcome::Failed },
                     exit_code: Some(i32::from(status)),
-                    output: String::from_utf8_lossy(&cap.buf).into_owned(),
-                    truncated: cap.truncated,
+                    output,
+                    truncated,
                     error: (!ok).then(|| format!("unexpected HTTP status {status} (expected one of {expect:?})")),
                 }
             }

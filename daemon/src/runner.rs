@@ -9,7 +9,7 @@ use crate::spool::{Entry, Spool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
+use sundial_proto::agent::{Assignment, CompleteRequest, Outcome, OutputRequest};
 use sundial_proto::backoff::Backoff;
 use sundial_proto::time::now_ms;
 use tokio::sync::{Notify, Semaphore};
@@ -161,9 +161,16 @@ impl Runner {
             a.lease_ms,
             stop.clone(),
         ));
+        let live = tokio::spawn(live_output(
+            self.client.clone(),
+            a.run_id,
+            a.attempt,
+            stop.clone(),
+        ));
         let started_at = now_ms();
         let f = executor::execute(&a, &self.limits, &stop, &self.http).await;
         hb.abort();
+        live.abort();
         let request = CompleteRequest {
             attempt: a.attempt,
             outcome: f.outcome,
@@ -246,6 +253,33 @@ impl Runner {
 }
 
 /// Renews the lease every third of it; a reply asking to cancel stops the run.
+/// Sends what a running attempt printed, about once a second, until the
+/// attempt ends (the complete call carries the whole output) or the server
+/// says the attempt is no longer this node's.
+async fn live_output(client: Client, run_id: i64, attempt: u32, stop: Arc<Stop>) {
+    let mut sent = 0usize;
+    loop {
+        tokio::time::sleep(LIVE_OUTPUT_EVERY).await;
+        let Some((chunk, _)) = stop.output_since(sent) else {
+            continue;
+        };
+        let req = OutputRequest {
+            attempt,
+            offset: sent as u64,
+            chunk,
+        };
+        match client.output(run_id, &req).await {
+            // The server says where it is: normally after this chunk.
+            Ok(r) => sent = r.stored as usize,
+            Err(CallError::Rejected { status, .. }) if status == 404 || status == 409 => return,
+            Err(e) => tracing::debug!(run = run_id, error = %e, "sending live output failed"),
+        }
+    }
+}
+
+/// How often a running attempt's new output is sent.
+const LIVE_OUTPUT_EVERY: Duration = Duration::from_millis(500);
+
 async fn heartbeats(client: Client, run_id: i64, attempt: u32, lease_ms: u64, stop: Arc<Stop>) {
     let every = Duration::from_millis((lease_ms / 3).max(200));
     loop {

@@ -88,6 +88,23 @@ pub struct HeartbeatResponse {
     pub lease_expires_at: Option<i64>,
 }
 
+/// `POST /v1/agent/runs/{id}/output`: what a running attempt printed since
+/// `offset` (bytes of output the server already has), sent about once a
+/// second so `GET /v1/runs/{id}/output?follow=true` shows it live.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRequest {
+    pub attempt: u32,
+    pub offset: u64,
+    pub chunk: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OutputResponse {
+    /// Bytes of output the server now holds: the next chunk starts there.
+    pub stored: u64,
+}
+
 /// How an attempt ended, as the daemon reports it.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

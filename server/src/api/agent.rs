@@ -17,7 +17,7 @@ use axum::Json;
 use std::time::Duration;
 use sundial_proto::agent::{
     CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, PollRequest, PollResponse, RegisterRequest,
+    JoinRequest, OutputRequest, OutputResponse, PollRequest, PollResponse, RegisterRequest,
 };
 use sundial_proto::sign::derive_node_key;
 use sundial_proto::time::now_ms;
@@ -147,6 +147,11 @@ fn run_id(raw: &str) -> ApiResult<i64> {
 fn run_call_error(e: RunCall, id: i64) -> ApiError {
     match e {
         RunCall::Unknown => ApiError::not_found(format!("run {id} not found")),
+        RunCall::NotCurrent => ApiError::new(
+            StatusCode::CONFLICT,
+            "stale",
+            format!("run {id}: this attempt is not running on this node"),
+        ),
     }
 }
 
@@ -168,6 +173,23 @@ pub async fn heartbeat(
         cancel,
         lease_expires_at: Some(expires),
     }))
+}
+
+/// Live output of a running attempt (`OutputRequest`).
+pub async fn output(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    signed: Signed<OutputRequest>,
+) -> ApiResult<Json<OutputResponse>> {
+    let id = run_id(&raw)?;
+    let node = signed.node.id.clone();
+    let req = signed.body;
+    let stored = app
+        .store
+        .write(move |c| lifecycle::append_output(c, &node, id, req.attempt, req.offset, &req.chunk))
+        .await?
+        .map_err(|e| run_call_error(e, id))?;
+    Ok(Json(OutputResponse { stored }))
 }
 
 pub async fn complete(

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod jobs;
 pub mod keys;
 pub mod nodes;
+pub mod output;
 pub mod preview;
 pub mod probes;
 pub mod runs;
@@ -170,6 +171,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/output", get(output::output))
         .route("/v1/schedule/preview", get(preview::preview))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
@@ -197,6 +199,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/poll", post(agent::poll))
         .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/runs/{id}/complete", post(agent::complete))
+        .route("/v1/agent/runs/{id}/output", post(agent::output))
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -489,9 +489,11 @@ pub fn assign(
             }
             _ => continue,
         }
+        // A new attempt starts with no output: live output fills it, the
+        // attempt's result replaces it.
         conn.prepare_cached(
             "UPDATE runs SET state = 'running', assigned_node = ?2, lease_expires_at = ?3,
-                 started_at = ?4, cancel_requested = 0
+                 started_at = ?4, cancel_requested = 0, output = NULL, truncated = 0
              WHERE id = ?1 AND state = 'pending'",
         )?
         .execute(params![c.run_id, node, now + lease_ms, now])?;
@@ -516,6 +518,48 @@ pub fn assign(
 pub enum RunCall {
     /// The run does not exist.
     Unknown,
+    /// The attempt is not (or no longer) this node's running attempt.
+    NotCurrent,
+}
+
+/// Most output kept for one run, whatever daemons send.
+pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
+
+/// Appends what a running attempt printed since byte `offset` of its
+/// stored output (live output). Idempotent: a chunk the server already has
+/// is not stored twice. Returns how many bytes are stored now; the daemon
+/// continues from there.
+pub fn append_output(
+    conn: &Connection,
+    node: &str,
+    run_id: i64,
+    attempt: u32,
+    offset: u64,
+    chunk: &str,
+) -> Result<Result<u64, RunCall>, StoreError> {
+    let Some(row) = run_row(conn, run_id)? else {
+        return Ok(Err(RunCall::Unknown));
+    };
+    let current = row.attempt == attempt && row.assigned.as_deref() == Some(node);
+    if !current || row.state != RunState::Running {
+        return Ok(Err(RunCall::NotCurrent));
+    }
+    let stored: u64 = conn
+        .prepare_cached(
+            "SELECT length(CAST(coalesce(output, '') AS BLOB)) FROM runs WHERE id = ?1",
+        )?
+        .query_row([run_id], |r| r.get::<_, i64>(0))? as u64;
+    let end = offset + chunk.len() as u64;
+    // A gap (offset past what is stored), a repeat, or over the cap: nothing to add.
+    if offset > stored || end <= stored || end > MAX_OUTPUT_BYTES {
+        return Ok(Ok(stored));
+    }
+    let Some(new) = chunk.get((stored - offset) as usize..) else {
+        return Ok(Ok(stored)); // the overlap ends inside a character: resend from `stored`
+    };
+    conn.prepare_cached("UPDATE runs SET output = coalesce(output, '') || ?2 WHERE id = ?1")?
+        .execute(params![run_id, new])?;
+    Ok(Ok(end))
 }
 
 /// Extends a running attempt's lease. Returns (stop, new expiry): `stop` is

@@ -54,6 +54,49 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<Run>, StoreError> {
         .optional()?)
 }
 
+/// A run's output from byte `offset` on, with what a follower needs.
+#[derive(Debug)]
+pub struct OutputTail {
+    pub state: RunState,
+    pub attempt: u32,
+    pub exit_code: Option<i32>,
+    /// Bytes of output stored in all.
+    pub len: u64,
+    /// The bytes after `offset`.
+    pub tail: Vec<u8>,
+}
+
+/// Reads a run's output after byte `offset` (None: no such run).
+pub fn output_tail(
+    conn: &Connection,
+    id: i64,
+    offset: u64,
+) -> Result<Option<OutputTail>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT state, attempt, exit_code, length(CAST(coalesce(output, '') AS BLOB)),
+                    substr(CAST(coalesce(output, '') AS BLOB), ?2 + 1)
+             FROM runs WHERE id = ?1",
+        )?
+        .query_row(params![id, offset as i64], |r| {
+            let state: String = r.get(0)?;
+            Ok(OutputTail {
+                state: state.parse().map_err(|e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        format!("run {id}: {e}").into(),
+                    )
+                })?,
+                attempt: r.get(1)?,
+                exit_code: r.get(2)?,
+                len: r.get::<_, i64>(3)? as u64,
+                tail: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+            })
+        })
+        .optional()?)
+}
+
 /// Filters for [`list`]; `None` means "any".
 #[derive(Debug, Default, Clone)]
 pub struct Filter {

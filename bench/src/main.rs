@@ -403,6 +403,7 @@ fn populate(db: &Path, jobs: u64, chunk: u64) -> Result<Duration> {
                             enabled: true,
                             description: String::new(),
                             after: Vec::new(),
+                            alert: None,
                             labels: Default::default(),
                         };
                         store_jobs::upsert(c, &format!("job-{i:07}"), &spec, now, |t| {

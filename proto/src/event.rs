@@ -24,6 +24,10 @@ pub enum EventType {
     JobDeleted,
     JobPaused,
     JobResumed,
+    /// No run succeeded within the job's `alert.overdue_after`.
+    JobOverdue,
+    /// A run of an overdue job succeeded.
+    JobRecovered,
     NodeJoined,
     NodeRevoked,
     KeyCreated,
@@ -37,7 +41,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 22] = [
+    pub const ALL: [EventType; 24] = [
         EventType::RunStarted,
         EventType::RunSucceeded,
         EventType::RunFailed,
@@ -52,6 +56,8 @@ impl EventType {
         EventType::JobDeleted,
         EventType::JobPaused,
         EventType::JobResumed,
+        EventType::JobOverdue,
+        EventType::JobRecovered,
         EventType::NodeJoined,
         EventType::NodeRevoked,
         EventType::KeyCreated,
@@ -78,6 +84,8 @@ impl EventType {
             EventType::JobDeleted => "job.deleted",
             EventType::JobPaused => "job.paused",
             EventType::JobResumed => "job.resumed",
+            EventType::JobOverdue => "job.overdue",
+            EventType::JobRecovered => "job.recovered",
             EventType::NodeJoined => "node.joined",
             EventType::NodeRevoked => "node.revoked",
             EventType::KeyCreated => "key.created",

@@ -41,10 +41,22 @@ pub struct JobSpec {
     /// in one of the listed states (one run per upstream slot).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<After>,
+    /// Alerts about this job (a dead-man's switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<Alert>,
     /// Job labels, for selection (`GET /v1/jobs?label=k=v`) and pruning in
     /// bulk apply. Not where the job runs: that is `target.labels`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Alerts of a job.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// When no run has succeeded for this long, one `job.overdue` event
+    /// fires (and one `job.recovered` when a run succeeds again).
+    pub overdue_after: Duration,
 }
 
 /// One upstream of a chained job.
@@ -332,6 +344,20 @@ pub struct JobCounters {
     pub last_run_at: Option<i64>,
     #[serde(default)]
     pub last_state: Option<String>,
+    /// When a run of this job last succeeded.
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub last_success_at: Option<i64>,
+    /// Since when the job is overdue (its `alert.overdue_after` passed with no success).
+    #[serde(
+        default,
+        with = "crate::time::rfc3339_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub overdue_since: Option<i64>,
 }
 
 /// A stored job as the API returns it.

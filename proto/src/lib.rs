@@ -23,7 +23,7 @@ pub use apply::{
 pub use duration::Duration;
 pub use error::{ErrorBody, ErrorDetail};
 pub use job::{
-    After, Concurrency, Executor, ExecutorKind, History, Job, JobCounters, JobSpec, Misfire,
+    After, Alert, Concurrency, Executor, ExecutorKind, History, Job, JobCounters, JobSpec, Misfire,
     MisfirePolicy, Retries, Target,
 };
 pub use run::{List, Run, RunState, Trigger};

@@ -12,11 +12,12 @@
 //! - [`auth`]: admin API keys; [`secrets`]: the cluster secret; [`validate`]: input checks
 //! - [`ha`]: where the role comes from (standalone, static, LiteFS) and the current role
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus
-//! - [`loops`]: health and retry pacing of the background loops
+//! - [`loops`]: health and retry pacing of the background loops; [`alerts`]: overdue jobs
 //! - [`webhooks`]: delivery of events to webhooks (signed, ordered, retried)
 //! - [`ui`]: the web console under `/ui/`
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
 
+pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub mod config;

@@ -20,15 +20,17 @@ pub enum Loop {
     SeenFlush,
     Retention,
     Webhooks,
+    Alerts,
 }
 
 impl Loop {
-    pub const ALL: [Loop; 5] = [
+    pub const ALL: [Loop; 6] = [
         Loop::Scheduler,
         Loop::LeaseReaper,
         Loop::SeenFlush,
         Loop::Retention,
         Loop::Webhooks,
+        Loop::Alerts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +40,7 @@ impl Loop {
             Loop::SeenFlush => "seen_flush",
             Loop::Retention => "retention",
             Loop::Webhooks => "webhooks",
+            Loop::Alerts => "alerts",
         }
     }
 
@@ -78,7 +81,7 @@ pub struct LoopStatus {
 
 /// Per-loop health, shared by the loops, `/readyz` and the metrics.
 pub struct Loops {
-    states: [Mutex<State>; 5],
+    states: [Mutex<State>; 6],
     metrics: Arc<Metrics>,
 }
 

@@ -179,6 +179,11 @@ impl Controller {
             tokio::spawn(app.scheduler.clone().run(token.clone())),
             tokio::spawn(app.dispatcher.clone().run_background(token.clone())),
             tokio::spawn(app.deliverer.clone().run(token.clone())),
+            tokio::spawn(crate::alerts::run(
+                app.store.clone(),
+                app.loops.clone(),
+                token.clone(),
+            )),
             tokio::spawn(retention::run(
                 app.store.clone(),
                 self.retention,

@@ -215,6 +215,14 @@ pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
         ));
     }
     labels(&spec.labels)?;
+    if let Some(a) = &spec.alert {
+        if a.overdue_after.as_millis() < 1_000 {
+            return Err(Invalid::value(
+                "alert.overdue_after",
+                "alert.overdue_after must be at least 1s",
+            ));
+        }
+    }
     if spec.description.len() > 4096 {
         return Err(Invalid::value(
             "description",

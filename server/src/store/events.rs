@@ -28,6 +28,52 @@ pub fn append(
     Ok(())
 }
 
+/// Appends an event about a job known by its internal key.
+pub fn append_job(
+    conn: &Connection,
+    at: i64,
+    kind: EventType,
+    job_pk: i64,
+    data: &Value,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (at, type, job_id, data) SELECT ?1, ?2, id, ?4 FROM jobs WHERE pk = ?3",
+    )?
+    .execute(params![at, kind.as_str(), job_pk, data.to_string()])?;
+    Ok(())
+}
+
+/// Jobs that just became overdue (no success within their
+/// `alert.overdue_after`, counted from their creation when they never
+/// succeeded): marks each with `overdue_since` and writes one `job.overdue`.
+/// Paused and disabled jobs are not watched. Returns how many.
+pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    let due: Vec<(i64, i64, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT pk, overdue_after_ms, last_success_at FROM jobs
+             WHERE overdue_after_ms IS NOT NULL AND overdue_since IS NULL
+               AND enabled = 1 AND paused = 0
+               AND coalesce(last_success_at, created_at) + overdue_after_ms <= ?1",
+        )?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (pk, after_ms, last) in &due {
+        conn.prepare_cached("UPDATE jobs SET overdue_since = ?2 WHERE pk = ?1")?
+            .execute(params![pk, now])?;
+        append_job(
+            conn,
+            now,
+            EventType::JobOverdue,
+            *pk,
+            &serde_json::json!({
+                "overdue_after": sundial_proto::Duration::from_millis(*after_ms as u64).map(|d| d.to_string()),
+                "last_success_at": last.map(sundial_proto::time::format_ms),
+            }),
+        )?;
+    }
+    Ok(due.len())
+}
+
 /// Appends an event about a run, its details read from the run's row in the
 /// same statement: `{"attempt", "trigger", "scheduled_for", "exit_code",
 /// "error", "not_before"}`.

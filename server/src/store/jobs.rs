@@ -9,7 +9,8 @@ use sundial_proto::{ExecutorKind, Job, JobCounters, JobSpec, MisfirePolicy};
 
 /// Columns selected for a full [`Job`].
 const JOB_COLUMNS: &str = "id, spec, paused, next_fire_at, created_at, updated_at, \
-     runs_total, runs_succeeded, runs_failed, last_run_id, last_run_at, last_state";
+     runs_total, runs_succeeded, runs_failed, last_run_id, last_run_at, last_state, \
+     last_success_at, overdue_since";
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let spec_text: String = row.get(1)?;
@@ -30,6 +31,8 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
             last_run_id: row.get(9)?,
             last_run_at: row.get(10)?,
             last_state: row.get(11)?,
+            last_success_at: row.get(12)?,
+            overdue_since: row.get(13)?,
         },
     })
 }
@@ -64,7 +67,7 @@ pub fn list(
         if items.len() == limit {
             return Ok((items, last_pk));
         }
-        last_pk = Some(row.get::<_, i64>(12)?);
+        last_pk = Some(row.get::<_, i64>(14)?);
         items.push(job_from_row(row)?);
     }
     Ok((items, None))
@@ -206,6 +209,16 @@ pub fn write_spec(
         Upserted::Unchanged => None,
     };
     if let Some(kind) = kind {
+        // The alert threshold; without one the job is no longer overdue.
+        conn.prepare_cached(
+            "UPDATE jobs SET overdue_after_ms = ?2,
+                 overdue_since = CASE WHEN ?2 IS NULL THEN NULL ELSE overdue_since END
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            spec.alert.as_ref().map(|a| a.overdue_after.as_millis_i64())
+        ])?;
         events::append(
             conn,
             now,
@@ -423,7 +436,7 @@ pub fn list_matching(
         if items.len() == limit {
             return Ok((items, last_pk));
         }
-        last_pk = Some(row.get::<_, i64>(12)?);
+        last_pk = Some(row.get::<_, i64>(14)?);
         items.push(job_from_row(row)?);
     }
     Ok((items, None))

@@ -385,13 +385,40 @@ fn finish(
     )?
     .execute(params![run_id, state.as_str(), at, error])?;
     let (succeeded, failed) = transition::counts(state);
+    // A success of an overdue job recovers it (one `job.recovered`).
+    let recovered: Option<i64> = if succeeded > 0 {
+        conn.prepare_cached("SELECT overdue_since FROM jobs WHERE pk = ?1")?
+            .query_row([job_pk], |r| r.get(0))
+            .optional()?
+            .flatten()
+    } else {
+        None
+    };
     conn.prepare_cached(
         "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
-             last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END
+             last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
+             last_success_at = CASE WHEN ?1 > 0 THEN ?6 ELSE last_success_at END,
+             overdue_since = CASE WHEN ?1 > 0 THEN NULL ELSE overdue_since END
          WHERE pk = ?5",
     )?
-    .execute(params![succeeded, failed, run_id, state.as_str(), job_pk])?;
+    .execute(params![
+        succeeded,
+        failed,
+        run_id,
+        state.as_str(),
+        job_pk,
+        at
+    ])?;
     events::append_run(conn, at, events::for_state(state), run_id)?;
+    if let Some(since) = recovered {
+        events::append_job(
+            conn,
+            at,
+            events::EventType::JobRecovered,
+            job_pk,
+            &serde_json::json!({ "overdue_since": sundial_proto::time::format_ms(since), "run_id": run_id }),
+        )?;
+    }
     chains::fire(conn, run_id, at)
 }
 

@@ -209,6 +209,14 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
     "#,
+    // 8: overdue alerts: the job's threshold, its last success and since
+    // when it is overdue (so an alert fires once, across failovers too).
+    r#"
+    ALTER TABLE jobs ADD COLUMN overdue_after_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_success_at INTEGER;
+    ALTER TABLE jobs ADD COLUMN overdue_since INTEGER;
+    CREATE INDEX jobs_watched ON jobs (pk) WHERE overdue_after_ms IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,47 @@
+//! Overdue alerts (primary only): once a second, jobs whose
+//! `alert.overdue_after` passed without a successful run are marked overdue
+//! with one `job.overdue` event (and so one webhook). The mark lives in the
+//! database, so a restart or failover does not repeat it; a successful run
+//! clears it with one `job.recovered` (in the run lifecycle).
+
+use crate::loops::{self, Loop, Loops};
+use crate::store::{events, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use sundial_proto::time::now_ms;
+use tokio_util::sync::CancellationToken;
+
+/// How often overdue jobs are looked for.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// Checks for overdue jobs until the term ends.
+pub async fn run(store: Arc<Store>, loops: Arc<Loops>, term: CancellationToken) {
+    let mut backoff = loops::retry_backoff();
+    loop {
+        let wait = {
+            loops.begin(Loop::Alerts);
+            match store.write(|c| events::mark_overdue(c, now_ms())).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::warn!(
+                            jobs = n,
+                            "jobs overdue: no successful run within alert.overdue_after"
+                        );
+                    }
+                    backoff.reset();
+                    loops.ok(Loop::Alerts);
+                    EVERY
+                }
+                Err(e) => {
+                    let d = backoff.next_delay();
+                    loops.failed(Loop::Alerts, &e, d);
+                    d
+                }
+            }
+        };
+        tokio::select! {
+            _ = term.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -141,7 +141,7 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
             "POST",
             "/v1/webhooks",
             Some(&json!({"url": format!("http://127.0.0.1:{slack_port}/slack"),
-                         "events": ["run.failed"], "jobs": {"ids": ["failing"]}, "format": "slack"})),
+                         "events": ["run.failed"], "jobs": {"labels": {"team": "billing"}}, "format": "slack"})),
         )
         .unwrap();
     assert_eq!(status, 201, "{slack}");
@@ -183,7 +183,7 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
     );
 
     let yearly = "0 0 0 1 1 *";
-    let failing = json!({"schedule": yearly,
+    let failing = json!({"schedule": yearly, "labels": {"team": "billing"},
         "executor": {"type": "shell", "script": "echo boom; exit 3"}});
     assert_eq!(
         server
@@ -192,14 +192,28 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
             .0,
         201
     );
+    // Fails too, but carries no team=billing label: not for the slack webhook.
+    let unlabelled = json!({"schedule": yearly,
+        "executor": {"type": "shell", "script": "exit 4"}});
+    assert_eq!(
+        server
+            .call("PUT", "/v1/jobs/unlabelled", Some(&unlabelled))
+            .unwrap()
+            .0,
+        201
+    );
+    server
+        .call("POST", "/v1/jobs/unlabelled/trigger", None)
+        .unwrap();
     server
         .call("POST", "/v1/jobs/failing/trigger", None)
         .unwrap();
     let failed = wait_for(Duration::from_secs(20), || {
-        receiver
-            .received()
-            .into_iter()
-            .find(|r| r["path"] == "/hook" && r["body"]["type"] == "run.failed")
+        receiver.received().into_iter().find(|r| {
+            r["path"] == "/hook"
+                && r["body"]["type"] == "run.failed"
+                && r["body"]["job_id"] == "failing"
+        })
     })
     .expect("run.failed delivered and verified");
     assert_eq!(failed["body"]["job_id"], "failing");
@@ -307,7 +321,7 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
     assert!(delivered >= expected.len(), "{log}");
     assert!(log["items"][0]["status"] == 204 || log["items"][0]["outcome"] == "retrying");
 
-    // The slack webhook: only run.failed of job "failing", as {"text": …}.
+    // The slack webhook: only run.failed of jobs labelled team=billing, as {"text": …}.
     let texts = wait_for(Duration::from_secs(20), || {
         let t: Vec<String> = slack_receiver
             .received()
@@ -316,7 +330,19 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
             .collect();
         (t.len() >= 2).then_some(t)
     })
-    .expect("two slack messages");
+    .unwrap_or_else(|| {
+        let id = slack["id"].as_str().unwrap();
+        let (_, state) = server.call("GET", &format!("/v1/webhooks/{id}"), None).unwrap();
+        let (_, log) = server
+            .call("GET", &format!("/v1/webhooks/{id}/deliveries"), None)
+            .unwrap();
+        let (_, evs) = server.call("GET", "/v1/events?type=run.failed", None).unwrap();
+        let (_, job) = server.call("GET", "/v1/jobs/failing", None).unwrap();
+        panic!(
+            "two slack messages: got {:?}; webhook {state}; deliveries {log}; events {evs}; job {job}",
+            slack_receiver.received(),
+        )
+    });
     assert!(
         texts
             .iter()

@@ -41,18 +41,21 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Which jobs' events a webhook receives (empty: every job, and events that
-/// are about no job).
+/// Which jobs' events a webhook receives: those of the listed job ids
+/// and/or of jobs carrying all the listed job labels (empty: every job, and
+/// events that are about no job).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct JobSelector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl JobSelector {
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.ids.is_empty() && self.labels.is_empty()
     }
 }
 

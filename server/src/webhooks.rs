@@ -12,6 +12,7 @@ use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::secrets::ClusterSecrets;
 use crate::store::events::{self, Filter};
+use crate::store::jobs;
 use crate::store::webhooks::{self, Attempt, Stored};
 use crate::store::{Store, StoreError};
 use hmac::{Hmac, Mac};
@@ -403,6 +404,26 @@ impl Deliverer {
             }
             return Ok(Step::Idle);
         };
+        // A label selector is checked against the job as it is now (a
+        // deleted job matches no labels).
+        if !spec.jobs.labels.is_empty() {
+            let (job, labels) = (event.job_id.clone(), spec.jobs.labels.clone());
+            let selected = match job {
+                Some(j) => {
+                    self.store
+                        .read(move |c| jobs::has_labels(c, &j, &labels))
+                        .await?
+                }
+                None => false,
+            };
+            if !selected {
+                let (key, to) = (id.to_string(), event.id);
+                self.store
+                    .write(move |c| webhooks::skip_to(c, &key, to))
+                    .await?;
+                return Ok(Step::Again);
+            }
+        }
         let now = now_ms();
         if let Some(at) = hook.webhook.next_attempt_at.filter(|at| *at > now) {
             return Ok(Step::Until(at));

@@ -56,6 +56,10 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
             e
         })?;
     }
+    validate::labels(&spec.jobs.labels).map_err(|mut e| {
+        e.field = format!("jobs.{}", e.field);
+        e
+    })?;
     if spec.description.len() > 4096 {
         return Err(ApiError::bad_request(
             "invalid_value",

@@ -443,6 +443,21 @@ pub fn list_matching(
 }
 
 /// Ids of every job carrying all the labels of `selector` (non-empty).
+/// Whether job `id` exists and carries every label of `selector`.
+pub fn has_labels(
+    conn: &Connection,
+    id: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Result<bool, StoreError> {
+    let (cond, args) = label_condition(selector, 2);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1{cond})"
+    ))?;
+    let mut values: Vec<rusqlite::types::Value> = vec![id.to_string().into()];
+    values.extend(args.into_iter().map(rusqlite::types::Value::from));
+    Ok(stmt.query_row(rusqlite::params_from_iter(values), |r| r.get(0))?)
+}
+
 pub fn ids_matching(
     conn: &Connection,
     selector: &std::collections::BTreeMap<String, String>,
@@ -509,6 +524,38 @@ mod tests {
             bad[1].contains("job bad-misfire: unknown misfire policy \"sometimes\""),
             "{bad:?}"
         );
+        store.close().await;
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    #[tokio::test]
+    async fn has_labels_matches_all_labels_of_the_selector() {
+        let (_dir, store) = temp_store();
+        let got = store
+            .write(|c| {
+                let spec: JobSpec = serde_json::from_str(
+                    r#"{"schedule":"@yearly","labels":{"team":"billing","tier":"1"},"executor":{"type":"exec","argv":["true"]}}"#,
+                )
+                .unwrap();
+                upsert(c, "a", &spec, 0, |_| None)?;
+                let sel = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+                    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+                };
+                Ok((
+                    has_labels(c, "a", &sel(&[("team", "billing")]))?,
+                    has_labels(c, "a", &sel(&[("team", "billing"), ("tier", "1")]))?,
+                    has_labels(c, "a", &sel(&[("team", "ops")]))?,
+                    has_labels(c, "nope", &sel(&[("team", "billing")]))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, (true, true, false, false));
         store.close().await;
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod litestream;
 pub mod misfire;
+pub mod receiver;
 pub mod webdriver;
 
 use anyhow::{bail, Context, Result};

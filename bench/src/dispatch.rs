@@ -31,6 +31,8 @@ pub struct Args {
     pub drain: u64,
     pub executor: String,
     pub clients: usize,
+    /// Also deliver every `run.*` event to a webhook (a local 200 responder).
+    pub webhook: bool,
 }
 
 // ---------------------------------------------------------------- daemons
@@ -514,6 +516,31 @@ fn report_step(s: &mut Step, args: &Args) {
     ] {
         row(label, cores(used), "");
     }
+    let lag = s.metrics.hist("sundial_webhook_lag_seconds");
+    if lag.count > 0.0 {
+        let delivered = s
+            .metrics
+            .delta("sundial_webhook_deliveries_total{outcome=\"delivered\"}");
+        let lbound = |q: f64| {
+            lag.quantile_bound(q)
+                .map_or("-".into(), |b| format!("≤ {} ms", b * 1000.0))
+        };
+        row(
+            "webhook deliveries/s (run.* events)",
+            format!("{:.0}", delivered / s.window_s),
+            "",
+        );
+        row(
+            "  webhook lag (event → delivered) p50 / p99 bucket",
+            format!("{} / {}", lbound(0.5), lbound(0.99)),
+            "",
+        );
+        row(
+            "  webhook backlog at window end (events)",
+            format!("{:.0}", sample(&s.metrics.after, "sundial_webhook_backlog")),
+            "",
+        );
+    }
     println!("\nsundial_start_lateness_seconds (delta over the window, ms):");
     println!("{}", assign.render(1000.0, "ms"));
 }
@@ -613,6 +640,23 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
     };
     let server = ServerProc::start(data).context("starting the server")?;
     let token = server.join_token()?;
+    let hook_responder = if args.webhook {
+        let r = Responder::start()?;
+        let (status, body) = server.call(
+            "POST",
+            "/v1/webhooks",
+            Some(&serde_json::json!({
+                "url": format!("http://127.0.0.1:{}/hook", r.port), "events": ["run.*"],
+            })),
+        )?;
+        if status != 201 {
+            bail!("creating the webhook: {status} {body}");
+        }
+        println!("webhook on run.* → 127.0.0.1:{}", r.port);
+        Some(r)
+    } else {
+        None
+    };
     let dir: PathBuf = data.with_extension("daemons");
     let daemons = Daemons::start(&dir, &server.base, &token, args.daemons, args.capacity)?;
     wait_registered(&server, args.daemons, args.capacity)?;
@@ -640,6 +684,7 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
     daemons.terminate(Duration::from_secs(40))?;
     stop_server(server)?;
     drop(responder);
+    drop(hook_responder);
     for s in &mut steps {
         report_step(s, args);
     }

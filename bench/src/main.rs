@@ -102,6 +102,9 @@ enum Scenario {
         executor: String,
         #[arg(long, default_value_t = 32)]
         clients: usize,
+        /// Also deliver every run event to a webhook (a local responder).
+        #[arg(long)]
+        webhook: bool,
     },
     /// Server time of the web console's pages over a large database.
     Console {
@@ -176,6 +179,7 @@ fn main() -> Result<()> {
             drain,
             executor,
             clients,
+            webhook,
         } => dispatch::run(
             &data,
             &opts,
@@ -188,6 +192,7 @@ fn main() -> Result<()> {
                 drain,
                 executor,
                 clients: clients.max(1),
+                webhook,
             },
         ),
         Scenario::Console {

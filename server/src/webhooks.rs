@@ -30,6 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the set of webhooks is re-read (new and deleted ones).
 const RESCAN: Duration = Duration::from_secs(1);
+/// Events read (and sent, in order) per step of a webhook.
+const PAGE: usize = 256;
+/// Longest a step sends before it writes down what it delivered.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// First retry delay; each further one doubles, up to [`RETRY_CAP_MS`].
 const RETRY_BASE_MS: i64 = 1_000;
 const RETRY_CAP_MS: i64 = 600_000;
@@ -264,25 +268,20 @@ impl Deliverer {
             None => DeliveryOutcome::Delivered,
             Some(_) => DeliveryOutcome::Failed,
         };
-        let (id, err) = (hook.webhook.id.clone(), sent.error.clone());
+        let attempt = Attempt {
+            webhook_id: hook.webhook.id.clone(),
+            message_id,
+            event_id: None,
+            attempt: 1,
+            at,
+            status: sent.status,
+            latency_ms: sent.latency_ms,
+            error: sent.error,
+            outcome,
+            next_attempt_at: None,
+        };
         self.store
-            .write(move |c| {
-                webhooks::record(
-                    c,
-                    &Attempt {
-                        webhook_id: &id,
-                        message_id: &message_id,
-                        event_id: None,
-                        attempt: 1,
-                        at,
-                        status: sent.status,
-                        latency_ms: sent.latency_ms,
-                        error: err.as_deref(),
-                        outcome,
-                        next_attempt_at: None,
-                    },
-                )
-            })
+            .write(move |c| webhooks::record(c, &attempt))
             .await
     }
 
@@ -389,11 +388,15 @@ impl Deliverer {
             job_ids: spec.jobs.ids.clone(),
         };
         let cursor = hook.webhook.cursor;
+        let now = now_ms();
+        if let Some(at) = hook.webhook.next_attempt_at.filter(|at| *at > now) {
+            return Ok(Step::Until(at));
+        }
         let page = self
             .store
-            .read(move |c| events::list(c, cursor, &filter, 1))
+            .read(move |c| events::list(c, cursor, &filter, PAGE))
             .await?;
-        let Some(event) = page.items.into_iter().next() else {
+        if page.items.is_empty() {
             if page.cursor > cursor {
                 // Nothing for this webhook among what was scanned: move past it.
                 let (key, to) = (id.to_string(), page.cursor);
@@ -403,86 +406,115 @@ impl Deliverer {
                 return Ok(if page.more { Step::Again } else { Step::Idle });
             }
             return Ok(Step::Idle);
-        };
-        // A label selector is checked against the job as it is now (a
-        // deleted job matches no labels).
-        if !spec.jobs.labels.is_empty() {
-            let (job, labels) = (event.job_id.clone(), spec.jobs.labels.clone());
-            let selected = match job {
-                Some(j) => {
-                    self.store
-                        .read(move |c| jobs::has_labels(c, &j, &labels))
-                        .await?
-                }
-                None => false,
+        }
+        // Send the page's events one after another, in order; what happened
+        // is written in one transaction at the end (or when sending stops at
+        // a failure), so a busy webhook costs one write per page, not per
+        // event. A crash before that write repeats the page: at least once,
+        // with the same webhook-ids.
+        let mut done: Vec<Attempt> = Vec::new();
+        let mut skipped_to = None;
+        let mut next = Step::Again;
+        let started = std::time::Instant::now();
+        for event in page.items {
+            if !self.selected(&spec.jobs.labels, &event).await? {
+                skipped_to = Some(event.id);
+                continue;
+            }
+            // Only the event at the head carries earlier attempts.
+            let first_in_page = done.is_empty() && skipped_to.is_none();
+            let attempt = if first_in_page {
+                hook.webhook.attempts + 1
+            } else {
+                1
             };
-            if !selected {
-                let (key, to) = (id.to_string(), event.id);
-                self.store
-                    .write(move |c| webhooks::skip_to(c, &key, to))
-                    .await?;
-                return Ok(Step::Again);
+            let message_id = event.id.to_string();
+            let sent = self
+                .send(&hook, &message_id, body(spec.format, &event))
+                .await;
+            let at = now_ms();
+            let first = match hook.first_attempt_at {
+                Some(t) if first_in_page => t,
+                _ => at,
+            };
+            let (outcome, next_attempt_at) = match &sent.error {
+                None => (DeliveryOutcome::Delivered, None),
+                Some(_) if at - first >= self.settings.retry_for_ms => {
+                    (DeliveryOutcome::Failed, None)
+                }
+                Some(_) => (
+                    DeliveryOutcome::Retrying,
+                    Some(at + retry_delay_ms(attempt)),
+                ),
+            };
+            self.metrics
+                .webhook_deliveries
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+            match outcome {
+                DeliveryOutcome::Delivered => {
+                    let lag = (at - event.at).max(0) as f64 / 1000.0;
+                    self.metrics.webhook_lag_seconds.observe(lag);
+                }
+                DeliveryOutcome::Failed => {
+                    tracing::error!(webhook = %id, event = event.id, attempts = attempt, error = ?sent.error, "webhook delivery given up")
+                }
+                DeliveryOutcome::Retrying => {
+                    tracing::warn!(webhook = %id, event = event.id, attempt, error = ?sent.error, "webhook delivery failed; will retry")
+                }
             }
-        }
-        let now = now_ms();
-        if let Some(at) = hook.webhook.next_attempt_at.filter(|at| *at > now) {
-            return Ok(Step::Until(at));
-        }
-        let message_id = event.id.to_string();
-        let attempt = hook.webhook.attempts + 1;
-        let sent = self
-            .send(&hook, &message_id, body(spec.format, &event))
-            .await;
-        let at = now_ms();
-        let first = hook.first_attempt_at.unwrap_or(at);
-        let (outcome, next_attempt_at) = match &sent.error {
-            None => (DeliveryOutcome::Delivered, None),
-            Some(_) if at - first >= self.settings.retry_for_ms => (DeliveryOutcome::Failed, None),
-            Some(_) => (
-                DeliveryOutcome::Retrying,
-                Some(at + retry_delay_ms(attempt)),
-            ),
-        };
-        self.metrics
-            .webhook_deliveries
-            .with_label_values(&[outcome.as_str()])
-            .inc();
-        match outcome {
-            DeliveryOutcome::Delivered => {
-                let lag = (at - event.at).max(0) as f64 / 1000.0;
-                self.metrics.webhook_lag_seconds.observe(lag);
+            done.push(Attempt {
+                webhook_id: id.to_string(),
+                message_id,
+                event_id: Some(event.id),
+                attempt,
+                at,
+                status: sent.status,
+                latency_ms: sent.latency_ms,
+                error: sent.error,
+                outcome,
+                next_attempt_at,
+            });
+            if let Some(t) = next_attempt_at {
+                next = Step::Until(t);
+                break;
             }
-            DeliveryOutcome::Failed => {
-                tracing::error!(webhook = %id, event = event.id, attempts = attempt, error = ?sent.error, "webhook delivery given up")
-            }
-            DeliveryOutcome::Retrying => {
-                tracing::warn!(webhook = %id, event = event.id, attempt, error = ?sent.error, "webhook delivery failed; will retry")
+            if started.elapsed() >= FLUSH_EVERY {
+                break;
             }
         }
         let key = id.to_string();
         self.store
             .write(move |c| {
-                webhooks::record(
-                    c,
-                    &Attempt {
-                        webhook_id: &key,
-                        message_id: &message_id,
-                        event_id: Some(event.id),
-                        attempt,
-                        at,
-                        status: sent.status,
-                        latency_ms: sent.latency_ms,
-                        error: sent.error.as_deref(),
-                        outcome,
-                        next_attempt_at,
-                    },
-                )
+                if let Some(to) = skipped_to {
+                    webhooks::skip_to(c, &key, to)?;
+                }
+                for a in &done {
+                    webhooks::record(c, a)?;
+                }
+                Ok(())
             })
             .await?;
-        Ok(match next_attempt_at {
-            Some(t) => Step::Until(t),
-            None => Step::Again,
-        })
+        Ok(next)
+    }
+
+    /// Whether the event is for this webhook under its label selector (the
+    /// job as it is now; a deleted job carries no labels).
+    async fn selected(
+        &self,
+        labels: &std::collections::BTreeMap<String, String>,
+        event: &Event,
+    ) -> Result<bool, StoreError> {
+        if labels.is_empty() {
+            return Ok(true);
+        }
+        let Some(job) = event.job_id.clone() else {
+            return Ok(false);
+        };
+        let labels = labels.clone();
+        self.store
+            .read(move |c| jobs::has_labels(c, &job, &labels))
+            .await
     }
 }
 

@@ -103,16 +103,16 @@ pub fn skip_to(conn: &Connection, id: &str, cursor: i64) -> Result<(), StoreErro
 
 /// One attempt and what it does to the webhook's state.
 #[derive(Debug, Clone)]
-pub struct Attempt<'a> {
-    pub webhook_id: &'a str,
-    pub message_id: &'a str,
+pub struct Attempt {
+    pub webhook_id: String,
+    pub message_id: String,
     /// The event delivered; None for a test message (no state change).
     pub event_id: Option<i64>,
     pub attempt: u32,
     pub at: i64,
     pub status: Option<u16>,
     pub latency_ms: i64,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     pub outcome: DeliveryOutcome,
     /// When to try again (outcome `retrying`).
     pub next_attempt_at: Option<i64>,
@@ -121,7 +121,7 @@ pub struct Attempt<'a> {
 /// Records an attempt and moves the webhook on: past the event when it was
 /// delivered or given up (then a `webhook.failed` event is written too), or
 /// to its next attempt.
-pub fn record(conn: &Connection, a: &Attempt<'_>) -> Result<Delivery, StoreError> {
+pub fn record(conn: &Connection, a: &Attempt) -> Result<Delivery, StoreError> {
     conn.prepare_cached(
         "INSERT INTO webhook_deliveries
              (webhook_id, message_id, event_id, attempt, at, status, latency_ms, error, outcome)
@@ -189,13 +189,13 @@ pub fn record(conn: &Connection, a: &Attempt<'_>) -> Result<Delivery, StoreError
     }
     Ok(Delivery {
         id: delivery_id,
-        message_id: a.message_id.to_string(),
+        message_id: a.message_id.clone(),
         event_id: a.event_id,
         attempt: a.attempt,
         at: a.at,
         status: a.status,
         latency_ms: a.latency_ms,
-        error: a.error.map(str::to_string),
+        error: a.error.clone(),
         outcome: a.outcome,
     })
 }

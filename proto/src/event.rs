@@ -29,6 +29,8 @@ pub enum EventType {
     /// A run of an overdue job succeeded.
     JobRecovered,
     NodeJoined,
+    /// A node was not heard from for two minutes.
+    NodeDown,
     NodeRevoked,
     KeyCreated,
     KeyDeleted,
@@ -41,7 +43,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 24] = [
+    pub const ALL: [EventType; 25] = [
         EventType::RunStarted,
         EventType::RunSucceeded,
         EventType::RunFailed,
@@ -59,6 +61,7 @@ impl EventType {
         EventType::JobOverdue,
         EventType::JobRecovered,
         EventType::NodeJoined,
+        EventType::NodeDown,
         EventType::NodeRevoked,
         EventType::KeyCreated,
         EventType::KeyDeleted,
@@ -87,6 +90,7 @@ impl EventType {
             EventType::JobOverdue => "job.overdue",
             EventType::JobRecovered => "job.recovered",
             EventType::NodeJoined => "node.joined",
+            EventType::NodeDown => "node.down",
             EventType::NodeRevoked => "node.revoked",
             EventType::KeyCreated => "key.created",
             EventType::KeyDeleted => "key.deleted",

@@ -1,11 +1,14 @@
-//! Overdue alerts (primary only): once a second, jobs whose
-//! `alert.overdue_after` passed without a successful run are marked overdue
-//! with one `job.overdue` event (and so one webhook). The mark lives in the
-//! database, so a restart or failover does not repeat it; a successful run
-//! clears it with one `job.recovered` (in the run lifecycle).
+//! Alerts (primary only): once a second, jobs whose `alert.overdue_after`
+//! passed without a successful run are marked overdue with one
+//! `job.overdue` event (and so one webhook), and nodes not heard from for
+//! [`LIVE_WINDOW_MS`] are marked down with one `node.down`. The marks live
+//! in the database, so a restart or failover does not repeat them; a
+//! successful run clears a job's with one `job.recovered` (in the run
+//! lifecycle), contact clears a node's.
 
 use crate::loops::{self, Loop, Loops};
-use crate::store::{events, Store};
+use crate::registry::LIVE_WINDOW_MS;
+use crate::store::{events, nodes, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::time::now_ms;

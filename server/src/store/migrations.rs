@@ -217,6 +217,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN overdue_since INTEGER;
     CREATE INDEX jobs_watched ON jobs (pk) WHERE overdue_after_ms IS NOT NULL;
     "#,
+    // 9: since when a node is down (no contact for two minutes), so
+    // `node.down` fires once, across failovers too.
+    r#"
+    ALTER TABLE nodes ADD COLUMN down_since INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

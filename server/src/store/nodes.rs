@@ -132,13 +132,71 @@ pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError>
     Ok(revoked)
 }
 
+/// Nodes not heard from for `window_ms` (and not revoked) are marked down,
+/// each with one `node.down` event; contact clears the mark. The mark lives
+/// in the database, so a failover does not repeat the event.
+pub fn mark_down(conn: &Connection, now: i64, window_ms: i64) -> Result<usize, StoreError> {
+    let down: Vec<(String, Option<i64>)> = conn
+        .prepare_cached(
+            "UPDATE nodes SET down_since = ?1
+             WHERE revoked = 0 AND down_since IS NULL AND coalesce(last_seen, joined_at) < ?1 - ?2
+             RETURNING id, last_seen",
+        )?
+        .query_map(params![now, window_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, last_seen) in &down {
+        events::append(
+            conn,
+            now,
+            EventType::NodeDown,
+            None,
+            None,
+            Some(id),
+            &serde_json::json!({ "last_seen": last_seen.map(sundial_proto::time::format_ms) }),
+        )?;
+    }
+    Ok(down.len())
+}
+
 /// Writes last-contact times collected in memory.
 pub fn touch_many(conn: &Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "UPDATE nodes SET last_seen = max(coalesce(last_seen, 0), ?2) WHERE id = ?1",
+        "UPDATE nodes SET last_seen = max(coalesce(last_seen, 0), ?2), down_since = NULL WHERE id = ?1",
     )?;
     for (id, at) in seen {
         stmt.execute(params![id, at])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    #[tokio::test]
+    async fn a_silent_node_is_down_once_until_it_is_heard_from() {
+        let (_dir, store) = temp_store();
+        let counts = store
+            .write(|c| {
+                join(c, "n1", 0)?;
+                join(c, "n2", 0)?;
+                touch_many(c, &[("n2".to_string(), 100_000)])?;
+                let first = mark_down(c, 130_000, 120_000)?; // n1 silent since 0
+                let again = mark_down(c, 140_000, 120_000)?; // no repeat
+                touch_many(c, &[("n1".to_string(), 150_000)])?; // back
+                let back = mark_down(c, 160_000, 120_000)?;
+                let later = mark_down(c, 300_000, 120_000)?; // both silent now
+                let downs: i64 = c.query_row(
+                    "SELECT count(*) FROM events WHERE type = 'node.down'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok((first, again, back, later, downs))
+            })
+            .await
+            .unwrap();
+        assert_eq!(counts, (1, 0, 0, 2, 3));
+        store.close().await;
+    }
 }

@@ -17,19 +17,31 @@ use tokio_util::sync::CancellationToken;
 /// How often overdue jobs are looked for.
 const EVERY: Duration = Duration::from_secs(1);
 
-/// Checks for overdue jobs until the term ends.
+/// Checks for overdue jobs and silent nodes until the term ends.
 pub async fn run(store: Arc<Store>, loops: Arc<Loops>, term: CancellationToken) {
     let mut backoff = loops::retry_backoff();
     loop {
         let wait = {
             loops.begin(Loop::Alerts);
-            match store.write(|c| events::mark_overdue(c, now_ms())).await {
-                Ok(n) => {
-                    if n > 0 {
+            let marked = store
+                .write(|c| {
+                    let now = now_ms();
+                    Ok((
+                        events::mark_overdue(c, now)?,
+                        nodes::mark_down(c, now, LIVE_WINDOW_MS)?,
+                    ))
+                })
+                .await;
+            match marked {
+                Ok((jobs, nodes)) => {
+                    if jobs > 0 {
                         tracing::warn!(
-                            jobs = n,
+                            jobs,
                             "jobs overdue: no successful run within alert.overdue_after"
                         );
+                    }
+                    if nodes > 0 {
+                        tracing::warn!(nodes, "nodes down: no contact for two minutes");
                     }
                     backoff.reset();
                     loops.ok(Loop::Alerts);

@@ -11,45 +11,14 @@
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use sundial_e2e::ha::{host, start_litefs_server, term_epoch};
 use sundial_e2e::receiver::{python, Receiver};
 use sundial_e2e::{
-    admin_call, free_port, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble,
-    ServerProc, ADMIN_KEY,
+    admin_call, free_port, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble, ADMIN_KEY,
 };
-
-fn start_ha(shared: &Path, double: &LitefsDouble, secret: &Path) -> ServerProc {
-    ServerProc::start_args(
-        shared,
-        &[
-            "--ha-mode",
-            "litefs",
-            "--litefs-dir",
-            double.dir.to_str().unwrap(),
-            "--litefs-api",
-            &double.api_url(),
-            "--peer-url-template",
-            "http://{hostname}",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--lease",
-            "3s",
-        ],
-    )
-    .unwrap()
-}
-
-fn host(s: &ServerProc) -> String {
-    format!("127.0.0.1:{}", s.port)
-}
-
-fn term_epoch(base: &str) -> Option<i64> {
-    let (status, st) = admin_call(base, "GET", "/v1/ha/status", None).ok()?;
-    (status == 200 && st["role"] == "primary").then(|| st["term_epoch"].as_i64())?
-}
 
 /// Follows the stream through `base`, reconnecting with the last id seen,
 /// until `stop`; records every (id, type) received.
@@ -110,9 +79,9 @@ fn events_and_webhooks_survive_kill9_failovers_behind_haproxy() {
         LitefsDouble::start(&dir.path().join("l2")).unwrap(),
     ];
     doubles[0].make_primary().unwrap();
-    let mut servers = vec![start_ha(&shared, &doubles[0], &secret)];
+    let mut servers = vec![start_litefs_server(&shared, &doubles[0], &secret)];
     doubles[1].make_replica(Some(&host(&servers[0]))).unwrap();
-    servers.push(start_ha(&shared, &doubles[1], &secret));
+    servers.push(start_litefs_server(&shared, &doubles[1], &secret));
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
     wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");

@@ -7,41 +7,9 @@
 
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
-use sundial_e2e::{
-    admin_call, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble, ServerProc,
-};
-
-fn start_ha(shared: &Path, double: &LitefsDouble, secret: &Path) -> ServerProc {
-    ServerProc::start_args(
-        shared,
-        &[
-            "--ha-mode",
-            "litefs",
-            "--litefs-dir",
-            double.dir.to_str().unwrap(),
-            "--litefs-api",
-            &double.api_url(),
-            "--peer-url-template",
-            "http://{hostname}",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--lease",
-            "3s",
-        ],
-    )
-    .unwrap()
-}
-
-fn host(s: &ServerProc) -> String {
-    format!("127.0.0.1:{}", s.port)
-}
-
-fn term_epoch(base: &str) -> Option<i64> {
-    let (status, st) = admin_call(base, "GET", "/v1/ha/status", None).ok()?;
-    (status == 200 && st["role"] == "primary").then(|| st["term_epoch"].as_i64())?
-}
+use sundial_e2e::ha::{host, start_litefs_server, term_epoch};
+use sundial_e2e::{admin_call, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble};
 
 #[test]
 fn ten_role_flips_behind_haproxy_lose_and_repeat_nothing() {
@@ -57,9 +25,9 @@ fn ten_role_flips_behind_haproxy_lose_and_repeat_nothing() {
         LitefsDouble::start(&dir.path().join("l2")).unwrap(),
     ];
     doubles[0].make_primary().unwrap();
-    let mut servers = vec![start_ha(&shared, &doubles[0], &secret)];
+    let mut servers = vec![start_litefs_server(&shared, &doubles[0], &secret)];
     doubles[1].make_replica(Some(&host(&servers[0]))).unwrap();
-    servers.push(start_ha(&shared, &doubles[1], &secret));
+    servers.push(start_litefs_server(&shared, &doubles[1], &secret));
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
     wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");

@@ -5,34 +5,9 @@
 //! old one writes nothing (epoch fencing) and steps down.
 
 use serde_json::json;
-use std::path::Path;
 use std::time::{Duration, Instant};
+use sundial_e2e::ha::{host, start_litefs_server};
 use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
-
-pub fn start_ha(shared: &Path, double: &LitefsDouble, secret: &Path) -> ServerProc {
-    ServerProc::start_args(
-        shared,
-        &[
-            "--ha-mode",
-            "litefs",
-            "--litefs-dir",
-            double.dir.to_str().unwrap(),
-            "--litefs-api",
-            &double.api_url(),
-            "--peer-url-template",
-            "http://{hostname}",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--lease",
-            "3s",
-        ],
-    )
-    .unwrap()
-}
-
-fn host(s: &ServerProc) -> String {
-    format!("127.0.0.1:{}", s.port)
-}
 
 fn is_primary(s: &ServerProc) -> bool {
     s.call("GET", "/v1/ha/primary", None)
@@ -49,9 +24,9 @@ fn replica_reads_forwards_refuses_without_primary_and_split_brain_is_fenced() {
     let d1 = LitefsDouble::start(&dir.path().join("l1")).unwrap();
     let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
     d1.make_primary().unwrap();
-    let s1 = start_ha(&shared, &d1, &secret);
+    let s1 = start_litefs_server(&shared, &d1, &secret);
     d2.make_replica(Some(&host(&s1))).unwrap();
-    let s2 = start_ha(&shared, &d2, &secret);
+    let s2 = start_litefs_server(&shared, &d2, &secret);
 
     assert!(is_primary(&s1));
     assert!(!is_primary(&s2), "the replica must fail the primary check");

@@ -1,0 +1,41 @@
+//! Helpers for the HA tests: a server in LiteFS mode driven by a
+//! [`LitefsDouble`], its `host:port` as LiteFS's `.primary` names it, and the
+//! epoch of whichever server answers as primary at a URL.
+
+use crate::{admin_call, LitefsDouble, ServerProc};
+use std::path::Path;
+
+/// A server over the shared database file `shared`, its role from `double`
+/// (`--ha-mode litefs`), with the shared cluster secret and a 3 s lease.
+pub fn start_litefs_server(shared: &Path, double: &LitefsDouble, secret: &Path) -> ServerProc {
+    ServerProc::start_args(
+        shared,
+        &[
+            "--ha-mode",
+            "litefs",
+            "--litefs-dir",
+            double.dir.to_str().unwrap(),
+            "--litefs-api",
+            &double.api_url(),
+            "--peer-url-template",
+            "http://{hostname}",
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "--lease",
+            "3s",
+        ],
+    )
+    .unwrap()
+}
+
+/// The server's `host:port` (what a replica's `.primary` file holds).
+pub fn host(s: &ServerProc) -> String {
+    format!("127.0.0.1:{}", s.port)
+}
+
+/// The term epoch of the primary answering at `base` (None when it is not
+/// a primary or does not answer).
+pub fn term_epoch(base: &str) -> Option<i64> {
+    let (status, st) = admin_call(base, "GET", "/v1/ha/status", None).ok()?;
+    (status == 200 && st["role"] == "primary").then(|| st["term_epoch"].as_i64())?
+}

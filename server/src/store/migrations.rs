@@ -209,6 +209,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
     "#,
+    // 8: accepted agent nonces, so a signed request captured before a restart
+    // or a failover cannot be replayed within the timestamp window (pruned
+    // past it). `ts` is the request's signed timestamp (unix seconds).
+    r#"
+    CREATE TABLE agent_nonces (
+        node   TEXT NOT NULL,
+        nonce  TEXT NOT NULL,
+        ts     INTEGER NOT NULL,
+        PRIMARY KEY (node, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_nonces_ts ON agent_nonces (ts);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -11,6 +11,7 @@
 
 use super::error::ApiError;
 use super::extract::parse_json;
+use super::limit::{self, Kind};
 use super::AppState;
 use crate::registry::NodeInfo;
 use crate::store::nonces;
@@ -96,7 +97,32 @@ pub fn refuse(app: &AppState, reason: &'static str, node: Option<&str>) -> ApiEr
 impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
     type Rejection = ApiError;
 
+    /// Verifies the request; repeated failures from one source address or
+    /// for one node are rate limited (see [`crate::auth_limit`]).
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let source = limit::source(req.extensions());
+        limit::guard(app, Kind::Agent, source)?;
+        let subject = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(AuthHeader::parse)
+            .map(|h| format!("node:{}", h.node));
+        match verify(req, app).await {
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(limit::failed(
+                app,
+                Kind::Agent,
+                source,
+                subject.as_deref(),
+                e,
+            )),
+            other => other,
+        }
+    }
+}
+
+async fn verify<T: DeserializeOwned>(req: Request, app: &AppState) -> Result<Signed<T>, ApiError> {
+    {
         let header = req
             .headers()
             .get(AUTHORIZATION)

@@ -5,6 +5,7 @@
 use super::error::ApiError;
 use super::limit::{self, Kind};
 use super::AppState;
+use crate::auth::KeyCheck;
 use crate::store::keys::Scope;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -103,11 +104,14 @@ async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
         .ok()
         .map(|k| format!("key:{}", limit::fingerprint(k)));
     let result = match presented {
-        Ok(key) => state
-            .keys
-            .lookup(&state.store, key)
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown API key")),
+        Ok(key) => match state.keys.lookup(&state.store, key).await? {
+            KeyCheck::Valid(scope) => Ok(scope),
+            KeyCheck::Expired(at) => Err(ApiError::unauthorized(format!(
+                "API key expired at {}; create a new key",
+                sundial_proto::time::format_ms(at)
+            ))),
+            KeyCheck::Unknown => Err(ApiError::unauthorized("unknown API key")),
+        },
         Err(e) => Err(e),
     };
     result.map_err(|e| {

@@ -221,6 +221,12 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX agent_nonces_ts ON agent_nonces (ts);
     "#,
+    // 9: API key expiry (NULL: never) and last use (updated in batches,
+    // about once a minute, NULL until first used).
+    r#"
+    ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -159,3 +159,45 @@ fn brute_force_of_admin_keys_over_loopback_is_bounded() {
     );
     assert!(limited > 0);
 }
+
+/// The console's sign-in form (login cookie + CSRF field) posting `key`.
+fn console_sign_in(http: &Client, server: &ServerProc, key: &str) -> reqwest::blocking::Response {
+    let page = http
+        .get(format!("{}/ui/login", server.base))
+        .send()
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.split(';').next().map(str::to_string))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let html = page.text().unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+    let csrf = html[at..].split('"').next().unwrap().to_string();
+    http.post(format!("{}/ui/login", server.base))
+        .header("cookie", cookie)
+        .form(&[("key", key), ("csrf", csrf.as_str())])
+        .send()
+        .unwrap()
+}
+
+#[test]
+fn console_sign_in_failures_are_limited_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let http = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for n in 0..BURST {
+        let resp = console_sign_in(&http, &server, "sdk_wrong-console-guess");
+        assert_eq!(resp.status().as_u16(), 401, "attempt {n}");
+    }
+    let resp = console_sign_in(&http, &server, ADMIN_KEY);
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp.text().unwrap().contains("Too many failed sign-ins"));
+    assert!(!server.log_text().contains("sdk_wrong-console-guess"));
+}

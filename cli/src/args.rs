@@ -210,6 +210,9 @@ pub enum KeysCmd {
         scope: String,
         #[arg(long, default_value = "")]
         name: String,
+        /// Lifetime, e.g. 90d (default: never expires).
+        #[arg(long)]
+        expires_in: Option<sundial_proto::Duration>,
     },
     Ls,
     Rm {

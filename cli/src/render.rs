@@ -391,10 +391,15 @@ pub fn keys_table(view: &View, items: &[Value]) -> String {
                 s(k, "scope"),
                 s(k, "name"),
                 when_str(view, k, "created_at"),
+                when_str(view, k, "expires_at"),
+                when_str(view, k, "last_used_at"),
             ]
         })
         .collect();
-    table(&["ID", "SCOPE", "NAME", "CREATED"], &rows)
+    table(
+        &["ID", "SCOPE", "NAME", "CREATED", "EXPIRES", "LAST USED"],
+        &rows,
+    )
 }
 
 /// `tokens ls` (never shows a token).

@@ -911,3 +911,107 @@ fn dr_doc_commands_use_real_flags() {
     );
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// k8s/litestream-configmap.yaml embeds the repository's litestream.yml
+/// verbatim, and the server StatefulSet's `litestream` sidecar runs
+/// scripts/litestream-primary.sh (only the primary uploads) with flags the
+/// script has, over the shared LiteFS mount and that config.
+#[test]
+fn litestream_sidecar_runs_only_on_the_primary_with_the_repo_config() {
+    let objs = k8s_objects();
+    let find = |kind: &str, name: &str| {
+        objs.iter()
+            .map(|(_, o)| o)
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"))
+            .clone()
+    };
+    let cm = find("ConfigMap", "sundial-litestream-config");
+    let embedded = cm["data"]["litestream.yml"].as_str().unwrap();
+    let repo_file = read(&repo().join("litestream.yml"));
+    assert!(
+        embedded.trim_end() == repo_file.trim_end(),
+        "k8s/litestream-configmap.yaml drifted from litestream.yml; re-embed it"
+    );
+    let sts = find("StatefulSet", "sundial");
+    let spec = &sts["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_sequence().unwrap();
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "litestream")
+        .expect("litestream sidecar");
+    assert_eq!(
+        sidecar["command"][0], "/usr/local/bin/litestream-primary.sh",
+        "the sidecar must run Litestream through litestream-primary.sh"
+    );
+    let args: Vec<&str> = sidecar["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flags = script_flags("scripts/litestream-primary.sh");
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            flags.contains(a.trim_start_matches("--")),
+            "{a} is not a flag of litestream-primary.sh"
+        );
+    }
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| *a == flag)
+            .and_then(|i| args.get(i + 1))
+            .copied()
+    };
+    assert_eq!(value_of("--litefs-dir"), Some("/litefs"));
+    assert_eq!(value_of("--db"), Some("/litefs/sundial.db"));
+    // The config file the sidecar reads is the embedded one.
+    let config = value_of("--config").expect("--config");
+    let mounts = sidecar["volumeMounts"].as_sequence().unwrap();
+    let config_mount = mounts
+        .iter()
+        .find(|m| config.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the --config file is mounted");
+    let volumes = spec["volumes"].as_sequence().unwrap();
+    let volume = volumes
+        .iter()
+        .find(|v| v["name"] == config_mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "sundial-litestream-config");
+    assert!(config.ends_with("/litestream.yml"));
+    // Both containers share the LiteFS mount: Bidirectional from the
+    // (privileged) LiteFS container, HostToContainer into the sidecar.
+    let server = containers.iter().find(|c| c["name"] == "sundial").unwrap();
+    let litefs_mount = |c: &serde_yaml::Value| {
+        c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/litefs")
+            .cloned()
+            .expect("/litefs mounted")
+    };
+    let (a, b) = (litefs_mount(server), litefs_mount(sidecar));
+    assert_eq!(a["name"], b["name"]);
+    assert_eq!(a["mountPropagation"], "Bidirectional");
+    assert_eq!(b["mountPropagation"], "HostToContainer");
+    assert_eq!(server["securityContext"]["privileged"], true);
+    // Its environment resolves: the bucket ConfigMap and the credentials
+    // Secret exist (the Secret in the example).
+    for from in sidecar["envFrom"].as_sequence().unwrap() {
+        if let Some(name) = from["configMapRef"]["name"].as_str() {
+            find("ConfigMap", name);
+        }
+        if let Some(name) = from["secretRef"]["name"].as_str() {
+            find("Secret", name);
+        }
+    }
+    let env = sidecar["env"].as_sequence().unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "SUNDIAL_DB" && e["value"] == "/litefs/sundial.db"));
+    // The image carries the script and Litestream.
+    let dockerfile = read(&repo().join("docker/Dockerfile.server"));
+    assert!(dockerfile.contains("scripts/litestream-primary.sh"));
+    assert!(dockerfile.contains("/usr/local/bin/litestream"));
+}

@@ -12,7 +12,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use sundial_proto::time::now_ms;
 
 /// Prefix of every generated key (helps secret scanners and humans).
@@ -45,11 +46,25 @@ pub async fn create_key(
     scope: Scope,
     name: String,
 ) -> Result<String, StoreError> {
+    create_expiring_key(store, key, scope, name, None).await
+}
+
+/// Stores a key (hash only) that stops working at `expires_at` (unix ms).
+pub async fn create_expiring_key(
+    store: &Store,
+    key: String,
+    scope: Scope,
+    name: String,
+    expires_at: Option<i64>,
+) -> Result<String, StoreError> {
     let hash = hash_key(&key);
     let id = key_id(&hash);
     let id2 = id.clone();
     store
-        .write(move |c| keys::insert(c, &id2, &hash, scope, &name, now_ms()))
+        .write(move |c| {
+            keys::insert(c, &id2, &hash, scope, &name, now_ms())?;
+            keys::set_expiry(c, &id2, expires_at)
+        })
         .await?;
     Ok(id)
 }
@@ -88,30 +103,98 @@ pub async fn bootstrap(
     Ok(generated.then_some(key))
 }
 
-/// Verified keys by hash. Invalidated whole whenever a key is deleted.
-#[derive(Default)]
+/// What a presented key is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyCheck {
+    Valid(Scope),
+    /// Known, but expired at this instant (unix ms).
+    Expired(i64),
+    Unknown,
+}
+
+/// How often the recorded key uses are written to `api_keys.last_used_at`.
+const FLUSH_USES_EVERY_MS: i64 = 60_000;
+
+/// Keys by hash (expired ones too, so the refusal can say so), and the
+/// uses not yet written: `last_used_at` is updated in one batched write
+/// about once a minute, never a write per request. Invalidated whole
+/// whenever a key is deleted.
 pub struct KeyCache {
-    map: RwLock<HashMap<[u8; 32], Scope>>,
+    map: RwLock<HashMap<[u8; 32], keys::KeyRow>>,
+    uses: Mutex<HashMap<String, i64>>,
+    flushed_at: AtomicI64,
+    flush_every_ms: i64,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache::with_flush_every(FLUSH_USES_EVERY_MS)
+    }
 }
 
 impl KeyCache {
-    /// The scope of a presented key, or None when unknown.
-    pub async fn lookup(&self, store: &Store, key: &str) -> Result<Option<Scope>, StoreError> {
+    pub fn with_flush_every(flush_every_ms: i64) -> Self {
+        KeyCache {
+            map: RwLock::default(),
+            uses: Mutex::default(),
+            flushed_at: AtomicI64::new(now_ms()),
+            flush_every_ms,
+        }
+    }
+
+    /// Checks a presented key at this instant; a valid use is recorded.
+    pub async fn lookup(&self, store: &Arc<Store>, key: &str) -> Result<KeyCheck, StoreError> {
         let hash = hash_key(key);
-        if let Some(scope) = self.map.read().ok().and_then(|m| m.get(&hash).copied()) {
-            return Ok(Some(scope));
-        }
-        let found = store
-            .read(move |c| keys::find_by_hash(c, &hash))
-            .await?
-            .map(|(_, scope)| scope);
-        if let (Some(scope), Ok(mut map)) = (found, self.map.write()) {
-            if map.len() > 10_000 {
-                map.clear();
+        let cached = self.map.read().ok().and_then(|m| m.get(&hash).cloned());
+        let row = match cached {
+            Some(row) => Some(row),
+            None => {
+                let found = store.read(move |c| keys::find_by_hash(c, &hash)).await?;
+                if let (Some(row), Ok(mut map)) = (&found, self.map.write()) {
+                    if map.len() > 10_000 {
+                        map.clear();
+                    }
+                    map.insert(hash, row.clone());
+                }
+                found
             }
-            map.insert(hash, scope);
-        }
-        Ok(found)
+        };
+        let now = now_ms();
+        Ok(match row {
+            None => KeyCheck::Unknown,
+            Some(row) if row.expired(now) => KeyCheck::Expired(row.expires_at.unwrap_or(now)),
+            Some(row) => {
+                self.used(store, row.id, now);
+                KeyCheck::Valid(row.scope)
+            }
+        })
+    }
+
+    /// Records a use; once a flush interval has passed, writes the
+    /// collected uses in one write (in the background). Uses seen by a
+    /// replica, which cannot write, are dropped.
+    fn used(&self, store: &Arc<Store>, id: String, now: i64) {
+        let batch = {
+            let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+            uses.insert(id, now);
+            let last = self.flushed_at.load(Ordering::Relaxed);
+            if now - last < self.flush_every_ms
+                || self
+                    .flushed_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
+            }
+            std::mem::take(&mut *uses)
+        };
+        let batch: Vec<(String, i64)> = batch.into_iter().collect();
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.write(move |c| keys::touch(c, &batch)).await {
+                tracing::debug!(error = %e, "api key last use not recorded");
+            }
+        });
     }
 
     pub fn invalidate(&self) {
@@ -133,5 +216,58 @@ mod tests {
         assert!(a.starts_with(KEY_PREFIX));
         assert_eq!(a.len(), KEY_PREFIX.len() + 43);
         assert_ne!(key_id(&hash_key(&a)), key_id(&hash_key(&b)));
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_refused_and_uses_are_written_in_batches() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        let store = Arc::new(store);
+        let now = now_ms();
+        create_expiring_key(&store, "sdk_live".into(), Scope::Read, "a".into(), None)
+            .await
+            .unwrap();
+        create_expiring_key(
+            &store,
+            "sdk_old".into(),
+            Scope::Admin,
+            "b".into(),
+            Some(now - 1),
+        )
+        .await
+        .unwrap();
+        let cache = KeyCache::with_flush_every(0);
+        assert_eq!(
+            cache.lookup(&store, "sdk_live").await.unwrap(),
+            KeyCheck::Valid(Scope::Read)
+        );
+        assert_eq!(
+            cache.lookup(&store, "sdk_old").await.unwrap(),
+            KeyCheck::Expired(now - 1)
+        );
+        assert_eq!(
+            cache.lookup(&store, "sdk_nope").await.unwrap(),
+            KeyCheck::Unknown
+        );
+        // The use is written in the background: wait for it (bounded).
+        let mut used = None;
+        for _ in 0..100 {
+            let items = store.read(keys::list).await.unwrap();
+            used = items
+                .iter()
+                .find(|k| k.name == "a")
+                .and_then(|k| k.last_used_at);
+            if used.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(used.is_some_and(|at| at >= now));
+        let items = store.read(keys::list).await.unwrap();
+        let old = items.iter().find(|k| k.name == "b").unwrap();
+        assert_eq!(old.expires_at, Some(now - 1));
+        assert_eq!(
+            old.last_used_at, None,
+            "an expired key is not counted as used"
+        );
     }
 }

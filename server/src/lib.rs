@@ -20,6 +20,7 @@
 pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod auth;
+pub(crate) mod auth_limit;
 pub mod config;
 pub mod dbcheck;
 pub(crate) mod dispatch;

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub webhook_deliveries: IntCounterVec,
     pub webhook_lag_seconds: Histogram,
     pub webhook_backlog: IntGauge,
+    pub auth_rate_limited: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -225,6 +226,13 @@ impl Metrics {
             "webhook_backlog",
             "Largest number of events any webhook has not handled yet (by id distance)",
         ));
+        let auth_rate_limited = must(IntCounterVec::new(
+            Opts::new(
+                "auth_rate_limited_total",
+                "Requests answered 429 after repeated authentication failures, by credential kind and by what ran out (source address or subject)",
+            ),
+            &["kind", "by"],
+        ));
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_seconds.clone()),
@@ -257,6 +265,7 @@ impl Metrics {
             Box::new(webhook_deliveries.clone()),
             Box::new(webhook_lag_seconds.clone()),
             Box::new(webhook_backlog.clone()),
+            Box::new(auth_rate_limited.clone()),
         ] {
             must(registry.register(c));
         }
@@ -293,6 +302,7 @@ impl Metrics {
             webhook_deliveries,
             webhook_lag_seconds,
             webhook_backlog,
+            auth_rate_limited,
         }
     }
 

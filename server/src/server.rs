@@ -305,6 +305,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         forwarder: api::forward::Forwarder::new()?,
         settings,
         shutdown: shutdown.clone(),
+        auth_limit: Default::default(),
     });
     let ha_stop = CancellationToken::new();
     let mut observed = ha::watch_source(&source, ha_stop.clone());
@@ -348,10 +349,13 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
     let stop = shutdown.clone();
     let done = tokio::spawn(async move {
         let served = match tls {
-            None => axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .map_err(anyhow::Error::from),
+            None => axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .map_err(anyhow::Error::from),
             Some(config) => {
                 let handle = axum_server::Handle::new();
                 let h = handle.clone();
@@ -362,7 +366,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
                 match listener.into_std() {
                     Ok(std_listener) => axum_server::from_tcp_rustls(std_listener, config)
                         .handle(handle)
-                        .serve(router.into_make_service())
+                        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
                         .await
                         .map_err(anyhow::Error::from),
                     Err(e) => Err(anyhow::Error::from(e)),

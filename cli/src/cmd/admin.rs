@@ -74,17 +74,22 @@ pub fn tokens(ctx: &Ctx, cmd: TokensCmd) -> CliResult<()> {
 pub fn keys(ctx: &Ctx, cmd: KeysCmd) -> CliResult<()> {
     let client = ctx.client()?;
     match cmd {
-        KeysCmd::Create { scope, name } => {
-            let v: Value = client.call(
-                Method::POST,
-                "/v1/api-keys",
-                Some(&json!({"scope": scope, "name": name})),
-            )?;
+        KeysCmd::Create {
+            scope,
+            name,
+            expires_in,
+        } => {
+            let mut body = json!({"scope": scope, "name": name});
+            if let Some(d) = expires_in {
+                body["expires_in"] = json!(d.to_string());
+            }
+            let v: Value = client.call(Method::POST, "/v1/api-keys", Some(&body))?;
             ctx.print(&v, || {
                 format!(
-                    "API key {} ({} scope). It is shown once:\n{}\n",
+                    "API key {} ({} scope, expires {}). It is shown once:\n{}\n",
                     v["id"].as_str().unwrap_or("?"),
                     v["scope"].as_str().unwrap_or("?"),
+                    v["expires_at"].as_str().unwrap_or("never"),
                     v["key"].as_str().unwrap_or("?")
                 )
             })

@@ -4,6 +4,7 @@
 use super::agent_auth::{refuse, Signed};
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
+use super::limit;
 use super::AppState;
 use crate::auth::hash_key;
 use crate::registry::NodeInfo;
@@ -30,16 +31,22 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 
 pub async fn join(
     State(app): State<AppState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     JsonBody(req): JsonBody<JoinRequest>,
 ) -> ApiResult<(StatusCode, Json<Credential>)> {
+    let source = limit::source(&extensions);
+    limit::guard(&app, limit::Kind::JoinToken, source)?;
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix(JOIN_SCHEME))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| refuse(&app, "missing_join_token", Some(&req.node_id)))?
+        .ok_or_else(|| {
+            let e = refuse(&app, "missing_join_token", Some(&req.node_id));
+            limit::failed(&app, limit::Kind::JoinToken, source, None, e)
+        })?
         .to_string();
     validate::node_id(&req.node_id)?;
     let hash = hash_key(&token);
@@ -55,7 +62,15 @@ pub async fn join(
         })
         .await?;
     let Some(generation) = outcome else {
-        return Err(refuse(&app, "bad_join_token", Some(&req.node_id)));
+        let e = refuse(&app, "bad_join_token", Some(&req.node_id));
+        let subject = format!("join:{}", limit::fingerprint(&token));
+        return Err(limit::failed(
+            &app,
+            limit::Kind::JoinToken,
+            source,
+            Some(&subject),
+            e,
+        ));
     };
     let key = derive_node_key(app.secrets.current(), &req.node_id, generation);
     app.registry.put(NodeInfo {

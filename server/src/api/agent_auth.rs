@@ -2,17 +2,26 @@
 //! `Sundial-HMAC` header (timestamp skew, node generation, signature over the
 //! body, nonce replay) before the JSON body is decoded. Every refusal is a
 //! 401, a log line and a `sundial_agent_auth_failures_total{reason}` count.
+//!
+//! Replay across restarts and failovers: the in-memory [`NonceCache`] is only
+//! a fast first filter. An accepted nonce is also recorded in the database
+//! (`agent_nonces`, through the single writer, group-committed) before the
+//! handler runs, so the next process or the new primary refuses a request
+//! captured earlier for as long as its timestamp is inside the window.
 
 use super::error::ApiError;
 use super::extract::parse_json;
+use super::limit::{self, Kind};
 use super::AppState;
 use crate::registry::NodeInfo;
+use crate::store::nonces;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use sundial_proto::sign::{self, AuthHeader, MAX_SKEW_SECS};
 use sundial_proto::time::now_ms;
@@ -21,6 +30,42 @@ use sundial_proto::time::now_ms;
 #[derive(Default)]
 pub struct NonceCache {
     seen: Mutex<HashMap<String, i64>>,
+    /// When (unix seconds) the persisted nonces were last pruned.
+    pruned_at: AtomicI64,
+}
+
+/// How often the persisted nonces are pruned (seconds).
+const PRUNE_EVERY_SECS: i64 = 60;
+
+/// Records an accepted nonce in the database (pruning expired ones about
+/// once a minute in the same batch); false when another process already
+/// accepted it.
+async fn persist_nonce(
+    app: &AppState,
+    node: &str,
+    nonce: &str,
+    ts: i64,
+    now_secs: i64,
+) -> Result<bool, ApiError> {
+    let last = app.nonces.pruned_at.load(Ordering::Relaxed);
+    let prune = now_secs - last >= PRUNE_EVERY_SECS
+        && app
+            .nonces
+            .pruned_at
+            .compare_exchange(last, now_secs, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+    let (node, nonce) = (node.to_owned(), nonce.to_owned());
+    let fresh = app
+        .store
+        .write(move |c| {
+            if prune {
+                // A timestamp older than this can never pass the skew check again.
+                nonces::prune(c, now_secs - MAX_SKEW_SECS - 1)?;
+            }
+            nonces::record(c, &node, &nonce, ts)
+        })
+        .await?;
+    Ok(fresh)
 }
 
 impl NonceCache {
@@ -52,7 +97,32 @@ pub fn refuse(app: &AppState, reason: &'static str, node: Option<&str>) -> ApiEr
 impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
     type Rejection = ApiError;
 
+    /// Verifies the request; repeated failures from one source address or
+    /// for one node are rate limited (see [`crate::auth_limit`]).
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        let source = limit::source(req.extensions());
+        limit::guard(app, Kind::Agent, source)?;
+        let subject = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(AuthHeader::parse)
+            .map(|h| format!("node:{}", h.node));
+        match verify(req, app).await {
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(limit::failed(
+                app,
+                Kind::Agent,
+                source,
+                subject.as_deref(),
+                e,
+            )),
+            other => other,
+        }
+    }
+}
+
+async fn verify<T: DeserializeOwned>(req: Request, app: &AppState) -> Result<Signed<T>, ApiError> {
+    {
         let header = req
             .headers()
             .get(AUTHORIZATION)
@@ -106,6 +176,9 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
             .nonces
             .check_and_insert(&node.id, &header.nonce, now_secs)
         {
+            return Err(refuse(app, "replayed_nonce", Some(&header.node)));
+        }
+        if !persist_nonce(app, &node.id, &header.nonce, header.ts, now_secs).await? {
             return Err(refuse(app, "replayed_nonce", Some(&header.node)));
         }
         app.registry.seen(&node.id, now_ms());

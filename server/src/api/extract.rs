@@ -3,7 +3,9 @@
 //! `Admin` and `Reader`.
 
 use super::error::ApiError;
+use super::limit::{self, Kind};
 use super::AppState;
+use crate::auth::KeyCheck;
 use crate::store::keys::Scope;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -94,6 +96,37 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
+    let source = limit::source(&parts.extensions);
+    limit::guard(state, Kind::ApiKey, source)?;
+    let presented = presented_key(parts);
+    let subject = presented
+        .as_ref()
+        .ok()
+        .map(|k| format!("key:{}", limit::fingerprint(k)));
+    let result = match presented {
+        Ok(key) => match state.keys.lookup(&state.store, key).await? {
+            KeyCheck::Valid(scope) => Ok(scope),
+            KeyCheck::Expired(at) => Err(ApiError::unauthorized(format!(
+                "API key expired at {}; create a new key",
+                sundial_proto::time::format_ms(at)
+            ))),
+            KeyCheck::Unknown => Err(ApiError::unauthorized("unknown API key")),
+        },
+        Err(e) => Err(e),
+    };
+    result.map_err(|e| {
+        tracing::warn!(
+            source = %source.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            subject = subject.as_deref().unwrap_or("-"),
+            reason = %e.message,
+            "API key refused"
+        );
+        limit::failed(state, Kind::ApiKey, source, subject.as_deref(), e)
+    })
+}
+
+/// The bearer key of the request, or why there is none.
+fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
     let header = parts
         .headers
         .get(AUTHORIZATION)
@@ -105,11 +138,7 @@ async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| ApiError::unauthorized("Authorization header must be \"Bearer <key>\""))?;
-    state
-        .keys
-        .lookup(&state.store, key)
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown API key"))
+    Ok(key)
 }
 
 /// Any valid key (`admin` or `read`).

@@ -19,6 +19,35 @@ pub struct NewKey {
     scope: String,
     #[serde(default)]
     name: String,
+    /// Lifetime from now (`"90d"`); exclusive with `expires_at`.
+    #[serde(default)]
+    expires_in: Option<sundial_proto::duration::Duration>,
+    /// Instant the key stops working (RFC 3339); exclusive with `expires_in`.
+    #[serde(default, with = "sundial_proto::time::rfc3339_opt")]
+    expires_at: Option<i64>,
+}
+
+/// The key's expiry (unix ms) from `expires_in` or `expires_at`.
+fn expiry(req: &NewKey, now: i64) -> ApiResult<Option<i64>> {
+    match (req.expires_in, req.expires_at) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "invalid_value",
+            "expires_in",
+            "give expires_in or expires_at, not both",
+        )),
+        (Some(d), None) if d.as_millis() == 0 => Err(ApiError::bad_request(
+            "invalid_value",
+            "expires_in",
+            "expires_in must be longer than zero",
+        )),
+        (Some(d), None) => Ok(Some(now.saturating_add(d.as_millis_i64()))),
+        (None, Some(at)) if at <= now => Err(ApiError::bad_request(
+            "invalid_value",
+            "expires_at",
+            "expires_at is in the past",
+        )),
+        (None, at) => Ok(at),
+    }
 }
 
 pub async fn create(
@@ -40,11 +69,17 @@ pub async fn create(
             "name is longer than 256 bytes",
         ));
     }
+    let expires_at = expiry(&req, now_ms())?;
     let key = auth::generate_key();
-    let id = auth::create_key(&app.store, key.clone(), scope, req.name.clone()).await?;
+    let id =
+        auth::create_expiring_key(&app.store, key.clone(), scope, req.name.clone(), expires_at)
+            .await?;
+    let expires = expires_at.map(sundial_proto::time::format_ms);
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "scope": scope, "name": req.name, "key": key})),
+        Json(
+            json!({"id": id, "scope": scope, "name": req.name, "key": key, "expires_at": expires}),
+        ),
     ))
 }
 

@@ -14,6 +14,7 @@ pub mod extract;
 pub mod forward;
 pub mod jobs;
 pub mod keys;
+pub mod limit;
 pub mod nodes;
 pub mod output;
 pub mod preview;
@@ -61,6 +62,8 @@ pub struct App {
     /// Cancelled when the server shuts down: long-lived responses (event
     /// streams) end so HTTP can drain.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Buckets of authentication failures (see [`crate::auth_limit`]).
+    pub auth_limit: crate::auth_limit::AuthLimiter,
 }
 
 impl App {

@@ -41,6 +41,46 @@ pub struct KeyInfo {
     pub name: String,
     #[serde(with = "sundial_proto::time::rfc3339")]
     pub created_at: i64,
+    /// When the key stops working (None: never).
+    #[serde(with = "sundial_proto::time::rfc3339_opt")]
+    pub expires_at: Option<i64>,
+    /// Last successful use, to within about a minute (None: never used).
+    #[serde(with = "sundial_proto::time::rfc3339_opt")]
+    pub last_used_at: Option<i64>,
+}
+
+/// A key found by the hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    pub scope: Scope,
+    pub expires_at: Option<i64>,
+}
+
+impl KeyRow {
+    /// Whether the key has expired at `now` (unix ms).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// Sets when a key expires (called in the transaction that inserts it).
+pub fn set_expiry(conn: &Connection, id: &str, expires_at: Option<i64>) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE api_keys SET expires_at = ?2 WHERE id = ?1")?
+        .execute(params![id, expires_at])?;
+    Ok(())
+}
+
+/// Records when keys were last used (one batched write for many uses);
+/// never moves `last_used_at` backwards.
+pub fn touch(conn: &Connection, uses: &[(String, i64)]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+    )?;
+    for (id, at) in uses {
+        stmt.execute(params![id, at])?;
+    }
+    Ok(())
 }
 
 pub fn count(conn: &Connection) -> Result<i64, StoreError> {
@@ -70,15 +110,20 @@ pub fn insert(
     )
 }
 
-/// Looks a key up by the hash of its secret.
-pub fn find_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<(String, Scope)>, StoreError> {
-    let row: Option<(String, String)> = conn
-        .prepare_cached("SELECT id, scope FROM api_keys WHERE hash = ?1")?
-        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?)))
+/// Looks a key up by the hash of its secret (expired keys too: callers
+/// check [`KeyRow::expired`] so they can say why a key is refused).
+pub fn find_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<KeyRow>, StoreError> {
+    let row: Option<(String, String, Option<i64>)> = conn
+        .prepare_cached("SELECT id, scope, expires_at FROM api_keys WHERE hash = ?1")?
+        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    row.map(|(id, scope)| {
+    row.map(|(id, scope, expires_at)| {
         Scope::parse(&scope)
-            .map(|s| (id, s))
+            .map(|scope| KeyRow {
+                id,
+                scope,
+                expires_at,
+            })
             .ok_or_else(|| StoreError::Corrupt(format!("api key scope {scope:?}")))
     })
     .transpose()
@@ -86,7 +131,8 @@ pub fn find_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<(String, Sc
 
 pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, scope, name, created_at FROM api_keys ORDER BY created_at DESC, id",
+        "SELECT id, scope, name, created_at, expires_at, last_used_at FROM api_keys
+         ORDER BY created_at DESC, id",
     )?;
     let rows = stmt.query_map([], |r| {
         let scope: String = r.get(1)?;
@@ -101,6 +147,8 @@ pub fn list(conn: &Connection) -> Result<Vec<KeyInfo>, StoreError> {
             })?,
             name: r.get(2)?,
             created_at: r.get(3)?,
+            expires_at: r.get(4)?,
+            last_used_at: r.get(5)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

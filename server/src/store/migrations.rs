@@ -222,6 +222,24 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN down_since INTEGER;
     "#,
+    // 10: accepted agent nonces, so a signed request captured before a restart
+    // or a failover cannot be replayed within the timestamp window (pruned
+    // past it). `ts` is the request's signed timestamp (unix seconds).
+    r#"
+    CREATE TABLE agent_nonces (
+        node   TEXT NOT NULL,
+        nonce  TEXT NOT NULL,
+        ts     INTEGER NOT NULL,
+        PRIMARY KEY (node, nonce)
+    ) WITHOUT ROWID;
+    CREATE INDEX agent_nonces_ts ON agent_nonces (ts);
+    "#,
+    // 11: API key expiry (NULL: never) and last use (updated in batches,
+    // about once a minute, NULL until first used).
+    r#"
+    ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

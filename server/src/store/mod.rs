@@ -18,6 +18,7 @@ pub(crate) mod keys;
 pub(crate) mod lifecycle;
 pub(crate) mod migrations;
 pub(crate) mod nodes;
+pub(crate) mod nonces;
 pub(crate) mod runs;
 pub(crate) mod tokens;
 pub(crate) mod transition;

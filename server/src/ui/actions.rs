@@ -86,12 +86,32 @@ pub struct LoginForm {
     csrf: String,
 }
 
+/// The sign-in page answering 429 with `Retry-After` (too many failed sign-ins).
+fn limited_page(app: &AppState, limited: api::error::ApiError) -> UiResult {
+    let secs = limited.retry_after.unwrap_or(1);
+    let mut resp = login_page(
+        app,
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too many failed sign-ins from this address. Try again in {secs} s."),
+    )?;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
+    }
+    Ok(resp)
+}
+
 pub async fn login(
     State(app): State<AppState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> UiResult {
     csrf::same_site(&headers)?;
+    let source = api::limit::source(&extensions);
+    if let Err(e) = api::limit::guard(&app, api::limit::Kind::ApiKey, source) {
+        return limited_page(&app, e);
+    }
     let Some(expected) = session::cookie_value(&headers, LOGIN_COOKIE) else {
         return login_page(
             &app,
@@ -111,11 +131,26 @@ pub async fn login(
         return login_page(&app, StatusCode::BAD_REQUEST, "Enter an API key.");
     }
     match session::sign_in(&app, key).await? {
-        None => login_page(
-            &app,
-            StatusCode::UNAUTHORIZED,
-            "That API key is not valid (unknown or deleted). Check it and try again.",
-        ),
+        None => {
+            let subject = format!("key:{}", api::limit::fingerprint(key));
+            tracing::warn!(subject, "console sign-in refused: unknown API key");
+            let refused = api::error::ApiError::unauthorized("unknown API key");
+            let e = api::limit::failed(
+                &app,
+                api::limit::Kind::ApiKey,
+                source,
+                Some(&subject),
+                refused,
+            );
+            if e.status == StatusCode::TOO_MANY_REQUESTS {
+                return limited_page(&app, e);
+            }
+            login_page(
+                &app,
+                StatusCode::UNAUTHORIZED,
+                "That API key is not valid (unknown, expired or deleted). Check it and try again.",
+            )
+        }
         Some((token, s)) => {
             tracing::info!(key = %s.key_id, scope = s.scope.as_str(), "console sign-in");
             let cookie =

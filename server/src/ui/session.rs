@@ -68,23 +68,26 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> Stri
 }
 
 /// Creates a session for a valid key. Returns the cookie token (never
-/// stored) and the session, or `None` when the key is unknown.
+/// stored) and the session, or `None` when the key is unknown or expired.
+/// A session never outlives its key's expiry.
 pub async fn sign_in(app: &AppState, key: &str) -> Result<Option<(String, Session)>, StoreError> {
     let key_hash = hash_key(key);
-    let Some((key_id, scope)) = app
+    let now = now_ms();
+    let Some(found) = app
         .store
         .read(move |c| keys::find_by_hash(c, &key_hash))
         .await?
+        .filter(|k| !k.expired(now))
     else {
         return Ok(None);
     };
     let token = random_token();
-    let now = now_ms();
+    let expires_at = (now + SESSION_TTL_MS).min(found.expires_at.unwrap_or(i64::MAX));
     let session = Session {
-        key_id,
-        scope,
+        key_id: found.id,
+        scope: found.scope,
         csrf: random_token(),
-        expires_at: now + SESSION_TTL_MS,
+        expires_at,
     };
     let token_hash = hash_key(&token);
     let row = session.clone();

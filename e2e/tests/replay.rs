@@ -1,0 +1,179 @@
+//! Acceptance: a signed agent request captured before the server is killed
+//! with SIGKILL and restarted, or before a failover to the other server, is
+//! refused (401, counted as `replayed_nonce`) when replayed afterwards, while
+//! freshly signed requests from the same node keep working.
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::time::Duration;
+use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
+use sundial_proto::sign::{self, AuthHeader, NodeKey};
+use sundial_proto::time::now_ms;
+
+struct Req {
+    path: String,
+    body: Vec<u8>,
+    header: String,
+}
+
+fn signed(key: &NodeKey, node: &str, path: &str, body: &Value, nonce: &str) -> Req {
+    let body = serde_json::to_vec(body).unwrap();
+    let ts = now_ms() / 1000;
+    let header = AuthHeader {
+        node: node.to_string(),
+        ts,
+        nonce: nonce.to_string(),
+        sig: sign::sign(key, "POST", path, ts, nonce, &body),
+    };
+    Req {
+        path: path.to_string(),
+        body,
+        header: header.render(),
+    }
+}
+
+fn send(http: &Client, server: &ServerProc, r: &Req) -> (u16, Value) {
+    let resp = http
+        .post(format!("{}{}", server.base, r.path))
+        .header("authorization", &r.header)
+        .header("content-type", "application/json")
+        .body(r.body.clone())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn join(http: &Client, server: &ServerProc, node: &str) -> NodeKey {
+    let token = server.join_token().unwrap();
+    let resp = http
+        .post(format!("{}/v1/agent/join", server.base))
+        .header("authorization", format!("Sundial-Join {token}"))
+        .json(&json!({"node_id": node}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let cred: Value = resp.json().unwrap();
+    NodeKey::from_hex(cred["key"].as_str().unwrap()).unwrap()
+}
+
+fn poll(key: &NodeKey, node: &str, nonce: &str) -> Req {
+    signed(
+        key,
+        node,
+        "/v1/agent/poll",
+        &json!({"max": 1, "wait_ms": 0}),
+        nonce,
+    )
+}
+
+const REPLAYED: &str = "sundial_agent_auth_failures_total{reason=\"replayed_nonce\"}";
+
+#[test]
+fn a_request_captured_before_kill9_is_refused_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let http = Client::new();
+    let key = join(&http, &server, "r1");
+    let register = signed(
+        &key,
+        "r1",
+        "/v1/agent/register",
+        &json!({"labels": {}, "capacity": 1, "executors": ["exec"]}),
+        "11111111111111111111111111111111",
+    );
+    assert_eq!(send(&http, &server, &register).0, 200);
+    let captured = poll(&key, "r1", "22222222222222222222222222222222");
+    let (status, body) = send(&http, &server, &captured);
+    assert_eq!(status, 200, "{body}");
+    // Same process: the in-memory filter refuses it.
+    assert_eq!(send(&http, &server, &captured).0, 401);
+
+    server.kill9().unwrap();
+    server.restart().unwrap();
+
+    for replay in [&register, &captured] {
+        let (status, body) = send(&http, &server, replay);
+        assert_eq!(status, 401, "replay after restart accepted: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    assert_eq!(server.metric(REPLAYED).unwrap(), 2.0);
+    // The legitimate daemon re-signs every request: it keeps working.
+    let fresh = poll(&key, "r1", "33333333333333333333333333333333");
+    let (status, body) = send(&http, &server, &fresh);
+    assert_eq!(status, 200, "fresh request after restart: {body}");
+}
+
+fn start_ha(
+    shared: &std::path::Path,
+    double: &LitefsDouble,
+    secret: &std::path::Path,
+) -> ServerProc {
+    ServerProc::start_args(
+        shared,
+        &[
+            "--ha-mode",
+            "litefs",
+            "--litefs-dir",
+            double.dir.to_str().unwrap(),
+            "--litefs-api",
+            &double.api_url(),
+            "--peer-url-template",
+            "http://{hostname}",
+            "--cluster-secret-file",
+            secret.to_str().unwrap(),
+            "--lease",
+            "3s",
+        ],
+    )
+    .unwrap()
+}
+
+fn is_primary(s: &ServerProc) -> bool {
+    s.call("GET", "/v1/ha/primary", None)
+        .map(|(st, _)| st == 200)
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_request_captured_before_a_failover_is_refused_by_the_new_primary() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("litefs-mount");
+    let secret = dir.path().join("cluster.secret");
+    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
+    let d1 = LitefsDouble::start(&dir.path().join("l1")).unwrap();
+    let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
+    d1.make_primary().unwrap();
+    let s1 = start_ha(&shared, &d1, &secret);
+    let host1 = format!("127.0.0.1:{}", s1.port);
+    d2.make_replica(Some(&host1)).unwrap();
+    let s2 = start_ha(&shared, &d2, &secret);
+    assert!(is_primary(&s1) && !is_primary(&s2));
+
+    let http = Client::new();
+    let key = join(&http, &s1, "f1");
+    let captured = poll(&key, "f1", "44444444444444444444444444444444");
+    let (status, body) = send(&http, &s1, &captured);
+    assert_eq!(status, 200, "{body}");
+
+    // Failover: s2 becomes primary, s1 a replica that forwards to it.
+    let host2 = format!("127.0.0.1:{}", s2.port);
+    d1.make_replica(Some(&host2)).unwrap();
+    d2.make_primary().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        (is_primary(&s2) && !is_primary(&s1)).then_some(())
+    })
+    .expect("roles swapped");
+
+    let (status, body) = send(&http, &s2, &captured);
+    assert_eq!(status, 401, "replay to the new primary accepted: {body}");
+    let (status, body) = send(&http, &s1, &captured);
+    assert_eq!(
+        status, 401,
+        "replay through the new replica accepted: {body}"
+    );
+    assert_eq!(s2.metric(REPLAYED).unwrap(), 2.0);
+    let fresh = poll(&key, "f1", "55555555555555555555555555555555");
+    let (status, body) = send(&http, &s1, &fresh);
+    assert_eq!(status, 200, "fresh request after failover: {body}");
+}

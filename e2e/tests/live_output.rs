@@ -8,11 +8,14 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use sundial_e2e::{ms, wait_for, DaemonProc, ServerProc, ADMIN_KEY};
+use sundial_e2e::{ms, skip_without, wait_for, DaemonProc, ServerProc, ADMIN_KEY};
 use sundial_proto::time::now_ms;
 
 #[test]
 fn curl_follows_a_running_jobs_output_as_it_is_printed() {
+    if skip_without("curl") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
     let token = server.join_token().unwrap();

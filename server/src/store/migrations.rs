@@ -217,6 +217,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN overdue_since INTEGER;
     CREATE INDEX jobs_watched ON jobs (pk) WHERE overdue_after_ms IS NOT NULL;
     "#,
+    // 9: the console's overview lists overdue jobs (a small partial index).
+    r#"
+    CREATE INDEX jobs_overdue ON jobs (overdue_since) WHERE overdue_since IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -356,7 +356,7 @@ fn run() -> Result<()> {
     // The overview lists the overdue job (marked by the overdue watch).
     b.wait(Duration::from_secs(15), |b| {
         b.goto(&format!("{base}/ui/"))?;
-        Ok(b.find("#overdue-jobs a[href='/ui/jobs/watched']")?)
+        b.find("#overdue-jobs a[href='/ui/jobs/watched']")
     })?;
     b.screenshot(&shots.join("overview.png"))?;
     b.goto(&format!("{base}/ui/nodes"))?;

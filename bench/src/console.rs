@@ -141,6 +141,11 @@ pub fn run(data: &Path, args: &Args) -> Result<()> {
     );
     let took = super::populate(&db, args.jobs, 20_000)?;
     add_history(&db, args.jobs, args.runs)?;
+    // Job labels on one job in ten, for the label filter.
+    rusqlite::Connection::open(&db)?.execute(
+        "UPDATE jobs SET labels = '{\"team\":\"pay\"}' WHERE pk % 10 = 0",
+        [],
+    )?;
     println!("populated in {:.1} s", took.as_secs_f64());
     let server = ServerProc::start(data).context("starting the server")?;
     let client = Client::sign_in(&server.base)?;
@@ -198,6 +203,16 @@ pub fn run(data: &Path, args: &Args) -> Result<()> {
             "id=\"run-live\"",
         ),
         ("overview".into(), "/ui/".into(), "id=\"role\""),
+        (
+            "jobs, job label team=pay (1 in 10 jobs)".into(),
+            "/ui/jobs?label=team%3Dpay".into(),
+            jobs_table,
+        ),
+        (
+            "events page (newest 100)".into(),
+            "/ui/events".into(),
+            "<table id=\"events\"",
+        ),
     ];
     std::thread::sleep(Duration::from_secs(2));
     println!("before measuring: {}", load());

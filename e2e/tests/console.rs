@@ -93,21 +93,36 @@ fn run() -> Result<()> {
         })),
     )?;
     assert_eq!(st, 201, "{body}");
-    for (id, sched) in [
-        ("nightly-report", "0 0 3 * * *"),
-        ("cleanup", "@every 6h"),
-        ("ping", "@every 1m"),
+    for (id, sched, labels) in [
+        (
+            "nightly-report",
+            "0 0 3 * * *",
+            json!({"team": "pay", "tier": "1"}),
+        ),
+        ("cleanup", "@every 6h", json!({"team": "pay"})),
+        ("ping", "@every 1m", json!({})),
     ] {
         let (st, body) = server.call(
             "PUT",
             &format!("/v1/jobs/{id}"),
             Some(
                 &json!({"schedule": sched, "executor": {"type": "exec", "argv": ["/bin/true"]},
-                         "description": format!("{id} (example)")}),
+                         "description": format!("{id} (example)"), "labels": labels}),
             ),
         )?;
         assert!(st == 201, "{body}");
     }
+
+    // A watched job that never succeeds: overdue after a second.
+    let (st, body) = server.call(
+        "PUT",
+        "/v1/jobs/watched",
+        Some(
+            &json!({"schedule": "@every 24h", "executor": {"type": "exec", "argv": ["/bin/true"]},
+                     "alert": {"overdue_after": "1s"}}),
+        ),
+    )?;
+    assert_eq!(st, 201, "{body}");
 
     let driver = Chromedriver::start(&dir.path().join("chromedriver.log"), "America/New_York")?;
     let b = Browser::open(&driver)?;
@@ -148,6 +163,35 @@ fn run() -> Result<()> {
     assert!(src.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(b.alert_text().is_none(), "an alert opened");
     b.screenshot(&shots.join("jobs.png"))?;
+
+    // Filter by job labels: the form's field (all pairs must match), and
+    // repeated `label=k=v` parameters; a job's labels show on its row.
+    b.type_text(&b.must("#label")?, "team=pay")?;
+    b.click(&b.must("#filter")?)?;
+    b.wait(Duration::from_secs(10), |b| {
+        Ok(b.current_url()?.contains("label=team%3Dpay").then_some(()))
+    })?;
+    let ids = |b: &Browser| -> Result<Vec<String>> {
+        b.find_all("#jobs tbody tr td:first-child > a:first-child")?
+            .iter()
+            .map(|a| b.text(a))
+            .collect()
+    };
+    assert_eq!(ids(&b)?, vec!["cleanup", "nightly-report"]);
+    b.goto(&format!("{base}/ui/jobs?label=team%3Dpay&label=tier%3D1"))?;
+    assert_eq!(ids(&b)?, vec!["nightly-report"]);
+    let pills: Vec<String> = b
+        .find_all("#jobs a.pill.label")?
+        .iter()
+        .map(|a| b.text(a))
+        .collect::<Result<_>>()?;
+    assert_eq!(pills, vec!["team=pay", "tier=1"]);
+    b.goto(&format!("{base}/ui/jobs?label=team%3Dops"))?;
+    assert!(ids(&b)?.is_empty());
+    b.goto(&format!("{base}/ui/jobs?label=no-equals-sign"))?;
+    assert!(b.source()?.contains("must be key=value"));
+    b.goto(&format!("{base}/ui/jobs/nightly-report"))?;
+    assert_eq!(b.text(&b.must("#job-labels")?)?, "team=pay tier=1");
 
     // The job page: description as text, next fires with the DST note column.
     b.goto(&format!("{base}/ui/jobs/hello"))?;
@@ -240,6 +284,68 @@ fn run() -> Result<()> {
     b.execute("document.getElementById('history').scrollIntoView(); return null;")?;
     b.screenshot(&shots.join("job-history.png"))?;
 
+    // A running run's output grows live: a job printing a line every 0.5 s
+    // shows its first lines on the run page while it still runs.
+    let (st, body) = server.call(
+        "PUT",
+        "/v1/jobs/ticker",
+        Some(
+            &json!({"schedule": "@every 24h", "executor": {"type": "shell",
+            "script": "for i in 1 2 3 4 5 6 7 8 9 10; do echo tick $i; sleep 0.5; done"}}),
+        ),
+    )?;
+    assert_eq!(st, 201, "{body}");
+    let (st, run) = server.call("POST", "/v1/jobs/ticker/trigger", None)?;
+    assert_eq!(st, 201, "{run}");
+    let run_id = run["id"].as_i64().context("trigger returned no run id")?;
+    b.goto(&format!("{base}/ui/runs/{run_id}"))?;
+    b.execute("window.__sundialMarker = 7; return null;")?;
+    let (partial, state) = b.wait(Duration::from_secs(20), |b| {
+        let Some(out) = b.find("#output")? else {
+            return Ok(None);
+        };
+        let (out, state) = (b.text(&out)?, run_state(b)?);
+        Ok(out.contains("tick 2").then_some((out, state)))
+    })?;
+    assert_eq!(state, "running", "output only seen at the end: {partial}");
+    assert!(!partial.contains("tick 10"), "{partial}");
+    b.wait(Duration::from_secs(30), |b| {
+        Ok((run_state(b)? == "succeeded").then_some(()))
+    })?;
+    assert!(b.text(&b.must("#output")?)?.contains("tick 10"));
+    assert_eq!(b.execute("return window.__sundialMarker;")?, json!(7));
+
+    // Events: newest first, filtered by family; a new event appears at the
+    // top without a reload.
+    b.goto(&format!("{base}/ui/events"))?;
+    assert!(b
+        .find("nav a[href='/ui/events'][aria-current='page']")?
+        .is_some());
+    let kinds = |b: &Browser| -> Result<Vec<String>> {
+        b.find_all("#events tr.event .pill")?
+            .iter()
+            .map(|p| b.text(p))
+            .collect()
+    };
+    assert!(kinds(&b)?.contains(&"run.succeeded".to_string()));
+    b.goto(&format!("{base}/ui/events?type=job.*&job=cleanup"))?;
+    b.execute("window.__sundialMarker = 9; return null;")?;
+    let before = kinds(&b)?;
+    assert!(
+        !before.is_empty() && before.iter().all(|k| k.starts_with("job.")),
+        "{before:?}"
+    );
+    assert_eq!(server.call("POST", "/v1/jobs/cleanup/pause", None)?.0, 200);
+    b.wait(Duration::from_secs(10), |b| {
+        Ok((kinds(b)?.first().map(String::as_str) == Some("job.paused")).then_some(()))
+    })?;
+    assert_eq!(b.execute("return window.__sundialMarker;")?, json!(9));
+    assert_eq!(kinds(&b)?.len(), before.len() + 1);
+    b.goto(&format!("{base}/ui/events"))?;
+    b.screenshot(&shots.join("events.png"))?;
+    b.goto(&format!("{base}/ui/events?type=runs.*"))?;
+    assert!(b.source()?.contains("matches no event type"));
+
     // Readable on a phone: the jobs page at 390 px.
     b.set_window(390, 844)?;
     b.goto(&format!("{base}/ui/jobs"))?;
@@ -247,7 +353,11 @@ fn run() -> Result<()> {
     b.set_window(1280, 800)?;
 
     // Overview after a run; nodes page.
-    b.goto(&format!("{base}/ui/"))?;
+    // The overview lists the overdue job (marked by the overdue watch).
+    b.wait(Duration::from_secs(15), |b| {
+        b.goto(&format!("{base}/ui/"))?;
+        b.find("#overdue-jobs a[href='/ui/jobs/watched']")
+    })?;
     b.screenshot(&shots.join("overview.png"))?;
     b.goto(&format!("{base}/ui/nodes"))?;
     assert!(b.source()?.contains("role=worker, zone=a"));
@@ -324,6 +434,9 @@ fn run() -> Result<()> {
         b.find("a[href$='/confirm']")?.is_none(),
         "read scope sees revoke"
     );
+    // Read scope may see the event feed.
+    b.goto(&format!("{base}/ui/events"))?;
+    assert!(b.find("table#events tr.event")?.is_some());
     b.goto(&format!("{base}/ui/jobs/hello"))?;
     b.screenshot(&shots.join("job-read-only.png"))?;
     drop(b);

@@ -396,7 +396,7 @@ pub fn pk_of(conn: &Connection, id: &str) -> Result<Option<i64>, StoreError> {
 
 /// SQL condition and parameters for "carries all these job labels"
 /// (parameters numbered from `first`).
-fn label_condition(
+pub(crate) fn label_condition(
     selector: &std::collections::BTreeMap<String, String>,
     first: usize,
 ) -> (String, Vec<String>) {

@@ -216,6 +216,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN last_success_at INTEGER;
     ALTER TABLE jobs ADD COLUMN overdue_since INTEGER;
     CREATE INDEX jobs_watched ON jobs (pk) WHERE overdue_after_ms IS NOT NULL;
+    CREATE INDEX jobs_overdue ON jobs (overdue_since) WHERE overdue_since IS NOT NULL;
     "#,
     // 9: since when a node is down (no contact for two minutes), so
     // `node.down` fires once, across failovers too.

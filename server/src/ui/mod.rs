@@ -6,6 +6,7 @@
 //! - [`csrf`]: the CSRF token on every form
 //! - [`pages`]: overview, jobs, job, run, nodes (reads)
 //! - [`actions`]: sign-in/out, job and node actions (writes, via the API handlers)
+//! - [`events`]: the live event feed
 //! - [`admin`]: API keys and join tokens (admin scope)
 //! - [`queries`]: the console's read-only queries (overview, job search)
 //! - [`fires`]: next fires with DST marks, run-history chart
@@ -22,6 +23,7 @@ pub(crate) mod actions;
 pub(crate) mod admin;
 pub(crate) mod assets;
 pub(crate) mod csrf;
+pub(crate) mod events;
 pub(crate) mod fires;
 pub(crate) mod pages;
 pub(crate) mod queries;
@@ -69,6 +71,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/jobs/{id}/{action}", post(actions::job_action))
         .route("/ui/runs/{id}", get(pages::run))
         .route("/ui/runs/{id}/live", get(pages::run_live))
+        .route("/ui/events", get(events::page))
+        .route("/ui/events/live", get(events::live))
         .route("/ui/nodes", get(pages::nodes))
         .route("/ui/nodes/{id}/confirm", get(actions::confirm_revoke))
         .route("/ui/nodes/{id}/revoke", post(actions::revoke_node))

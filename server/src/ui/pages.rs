@@ -10,7 +10,7 @@ use crate::api::nodes::{live_view, status_of};
 use crate::api::AppState;
 use crate::store::{jobs, nodes, runs};
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sundial_proto::time::now_ms;
@@ -32,6 +32,11 @@ pub struct JobRow {
     pub last_state: String,
     pub last_run: Option<Ts>,
     pub next_fire: Option<Ts>,
+    /// Job labels as `k=v` texts.
+    pub labels: Vec<String>,
+    /// Overdue since (no success within the job's `overdue_after`).
+    pub overdue_since: Option<Ts>,
+    pub last_success: Option<Ts>,
 }
 
 impl From<&Job> for JobRow {
@@ -46,6 +51,14 @@ impl From<&Job> for JobRow {
             last_state: j.counters.last_state.clone().unwrap_or_default(),
             last_run: Ts::opt(j.counters.last_run_at),
             next_fire: Ts::opt(j.next_fire_at),
+            labels: j
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            overdue_since: Ts::opt(j.counters.overdue_since),
+            last_success: Ts::opt(j.counters.last_success_at),
         }
     }
 }
@@ -114,6 +127,9 @@ pub struct Overview {
     pub runs_capped: bool,
     pub failing: Vec<JobRow>,
     pub overdue: Vec<JobRow>,
+    /// Jobs with no success within their `overdue_after`, and their count.
+    pub unmet: Vec<JobRow>,
+    pub unmet_total: u64,
     pub next: Vec<(String, Ts)>,
     pub next_total: u64,
 }
@@ -127,19 +143,28 @@ const OVERDUE_MS: i64 = 60_000;
 pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
     let ha = app.ha_state();
     let now = now_ms();
-    let (jobs_total, (runs_hour, runs_capped), failing, overdue, (next, next_total), all_nodes) =
-        app.store
-            .read(move |c| {
-                Ok((
-                    jobs::count(c)?,
-                    queries::runs_by_state_since(c, now - 3_600_000, RUNS_COUNTED)?,
-                    queries::failing_jobs(c, 20)?,
-                    queries::overdue_jobs(c, now, OVERDUE_MS, 20)?,
-                    queries::next_fires(c, now, now + 3_600_000, 20)?,
-                    nodes::list(c)?,
-                ))
-            })
-            .await?;
+    let (
+        jobs_total,
+        (runs_hour, runs_capped),
+        failing,
+        overdue,
+        (unmet, unmet_total),
+        (next, next_total),
+        all_nodes,
+    ) = app
+        .store
+        .read(move |c| {
+            Ok((
+                jobs::count(c)?,
+                queries::runs_by_state_since(c, now - 3_600_000, RUNS_COUNTED)?,
+                queries::failing_jobs(c, 20)?,
+                queries::overdue_jobs(c, now, OVERDUE_MS, 20)?,
+                queries::overdue_since(c, 20)?,
+                queries::next_fires(c, now, now + 3_600_000, 20)?,
+                nodes::list(c)?,
+            ))
+        })
+        .await?;
     let mut counts = (0, 0, 0);
     for n in all_nodes {
         match status_of(&live_view(&app, n), now) {
@@ -171,6 +196,8 @@ pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResul
             .collect(),
         failing: failing.iter().map(JobRow::from).collect(),
         overdue: overdue.iter().map(JobRow::from).collect(),
+        unmet: unmet.iter().map(JobRow::from).collect(),
+        unmet_total,
         next: next.into_iter().map(|(id, t)| (id, Ts::new(t))).collect(),
         next_total,
     })
@@ -185,9 +212,30 @@ pub struct JobsQuery {
     pub paused: String,
     pub sort: String,
     pub page: Option<usize>,
+    /// The repeatable `label=k=v` parameters (read from the raw query by
+    /// [`JobsQuery::with_labels`]; a plain `Query` cannot repeat a key).
+    #[serde(skip)]
+    pub label: Vec<String>,
 }
 
 impl JobsQuery {
+    /// Adds the repeatable `label` parameters of the raw query string.
+    pub fn with_labels(mut self, raw: Option<&str>) -> Result<JobsQuery, UiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| UiError::new(StatusCode::BAD_REQUEST, format!("query string: {e}")))?;
+        self.label = pairs
+            .into_iter()
+            .filter(|(k, v)| k == "label" && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+            .collect();
+        Ok(self)
+    }
+
+    /// The label filter as one text field's value (`k=v k2=v2`).
+    pub fn labels_text(&self) -> String {
+        self.label.join(" ")
+    }
+
     /// Parses the filters; a value that does not parse is an error.
     pub fn search(&self) -> Result<JobSearch, UiError> {
         let bad = |m: String| UiError::new(StatusCode::BAD_REQUEST, m);
@@ -215,8 +263,17 @@ impl JobsQuery {
         if self.q.len() > 256 {
             return Err(bad("the search text is longer than 256 bytes".into()));
         }
+        let mut labels = std::collections::BTreeMap::new();
+        for l in self.label.iter().flat_map(|l| l.split_whitespace()) {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| bad(format!("label {l:?} must be key=value")))?;
+            crate::validate::label_pair(k, v).map_err(|m| bad(m.to_string()))?;
+            labels.insert(k.to_string(), v.to_string());
+        }
         Ok(JobSearch {
             text: self.q.trim().to_string(),
+            labels,
             state,
             paused,
             sort,
@@ -228,10 +285,16 @@ impl JobsQuery {
     fn link(&self, page: usize) -> String {
         let mut q = self.clone();
         q.page = Some(page);
-        format!(
+        let labels: Vec<(&str, &str)> = self.label.iter().map(|l| ("label", l.as_str())).collect();
+        let mut link = format!(
             "/ui/jobs?{}",
             serde_urlencoded::to_string(&q).unwrap_or_default()
-        )
+        );
+        if !labels.is_empty() {
+            link.push('&');
+            link.push_str(&serde_urlencoded::to_string(&labels).unwrap_or_default());
+        }
+        link
     }
 }
 
@@ -253,7 +316,9 @@ pub async fn jobs(
     State(app): State<AppState>,
     Viewer(s): Viewer,
     Query(query): Query<JobsQuery>,
+    RawQuery(raw): RawQuery,
 ) -> UiResult {
+    let query = query.with_labels(raw.as_deref())?;
     let search = query.search()?;
     let (found, total) = {
         let search = search.clone();
@@ -475,6 +540,9 @@ mod tests {
                 last_state: String::new(),
                 last_run: None,
                 next_fire: Some(Ts::new(0)),
+                labels: vec!["team=<b>x".into()],
+                overdue_since: None,
+                last_success: None,
             }],
             total: 1,
             query: JobsQuery {
@@ -492,6 +560,7 @@ mod tests {
         assert!(!html.contains("<img"));
         assert!(!html.contains("<script>x"));
         assert!(!html.contains("key_<b>"));
+        assert!(!html.contains("team=<b>") && html.contains("label=team%3D%3Cb%3Ex"));
         assert!(
             html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"),
             "{html}"
@@ -528,6 +597,7 @@ mod tests {
             sort: "next".into(),
             page: Some(3),
             q: " nightly ".into(),
+            label: Vec::new(),
         };
         let s = q.search().unwrap();
         assert_eq!(s.offset, 2 * PAGE_SIZE);
@@ -536,5 +606,22 @@ mod tests {
             q.link(4),
             "/ui/jobs?q=+nightly+&state=failed&paused=no&sort=next&page=4"
         );
+        // Job labels: repeated parameters and `k=v k2=v2` in one field, AND.
+        let q = q
+            .with_labels(Some(
+                "q=x&label=team%3Dpay+tier%3D1&label=env%3Dprod&label=",
+            ))
+            .unwrap();
+        assert_eq!(q.label, vec!["team=pay tier=1", "env=prod"]);
+        let s = q.search().unwrap();
+        assert_eq!(s.labels.len(), 3);
+        assert_eq!(s.labels["tier"], "1");
+        assert!(q
+            .link(2)
+            .ends_with("&page=2&label=team%3Dpay+tier%3D1&label=env%3Dprod"));
+        for bad in ["label=team", "label=%3Dpay", "label=a%22b%3Dc"] {
+            let q = JobsQuery::default().with_labels(Some(bad)).unwrap();
+            assert!(q.search().is_err(), "{bad}");
+        }
     }
 }

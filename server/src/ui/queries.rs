@@ -6,6 +6,7 @@
 use crate::store::{jobs, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection};
+use std::collections::BTreeMap;
 use sundial_proto::{Job, RunState};
 
 /// Runs created since `since`, counted by state (newest first, stops at the
@@ -53,6 +54,20 @@ pub fn failing_jobs(conn: &Connection, limit: usize) -> Result<Vec<Job>, StoreEr
          ORDER BY last_run_at DESC LIMIT ?1",
         params![limit as i64],
     )
+}
+
+/// Jobs marked overdue (no success within their `overdue_after`), longest
+/// overdue first (the partial index `jobs_overdue`), and how many there are.
+pub fn overdue_since(conn: &Connection, limit: usize) -> Result<(Vec<Job>, u64), StoreError> {
+    let total: i64 = conn
+        .prepare_cached("SELECT count(*) FROM jobs WHERE overdue_since IS NOT NULL")?
+        .query_row([], |r| r.get(0))?;
+    let jobs = ids_to_jobs(
+        conn,
+        "SELECT id FROM jobs WHERE overdue_since IS NOT NULL ORDER BY overdue_since LIMIT ?1",
+        params![limit as i64],
+    )?;
+    Ok((jobs, total as u64))
 }
 
 /// Active jobs whose next fire is more than `late_ms` in the past (the
@@ -156,11 +171,13 @@ impl Sort {
     }
 }
 
-/// The jobs page's query. Job labels (another branch) add a field here.
+/// The jobs page's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSearch {
     /// Case-insensitive substring of the job id ('' = any).
     pub text: String,
+    /// Job labels the job must all carry (validated keys and values).
+    pub labels: BTreeMap<String, String>,
     pub state: LastState,
     /// Some(true): paused only; Some(false): not paused only.
     pub paused: Option<bool>,
@@ -171,41 +188,43 @@ pub struct JobSearch {
 
 /// One page of jobs matching `q`, and the number of matches.
 pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), StoreError> {
-    // Only fixed SQL fragments are concatenated; every value is a parameter.
-    let mut clauses: Vec<&str> = Vec::new();
+    // Only fixed SQL fragments are concatenated; every value is a numbered
+    // parameter (the label condition is the store's, `jobs::label_condition`).
+    let mut filter = String::from(" WHERE 1 = 1");
     let mut args: Vec<Value> = Vec::new();
     if !q.text.is_empty() {
-        clauses.push("instr(lower(id), ?) > 0");
         args.push(Value::Text(q.text.to_lowercase()));
+        filter.push_str(&format!(" AND instr(lower(id), ?{}) > 0", args.len()));
     }
     match q.state {
         LastState::Any => {}
-        LastState::Never => clauses.push("last_state IS NULL"),
+        LastState::Never => filter.push_str(" AND last_state IS NULL"),
         LastState::Is(s) => {
-            clauses.push("last_state = ?");
             args.push(Value::Text(s.as_str().to_string()));
+            filter.push_str(&format!(" AND last_state = ?{}", args.len()));
         }
     }
     if let Some(p) = q.paused {
-        clauses.push("paused = ?");
         args.push(Value::Integer(p as i64));
+        filter.push_str(&format!(" AND paused = ?{}", args.len()));
     }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", clauses.join(" AND "))
-    };
+    let (cond, label_args) = jobs::label_condition(&q.labels, args.len() + 1);
+    filter.push_str(&cond);
+    args.extend(label_args.into_iter().map(Value::Text));
     let total: i64 = conn
         .prepare_cached(&format!("SELECT count(*) FROM jobs{filter}"))?
         .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
+    let n = args.len();
     let mut page_args = args;
     page_args.push(Value::Integer(q.limit as i64));
     page_args.push(Value::Integer(q.offset as i64));
     let jobs = ids_to_jobs(
         conn,
         &format!(
-            "SELECT id FROM jobs{filter} ORDER BY {} LIMIT ? OFFSET ?",
-            q.sort.order_by()
+            "SELECT id FROM jobs{filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
+            q.sort.order_by(),
+            n + 1,
+            n + 2
         ),
         params_from_iter(page_args.iter()),
     )?;
@@ -236,6 +255,14 @@ mod tests {
                     jobs::upsert(c, &id, &spec("d"), 0, |_| Some(1000 - i))?;
                 }
                 jobs::set_paused(c, "job-07", true, 0, |_, _| None)?;
+                let mut labelled = spec("d");
+                labelled.labels = [("team", "pay"), ("tier", "1")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                jobs::upsert(c, "job-05", &labelled, 0, |_| Some(2000))?;
+                labelled.labels.remove("tier");
+                jobs::upsert(c, "job-06", &labelled, 0, |_| Some(2000))?;
                 c.execute(
                     "UPDATE jobs SET last_state = 'failed', last_run_at = 5 WHERE id = 'job-03'",
                     [],
@@ -246,6 +273,7 @@ mod tests {
             .unwrap();
         let base = JobSearch {
             text: String::new(),
+            labels: BTreeMap::new(),
             state: LastState::Any,
             paused: None,
             sort: Sort::Id,
@@ -324,6 +352,44 @@ mod tests {
         );
         let (_, capped) = store.read(|c| runs_by_state_since(c, 0, 2)).await.unwrap();
         assert!(capped);
+        // Job labels: every pair must match (AND), beside the other filters.
+        let with = |pairs: &[(&str, &str)]| JobSearch {
+            labels: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..base.clone()
+        };
+        let q = with(&[("team", "pay")]);
+        let (page, total) = store.read(move |c| search_jobs(c, &q)).await.unwrap();
+        assert_eq!((total, page[0].id.as_str()), (2, "job-05"));
+        let q = with(&[("team", "pay"), ("tier", "1")]);
+        let (page, total) = store.read(move |c| search_jobs(c, &q)).await.unwrap();
+        assert_eq!((total, page[0].id.as_str()), (1, "job-05"));
+        let q = JobSearch {
+            text: "06".into(),
+            ..with(&[("team", "pay")])
+        };
+        let (page, total) = store.read(move |c| search_jobs(c, &q)).await.unwrap();
+        assert_eq!((total, page[0].id.as_str()), (1, "job-06"));
+        let q = with(&[("team", "ops")]);
+        let (_, total) = store.read(move |c| search_jobs(c, &q)).await.unwrap();
+        assert_eq!(total, 0);
+        // Overdue jobs (marked by the overdue watch), longest overdue first.
+        store
+            .write(|c| {
+                c.execute(
+                    "UPDATE jobs SET overdue_since = 50 WHERE id IN ('job-11', 'job-12')",
+                    [],
+                )?;
+                c.execute("UPDATE jobs SET overdue_since = 40 WHERE id = 'job-12'", [])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (late, total) = store.read(|c| overdue_since(c, 1)).await.unwrap();
+        assert_eq!((total, late[0].id.as_str()), (2, "job-12"));
+        assert_eq!(late[0].counters.overdue_since, Some(40));
         // A quote in the search text is data, not SQL.
         let q = JobSearch {
             text: "' OR 1=1 --".into(),

@@ -246,8 +246,8 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
             if let Err(busy @ Failure::Transient(Transient::Busy, _)) = &outcome {
                 // What queued while this batch waited out the busy timeout
                 // is answered now ("retry"), not after another full timeout —
-                // before this batch's callers hear back, so nothing they send
-                // next is caught by it.
+                // before any caller of this batch hears back, so nothing
+                // they send next is caught by it.
                 while let Ok(msg) = receiver.try_recv() {
                     match msg {
                         Msg::Op(op) => op.refuse(busy.error()),
@@ -255,7 +255,7 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
                     }
                 }
             }
-            answer(&mut replies, &outcome);
+            answer(&mut batch, &mut replies, &outcome);
         }
         if shutdown.is_some() {
             // Drain stragglers queued behind the shutdown request.
@@ -264,7 +264,7 @@ fn run(conn: Connection, receiver: mpsc::Receiver<Msg>, metrics: Arc<Metrics>, t
             }
             if !batch.is_empty() {
                 let outcome = apply(&conn, &mut batch, &mut replies, &metrics, &term);
-                answer(&mut replies, &outcome);
+                answer(&mut batch, &mut replies, &outcome);
             }
             break;
         }
@@ -286,15 +286,21 @@ fn current_epoch(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))
 }
 
-/// Sends every reply of a batch its fate.
-fn answer(replies: &mut Vec<Reply>, outcome: &Result<(), Failure>) {
+/// Tells every caller of a batch its fate: the replies of the operations it
+/// ran, and a refusal to those it never reached (left in `batch`).
+fn answer(batch: &mut VecDeque<Op>, replies: &mut Vec<Reply>, outcome: &Result<(), Failure>) {
+    if let Err(failure) = outcome {
+        for op in batch.drain(..) {
+            op.refuse(failure.error());
+        }
+    }
     for reply in replies.drain(..) {
         reply(outcome.as_ref().map(|_| ()));
     }
 }
 
-/// Applies one batch in one transaction; operations it never reached are
-/// refused at once, the replies of those it ran wait in `replies` for
+/// Applies one batch in one transaction; the replies of the operations it
+/// ran wait in `replies`, those it never reached stay in `batch`, both for
 /// [`answer`].
 fn apply(
     conn: &Connection,
@@ -309,11 +315,9 @@ fn apply(
     if outcome.is_ok() {
         term.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
-    // Operations the batch never reached are refused with its failure.
+    // Operations the batch never reached stay in `batch`: [`answer`]
+    // refuses them once the caller is done with the queue.
     if let Err(failure) = &outcome {
-        for op in batch.drain(..) {
-            op.refuse(failure.error());
-        }
         match failure {
             Failure::Fenced => {}
             other => {

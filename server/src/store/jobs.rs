@@ -108,6 +108,14 @@ pub fn upsert(
 /// cycles). Bulk apply calls it once every job of the request is written,
 /// so a manifest may list a job before its upstream.
 pub fn set_after(conn: &Connection, id: &str, spec: &JobSpec) -> Result<(), StoreError> {
+    if spec.after.is_empty() {
+        // The common case, in one statement: no upstreams (any more).
+        conn.prepare_cached(
+            "DELETE FROM job_after WHERE downstream = (SELECT pk FROM jobs WHERE id = ?1)",
+        )?
+        .execute([id])?;
+        return Ok(());
+    }
     let pk = pk_of(conn, id)?.ok_or_else(|| StoreError::NotFound {
         kind: "job",
         id: id.to_string(),
@@ -124,6 +132,8 @@ pub fn write_spec(
     now: i64,
     next_fire: impl Fn(i64) -> Option<i64>,
 ) -> Result<Upserted, StoreError> {
+    // The alert threshold; without one a job is no longer overdue.
+    let overdue_after_ms = spec.alert.as_ref().map(|a| a.overdue_after.as_millis_i64());
     let labels_text = serde_json::to_string(&spec.labels)
         .map_err(|e| StoreError::Corrupt(format!("encoding labels: {e}")))?;
     let spec_text = serde_json::to_string(spec)
@@ -152,7 +162,8 @@ pub fn write_spec(
                 "UPDATE jobs SET spec = ?2, schedule = ?3, timezone = ?4, misfire = ?5, grace_ms = ?6,
                     max_catch_up = ?7, concurrency = ?8, enabled = ?9, next_fire_at = ?10,
                     keep_runs = ?11, max_age_ms = ?12, updated_at = ?13, target = ?14,
-                    executor_kind = ?15, labels = ?16
+                    executor_kind = ?15, labels = ?16, overdue_after_ms = ?17,
+                    overdue_since = CASE WHEN ?17 IS NULL THEN NULL ELSE overdue_since END
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -172,6 +183,7 @@ pub fn write_spec(
                 target_text,
                 spec.executor.kind().as_str(),
                 labels_text,
+                overdue_after_ms,
             ])?;
             Upserted::Updated
         }
@@ -179,8 +191,8 @@ pub fn write_spec(
             conn.prepare_cached(
                 "INSERT INTO jobs (id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
                     concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at,
-                    target, executor_kind, labels)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16)",
+                    target, executor_kind, labels, overdue_after_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
             )?
             .execute(params![
                 id,
@@ -199,6 +211,7 @@ pub fn write_spec(
                 target_text,
                 spec.executor.kind().as_str(),
                 labels_text,
+                overdue_after_ms,
             ])?;
             Upserted::Created
         }
@@ -209,16 +222,6 @@ pub fn write_spec(
         Upserted::Unchanged => None,
     };
     if let Some(kind) = kind {
-        // The alert threshold; without one the job is no longer overdue.
-        conn.prepare_cached(
-            "UPDATE jobs SET overdue_after_ms = ?2,
-                 overdue_since = CASE WHEN ?2 IS NULL THEN NULL ELSE overdue_since END
-             WHERE id = ?1",
-        )?
-        .execute(params![
-            id,
-            spec.alert.as_ref().map(|a| a.overdue_after.as_millis_i64())
-        ])?;
         events::append(
             conn,
             now,

@@ -1,9 +1,10 @@
 //! The `events` table: the outbox. Every function that changes a run, job,
 //! node, key or join token appends its event here inside the same writer
-//! batch, so an event exists exactly when its change committed. Ids come
-//! from `AUTOINCREMENT`: they only grow, even after pruning, so a reader's
-//! cursor (`after`, SSE `Last-Event-ID`) stays valid across restarts and
-//! failovers. Pruned by count and age like run history.
+//! batch, so an event exists exactly when its change committed. Ids only
+//! grow — pruning never deletes the newest event, so the next rowid is past
+//! every id handed out — and a reader's cursor (`after`, SSE
+//! `Last-Event-ID`) stays valid across restarts and failovers. Pruned by
+//! count and age like run history.
 
 use super::StoreError;
 use rusqlite::{params, Connection, Row};
@@ -217,15 +218,16 @@ pub fn stats(conn: &Connection) -> Result<(i64, i64), StoreError> {
 }
 
 /// Deletes events older than `min_at` and beyond the newest `keep`, at most
-/// `batch` per call (so a sweep never holds the writer long). Returns how
-/// many were deleted.
+/// `batch` per call (so a sweep never holds the writer for long), but never
+/// the newest event: it keeps ids growing. Returns how many were deleted.
 pub fn prune(conn: &Connection, keep: u64, min_at: i64, batch: usize) -> Result<usize, StoreError> {
     Ok(conn
         .prepare_cached(
             "DELETE FROM events WHERE id IN (
                  SELECT id FROM events
-                 WHERE at < ?1
-                    OR id <= coalesce((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2), -1)
+                 WHERE (at < ?1
+                    OR id <= coalesce((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2), -1))
+                   AND id < (SELECT max(id) FROM events)
                  ORDER BY id LIMIT ?3)",
         )?
         .execute(params![min_at, keep as i64, batch as i64])?)
@@ -305,8 +307,10 @@ mod tests {
             .await
             .unwrap()
             .items;
-        assert_eq!(after.len(), 1);
-        assert!(after[0].id > max, "{} > {max}", after[0].id);
+        // Pruning everything kept the newest event, so the next id is past it.
+        assert_eq!(after.len(), 2, "{after:?}");
+        assert_eq!(after[0].id, max);
+        assert!(after[1].id > max, "{} > {max}", after[1].id);
         store.close().await;
     }
 }

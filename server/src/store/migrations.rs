@@ -137,11 +137,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX runs_by_upstream ON runs (job, upstream_run, node)
         WHERE upstream_run IS NOT NULL;
     "#,
-    // 3: the event outbox. AUTOINCREMENT: ids never go back, even after
-    // pruning, because they are every reader's cursor.
+    // 3: the event outbox. Ids never go back, because they are every
+    // reader's cursor: pruning never deletes the newest event, so the next
+    // rowid is always past every id handed out (no AUTOINCREMENT needed,
+    // which would cost a write of sqlite_sequence per event).
     r#"
     CREATE TABLE events (
-        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        id       INTEGER PRIMARY KEY,
         at       INTEGER NOT NULL,
         type     TEXT NOT NULL,
         job_id   TEXT,

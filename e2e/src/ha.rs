@@ -33,6 +33,13 @@ pub fn host(s: &ServerProc) -> String {
     format!("127.0.0.1:{}", s.port)
 }
 
+/// Whether the server answers 200 on `/v1/ha/primary` (the load balancer's check).
+pub fn is_primary(s: &ServerProc) -> bool {
+    s.call("GET", "/v1/ha/primary", None)
+        .map(|(st, _)| st == 200)
+        .unwrap_or(false)
+}
+
 /// The term epoch of the primary answering at `base` (None when it is not
 /// a primary or does not answer).
 pub fn term_epoch(base: &str) -> Option<i64> {

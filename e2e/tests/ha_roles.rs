@@ -6,14 +6,8 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, start_litefs_server};
-use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
-
-fn is_primary(s: &ServerProc) -> bool {
-    s.call("GET", "/v1/ha/primary", None)
-        .map(|(st, _)| st == 200)
-        .unwrap_or(false)
-}
+use sundial_e2e::ha::{host, is_primary, start_litefs_server};
+use sundial_e2e::{wait_for, LitefsDouble};
 
 #[test]
 fn replica_reads_forwards_refuses_without_primary_and_split_brain_is_fenced() {

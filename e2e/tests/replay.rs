@@ -6,6 +6,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
+use sundial_e2e::ha::{is_primary, start_litefs_server};
 use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
 use sundial_proto::sign::{self, AuthHeader, NodeKey};
 use sundial_proto::time::now_ms;
@@ -104,37 +105,6 @@ fn a_request_captured_before_kill9_is_refused_after_restart() {
     assert_eq!(status, 200, "fresh request after restart: {body}");
 }
 
-fn start_ha(
-    shared: &std::path::Path,
-    double: &LitefsDouble,
-    secret: &std::path::Path,
-) -> ServerProc {
-    ServerProc::start_args(
-        shared,
-        &[
-            "--ha-mode",
-            "litefs",
-            "--litefs-dir",
-            double.dir.to_str().unwrap(),
-            "--litefs-api",
-            &double.api_url(),
-            "--peer-url-template",
-            "http://{hostname}",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--lease",
-            "3s",
-        ],
-    )
-    .unwrap()
-}
-
-fn is_primary(s: &ServerProc) -> bool {
-    s.call("GET", "/v1/ha/primary", None)
-        .map(|(st, _)| st == 200)
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_request_captured_before_a_failover_is_refused_by_the_new_primary() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,10 +114,10 @@ fn a_request_captured_before_a_failover_is_refused_by_the_new_primary() {
     let d1 = LitefsDouble::start(&dir.path().join("l1")).unwrap();
     let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
     d1.make_primary().unwrap();
-    let s1 = start_ha(&shared, &d1, &secret);
+    let s1 = start_litefs_server(&shared, &d1, &secret);
     let host1 = format!("127.0.0.1:{}", s1.port);
     d2.make_replica(Some(&host1)).unwrap();
-    let s2 = start_ha(&shared, &d2, &secret);
+    let s2 = start_litefs_server(&shared, &d2, &secret);
     assert!(is_primary(&s1) && !is_primary(&s2));
 
     let http = Client::new();

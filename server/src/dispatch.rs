@@ -238,17 +238,20 @@ impl Dispatcher {
             if !claimed.is_empty() {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
-                // Kept to put back if the write fails: a claimed run is
-                // either assigned in the database or queued again.
-                let claimed_copy = claimed.clone();
+                // Shared with the write, and put back if it fails: a claimed
+                // run is either assigned in the database or queued again.
+                let claimed = Arc::new(claimed);
+                let for_write = claimed.clone();
                 let result = match self
                     .store
-                    .write(move |c| lifecycle::assign(c, &node_id, claimed, now, lease))
+                    .write(move |c| lifecycle::assign(c, &node_id, &for_write, now, lease))
                     .await
                 {
                     Ok(r) => r,
                     Err(e) => {
-                        self.enqueue(claimed_copy);
+                        // The write is over (run or refused): this is the last owner.
+                        let back = Arc::try_unwrap(claimed).unwrap_or_else(|a| (*a).clone());
+                        self.enqueue(back);
                         return Err(e);
                     }
                 };

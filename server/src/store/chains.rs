@@ -270,7 +270,7 @@ mod tests {
 
     fn end(c: &Connection, run: i64, outcome: Outcome) -> Vec<Queued> {
         let q = queued(c, run).unwrap().unwrap();
-        assign(c, "n", vec![q], 1, 30_000).unwrap();
+        assign(c, "n", &[q], 1, 30_000).unwrap();
         let req = CompleteRequest {
             attempt: 1,
             outcome,

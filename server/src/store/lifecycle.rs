@@ -455,12 +455,12 @@ pub struct Assigned {
 pub fn assign(
     conn: &Connection,
     node: &str,
-    candidates: Vec<Queued>,
+    candidates: &[Queued],
     now: i64,
     lease_ms: i64,
 ) -> Result<Assigned, StoreError> {
     let mut out = Assigned::default();
-    for mut c in candidates {
+    for c in candidates {
         let row: Option<(String, u32, i64, String, Option<i64>)> = conn
             .prepare_cached(
                 "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run
@@ -510,8 +510,10 @@ pub fn assign(
                 continue;
             }
             Step::Defer => {
-                c.ready_at = now + 1_000;
-                out.later.push(c);
+                out.later.push(Queued {
+                    ready_at: now + 1_000,
+                    ..c.clone()
+                });
                 continue;
             }
             _ => continue,
@@ -839,10 +841,10 @@ mod tests {
             .write(|c| {
                 let job = slot_job(c, "r", &spec(r#","concurrency":"replace""#));
                 let first = one_slot(c, &job, 1_000);
-                let a = assign(c, "n1", vec![first.clone()], 1_000, 30_000)?;
+                let a = assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
                 assert_eq!(a.runs.len(), 1);
                 let second = one_slot(c, &job, 2_000);
-                let b = assign(c, "n2", vec![second.clone()], 2_000, 30_000)?;
+                let b = assign(c, "n2", std::slice::from_ref(&second), 2_000, 30_000)?;
                 assert_eq!(b.runs.len(), 1, "replace starts the new run");
                 assert_eq!(state(c, first.run_id), (RunState::Running, 1, true));
                 assert_eq!(state(c, second.run_id), (RunState::Running, 1, false));
@@ -871,7 +873,7 @@ mod tests {
             .write(|c| {
                 let job = slot_job(c, "h", &spec(r#","retries":{"max":0}"#));
                 let q = one_slot(c, &job, 1_000);
-                assign(c, "n1", vec![q.clone()], 1_000, 30_000)?;
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
                 let r = complete(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
                 let Ok(Completion::Recorded {
                     requeue: mut again,
@@ -887,7 +889,7 @@ mod tests {
                 // The old attempt's late result is stale; the new one runs elsewhere.
                 let stale = complete(c, "n1", q.run_id, &done(Outcome::Succeeded, 1), 5_100)?;
                 assert!(matches!(stale, Ok(Completion::Stale)));
-                let b = assign(c, "n2", vec![again], 5_200, 30_000)?;
+                let b = assign(c, "n2", &[again], 5_200, 30_000)?;
                 assert_eq!(b.runs[0].attempt, 2);
                 let ok = complete(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_000)?;
                 assert!(matches!(

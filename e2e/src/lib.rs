@@ -3,6 +3,7 @@
 //! waits for readiness, talks to it over HTTP, and kills/reaps exactly the
 //! processes it started (by PID, never by name).
 
+pub mod agent;
 pub mod ha;
 pub mod litestream;
 pub mod misfire;

@@ -2,56 +2,11 @@
 //! and wrong join token each get 401, are counted in metrics, and write nothing.
 
 use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
+use sundial_e2e::agent::{join, send, signed};
 use sundial_e2e::ServerProc;
-use sundial_proto::sign::{self, AuthHeader, NodeKey};
-use sundial_proto::time::now_ms;
-
-struct Req {
-    path: String,
-    body: Vec<u8>,
-    header: String,
-}
-
-fn signed(key: &NodeKey, node: &str, path: &str, body: &Value, ts_offset: i64, nonce: &str) -> Req {
-    let body = serde_json::to_vec(body).unwrap();
-    let ts = now_ms() / 1000 + ts_offset;
-    let header = AuthHeader {
-        node: node.to_string(),
-        ts,
-        nonce: nonce.to_string(),
-        sig: sign::sign(key, "POST", path, ts, nonce, &body),
-    };
-    Req {
-        path: path.to_string(),
-        body,
-        header: header.render(),
-    }
-}
-
-fn send(http: &Client, server: &ServerProc, r: &Req) -> (u16, Value) {
-    let resp = http
-        .post(format!("{}{}", server.base, r.path))
-        .header("authorization", &r.header)
-        .header("content-type", "application/json")
-        .body(r.body.clone())
-        .send()
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
-
-fn join(http: &Client, server: &ServerProc, token: &str, node: &str) -> (u16, Value) {
-    let resp = http
-        .post(format!("{}/v1/agent/join", server.base))
-        .header("authorization", format!("Sundial-Join {token}"))
-        .json(&json!({"node_id": node}))
-        .send()
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
+use sundial_proto::sign::NodeKey;
 
 fn nonce(n: u8) -> String {
     format!("{:032x}", u128::from(n) * 0x0101_0101_0101_0101)

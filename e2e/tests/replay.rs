@@ -4,66 +4,27 @@
 //! freshly signed requests from the same node keep working.
 
 use reqwest::blocking::Client;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-use sundial_e2e::ha::{is_primary, start_litefs_server};
+use sundial_e2e::agent::{join, send, signed, SignedRequest};
+use sundial_e2e::ha::{host, is_primary, start_litefs_server};
 use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
-use sundial_proto::sign::{self, AuthHeader, NodeKey};
-use sundial_proto::time::now_ms;
+use sundial_proto::sign::NodeKey;
 
-struct Req {
-    path: String,
-    body: Vec<u8>,
-    header: String,
-}
-
-fn signed(key: &NodeKey, node: &str, path: &str, body: &Value, nonce: &str) -> Req {
-    let body = serde_json::to_vec(body).unwrap();
-    let ts = now_ms() / 1000;
-    let header = AuthHeader {
-        node: node.to_string(),
-        ts,
-        nonce: nonce.to_string(),
-        sig: sign::sign(key, "POST", path, ts, nonce, &body),
-    };
-    Req {
-        path: path.to_string(),
-        body,
-        header: header.render(),
-    }
-}
-
-fn send(http: &Client, server: &ServerProc, r: &Req) -> (u16, Value) {
-    let resp = http
-        .post(format!("{}{}", server.base, r.path))
-        .header("authorization", &r.header)
-        .header("content-type", "application/json")
-        .body(r.body.clone())
-        .send()
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
-
-fn join(http: &Client, server: &ServerProc, node: &str) -> NodeKey {
+fn join_key(http: &Client, server: &ServerProc, node: &str) -> NodeKey {
     let token = server.join_token().unwrap();
-    let resp = http
-        .post(format!("{}/v1/agent/join", server.base))
-        .header("authorization", format!("Sundial-Join {token}"))
-        .json(&json!({"node_id": node}))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    let cred: Value = resp.json().unwrap();
+    let (status, cred) = join(http, server, &token, node);
+    assert_eq!(status, 201, "{cred}");
     NodeKey::from_hex(cred["key"].as_str().unwrap()).unwrap()
 }
 
-fn poll(key: &NodeKey, node: &str, nonce: &str) -> Req {
+fn poll(key: &NodeKey, node: &str, nonce: &str) -> SignedRequest {
     signed(
         key,
         node,
         "/v1/agent/poll",
         &json!({"max": 1, "wait_ms": 0}),
+        0,
         nonce,
     )
 }
@@ -75,12 +36,13 @@ fn a_request_captured_before_kill9_is_refused_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(&dir.path().join("data")).unwrap();
     let http = Client::new();
-    let key = join(&http, &server, "r1");
+    let key = join_key(&http, &server, "r1");
     let register = signed(
         &key,
         "r1",
         "/v1/agent/register",
         &json!({"labels": {}, "capacity": 1, "executors": ["exec"]}),
+        0,
         "11111111111111111111111111111111",
     );
     assert_eq!(send(&http, &server, &register).0, 200);
@@ -115,13 +77,12 @@ fn a_request_captured_before_a_failover_is_refused_by_the_new_primary() {
     let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
     d1.make_primary().unwrap();
     let s1 = start_litefs_server(&shared, &d1, &secret);
-    let host1 = format!("127.0.0.1:{}", s1.port);
-    d2.make_replica(Some(&host1)).unwrap();
+    d2.make_replica(Some(&host(&s1))).unwrap();
     let s2 = start_litefs_server(&shared, &d2, &secret);
     assert!(is_primary(&s1) && !is_primary(&s2));
 
     let http = Client::new();
-    let key = join(&http, &s1, "f1");
+    let key = join_key(&http, &s1, "f1");
     let captured = poll(&key, "f1", "44444444444444444444444444444444");
     let (status, body) = send(&http, &s1, &captured);
     assert_eq!(status, 200, "{body}");

@@ -529,12 +529,6 @@ mod tests {
         );
         store.close().await;
     }
-}
-
-#[cfg(test)]
-mod label_tests {
-    use super::*;
-    use crate::store::test_support::temp_store;
 
     #[tokio::test]
     async fn has_labels_matches_all_labels_of_the_selector() {

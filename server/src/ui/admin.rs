@@ -120,12 +120,26 @@ pub async fn create_key(
     )
     .await?;
     tracing::info!(key = %s.key_id, "console created an API key");
+    shown_once(&app, &s, "API key", &created.0, "key").await
+}
+
+/// The keys page with a just-created secret shown this once (`201`).
+async fn shown_once(
+    app: &AppState,
+    s: &super::session::Session,
+    kind: &'static str,
+    created: &Value,
+    secret_field: &str,
+) -> UiResult {
     let secret = NewSecret {
-        kind: "API key",
-        id: created.0["id"].as_str().unwrap_or_default().to_string(),
-        secret: created.0["key"].as_str().unwrap_or_default().to_string(),
+        kind,
+        id: created["id"].as_str().unwrap_or_default().to_string(),
+        secret: created[secret_field]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     };
-    let mut resp = page_with(&app, &s, Some(secret)).await?;
+    let mut resp = page_with(app, s, Some(secret)).await?;
     *resp.status_mut() = StatusCode::CREATED;
     Ok(resp)
 }
@@ -173,14 +187,7 @@ pub async fn create_token(
     )
     .await?;
     tracing::info!(key = %s.key_id, "console created a join token");
-    let secret = NewSecret {
-        kind: "join token",
-        id: created.0["id"].as_str().unwrap_or_default().to_string(),
-        secret: created.0["token"].as_str().unwrap_or_default().to_string(),
-    };
-    let mut resp = page_with(&app, &s, Some(secret)).await?;
-    *resp.status_mut() = StatusCode::CREATED;
-    Ok(resp)
+    shown_once(&app, &s, "join token", &created.0, "token").await
 }
 
 pub async fn delete_key(

@@ -64,6 +64,11 @@ impl Stop {
         self.token.cancel();
     }
 
+    /// Resolves once the attempt is stopped.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
+
     fn reason(&self) -> Outcome {
         self.reason
             .lock()
@@ -84,6 +89,17 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// An attempt stopped (cancelled, handed back) before it started.
+    pub fn not_started(stop: &Stop) -> Finished {
+        Finished {
+            outcome: stop.reason(),
+            exit_code: None,
+            output: String::new(),
+            truncated: false,
+            error: Some("stopped before it started".into()),
+        }
+    }
+
     fn failed(error: String) -> Finished {
         Finished {
             outcome: Outcome::Failed,
@@ -383,6 +399,7 @@ mod tests {
             timeout_ms,
             lease_ms: 30_000,
             upstream_run_id: Some(41),
+            start_in_ms: 0,
         }
     }
 

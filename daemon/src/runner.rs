@@ -167,8 +167,21 @@ impl Runner {
             a.attempt,
             stop.clone(),
         ));
+        // Handed out ahead of its time: start on the dot, unless stopped first.
+        let waited = if a.start_in_ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(a.start_in_ms)) => true,
+                _ = stop.stopped() => false,
+            }
+        } else {
+            true
+        };
         let started_at = now_ms();
-        let f = executor::execute(&a, &self.limits, &stop, &self.http).await;
+        let f = if waited {
+            executor::execute(&a, &self.limits, &stop, &self.http).await
+        } else {
+            executor::Finished::not_started(&stop)
+        };
         hb.abort();
         live.abort();
         let request = CompleteRequest {

@@ -66,6 +66,16 @@ pub struct Assignment {
     /// as `SUNDIAL_UPSTREAM_RUN_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_run_id: Option<i64>,
+    /// Start this long after receiving the assignment (ms; 0 or absent: at
+    /// once). The server hands out runs due within its dispatch lookahead
+    /// before their time, so the daemon starts them on the dot; a relative
+    /// delay, so a daemon's clock skew can never start a run early.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_in_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -26,6 +26,12 @@ fn cancelled_token() -> CancellationToken {
     t
 }
 
+/// Runs due within this long are handed out ahead of their time, with a
+/// delay the daemon waits before starting them: the assignment write and the
+/// round trip happen before the run is due, so it starts on the dot. A run
+/// whose job has another active run (forbid/replace) is held until its time.
+pub const DISPATCH_AHEAD_MS: i64 = 100;
+
 /// How often leases are checked.
 const REAP_EVERY: Duration = Duration::from_millis(500);
 /// How often in-memory last-seen times are written.
@@ -168,28 +174,79 @@ impl Dispatcher {
         }
     }
 
-    /// Removes up to `max` runs that `node` may take now; returns them and the
-    /// earliest future ready time (to bound the wait).
+    /// Removes runs that `node` may take now — at most `max`, and at most
+    /// its fair share of what is claimable when other nodes are waiting too
+    /// (the rest wakes them) — and returns them with the instant something
+    /// more becomes claimable (to bound the wait).
     fn claim(&self, node: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let mut inner = self.lock();
-        let mut keys = Vec::new();
-        let mut next_ready = None;
-        for (key, q) in inner.queue.iter() {
-            if key.0 > now {
-                next_ready = Some(key.0);
-                break;
-            }
-            if node.eligible(&q.target, q.executor_kind, &q.slot_node) {
-                keys.push(*key);
-                if keys.len() >= max {
-                    break;
-                }
-            }
-        }
+        let waiting = inner.waiters.len().max(1);
+        let (mut keys, next) = claimable(&inner, node, now, max.saturating_mul(waiting));
+        let share = keys.len().div_ceil(waiting).clamp(1, max.max(1));
+        let left = keys.len().saturating_sub(share);
+        keys.truncate(share);
         let claimed: Vec<Queued> = keys.iter().filter_map(|k| inner.queue.remove(k)).collect();
         self.metrics.dispatch_queue.set(inner.queue.len() as i64);
-        (claimed, next_ready)
+        // Wake as many other waiters as the rest needs (each takes a share).
+        let wake: Vec<Arc<Notify>> = if left > 0 {
+            inner
+                .waiters
+                .iter()
+                .filter(|(id, _)| **id != node.id)
+                .take(left.div_ceil(share))
+                .map(|(_, w)| w.notify.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        drop(inner);
+        for n in wake {
+            n.notify_one();
+        }
+        (claimed, next)
     }
+}
+
+/// Up to `limit` queue keys `node` may take at `now` (due within
+/// [`DISPATCH_AHEAD_MS`], or due already for a run held to its time), and
+/// the instant the next run not claimable now becomes claimable.
+fn claimable(
+    inner: &Inner,
+    node: &NodeInfo,
+    now: i64,
+    limit: usize,
+) -> (Vec<(i64, i64)>, Option<i64>) {
+    let horizon = now + DISPATCH_AHEAD_MS;
+    let mut keys = Vec::new();
+    let mut next: Option<i64> = None;
+    let sooner = |next: &mut Option<i64>, t: i64| *next = Some(next.map_or(t, |n| n.min(t)));
+    for (key, q) in inner.queue.iter() {
+        if key.0 > horizon {
+            // Beyond the lookahead: claimable when it enters it, or at its
+            // own time if held. Nothing later can be sooner than that.
+            if next.is_some_and(|n| n <= key.0 - DISPATCH_AHEAD_MS) {
+                break;
+            }
+            let at = if q.on_time_only {
+                key.0
+            } else {
+                key.0 - DISPATCH_AHEAD_MS
+            };
+            sooner(&mut next, at);
+            continue;
+        }
+        if !node.eligible(&q.target, q.executor_kind, &q.slot_node) {
+            continue;
+        }
+        if q.on_time_only && key.0 > now {
+            sooner(&mut next, key.0);
+            continue;
+        }
+        if keys.len() < limit {
+            keys.push(*key);
+        }
+    }
+    (keys, next)
 }
 
 /// Removes a long-poll's waiter when the poll ends for any reason — including
@@ -242,7 +299,7 @@ impl Dispatcher {
                 // run is either assigned in the database or queued again.
                 let claimed = Arc::new(claimed);
                 let for_write = claimed.clone();
-                let result = match self
+                let mut result = match self
                     .store
                     .write(move |c| lifecycle::assign(c, &node_id, &for_write, now, lease))
                     .await
@@ -260,9 +317,12 @@ impl Dispatcher {
                     // Measured once the assignment is committed (what the
                     // node is about to receive), not when the claim began.
                     let assigned = now_ms();
-                    for a in &result.runs {
+                    let spent = (assigned - now).max(0) as u64;
+                    for a in &mut result.runs {
                         let late = (assigned - a.scheduled_for).max(0) as f64 / 1000.0;
                         self.metrics.start_lateness_seconds.observe(late);
+                        // The delay counts from the claim; the write took some of it.
+                        a.start_in_ms = a.start_in_ms.saturating_sub(spent);
                     }
                     self.metrics
                         .runs_dispatched
@@ -284,12 +344,7 @@ impl Dispatcher {
             }
             let has_work = {
                 let inner = self.lock();
-                let now = now_ms();
-                inner
-                    .queue
-                    .iter()
-                    .take_while(|(k, _)| k.0 <= now)
-                    .any(|(_, q)| node.eligible(&q.target, q.executor_kind, &q.slot_node))
+                !claimable(&inner, &node, now_ms(), 1).0.is_empty()
             };
             if !has_work {
                 let until = match next_ready {
@@ -391,5 +446,102 @@ impl Dispatcher {
             self.registry.restore_dirty(copy);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use sundial_proto::{ExecutorKind, Target};
+
+    fn dispatcher() -> (tempfile::TempDir, Dispatcher) {
+        let (dir, store) = temp_store();
+        let metrics = Arc::new(Metrics::new());
+        let d = Dispatcher::new(
+            Arc::new(store),
+            metrics.clone(),
+            Arc::new(Registry::default()),
+            Arc::new(Loops::new(metrics)),
+            30_000,
+            CancellationToken::new(),
+        );
+        (dir, d)
+    }
+
+    fn node(id: &str) -> Arc<NodeInfo> {
+        Arc::new(NodeInfo {
+            id: id.into(),
+            generation: 1,
+            revoked: false,
+            labels: Default::default(),
+            executors: vec![ExecutorKind::Exec],
+            capacity: 1_000,
+            last_seen: 0,
+        })
+    }
+
+    fn queued(run_id: i64, ready_at: i64, on_time_only: bool) -> Queued {
+        Queued {
+            run_id,
+            job_pk: 1,
+            slot_node: String::new(),
+            ready_at,
+            target: Arc::new(Target::default()),
+            executor_kind: ExecutorKind::Exec,
+            on_time_only,
+        }
+    }
+
+    fn wait(d: &Dispatcher, n: &Arc<NodeInfo>) {
+        d.lock().waiters.insert(
+            n.id.clone(),
+            Waiter {
+                node: n.clone(),
+                notify: Arc::new(Notify::new()),
+            },
+        );
+    }
+
+    #[test]
+    fn runs_due_within_the_lookahead_are_claimable_early_unless_held() {
+        let (_dir, d) = dispatcher();
+        let n = node("n1");
+        d.enqueue(vec![
+            queued(1, 1_000, false),
+            queued(2, 1_050, true),
+            queued(3, 1_000 + DISPATCH_AHEAD_MS + 1, false),
+        ]);
+        let (got, next) = d.claim(&n, 10, 1_000 - DISPATCH_AHEAD_MS + 10);
+        assert_eq!(got.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![1]);
+        // The held run becomes claimable at its own time (1,050), before
+        // run 3 enters the lookahead (1,001).
+        assert_eq!(next, Some(1_001));
+        let (got, _) = d.claim(&n, 10, 1_050);
+        assert_eq!(got.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_node_takes_its_fair_share_when_others_wait() {
+        let (_dir, d) = dispatcher();
+        let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"))).collect();
+        for n in &nodes {
+            wait(&d, n);
+        }
+        d.enqueue((1..=10).map(|i| queued(i, 1_000, false)).collect());
+        let mut got = Vec::new();
+        for n in &nodes {
+            got.push(d.claim(n, 1_000, 1_000).0.len());
+            // Its poll returns with what it claimed: it no longer waits.
+            d.lock().waiters.remove(&n.id);
+        }
+        // 10 runs, 4 waiting nodes: 3, 3 of 7, 2 of 4, 2 — nobody takes all.
+        assert_eq!(got.iter().sum::<usize>(), 10, "{got:?}");
+        assert!(got.iter().all(|&g| (2..=3).contains(&g)), "{got:?}");
+        // Alone, a node takes everything it has room for.
+        let (_dir2, solo) = dispatcher();
+        solo.enqueue((1..=10).map(|i| queued(i, 1_000, false)).collect());
+        assert_eq!(solo.claim(&nodes[0], 1_000, 1_000).0.len(), 10);
+        assert_eq!(solo.claim(&nodes[0], 1_000, 1_000).0.len(), 0);
     }
 }

@@ -33,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 /// committed (visible, dispatchable) within milliseconds.
 const FIRE_BATCH: usize = 250;
 /// Slots are written this long before their scheduled time, so they are
-/// committed and dispatchable when it arrives; the dispatcher releases a run
-/// no earlier than its `scheduled_for`.
-pub const LOOKAHEAD_MS: i64 = 25;
+/// committed, and handed to daemons (see [`crate::dispatch::DISPATCH_AHEAD_MS`]),
+/// before it arrives: daemons start them on the dot. Longer than the dispatch
+/// lookahead plus the time a big second's inserts take. Misfire grace is
+/// still judged against the real time.
+pub const LOOKAHEAD_MS: i64 = 250;
 /// Longest sleep when nothing is scheduled (a safety net, not a poll).
 const IDLE_WAKE_MS: i64 = 60_000;
 /// Parsed schedules kept between fires.
@@ -160,8 +162,16 @@ impl Scheduler {
             let mut tick = self
                 .store
                 .write(move |conn| {
-                    let now = now_ms() + lookahead_ms;
-                    fire_due(conn, now, FIRE_BATCH, &cache, &metrics, &registry)
+                    let now = now_ms();
+                    fire_due(
+                        conn,
+                        now,
+                        lookahead_ms,
+                        FIRE_BATCH,
+                        &cache,
+                        &metrics,
+                        &registry,
+                    )
                 })
                 .await?;
             let committed = now_ms();
@@ -239,15 +249,20 @@ fn disable_timer(
 }
 
 /// One transaction: take due jobs, create their slots, advance their fires.
+#[allow(clippy::too_many_arguments)]
 fn fire_due(
     conn: &Connection,
     now: i64,
+    lookahead_ms: i64,
     limit: usize,
     cache: &Mutex<ScheduleCache>,
     metrics: &Metrics,
     registry: &Registry,
 ) -> Result<Tick, StoreError> {
-    let due = jobs::due(conn, now, limit)?;
+    // Fires up to `horizon` are taken now; the misfire cutoff stays
+    // `now - grace` (the plan sees the horizon, and a grace as much longer).
+    let horizon = now + lookahead_ms;
+    let due = jobs::due(conn, horizon, limit)?;
     let mut tick = Tick {
         jobs_fired: due.len(),
         ..Tick::default()
@@ -280,9 +295,9 @@ fn fire_due(
         let plan = misfire::plan(
             &parsed.schedule,
             job.next_fire_at,
-            now,
+            horizon,
             job.misfire,
-            job.grace_ms,
+            job.grace_ms.saturating_add(lookahead_ms),
             job.max_catch_up.max(1) as usize,
         );
         let mut fired = lifecycle::Fired::default();

@@ -26,10 +26,14 @@ pub struct Queued {
     pub job_pk: i64,
     /// The node of a broadcast slot, '' for any eligible node.
     pub slot_node: String,
-    /// Not dispatched before this instant (scheduled time or retry backoff).
+    /// Not started before this instant (scheduled time or retry backoff).
     pub ready_at: i64,
     pub target: Arc<Target>,
     pub executor_kind: ExecutorKind,
+    /// Not handed out ahead of `ready_at`: its job's concurrency policy
+    /// must be judged at the run's own time (a previous run was active when
+    /// it was offered early).
+    pub on_time_only: bool,
 }
 
 /// Parses a job's stored target (JSON); an error names the job.
@@ -180,6 +184,7 @@ fn insert_slots(
             ready_at: at,
             target: job.target.clone(),
             executor_kind: job.executor_kind,
+            on_time_only: false,
         });
     }
     Ok(created)
@@ -273,6 +278,7 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> Result<Queued, StoreError> {
         ready_at: r.get(3)?,
         target: Arc::new(parse_target(&job, &target)?),
         executor_kind: parse_executor_kind(&job, &kind)?,
+        on_time_only: false,
     })
 }
 
@@ -488,7 +494,20 @@ pub fn assign(
             other_running,
             first_attempt: attempt == 1,
         };
-        match transition::next(state, event) {
+        let step = transition::next(state, event);
+        let early = c.ready_at > now;
+        if early && step != Step::Start {
+            // Offered ahead of its time while a previous run is active: the
+            // policy decides at the run's own time, not now.
+            out.later.push(Queued {
+                on_time_only: true,
+                ..c.clone()
+            });
+            continue;
+        }
+        // Handed out early, it starts at its time: that is when it starts.
+        let starts_at = now.max(c.ready_at);
+        match step {
             Step::Start => {}
             Step::StartReplacing => {
                 conn.prepare_cached(
@@ -525,9 +544,9 @@ pub fn assign(
                  started_at = ?4, cancel_requested = 0, output = NULL, truncated = 0
              WHERE id = ?1 AND state = 'pending'",
         )?
-        .execute(params![c.run_id, node, now + lease_ms, now])?;
+        .execute(params![c.run_id, node, starts_at + lease_ms, starts_at])?;
         note_running(conn, c.job_pk, c.run_id)?;
-        events::append_run(conn, now, events::EventType::RunStarted, c.run_id)?;
+        events::append_run(conn, starts_at, events::EventType::RunStarted, c.run_id)?;
         out.runs.push(Assignment {
             run_id: c.run_id,
             job_id,
@@ -537,6 +556,7 @@ pub fn assign(
             timeout_ms: spec.timeout.map(|t| t.as_millis()),
             lease_ms: lease_ms as u64,
             upstream_run_id,
+            start_in_ms: (starts_at - now) as u64,
         });
     }
     Ok(out)
@@ -859,6 +879,51 @@ mod tests {
                     matches!(&r, Ok(Completion::Recorded { requeue, state: RunState::Cancelled }) if requeue.is_empty()),
                     "{r:?}"
                 );
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_run_handed_out_early_starts_at_its_time_unless_its_policy_must_wait() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                // allow: handed out 80 ms early, it starts at its time.
+                let job = slot_job(c, "early", &spec(r#","concurrency":"allow""#));
+                let q = one_slot(c, &job, 1_000);
+                let a = assign(c, "n1", std::slice::from_ref(&q), 920, 30_000)?;
+                assert_eq!(a.runs.len(), 1);
+                assert_eq!(a.runs[0].start_in_ms, 80);
+                let started: i64 = c.query_row(
+                    "SELECT started_at FROM runs WHERE id = ?1",
+                    [q.run_id],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(started, 1_000, "started at its time, not at the hand-out");
+                // On time: no delay.
+                let q2 = one_slot(c, &job, 2_000);
+                let b = assign(c, "n1", std::slice::from_ref(&q2), 2_000, 30_000)?;
+                assert_eq!(b.runs[0].start_in_ms, 0);
+
+                // forbid with a run still active: not judged early — held
+                // to its time, not skipped.
+                let f = slot_job(c, "forbid", &spec(r#","concurrency":"forbid""#));
+                let first = one_slot(c, &f, 1_000);
+                assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
+                let second = one_slot(c, &f, 2_000);
+                let held = assign(c, "n2", std::slice::from_ref(&second), 1_950, 30_000)?;
+                assert!(held.runs.is_empty());
+                assert_eq!(held.skipped, 0);
+                assert_eq!(held.later.len(), 1);
+                assert!(held.later[0].on_time_only);
+                assert_eq!(held.later[0].ready_at, 2_000);
+                assert_eq!(state(c, second.run_id), (RunState::Pending, 1, false));
+                // At its time the policy applies as before.
+                let at_time = assign(c, "n2", &held.later, 2_000, 30_000)?;
+                assert_eq!(at_time.skipped, 1);
                 Ok(())
             })
             .await

@@ -10,8 +10,9 @@ use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 use sundial_proto::agent::{
-    CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, OutputRequest, OutputResponse, PollRequest, PollResponse, RegisterRequest,
+    CompleteBatch, CompleteBatchResponse, CompleteRequest, CompleteResponse, Credential,
+    HeartbeatRequest, HeartbeatResponse, JoinRequest, OutputRequest, OutputResponse, PollRequest,
+    PollResponse, RegisterRequest,
 };
 use sundial_proto::sign::{self, AuthHeader, NodeKey};
 use sundial_proto::time::now_ms;
@@ -199,5 +200,14 @@ impl Client {
             Duration::from_secs(30),
         )
         .await
+    }
+
+    /// Delivers several results in one call.
+    pub async fn complete_many(
+        &self,
+        batch: &CompleteBatch,
+    ) -> Result<CompleteBatchResponse, CallError> {
+        self.call("/v1/agent/complete", batch, Duration::from_secs(30))
+            .await
     }
 }

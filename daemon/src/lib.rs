@@ -5,12 +5,14 @@
 //! - [`client`]: signed requests to the server
 //! - [`executor`]: exec, shell and http executors with timeouts and output caps
 //! - [`runner`]: long-poll, heartbeats, completion, drain
+//! - [`results`]: result delivery, batched when several finish together
 //! - [`spool`]: results that wait on disk for the server
 
 pub mod client;
 pub mod config;
 pub mod credential;
 pub mod executor;
+pub mod results;
 pub mod runner;
 pub mod spool;
 pub mod start;

@@ -5,6 +5,7 @@
 
 use crate::client::{CallError, Client};
 use crate::executor::{self, Limits, Stop};
+use crate::results::{self, Results};
 use crate::spool::{Entry, Spool};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ pub struct Runner {
     running: Mutex<HashMap<i64, Arc<Stop>>>,
     slots: Arc<Semaphore>,
     spool_wake: Notify,
+    results: Results,
 }
 
 impl Runner {
@@ -38,6 +40,7 @@ impl Runner {
         spool: Spool,
     ) -> Runner {
         Runner {
+            results: Results::new(client.clone()),
             client,
             http,
             limits,
@@ -56,6 +59,8 @@ impl Runner {
     /// Polls and runs until `drain` is cancelled, then drains within `grace`.
     pub async fn run(self: Arc<Self>, drain: CancellationToken, grace: Duration) {
         let flusher = tokio::spawn(self.clone().flush_loop(drain.clone()));
+        // Lives until the process ends: a result queued at any time is answered.
+        let _sender = self.results.spawn();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
         loop {
             if drain.is_cancelled() {
@@ -198,7 +203,7 @@ impl Runner {
             run_id: a.run_id,
             request,
         };
-        if !self.deliver(&entry).await {
+        if let Err(entry) = self.results.deliver(entry).await {
             if let Err(e) = self.spool.put(&entry) {
                 tracing::error!(run = a.run_id, error = %e, "could not spool a result; it is lost");
             } else {
@@ -212,37 +217,14 @@ impl Runner {
     }
 
     /// Sends a result; true when the server has it (or will never take it).
-    async fn deliver(&self, e: &Entry) -> bool {
-        match self.client.complete(e.run_id, &e.request).await {
-            Ok(resp) => {
-                if resp.status == "stale" {
-                    tracing::info!(
-                        run = e.run_id,
-                        attempt = e.request.attempt,
-                        "result was stale (run reassigned)"
-                    );
-                }
-                true
-            }
-            Err(CallError::Rejected { status, body }) => {
-                tracing::error!(run = e.run_id, status, %body, "server rejected a result; dropping it");
-                true
-            }
-            Err(err) => {
-                tracing::debug!(run = e.run_id, error = %err, "delivery failed");
-                false
-            }
-        }
-    }
-
     async fn flush_once(&self) -> bool {
         for (path, entry) in self.spool.list() {
-            if self.deliver(&entry).await {
-                self.spool.remove(&path);
-                tracing::info!(run = entry.run_id, "spooled result delivered");
-            } else {
+            let run = entry.run_id;
+            if results::deliver_one(&self.client, entry).await.is_err() {
                 return false;
             }
+            self.spool.remove(&path);
+            tracing::info!(run, "spooled result delivered");
         }
         true
     }

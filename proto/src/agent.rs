@@ -147,6 +147,42 @@ pub struct CompleteRequest {
     pub finished_at: i64,
 }
 
+/// `POST /v1/agent/complete`: several results in one signed request (each
+/// handled as its own `/runs/{id}/complete` would be, in one transaction).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatch {
+    pub results: Vec<CompleteItem>,
+}
+
+/// One result of a [`CompleteBatch`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteItem {
+    pub run_id: i64,
+    pub result: CompleteRequest,
+}
+
+/// Most results in one [`CompleteBatch`].
+pub const MAX_COMPLETE_BATCH: usize = 1_000;
+
+/// The answer to a [`CompleteBatch`]: one status per result, in order.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteBatchResponse {
+    pub results: Vec<CompleteItemStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CompleteItemStatus {
+    pub run_id: i64,
+    /// `recorded`, `duplicate`, `stale` (a newer attempt exists, or this
+    /// attempt is not this node's) or `not_found`; every status means "done,
+    /// do not send again".
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CompleteResponse {
     /// `recorded`, `duplicate` (already recorded) or `stale` (a newer attempt exists).

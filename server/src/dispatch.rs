@@ -61,6 +61,9 @@ pub struct Dispatcher {
     stopping: CancellationToken,
     /// The current term as primary; cancelled at demotion.
     term: Mutex<CancellationToken>,
+    /// Long-polls in progress: the nodes asking for work right now, among
+    /// which a busy second is shared.
+    polling: std::sync::atomic::AtomicUsize,
 }
 
 impl Dispatcher {
@@ -81,6 +84,7 @@ impl Dispatcher {
             inner: Mutex::new(Inner::default()),
             stopping,
             term: Mutex::new(cancelled_token()),
+            polling: Default::default(),
         }
     }
 
@@ -180,7 +184,11 @@ impl Dispatcher {
     /// more becomes claimable (to bound the wait).
     fn claim(&self, node: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let mut inner = self.lock();
-        let waiting = inner.waiters.len().max(1);
+        let waiting = self
+            .polling
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(inner.waiters.len())
+            .max(1);
         let (mut keys, next) = claimable(&inner, node, now, max.saturating_mul(waiting));
         let share = keys.len().div_ceil(waiting).clamp(1, max.max(1));
         let left = keys.len().saturating_sub(share);
@@ -242,8 +250,10 @@ fn claimable(
             sooner(&mut next, key.0);
             continue;
         }
-        if keys.len() < limit {
-            keys.push(*key);
+        keys.push(*key);
+        if keys.len() >= limit {
+            // Enough; `next` only matters to a caller that got nothing.
+            break;
         }
     }
     (keys, next)
@@ -259,6 +269,9 @@ struct WaiterGuard<'a> {
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
+        self.dispatcher
+            .polling
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.dispatcher.lock();
         if inner
             .waiters
@@ -280,6 +293,8 @@ impl Dispatcher {
     ) -> Result<Vec<Assignment>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let notify = Arc::new(Notify::new());
+        self.polling
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _guard = WaiterGuard {
             dispatcher: self,
             node: node.id.clone(),

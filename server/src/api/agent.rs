@@ -17,9 +17,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use std::time::Duration;
 use sundial_proto::agent::{
-    CompleteRequest, CompleteResponse, Credential, HeartbeatRequest, HeartbeatResponse,
-    JoinRequest, OutputRequest, OutputResponse, PollRequest, PollResponse, RegisterRequest,
+    CompleteBatch, CompleteBatchResponse, CompleteItemStatus, CompleteRequest, CompleteResponse,
+    Credential, HeartbeatRequest, HeartbeatResponse, JoinRequest, OutputRequest, OutputResponse,
+    PollRequest, PollResponse, RegisterRequest,
 };
+use sundial_proto::agent::{Outcome, MAX_COMPLETE_BATCH};
 use sundial_proto::sign::derive_node_key;
 use sundial_proto::time::now_ms;
 use sundial_proto::ExecutorKind;
@@ -215,7 +217,7 @@ pub async fn complete(
     let id = run_id(&raw)?;
     let node = signed.node.id.clone();
     let req = signed.body;
-    let outcome = format!("{:?}", req.outcome).to_lowercase();
+    let outcome = outcome_label(req.outcome);
     let result = app
         .store
         .write(move |c| lifecycle::complete(c, &node, id, &req, now_ms()))
@@ -226,7 +228,7 @@ pub async fn complete(
             tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
             app.metrics
                 .runs_completed
-                .with_label_values(&[&outcome])
+                .with_label_values(&[outcome])
                 .inc();
             app.dispatcher.enqueue(requeue);
             "recorded"
@@ -237,4 +239,87 @@ pub async fn complete(
     Ok(Json(CompleteResponse {
         status: status.to_string(),
     }))
+}
+
+/// `POST /v1/agent/complete`: several results in one signed request and one
+/// transaction; each is handled as `/runs/{id}/complete` would handle it,
+/// and answered with its own status.
+pub async fn complete_many(
+    State(app): State<AppState>,
+    signed: Signed<CompleteBatch>,
+) -> ApiResult<Json<CompleteBatchResponse>> {
+    let results = signed.body.results;
+    if results.len() > MAX_COMPLETE_BATCH {
+        return Err(ApiError::bad_request(
+            "too_many_results",
+            "results",
+            format!(
+                "{} results in one request; at most {MAX_COMPLETE_BATCH}",
+                results.len()
+            ),
+        ));
+    }
+    let node = signed.node.id.clone();
+    let (statuses, requeue) = app
+        .store
+        .write(move |c| {
+            let now = now_ms();
+            let mut statuses = Vec::with_capacity(results.len());
+            let mut requeue = Vec::new();
+            for item in &results {
+                let (status, message) =
+                    match lifecycle::complete(c, &node, item.run_id, &item.result, now)? {
+                        Ok(Completion::Recorded { requeue: mut r, .. }) => {
+                            requeue.append(&mut r);
+                            ("recorded", None)
+                        }
+                        Ok(Completion::Duplicate) => ("duplicate", None),
+                        Ok(Completion::Stale) => ("stale", None),
+                        Err(RunCall::Unknown) => ("not_found", None),
+                        Err(RunCall::NotCurrent) => (
+                            "stale",
+                            Some("this attempt is not running on this node".to_string()),
+                        ),
+                    };
+                statuses.push((item.result.outcome, status, message));
+            }
+            Ok((
+                results
+                    .iter()
+                    .zip(statuses)
+                    .map(|(item, s)| (item.run_id, s))
+                    .collect::<Vec<_>>(),
+                requeue,
+            ))
+        })
+        .await?;
+    app.dispatcher.enqueue(requeue);
+    let results = statuses
+        .into_iter()
+        .map(|(run_id, (outcome, status, message))| {
+            if status == "recorded" {
+                app.metrics
+                    .runs_completed
+                    .with_label_values(&[outcome_label(outcome)])
+                    .inc();
+            }
+            CompleteItemStatus {
+                run_id,
+                status: status.to_string(),
+                message,
+            }
+        })
+        .collect();
+    Ok(Json(CompleteBatchResponse { results }))
+}
+
+/// The `outcome` label of `runs_completed_total`.
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::TimedOut => "timedout",
+        Outcome::Cancelled => "cancelled",
+        Outcome::HandedBack => "handedback",
+    }
 }

@@ -203,6 +203,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/runs/{id}/complete", post(agent::complete))
         .route("/v1/agent/runs/{id}/output", post(agent::output))
+        .route("/v1/agent/complete", post(agent::complete_many))
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -194,12 +194,13 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT op")?;
+    // Cached statements: the savepoint is on every operation's path.
+    conn.prepare_cached("SAVEPOINT op")?.execute([])?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
         .unwrap_or_else(|_| Err(StoreError::Io("a write operation panicked".into())));
     match result {
         Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
+            conn.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {

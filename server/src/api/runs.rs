@@ -4,6 +4,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Reader};
 use super::jobs::page_limit;
 use super::{parse_cursor, parse_query, AppState};
+use crate::store::audit::{self, Action};
 use crate::store::{jobs, lifecycle, runs, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
@@ -85,13 +86,31 @@ pub async fn get(
 /// heartbeat. Cancelling a finished run is a conflict.
 pub async fn cancel(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
     let (run, chained) = app
         .store
-        .write(move |c| lifecycle::cancel(c, id, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            let before = audit::run_state(c, id)?;
+            let (run, chained) = lifecycle::cancel(c, id, now)?;
+            let after = audit::run_state(c, id)?;
+            let detail = serde_json::json!({"job": run.job_id});
+            let target = id.to_string();
+            audit::record(
+                c,
+                now,
+                &actor,
+                Action::RunCancel,
+                Some(&target),
+                before.as_ref(),
+                after.as_ref(),
+                &detail,
+            )?;
+            Ok((run, chained))
+        })
         .await?;
     app.dispatcher.enqueue(chained);
     Ok(Json(run))

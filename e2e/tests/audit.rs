@@ -486,3 +486,83 @@ fn a_replica_forwards_and_the_primary_audits_the_original_client() {
     assert_eq!(on_replica.len(), rows.len());
     assert_eq!(rows.len(), 2, "{rows:?}");
 }
+
+/// A console form post: the session cookie and the page's CSRF field.
+fn console_post(http: &Client, base: &str, cookie: &str, page: &str, action: &str) -> u16 {
+    let html = http
+        .get(format!("{base}{page}"))
+        .header("cookie", cookie)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    let csrf = html[at..].split('"').next().unwrap().to_string();
+    http.post(format!("{base}{action}"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn console_actions_are_audited_with_the_signed_in_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let base = server.base.clone();
+    let (status, _) = server
+        .call("PUT", "/v1/jobs/a", Some(&job_spec("@every 1h")))
+        .unwrap();
+    assert_eq!(status, 201);
+    let http = Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4)))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Sign in: the login form's double-submit token, then the session cookie.
+    let login = http.get(format!("{base}/ui/login")).send().unwrap();
+    let pre: Vec<String> = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    let html = login.text().unwrap();
+    let at = html.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = html[at..].split('"').next().unwrap().to_string();
+    let signed_in = http
+        .post(format!("{base}/ui/login"))
+        .header("cookie", pre.join("; "))
+        .form(&[("key", ADMIN_KEY), ("csrf", csrf.as_str())])
+        .send()
+        .unwrap();
+    assert_eq!(signed_in.status().as_u16(), 303);
+    let cookie: Vec<String> = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_string())
+        .filter(|c| !c.ends_with('='))
+        .collect();
+    let cookie = cookie.join("; ");
+    let status = console_post(
+        &http,
+        &base,
+        &cookie,
+        "/ui/jobs/a/confirm/pause",
+        "/ui/jobs/a/pause",
+    );
+    assert_eq!(status, 303);
+
+    let rows = all_rows(&client_from([127, 0, 0, 2]), &base, 100);
+    let paused = rows
+        .iter()
+        .find(|r| r["action"] == "job.pause")
+        .expect("the console's pause");
+    assert_eq!(paused["target"], "a");
+    assert_eq!(paused["key_name"], "bootstrap", "{paused}");
+    assert_eq!(paused["source"], "127.0.0.4", "{paused}");
+    assert_eq!(rows.len(), 2, "the put and the pause: {rows:?}");
+}

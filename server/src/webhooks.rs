@@ -286,21 +286,18 @@ impl Deliverer {
             .write(move |c| {
                 let delivery = webhooks::record(c, &attempt)?;
                 let state = audit::webhook_state(c, &attempt.webhook_id)?;
-                let detail = serde_json::json!({
-                    "message_id": attempt.message_id,
-                    "status": attempt.status,
-                    "outcome": delivery.outcome,
-                });
-                audit::record(
-                    c,
-                    now_ms(),
-                    &actor,
-                    Action::WebhookTest,
-                    Some(&attempt.webhook_id),
-                    state.as_ref(),
-                    state.as_ref(),
-                    &detail,
-                )?;
+                let change = audit::Change {
+                    action: Action::WebhookTest,
+                    target: Some(&attempt.webhook_id),
+                    before: state.clone(),
+                    after: state,
+                    detail: serde_json::json!({
+                        "message_id": attempt.message_id,
+                        "status": attempt.status,
+                        "outcome": delivery.outcome,
+                    }),
+                };
+                audit::record(c, now_ms(), &actor, &change)?;
                 Ok(delivery)
             })
             .await

@@ -269,14 +269,5 @@ fn record_apply(
         "created": counts[0], "updated": counts[1],
         "deleted": counts[2], "unchanged": counts[3],
     });
-    audit::record_digests(
-        c,
-        now,
-        actor,
-        audit::Action::JobsApply,
-        None,
-        Some(outcome.before.finish()),
-        Some(outcome.after.finish()),
-        &detail,
-    )
+    audit::record_set(c, now, actor, &outcome.before, &outcome.after, &detail)
 }

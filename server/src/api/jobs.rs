@@ -33,25 +33,15 @@ pub async fn put(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::job_state(c, &id)?;
-            let (job, outcome) = jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t))?;
-            let after = audit::job_state(c, &id)?;
-            let detail = serde_json::json!({"outcome": match outcome {
-                jobs::Upserted::Created => "created",
-                jobs::Upserted::Updated => "updated",
-                jobs::Upserted::Unchanged => "unchanged",
-            }});
-            audit::record(
+            audit::around(
                 c,
                 now,
                 &actor,
                 Action::JobPut,
-                Some(&id),
-                before.as_ref(),
-                after.as_ref(),
-                &detail,
-            )?;
-            Ok((job, outcome))
+                &id,
+                audit::job_state,
+                || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
+            )
         })
         .await?;
     app.scheduler.hint(job.next_fire_at);
@@ -156,21 +146,15 @@ pub async fn delete(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::job_state(c, &id)?;
-            let deleted = jobs::delete(c, &id, now)?;
-            if deleted {
-                audit::record(
-                    c,
-                    now,
-                    &actor,
-                    Action::JobDelete,
-                    Some(&id),
-                    before.as_ref(),
-                    None,
-                    &serde_json::json!({}),
-                )?;
-            }
-            Ok(deleted)
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::JobDelete,
+                &id,
+                audit::job_state,
+                || jobs::delete(c, &id, now),
+            )
         })
         .await?
     {
@@ -190,29 +174,18 @@ async fn set_paused(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::job_state(c, &id)?;
-            let job = jobs::set_paused(c, &id, paused, now, |spec, now| {
-                Schedule::parse(&spec.schedule, &spec.timezone)
-                    .ok()
-                    .and_then(|s| s.next_after(now))
-            })?;
-            let after = audit::job_state(c, &id)?;
             let action = if paused {
                 Action::JobPause
             } else {
                 Action::JobResume
             };
-            audit::record(
-                c,
-                now,
-                &actor,
-                action,
-                Some(&id),
-                before.as_ref(),
-                after.as_ref(),
-                &serde_json::json!({}),
-            )?;
-            Ok(job)
+            audit::around(c, now, &actor, action, &id, audit::job_state, || {
+                jobs::set_paused(c, &id, paused, now, |spec, now| {
+                    Schedule::parse(&spec.schedule, &spec.timezone)
+                        .ok()
+                        .and_then(|s| s.next_after(now))
+                })
+            })
         })
         .await?;
     app.scheduler.hint(job.next_fire_at);
@@ -279,18 +252,14 @@ pub async fn trigger(
                 .iter()
                 .map(|r| audit::run_state(c, *r))
                 .collect::<Result<Vec<_>, _>>()?;
-            let after = serde_json::json!({"job": id, "runs": runs_after});
-            let detail = serde_json::json!({"runs": created});
-            audit::record(
-                c,
-                now,
-                &actor,
-                Action::JobTrigger,
-                Some(&id),
-                None,
-                Some(&after),
-                &detail,
-            )?;
+            let change = audit::Change {
+                action: Action::JobTrigger,
+                target: Some(&id),
+                before: None,
+                after: Some(serde_json::json!({"job": id, "runs": runs_after})),
+                detail: serde_json::json!({"runs": created}),
+            };
+            audit::record(c, now, &actor, &change)?;
             metrics
                 .slots_created
                 .with_label_values(&[Trigger::Manual.as_str()])

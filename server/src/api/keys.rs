@@ -82,17 +82,14 @@ pub async fn create(
             keys::set_expiry(c, &id2, expires_at)?;
             // The new key's id, name, scope and expiry: never its secret or hash.
             let after = audit::key_state(c, &id2)?;
-            let detail = json!({"name": name, "scope": scope.as_str(), "prefix": auth::KEY_PREFIX});
-            audit::record(
-                c,
-                now,
-                &actor,
-                Action::KeyCreate,
-                Some(&id2),
-                None,
-                after.as_ref(),
-                &detail,
-            )
+            let change = audit::Change {
+                action: Action::KeyCreate,
+                target: Some(&id2),
+                before: None,
+                after,
+                detail: json!({"name": name, "scope": scope.as_str(), "prefix": auth::KEY_PREFIX}),
+            };
+            audit::record(c, now, &actor, &change)
         })
         .await?;
     let expires = expires_at.map(sundial_proto::time::format_ms);
@@ -119,21 +116,15 @@ pub async fn delete(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::key_state(c, &id)?;
-            // The row first: an actor deleting its own key keeps its name.
-            if before.is_some() {
-                audit::record(
-                    c,
-                    now,
-                    &actor,
-                    Action::KeyDelete,
-                    Some(&id),
-                    before.as_ref(),
-                    None,
-                    &json!({}),
-                )?;
-            }
-            keys::delete(c, &id, now)
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::KeyDelete,
+                &id,
+                audit::key_state,
+                || keys::delete(c, &id, now),
+            )
         })
         .await?;
     app.keys.invalidate();

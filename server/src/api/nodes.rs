@@ -81,22 +81,15 @@ pub async fn revoke(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::node_state(c, &key)?;
-            let revoked = nodes::revoke(c, &key, now)?;
-            if revoked {
-                let after = audit::node_state(c, &key)?;
-                audit::record(
-                    c,
-                    now,
-                    &actor,
-                    Action::NodeRevoke,
-                    Some(&key),
-                    before.as_ref(),
-                    after.as_ref(),
-                    &json!({}),
-                )?;
-            }
-            Ok(revoked)
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::NodeRevoke,
+                &key,
+                audit::node_state,
+                || nodes::revoke(c, &key, now),
+            )
         })
         .await?
     {
@@ -151,17 +144,14 @@ pub async fn create_token(
             tokens::insert(c, &id2, &hash, &name, expires, max_uses, now)?;
             // The token's id, name, expiry and limit: never the token or its hash.
             let after = audit::token_state(c, &id2)?;
-            let detail = json!({"name": name, "prefix": "sjt_"});
-            audit::record(
-                c,
-                now,
-                &actor,
-                Action::TokenCreate,
-                Some(&id2),
-                None,
-                after.as_ref(),
-                &detail,
-            )
+            let change = audit::Change {
+                action: Action::TokenCreate,
+                target: Some(&id2),
+                before: None,
+                after,
+                detail: json!({"name": name, "prefix": "sjt_"}),
+            };
+            audit::record(c, now, &actor, &change)
         })
         .await?;
     Ok((
@@ -186,21 +176,15 @@ pub async fn delete_token(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::token_state(c, &key)?;
-            let deleted = tokens::delete(c, &key, now)?;
-            if deleted {
-                audit::record(
-                    c,
-                    now,
-                    &actor,
-                    Action::TokenDelete,
-                    Some(&key),
-                    before.as_ref(),
-                    None,
-                    &json!({}),
-                )?;
-            }
-            Ok(deleted)
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::TokenDelete,
+                &key,
+                audit::token_state,
+                || tokens::delete(c, &key, now),
+            )
         })
         .await?
     {

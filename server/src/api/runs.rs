@@ -94,22 +94,11 @@ pub async fn cancel(
         .store
         .write(move |c| {
             let now = now_ms();
-            let before = audit::run_state(c, id)?;
-            let (run, chained) = lifecycle::cancel(c, id, now)?;
-            let after = audit::run_state(c, id)?;
-            let detail = serde_json::json!({"job": run.job_id});
             let target = id.to_string();
-            audit::record(
-                c,
-                now,
-                &actor,
-                Action::RunCancel,
-                Some(&target),
-                before.as_ref(),
-                after.as_ref(),
-                &detail,
-            )?;
-            Ok((run, chained))
+            let state = |c: &rusqlite::Connection, _: &str| audit::run_state(c, id);
+            audit::around(c, now, &actor, Action::RunCancel, &target, state, || {
+                lifecycle::cancel(c, id, now)
+            })
         })
         .await?;
     app.dispatcher.enqueue(chained);

@@ -90,17 +90,14 @@ pub async fn create(
             let stored = webhooks::insert(c, &key, &spec, &salt, now)?;
             // The spec only: the secret is derived from the salt, neither is recorded.
             let after = audit::webhook_state(c, &key)?;
-            let detail = serde_json::json!({"url": spec.url});
-            audit::record(
-                c,
-                now,
-                &actor,
-                Action::WebhookCreate,
-                Some(&key),
-                None,
-                after.as_ref(),
-                &detail,
-            )?;
+            let change = audit::Change {
+                action: Action::WebhookCreate,
+                target: Some(&key),
+                before: None,
+                after,
+                detail: serde_json::json!({"url": spec.url}),
+            };
+            audit::record(c, now, &actor, &change)?;
             Ok(stored)
         })
         .await?;
@@ -146,22 +143,16 @@ pub async fn delete(
     let deleted = app
         .store
         .write(move |c| {
-            let before = audit::webhook_state(c, &key)?;
-            let deleted = webhooks::delete(c, &key)?;
-            if deleted {
-                let detail = serde_json::json!({});
-                audit::record(
-                    c,
-                    now_ms(),
-                    &actor,
-                    Action::WebhookDelete,
-                    Some(&key),
-                    before.as_ref(),
-                    None,
-                    &detail,
-                )?;
-            }
-            Ok(deleted)
+            let state = audit::webhook_state;
+            audit::around(
+                c,
+                now_ms(),
+                &actor,
+                Action::WebhookDelete,
+                &key,
+                state,
+                || webhooks::delete(c, &key),
+            )
         })
         .await?;
     if deleted {

@@ -182,41 +182,100 @@ pub fn digest(v: &Value) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// One change to record: the resource's state before and after (None:
+/// absent) and a few non-secret facts.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub action: Action,
+    pub target: Option<&'a str>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub detail: Value,
+}
+
 /// Writes one audit row (inside the writer operation of the change).
-#[allow(clippy::too_many_arguments)]
 pub fn record(
     conn: &Connection,
     now: i64,
     actor: &Actor,
-    action: Action,
-    target: Option<&str>,
-    before: Option<&Value>,
-    after: Option<&Value>,
-    detail: &Value,
+    change: &Change<'_>,
 ) -> Result<(), StoreError> {
-    record_digests(
+    insert(
         conn,
         now,
         actor,
-        action,
-        target,
-        before.map(digest),
-        after.map(digest),
-        detail,
+        change.action,
+        change.target,
+        [
+            change.before.as_ref().map(digest),
+            change.after.as_ref().map(digest),
+        ],
+        &change.detail,
     )
 }
 
-/// [`record`] with digests computed by the caller (bulk apply hashes its set
-/// while it writes it).
-#[allow(clippy::too_many_arguments)]
-pub fn record_digests(
+/// Runs `change` on `target` and records it, digesting `state` of the
+/// target before and after. Nothing is recorded when the target existed
+/// neither before nor after (deleting what is not there changes nothing).
+pub fn around<T>(
+    conn: &Connection,
+    now: i64,
+    actor: &Actor,
+    action: Action,
+    target: &str,
+    state: impl Fn(&Connection, &str) -> Result<Option<Value>, StoreError>,
+    change: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let before = state(conn, target)?;
+    // Named now: the change may delete the acting key itself.
+    let actor = named(conn, actor)?;
+    let out = change()?;
+    let after = state(conn, target)?;
+    if before.is_some() || after.is_some() {
+        let change = Change {
+            action,
+            target: Some(target),
+            before,
+            after,
+            detail: json!({}),
+        };
+        record(conn, now, &actor, &change)?;
+    }
+    Ok(out)
+}
+
+/// The actor with its key's name filled in from `api_keys` when unknown.
+fn named(conn: &Connection, actor: &Actor) -> Result<Actor, StoreError> {
+    let mut actor = actor.clone();
+    if actor.key_name.is_none() {
+        actor.key_name = conn
+            .prepare_cached("SELECT name FROM api_keys WHERE id = ?1")?
+            .query_row([&actor.key_id], |r| r.get(0))
+            .optional()?;
+    }
+    Ok(actor)
+}
+
+/// The row of a bulk apply: digests of the set it changed.
+pub fn record_set(
+    conn: &Connection,
+    now: i64,
+    actor: &Actor,
+    before: &SetDigest,
+    after: &SetDigest,
+    detail: &Value,
+) -> Result<(), StoreError> {
+    let digests = [Some(before.finish()), Some(after.finish())];
+    insert(conn, now, actor, Action::JobsApply, None, digests, detail)
+}
+
+fn insert(
     conn: &Connection,
     now: i64,
     actor: &Actor,
     action: Action,
     target: Option<&str>,
-    before: Option<String>,
-    after: Option<String>,
+    [before, after]: [Option<String>; 2],
     detail: &Value,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -540,11 +599,13 @@ mod tests {
                     c,
                     10,
                     &actor(),
-                    Action::KeyCreate,
-                    Some("key_new"),
-                    None,
-                    after.as_ref(),
-                    &json!({}),
+                    &Change {
+                        action: Action::KeyCreate,
+                        target: Some("key_new"),
+                        before: None,
+                        after: after,
+                        detail: json!({}),
+                    },
                 )
             })
             .await
@@ -557,11 +618,13 @@ mod tests {
                     c,
                     11,
                     &actor(),
-                    Action::KeyDelete,
-                    Some("key_new"),
-                    before.as_ref(),
-                    None,
-                    &json!({}),
+                    &Change {
+                        action: Action::KeyDelete,
+                        target: Some("key_new"),
+                        before: before,
+                        after: None,
+                        detail: json!({}),
+                    },
                 )?;
                 c.execute("DELETE FROM api_keys WHERE id = 'key_new'", [])?;
                 Err::<(), _>(StoreError::Conflict("refused".into()))
@@ -596,6 +659,48 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(exists, 1, "the failed delete rolled back");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn around_records_real_changes_and_names_a_key_deleting_itself() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                keys::insert(c, "key_admin", b"h1", Scope::Admin, "ops", 1)?;
+                keys::insert(c, "key_other", b"h2", Scope::Admin, "other", 1)?;
+                // Deleting what is not there records nothing.
+                let gone = around(
+                    c,
+                    5,
+                    &actor(),
+                    Action::KeyDelete,
+                    "key_nope",
+                    key_state,
+                    || keys::delete(c, "key_nope", 5),
+                )?;
+                assert!(!gone);
+                // The acting key deletes itself: the row still names it.
+                around(
+                    c,
+                    6,
+                    &actor(),
+                    Action::KeyDelete,
+                    "key_admin",
+                    key_state,
+                    || keys::delete(c, "key_admin", 6),
+                )
+            })
+            .await
+            .unwrap();
+        let (rows, _) = store
+            .read(|c| list(c, &Filter::default(), None, 10))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].key_name.as_deref(), Some("ops"));
+        assert_eq!(rows[0].target.as_deref(), Some("key_admin"));
+        assert!(rows[0].digest.before.is_some() && rows[0].digest.after.is_none());
         store.close().await;
     }
 
@@ -643,11 +748,13 @@ mod tests {
                         c,
                         1000 + i,
                         &a,
-                        action,
-                        Some(&target),
-                        None,
-                        None,
-                        &json!({"i": i}),
+                        &Change {
+                            action: action,
+                            target: Some(&target),
+                            before: None,
+                            after: None,
+                            detail: json!({"i": i}),
+                        },
                     )?;
                 }
                 Ok(())
@@ -711,11 +818,13 @@ mod tests {
                     c,
                     2000,
                     &actor(),
-                    Action::JobPut,
-                    Some("x"),
-                    None,
-                    None,
-                    &json!({"i": 99}),
+                    &Change {
+                        action: Action::JobPut,
+                        target: Some("x"),
+                        before: None,
+                        after: None,
+                        detail: json!({"i": 99}),
+                    },
                 )
             })
             .await

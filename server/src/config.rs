@@ -408,6 +408,30 @@ mod tests {
     }
 
     #[test]
+    fn audit_retention_defaults_and_bounds() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.audit_keep, 1_000_000);
+        assert_eq!(s.audit_max_age.as_millis(), 90 * 86_400_000);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "audit_keep = 10\naudit_max_age = \"30d\"").unwrap();
+        let s = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.audit_keep, 10);
+        assert_eq!(s.audit_max_age.as_millis(), 30 * 86_400_000);
+        let err = ServeArgs {
+            audit_keep: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("audit_keep"), "{err:#}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_errors() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "listn = \"127.0.0.1:9999\"").unwrap();

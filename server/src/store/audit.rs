@@ -603,7 +603,7 @@ mod tests {
                         action: Action::KeyCreate,
                         target: Some("key_new"),
                         before: None,
-                        after: after,
+                        after,
                         detail: json!({}),
                     },
                 )
@@ -621,7 +621,7 @@ mod tests {
                     &Change {
                         action: Action::KeyDelete,
                         target: Some("key_new"),
-                        before: before,
+                        before,
                         after: None,
                         detail: json!({}),
                     },
@@ -749,7 +749,7 @@ mod tests {
                         1000 + i,
                         &a,
                         &Change {
-                            action: action,
+                            action,
                             target: Some(&target),
                             before: None,
                             after: None,

@@ -104,9 +104,10 @@ pub async fn bootstrap(
 }
 
 /// What a presented key is worth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyCheck {
-    Valid(Scope),
+    /// The key's row (id, name, scope): who is acting, for the audit log.
+    Valid(keys::KeyRow),
     /// Known, but expired at this instant (unix ms).
     Expired(i64),
     Unknown,
@@ -164,8 +165,8 @@ impl KeyCache {
             None => KeyCheck::Unknown,
             Some(row) if row.expired(now) => KeyCheck::Expired(row.expires_at.unwrap_or(now)),
             Some(row) => {
-                self.used(store, row.id, now);
-                KeyCheck::Valid(row.scope)
+                self.used(store, row.id.clone(), now);
+                KeyCheck::Valid(row)
             }
         })
     }
@@ -236,10 +237,10 @@ mod tests {
         .await
         .unwrap();
         let cache = KeyCache::with_flush_every(0);
-        assert_eq!(
+        assert!(matches!(
             cache.lookup(&store, "sdk_live").await.unwrap(),
-            KeyCheck::Valid(Scope::Read)
-        );
+            KeyCheck::Valid(row) if row.scope == Scope::Read && row.name == "a"
+        ));
         assert_eq!(
             cache.lookup(&store, "sdk_old").await.unwrap(),
             KeyCheck::Expired(now - 1)

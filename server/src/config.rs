@@ -77,6 +77,12 @@ pub struct ServeArgs {
     /// Age after which events are pruned [default: 7d].
     #[arg(long, env = "SUNDIAL_EVENTS_MAX_AGE")]
     pub events_max_age: Option<Duration>,
+    /// Newest audit rows kept [default: 1000000].
+    #[arg(long, env = "SUNDIAL_AUDIT_KEEP")]
+    pub audit_keep: Option<u64>,
+    /// Age after which audit rows are pruned [default: 90d].
+    #[arg(long, env = "SUNDIAL_AUDIT_MAX_AGE")]
+    pub audit_max_age: Option<Duration>,
     /// Longest wait for a webhook receiver's answer [default: 10s].
     #[arg(long, env = "SUNDIAL_WEBHOOK_TIMEOUT")]
     pub webhook_timeout: Option<Duration>,
@@ -163,6 +169,8 @@ struct FileConfig {
     history_max_age: Option<Duration>,
     events_keep: Option<u64>,
     events_max_age: Option<Duration>,
+    audit_keep: Option<u64>,
+    audit_max_age: Option<Duration>,
     webhook_timeout: Option<Duration>,
     webhook_retry_for: Option<Duration>,
     webhook_deny_private: Option<bool>,
@@ -192,6 +200,8 @@ pub struct Settings {
     pub history_max_age: Duration,
     pub events_keep: u64,
     pub events_max_age: Duration,
+    pub audit_keep: u64,
+    pub audit_max_age: Duration,
     pub webhook_timeout: Duration,
     pub webhook_retry_for: Duration,
     pub webhook_deny_private: bool,
@@ -219,6 +229,8 @@ impl Default for Settings {
             history_max_age: Duration::from_secs_const(30 * 86_400),
             events_keep: 100_000,
             events_max_age: Duration::from_secs_const(7 * 86_400),
+            audit_keep: 1_000_000,
+            audit_max_age: Duration::from_secs_const(90 * 86_400),
             webhook_timeout: Duration::from_secs_const(10),
             webhook_retry_for: Duration::from_secs_const(86_400),
             webhook_deny_private: false,
@@ -268,6 +280,11 @@ impl ServeArgs {
                 .events_max_age
                 .or(file.events_max_age)
                 .unwrap_or(d.events_max_age),
+            audit_keep: self.audit_keep.or(file.audit_keep).unwrap_or(d.audit_keep),
+            audit_max_age: self
+                .audit_max_age
+                .or(file.audit_max_age)
+                .unwrap_or(d.audit_max_age),
             webhook_timeout: self
                 .webhook_timeout
                 .or(file.webhook_timeout)
@@ -352,6 +369,9 @@ impl ServeArgs {
         if settings.events_keep == 0 {
             bail!("events_keep must be at least 1");
         }
+        if settings.audit_keep == 0 {
+            bail!("audit_keep must be at least 1");
+        }
         if settings.history_keep == 0 {
             bail!("history_keep must be at least 1");
         }
@@ -385,6 +405,30 @@ mod tests {
         assert_eq!(s.history_keep, 3);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.data_dir, PathBuf::from("./sundial-data"));
+    }
+
+    #[test]
+    fn audit_retention_defaults_and_bounds() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.audit_keep, 1_000_000);
+        assert_eq!(s.audit_max_age.as_millis(), 90 * 86_400_000);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "audit_keep = 10\naudit_max_age = \"30d\"").unwrap();
+        let s = ServeArgs {
+            config: Some(f.path().to_path_buf()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.audit_keep, 10);
+        assert_eq!(s.audit_max_age.as_millis(), 30 * 86_400_000);
+        let err = ServeArgs {
+            audit_keep: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("audit_keep"), "{err:#}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! History retention: a background sweep that deletes finished runs beyond
 //! each job's `history.keep` or older than its `history.max_age`, a few hundred
 //! jobs per write so it never holds the writer for long, and events beyond
-//! `--events-keep` or older than `--events-max-age`.
+//! `--events-keep` or older than `--events-max-age`, and audit rows beyond
+//! `--audit-keep` or older than `--audit-max-age`.
 
 use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::store::runs::{self, Retention};
-use crate::store::{events, webhooks, Store};
+use crate::store::{audit, events, webhooks, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::time::now_ms;
@@ -29,6 +30,10 @@ pub struct Policy {
     pub events_keep: u64,
     /// Events older than this are deleted.
     pub events_max_age_ms: i64,
+    /// Newest audit rows kept.
+    pub audit_keep: u64,
+    /// Audit rows older than this are deleted.
+    pub audit_max_age_ms: i64,
 }
 
 /// Runs one full sweep over all jobs and the event table; returns how many
@@ -56,6 +61,17 @@ pub async fn sweep(store: &Store, policy: Policy, metrics: &Metrics) -> anyhow::
             .await?;
         total += deleted;
         metrics.events_pruned.inc_by(deleted as u64);
+        if deleted < EVENTS_PER_BATCH {
+            break;
+        }
+        tokio::time::sleep(BATCH_PAUSE).await;
+    }
+    loop {
+        let min_at = now_ms() - policy.audit_max_age_ms;
+        let deleted = store
+            .write(move |c| audit::prune(c, policy.audit_keep, min_at, EVENTS_PER_BATCH))
+            .await?;
+        total += deleted;
         if deleted < EVENTS_PER_BATCH {
             break;
         }

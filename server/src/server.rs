@@ -277,6 +277,8 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         },
         events_keep: settings.events_keep,
         events_max_age_ms: settings.events_max_age.as_millis_i64(),
+        audit_keep: settings.audit_keep,
+        audit_max_age_ms: settings.audit_max_age.as_millis_i64(),
     };
     let source = settings.ha.clone();
     let deliverer = Arc::new(crate::webhooks::Deliverer::new(

@@ -11,6 +11,7 @@
 use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::secrets::ClusterSecrets;
+use crate::store::audit::{self, Action, Actor};
 use crate::store::events::{self, Filter};
 use crate::store::jobs;
 use crate::store::webhooks::{self, Attempt, Stored};
@@ -253,7 +254,8 @@ impl Deliverer {
 
     /// `POST /v1/webhooks/{id}/test`: sends a `webhook.test` message now and
     /// records the attempt (it does not move the cursor).
-    pub async fn send_test(&self, hook: &Stored) -> Result<Delivery, StoreError> {
+    /// The attempt is recorded with `actor`'s audit row (`webhook.test`).
+    pub async fn send_test(&self, hook: &Stored, actor: Actor) -> Result<Delivery, StoreError> {
         let message_id = format!("test_{:016x}", rand::rng().random::<u64>());
         let body = serde_json::to_vec(&serde_json::json!({
             "type": "webhook.test",
@@ -281,7 +283,23 @@ impl Deliverer {
             next_attempt_at: None,
         };
         self.store
-            .write(move |c| webhooks::record(c, &attempt))
+            .write(move |c| {
+                let delivery = webhooks::record(c, &attempt)?;
+                let state = audit::webhook_state(c, &attempt.webhook_id)?;
+                let change = audit::Change {
+                    action: Action::WebhookTest,
+                    target: Some(&attempt.webhook_id),
+                    before: state.clone(),
+                    after: state,
+                    detail: serde_json::json!({
+                        "message_id": attempt.message_id,
+                        "status": attempt.status,
+                        "outcome": delivery.outcome,
+                    }),
+                };
+                audit::record(c, now_ms(), &actor, &change)?;
+                Ok(delivery)
+            })
             .await
     }
 

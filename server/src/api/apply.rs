@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::extract::{Admin, JsonBody};
 use super::AppState;
 use crate::store::apply::{self, Input};
+use crate::store::audit;
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use sundial_proto::time::now_ms;
-use sundial_proto::{ApplyResponse, ErrorBody, ErrorDetail, JobManifest, Prune};
+use sundial_proto::{Action, ApplyResponse, ErrorBody, ErrorDetail, JobManifest, Prune};
 
 /// Largest body this route accepts: at least 128 MiB (100,000 jobs are about
 /// 25 MiB of JSON), or the server's general limit when that is larger.
@@ -199,7 +200,7 @@ fn prune_selector(prune: Option<Prune>) -> Result<Option<BTreeMap<String, String
 
 pub async fn apply(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     JsonBody(req): JsonBody<RawApply>,
 ) -> Result<Json<ApplyResponse>, Response> {
     if req.jobs.len() > MAX_JOBS {
@@ -232,7 +233,11 @@ pub async fn apply(
             .await
     } else {
         app.store
-            .write(move |c| apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now))
+            .write(move |c| {
+                let outcome = apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now)?;
+                record_apply(c, now, &actor, &outcome)?;
+                Ok(outcome)
+            })
             .await
     }
     .map_err(|e| ApiError::from(e).into_response())?;
@@ -241,4 +246,28 @@ pub async fn apply(
         plan: outcome.plan,
         applied: !dry_run,
     }))
+}
+
+/// The audit row of a bulk apply: one for the whole request, with the count
+/// of each action and digests of the changed jobs' specs before and after.
+fn record_apply(
+    c: &rusqlite::Connection,
+    now: i64,
+    actor: &audit::Actor,
+    outcome: &apply::Outcome,
+) -> Result<(), crate::store::StoreError> {
+    let mut counts = [0usize; 4];
+    for entry in &outcome.plan {
+        counts[match entry.action {
+            Action::Create => 0,
+            Action::Update => 1,
+            Action::Delete => 2,
+            Action::Unchanged => 3,
+        }] += 1;
+    }
+    let detail = serde_json::json!({
+        "created": counts[0], "updated": counts[1],
+        "deleted": counts[2], "unchanged": counts[3],
+    });
+    audit::record_set(c, now, actor, &outcome.before, &outcome.after, &detail)
 }

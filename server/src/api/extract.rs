@@ -1,12 +1,14 @@
 //! Request extractors with Sundial's error shapes: a JSON body that reports
 //! the failing field (and refuses unknown ones), and the bearer-key checks
-//! `Admin` and `Reader`.
+//! `Admin` (which also names the acting key and the request's origin, for the
+//! audit log) and `Reader`.
 
 use super::error::ApiError;
 use super::limit::{self, Kind};
 use super::AppState;
 use crate::auth::KeyCheck;
-use crate::store::keys::Scope;
+use crate::store::audit::Actor;
+use crate::store::keys::{KeyRow, Scope};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -95,7 +97,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
+async fn scope_of(parts: &Parts, state: &AppState) -> Result<KeyRow, ApiError> {
     let source = limit::source(&parts.extensions);
     limit::guard(state, Kind::ApiKey, source)?;
     let presented = presented_key(parts);
@@ -105,7 +107,7 @@ async fn scope_of(parts: &Parts, state: &AppState) -> Result<Scope, ApiError> {
         .map(|k| format!("key:{}", limit::fingerprint(k)));
     let result = match presented {
         Ok(key) => match state.keys.lookup(&state.store, key).await? {
-            KeyCheck::Valid(scope) => Ok(scope),
+            KeyCheck::Valid(row) => Ok(row),
             KeyCheck::Expired(at) => Err(ApiError::unauthorized(format!(
                 "API key expired at {}; create a new key",
                 sundial_proto::time::format_ms(at)
@@ -144,8 +146,8 @@ fn presented_key(parts: &Parts) -> Result<&str, ApiError> {
 /// Any valid key (`admin` or `read`).
 pub struct Reader;
 
-/// A key with the `admin` scope.
-pub struct Admin;
+/// A key with the `admin` scope, and who is acting (for the audit log).
+pub struct Admin(pub Actor);
 
 impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
@@ -159,8 +161,12 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match scope_of(parts, state).await? {
-            Scope::Admin => Ok(Admin),
+        let row = scope_of(parts, state).await?;
+        match row.scope {
+            Scope::Admin => {
+                let origin = super::origin::of(parts, &state.secrets);
+                Ok(Admin(origin.actor(row.id, Some(row.name))))
+            }
             Scope::Read => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

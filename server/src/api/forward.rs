@@ -1,7 +1,9 @@
 //! Replica request forwarding. A replica serves reads itself; admin writes
 //! and every agent call (long-polls included) go to the primary, unchanged —
 //! the agent's signature covers method, path and body, so it verifies there.
-//! With no known primary the answer is `503` with `Retry-After`.
+//! With no known primary the answer is `503` with `Retry-After`. The
+//! client's address goes along, signed with the cluster secret
+//! ([`super::origin`]), so the primary's audit log records it.
 
 use super::error::ApiError;
 use super::AppState;
@@ -80,6 +82,7 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| req.uri().path().to_owned());
+    let client = super::limit::source(req.extensions());
     let (parts, body) = req.into_parts();
     let limit = if parts.uri.path() == "/v1/jobs:apply" {
         super::apply::body_limit(app.settings.max_body_bytes)
@@ -107,9 +110,16 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         if !matches!(
             name.as_str(),
             "host" | "connection" | "content-length" | "transfer-encoding"
-        ) {
+        ) && name.as_str() != super::origin::FORWARDED_FOR
+        {
             out = out.header(name, value);
         }
+    }
+    if let Some(client) = client {
+        let now_s = sundial_proto::time::now_ms() / 1000;
+        let vouched =
+            super::origin::vouch(&app.secrets, client, &parts.method, &parts.headers, now_s);
+        out = out.header(super::origin::FORWARDED_FOR, vouched);
     }
     match out.send().await {
         Ok(resp) => {

@@ -5,6 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody, Reader};
 use super::{parse_cursor, parse_query, AppState};
 use crate::schedule::Schedule;
+use crate::store::audit::{self, Action};
 use crate::store::{jobs, lifecycle, runs, StoreError};
 use crate::validate;
 use axum::extract::{Path, RawQuery, State};
@@ -22,7 +23,7 @@ pub const MAX_LIMIT: usize = 1000;
 
 pub async fn put(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> ApiResult<impl IntoResponse> {
@@ -30,7 +31,18 @@ pub async fn put(
     let schedule = validate::spec(&spec)?;
     let (job, outcome) = app
         .store
-        .write(move |c| jobs::upsert(c, &id, &spec, now_ms(), |t| schedule.next_after(t)))
+        .write(move |c| {
+            let now = now_ms();
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::JobPut,
+                &id,
+                audit::job_state,
+                || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
+            )
+        })
         .await?;
     app.scheduler.hint(job.next_fire_at);
     let status = match outcome {
@@ -126,13 +138,24 @@ fn label_selector(
 
 pub async fn delete(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
     if app
         .store
-        .write(move |c| jobs::delete(c, &id, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::JobDelete,
+                &id,
+                audit::job_state,
+                || jobs::delete(c, &id, now),
+            )
+        })
         .await?
     {
         Ok(StatusCode::NO_CONTENT)
@@ -141,14 +164,27 @@ pub async fn delete(
     }
 }
 
-async fn set_paused(app: AppState, id: String, paused: bool) -> ApiResult<Json<Job>> {
+async fn set_paused(
+    app: AppState,
+    actor: audit::Actor,
+    id: String,
+    paused: bool,
+) -> ApiResult<Json<Job>> {
     let job = app
         .store
         .write(move |c| {
-            jobs::set_paused(c, &id, paused, now_ms(), |spec, now| {
-                Schedule::parse(&spec.schedule, &spec.timezone)
-                    .ok()
-                    .and_then(|s| s.next_after(now))
+            let now = now_ms();
+            let action = if paused {
+                Action::JobPause
+            } else {
+                Action::JobResume
+            };
+            audit::around(c, now, &actor, action, &id, audit::job_state, || {
+                jobs::set_paused(c, &id, paused, now, |spec, now| {
+                    Schedule::parse(&spec.schedule, &spec.timezone)
+                        .ok()
+                        .and_then(|s| s.next_after(now))
+                })
             })
         })
         .await?;
@@ -158,18 +194,18 @@ async fn set_paused(app: AppState, id: String, paused: bool) -> ApiResult<Json<J
 
 pub async fn pause(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    set_paused(app, id, true).await
+    set_paused(app, actor, id, true).await
 }
 
 pub async fn resume(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    set_paused(app, id, false).await
+    set_paused(app, actor, id, false).await
 }
 
 /// Creates a manual slot now (one per live matching node for a broadcast
@@ -177,7 +213,7 @@ pub async fn resume(
 /// one, and two triggers in one millisecond get consecutive instants.
 pub async fn trigger(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let current = {
@@ -210,6 +246,20 @@ pub async fn trigger(
                 executor_kind: kind,
             };
             let (first, queued) = lifecycle::trigger_manual(c, &job, &nodes, now)?;
+            // Before: no such runs; after: the runs this trigger created.
+            let created: Vec<i64> = queued.iter().map(|q| q.run_id).collect();
+            let runs_after = created
+                .iter()
+                .map(|r| audit::run_state(c, *r))
+                .collect::<Result<Vec<_>, _>>()?;
+            let change = audit::Change {
+                action: Action::JobTrigger,
+                target: Some(&id),
+                before: None,
+                after: Some(serde_json::json!({"job": id, "runs": runs_after})),
+                detail: serde_json::json!({"runs": created}),
+            };
+            audit::record(c, now, &actor, &change)?;
             metrics
                 .slots_created
                 .with_label_values(&[Trigger::Manual.as_str()])

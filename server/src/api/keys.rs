@@ -5,6 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody};
 use super::AppState;
 use crate::auth;
+use crate::store::audit::{self, Action};
 use crate::store::keys::{self, KeyInfo, Scope};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -52,7 +53,7 @@ fn expiry(req: &NewKey, now: i64) -> ApiResult<Option<i64>> {
 
 pub async fn create(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let scope = Scope::parse(&req.scope).ok_or_else(|| {
@@ -71,9 +72,26 @@ pub async fn create(
     }
     let expires_at = expiry(&req, now_ms())?;
     let key = auth::generate_key();
-    let id =
-        auth::create_expiring_key(&app.store, key.clone(), scope, req.name.clone(), expires_at)
-            .await?;
+    let hash = auth::hash_key(&key);
+    let id = auth::key_id(&hash);
+    let (id2, name) = (id.clone(), req.name.clone());
+    app.store
+        .write(move |c| {
+            let now = now_ms();
+            keys::insert(c, &id2, &hash, scope, &name, now)?;
+            keys::set_expiry(c, &id2, expires_at)?;
+            // The new key's id, name, scope and expiry: never its secret or hash.
+            let after = audit::key_state(c, &id2)?;
+            let change = audit::Change {
+                action: Action::KeyCreate,
+                target: Some(&id2),
+                before: None,
+                after,
+                detail: json!({"name": name, "scope": scope.as_str(), "prefix": auth::KEY_PREFIX}),
+            };
+            audit::record(c, now, &actor, &change)
+        })
+        .await?;
     let expires = expires_at.map(sundial_proto::time::format_ms);
     Ok((
         StatusCode::CREATED,
@@ -90,13 +108,24 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value
 
 pub async fn delete(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
     let deleted = app
         .store
-        .write(move |c| keys::delete(c, &id, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::KeyDelete,
+                &id,
+                audit::key_state,
+                || keys::delete(c, &id, now),
+            )
+        })
         .await?;
     app.keys.invalidate();
     if deleted {

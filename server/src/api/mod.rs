@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod agent_auth;
 pub mod apply;
+pub mod audit;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limit;
 pub mod nodes;
+pub mod origin;
 pub mod output;
 pub mod preview;
 pub mod probes;
@@ -178,6 +180,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/schedule/preview", get(preview::preview))
         .route("/v1/events", get(events::list))
         .route("/v1/events/stream", get(events::stream))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
             "/v1/webhooks/{id}",

@@ -6,6 +6,7 @@ use super::extract::{Admin, JsonBody, Reader};
 use super::AppState;
 use crate::auth::hash_key;
 use crate::registry::LIVE_WINDOW_MS;
+use crate::store::audit::{self, Action};
 use crate::store::nodes::{self, Node};
 use crate::store::tokens;
 use axum::extract::{Path, State};
@@ -72,13 +73,24 @@ pub async fn get(
 /// once. The node can join again with a join token (new credential).
 pub async fn revoke(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
     if !app
         .store
-        .write(move |c| nodes::revoke(c, &key, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::NodeRevoke,
+                &key,
+                audit::node_state,
+                || nodes::revoke(c, &key, now),
+            )
+        })
         .await?
     {
         return Err(ApiError::not_found(format!("node {id:?} not found")));
@@ -106,7 +118,7 @@ pub struct NewToken {
 
 pub async fn create_token(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     JsonBody(req): JsonBody<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     if req.max_uses == Some(0) {
@@ -128,7 +140,19 @@ pub async fn create_token(
     let expires = now + req.ttl.map_or(86_400_000, |d| d.as_millis_i64());
     let (id2, name, max_uses) = (id.clone(), req.name.clone(), req.max_uses);
     app.store
-        .write(move |c| tokens::insert(c, &id2, &hash, &name, expires, max_uses, now))
+        .write(move |c| {
+            tokens::insert(c, &id2, &hash, &name, expires, max_uses, now)?;
+            // The token's id, name, expiry and limit: never the token or its hash.
+            let after = audit::token_state(c, &id2)?;
+            let change = audit::Change {
+                action: Action::TokenCreate,
+                target: Some(&id2),
+                before: None,
+                after,
+                detail: json!({"name": name, "prefix": "sjt_"}),
+            };
+            audit::record(c, now, &actor, &change)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -144,13 +168,24 @@ pub async fn list_tokens(State(app): State<AppState>, _: Admin) -> ApiResult<Jso
 
 pub async fn delete_token(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
     if app
         .store
-        .write(move |c| tokens::delete(c, &key, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            audit::around(
+                c,
+                now,
+                &actor,
+                Action::TokenDelete,
+                &key,
+                audit::token_state,
+                || tokens::delete(c, &key, now),
+            )
+        })
         .await?
     {
         Ok(StatusCode::NO_CONTENT)

@@ -4,6 +4,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Reader};
 use super::jobs::page_limit;
 use super::{parse_cursor, parse_query, AppState};
+use crate::store::audit::{self, Action};
 use crate::store::{jobs, lifecycle, runs, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
@@ -85,13 +86,20 @@ pub async fn get(
 /// heartbeat. Cancelling a finished run is a conflict.
 pub async fn cancel(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
     let (run, chained) = app
         .store
-        .write(move |c| lifecycle::cancel(c, id, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            let target = id.to_string();
+            let state = |c: &rusqlite::Connection, _: &str| audit::run_state(c, id);
+            audit::around(c, now, &actor, Action::RunCancel, &target, state, || {
+                lifecycle::cancel(c, id, now)
+            })
+        })
         .await?;
     app.dispatcher.enqueue(chained);
     Ok(Json(run))

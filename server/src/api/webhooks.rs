@@ -7,6 +7,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody};
 use super::jobs::page_limit;
 use super::{parse_cursor, parse_query, AppState};
+use crate::store::audit::{self, Action};
 use crate::store::webhooks;
 use crate::store::StoreError;
 use crate::validate;
@@ -72,7 +73,7 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
 
 pub async fn create(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     JsonBody(spec): JsonBody<WebhookSpec>,
 ) -> ApiResult<(StatusCode, Json<Webhook>)> {
     validate_spec(&app, &spec).await?;
@@ -84,7 +85,21 @@ pub async fn create(
     let key = id.clone();
     let stored = app
         .store
-        .write(move |c| webhooks::insert(c, &key, &spec, &salt, now_ms()))
+        .write(move |c| {
+            let now = now_ms();
+            let stored = webhooks::insert(c, &key, &spec, &salt, now)?;
+            // The spec only: the secret is derived from the salt, neither is recorded.
+            let after = audit::webhook_state(c, &key)?;
+            let change = audit::Change {
+                action: Action::WebhookCreate,
+                target: Some(&key),
+                before: None,
+                after,
+                detail: serde_json::json!({"url": spec.url}),
+            };
+            audit::record(c, now, &actor, &change)?;
+            Ok(stored)
+        })
         .await?;
     let mut webhook = stored.webhook;
     // Shown once: only the salt is stored, the secret is derived.
@@ -121,11 +136,26 @@ pub async fn get(
 
 pub async fn delete(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    if app.store.write(move |c| webhooks::delete(c, &key)).await? {
+    let deleted = app
+        .store
+        .write(move |c| {
+            let state = audit::webhook_state;
+            audit::around(
+                c,
+                now_ms(),
+                &actor,
+                Action::WebhookDelete,
+                &key,
+                state,
+                || webhooks::delete(c, &key),
+            )
+        })
+        .await?;
+    if deleted {
         tracing::info!(webhook = %id, "webhook deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -171,12 +201,12 @@ pub async fn deliveries(
 /// Sends a `webhook.test` message now; answers with the attempt.
 pub async fn test(
     State(app): State<AppState>,
-    _: Admin,
+    Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Delivery>> {
     let key = id.clone();
     let Some(hook) = app.store.read(move |c| webhooks::get(c, &key)).await? else {
         return Err(not_found(&id));
     };
-    Ok(Json(app.deliverer.send_test(&hook).await?))
+    Ok(Json(app.deliverer.send_test(&hook, actor).await?))
 }

@@ -20,6 +20,10 @@ pub struct Input {
 pub struct Outcome {
     pub plan: Vec<PlanEntry>,
     pub earliest_fire: Option<i64>,
+    /// Digests of the changed jobs' stored specs before and after, in plan
+    /// order (see [`super::audit::SetDigest`]): the audit row of the apply.
+    pub before: super::audit::SetDigest,
+    pub after: super::audit::SetDigest,
 }
 
 /// Top-level spec fields whose values differ between two canonical specs.
@@ -50,14 +54,21 @@ pub fn plan_and_apply(
     now: i64,
 ) -> Result<Outcome, StoreError> {
     let mut plan = Vec::with_capacity(inputs.len());
+    let mut before = super::audit::SetDigest::default();
+    let mut after = super::audit::SetDigest::default();
     for input in inputs {
         let new_text = serde_json::to_string(&input.spec)
             .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
-        let (action, changes) = match jobs::spec_text(conn, &input.id)? {
+        let old_text = jobs::spec_text(conn, &input.id)?;
+        let (action, changes) = match &old_text {
             None => (Action::Create, Vec::new()),
-            Some(old) if old == new_text => (Action::Unchanged, Vec::new()),
-            Some(old) => (Action::Update, changed_fields(&old, &input.spec)?),
+            Some(old) if *old == new_text => (Action::Unchanged, Vec::new()),
+            Some(old) => (Action::Update, changed_fields(old, &input.spec)?),
         };
+        if action != Action::Unchanged {
+            before.add(&input.id, old_text.as_deref());
+            after.add(&input.id, Some(&new_text));
+        }
         if !dry_run && action != Action::Unchanged {
             jobs::write_spec(conn, &input.id, &input.spec, now, |t| {
                 input.schedule.next_after(t)
@@ -93,6 +104,8 @@ pub fn plan_and_apply(
             .collect();
         doomed.sort();
         for id in doomed {
+            before.add(&id, jobs::spec_text(conn, &id)?.as_deref());
+            after.add(&id, None);
             if !dry_run {
                 jobs::delete(conn, &id, now)?;
             }
@@ -111,6 +124,8 @@ pub fn plan_and_apply(
     Ok(Outcome {
         plan,
         earliest_fire,
+        before,
+        after,
     })
 }
 

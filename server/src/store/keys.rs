@@ -53,6 +53,7 @@ pub struct KeyInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
     pub id: String,
+    pub name: String,
     pub scope: Scope,
     pub expires_at: Option<i64>,
 }
@@ -113,14 +114,15 @@ pub fn insert(
 /// Looks a key up by the hash of its secret (expired keys too: callers
 /// check [`KeyRow::expired`] so they can say why a key is refused).
 pub fn find_by_hash(conn: &Connection, hash: &[u8]) -> Result<Option<KeyRow>, StoreError> {
-    let row: Option<(String, String, Option<i64>)> = conn
-        .prepare_cached("SELECT id, scope, expires_at FROM api_keys WHERE hash = ?1")?
-        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    let row: Option<(String, String, Option<i64>, Option<String>)> = conn
+        .prepare_cached("SELECT id, scope, expires_at, name FROM api_keys WHERE hash = ?1")?
+        .query_row([hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    row.map(|(id, scope, expires_at)| {
+    row.map(|(id, scope, expires_at, name)| {
         Scope::parse(&scope)
             .map(|scope| KeyRow {
                 id,
+                name: name.unwrap_or_default(),
                 scope,
                 expires_at,
             })

@@ -243,6 +243,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
     ALTER TABLE api_keys ADD COLUMN last_used_at INTEGER;
     "#,
+    // 12: the audit log of admin mutations (store/audit.rs), written with
+    // the change it records. AUTOINCREMENT: ids never repeat after pruning,
+    // so paging cursors stay valid. No secrets: digests of non-secret state.
+    r#"
+    CREATE TABLE audit (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at            INTEGER NOT NULL,
+        key_id        TEXT NOT NULL,
+        key_name      TEXT,
+        source        TEXT,
+        via           TEXT,
+        action        TEXT NOT NULL,
+        target        TEXT,
+        before_digest TEXT,
+        after_digest  TEXT,
+        detail        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE INDEX audit_target ON audit (target, id);
+    CREATE INDEX audit_key ON audit (key_id, id);
+    "#,
 ];
 
 /// The schema version this build writes.

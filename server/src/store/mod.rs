@@ -11,6 +11,7 @@
 //! [`writer`] batch).
 
 pub(crate) mod apply;
+pub(crate) mod audit;
 pub(crate) mod chains;
 pub(crate) mod events;
 pub mod jobs;

@@ -8,6 +8,7 @@ use super::csrf::{self, LOGIN_COOKIE};
 use super::session::{self, Session, COOKIE_NAME, SESSION_TTL_MS};
 use super::view::{render, Layout, UiError, UiResult, Viewer};
 use crate::api::extract::Admin;
+use crate::api::origin::Origin;
 use crate::api::{self, AppState};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -255,6 +256,7 @@ pub async fn confirm_job(
 pub async fn job_action(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
@@ -263,21 +265,22 @@ pub async fn job_action(
     check_post(&s, &headers, &form.csrf, true)?;
     tracing::info!(key = %s.key_id, job = %id, action = action.as_str(), "console job action");
     let st = State(app.clone());
+    let admin = Admin(origin.actor(s.key_id.clone(), None));
     let to = match action {
         JobAction::Trigger => {
-            let (_, run) = api::jobs::trigger(st, Admin, Path(id)).await?;
+            let (_, run) = api::jobs::trigger(st, admin, Path(id)).await?;
             format!("/ui/runs/{}", run.0.id)
         }
         JobAction::Pause => {
-            let _paused = api::jobs::pause(st, Admin, Path(id.clone())).await?;
+            let _paused = api::jobs::pause(st, admin, Path(id.clone())).await?;
             format!("/ui/jobs/{id}")
         }
         JobAction::Resume => {
-            let _resumed = api::jobs::resume(st, Admin, Path(id.clone())).await?;
+            let _resumed = api::jobs::resume(st, admin, Path(id.clone())).await?;
             format!("/ui/jobs/{id}")
         }
         JobAction::Delete => {
-            api::jobs::delete(st, Admin, Path(id)).await?;
+            api::jobs::delete(st, admin, Path(id)).await?;
             "/ui/jobs".to_string()
         }
     };
@@ -308,13 +311,15 @@ pub async fn confirm_revoke(
 pub async fn revoke_node(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     tracing::info!(key = %s.key_id, node = %id, "console node revoke");
-    api::nodes::revoke(State(app), Admin, Path(id)).await?;
+    let admin = Admin(origin.actor(s.key_id.clone(), None));
+    api::nodes::revoke(State(app), admin, Path(id)).await?;
     Ok(Redirect::to("/ui/nodes").into_response())
 }
 

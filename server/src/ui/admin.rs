@@ -6,6 +6,7 @@
 use super::actions::{check_post, CsrfForm};
 use super::view::{render, Layout, Ts, UiError, UiResult, Viewer};
 use crate::api::extract::{parse_json, Admin, JsonBody};
+use crate::api::origin::Origin;
 use crate::api::{self, AppState};
 use crate::store::{keys, tokens};
 use askama::Template;
@@ -108,6 +109,7 @@ pub struct NewKeyForm {
 pub async fn create_key(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     headers: HeaderMap,
     Form(form): Form<NewKeyForm>,
 ) -> UiResult {
@@ -115,7 +117,7 @@ pub async fn create_key(
     let body = json!({"scope": form.scope, "name": form.name}).to_string();
     let (_, created) = api::keys::create(
         State(app.clone()),
-        Admin,
+        Admin(origin.actor(s.key_id.clone(), None)),
         JsonBody(parse_json(body.as_bytes())?),
     )
     .await?;
@@ -161,6 +163,7 @@ pub struct NewTokenForm {
 pub async fn create_token(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     headers: HeaderMap,
     Form(form): Form<NewTokenForm>,
 ) -> UiResult {
@@ -182,7 +185,7 @@ pub async fn create_token(
     let bytes = Value::Object(body).to_string();
     let (_, created) = api::nodes::create_token(
         State(app.clone()),
-        Admin,
+        Admin(origin.actor(s.key_id.clone(), None)),
         JsonBody(parse_json(bytes.as_bytes())?),
     )
     .await?;
@@ -193,23 +196,35 @@ pub async fn create_token(
 pub async fn delete_key(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
-    api::keys::delete(State(app), Admin, Path(id)).await?;
+    api::keys::delete(
+        State(app),
+        Admin(origin.actor(s.key_id.clone(), None)),
+        Path(id),
+    )
+    .await?;
     Ok(Redirect::to("/ui/keys").into_response())
 }
 
 pub async fn delete_token(
     State(app): State<AppState>,
     Viewer(s): Viewer,
+    origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
-    api::nodes::delete_token(State(app), Admin, Path(id)).await?;
+    api::nodes::delete_token(
+        State(app),
+        Admin(origin.actor(s.key_id.clone(), None)),
+        Path(id),
+    )
+    .await?;
     Ok(Redirect::to("/ui/keys").into_response())
 }

@@ -178,6 +178,42 @@ fn full_admin_budget_sheds_with_503_while_agents_and_probes_go_on() {
 }
 
 #[test]
+fn connections_over_the_cap_get_503_and_are_closed() {
+    const CAP: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start_args(
+        &dir.path().join("data"),
+        &["--max-connections", &CAP.to_string()],
+    )
+    .unwrap();
+    // The accept loop takes connections in arrival order: these fill the cap.
+    let held: Vec<TcpStream> = (0..CAP)
+        .map(|_| stalled(&server, b"GET /healthz HTTP/1.1\r\n"))
+        .collect();
+    let mut extra = stalled(&server, b"");
+    let (text, closed) = read_until_closed(&mut extra, Duration::from_secs(10));
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"overloaded\""), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(closed.is_some(), "refused connection left open");
+    drop(held);
+    let served = wait_for(Duration::from_secs(10), || {
+        let (status, _) = server.call("GET", "/v1/jobs", None).ok()?;
+        (status == 200).then_some(())
+    });
+    assert!(served.is_some(), "server did not take connections again");
+    assert!(
+        server
+            .metric("sundial_http_connections_refused_total")
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[test]
 fn a_thousand_slowloris_connections_do_not_stop_the_scheduler() {
     const CONNS: usize = 1000;
     let dir = tempfile::tempdir().unwrap();

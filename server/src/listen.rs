@@ -42,7 +42,7 @@ const SNIFF_BYTES: usize = 24;
 
 /// What a refused connection gets (plain HTTP only), written without waiting.
 const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 87\r\n\r\n\
+content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
 {\"error\":{\"code\":\"overloaded\",\"message\":\"too many open connections; retry shortly\"}}\n";
 
 /// One open connection's share of `max_connections`; counted in the gauge.
@@ -306,4 +306,25 @@ pub(crate) async fn serve_tls(
         .handle(handle)
         .serve(router.into_make_service_with_connect_info::<SocketAddr>())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_is_a_well_formed_response() {
+        let text = std::str::from_utf8(REFUSED).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "overloaded");
+    }
 }

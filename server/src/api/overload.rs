@@ -14,7 +14,7 @@
 use super::error::ApiError;
 use crate::metrics::Metrics;
 use crate::overload::Limits;
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -125,11 +125,10 @@ fn deadline_body(req: Request, within: Duration) -> (Request, Arc<AtomicBool>) {
     )
 }
 
+/// True unless the request is known to carry no body (HTTP/1 without a
+/// length or chunking, HTTP/2 with the stream ended).
 fn has_body(req: &Request) -> bool {
-    let h = req.headers();
-    h.get(header::CONTENT_LENGTH)
-        .is_some_and(|v| v.as_bytes() != b"0")
-        || h.contains_key(header::TRANSFER_ENCODING)
+    !req.body().is_end_stream()
 }
 
 fn overloaded(guard: &Guard, budget: Budget) -> Response {

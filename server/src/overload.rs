@@ -25,12 +25,13 @@ pub struct LimitArgs {
     #[arg(long, env = "SUNDIAL_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<Duration>,
     /// Longest time a client may take to send a request's body; then `408`
-    /// [default: 15s].
+    /// [default: 30s].
     #[arg(long, env = "SUNDIAL_BODY_READ_TIMEOUT")]
     pub body_read_timeout: Option<Duration>,
     /// Longest time a request may take (body read included) before `503
     /// timeout`; the agent long-poll gets this on top of its wait, event and
-    /// output streams are not bounded by it once they started [default: 30s].
+    /// output streams are not bounded by it once they started; at least
+    /// --body-read-timeout [default: 60s].
     #[arg(long, env = "SUNDIAL_REQUEST_TIMEOUT")]
     pub request_timeout: Option<Duration>,
     /// Admin/read API requests handled at once; more are shed with `503
@@ -99,6 +100,11 @@ impl LimitArgs {
                 bail!("{name} must be at least 100ms");
             }
         }
+        if limits.request_timeout < limits.body_read_timeout {
+            bail!(
+                "request_timeout must be at least body_read_timeout (it includes reading the body)"
+            );
+        }
         Ok(limits)
     }
 }
@@ -119,8 +125,8 @@ impl Default for Limits {
         Limits {
             max_connections: 4096,
             header_read_timeout: StdDuration::from_secs(10),
-            body_read_timeout: StdDuration::from_secs(15),
-            request_timeout: StdDuration::from_secs(30),
+            body_read_timeout: StdDuration::from_secs(30),
+            request_timeout: StdDuration::from_secs(60),
             max_concurrent_requests: 256,
             max_concurrent_agent_requests: 1024,
         }
@@ -208,6 +214,12 @@ mod tests {
             ..LimitArgs::default()
         };
         assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("header_read_timeout"));
+        let bad = LimitArgs {
+            body_read_timeout: Some("20s".parse().unwrap()),
+            request_timeout: Some("10s".parse().unwrap()),
+            ..LimitArgs::default()
+        };
+        assert!(format!("{:#}", bad.resolve().unwrap_err()).contains("at least body_read_timeout"));
     }
 
     #[test]

@@ -231,6 +231,7 @@ mod tests {
         let file = LimitArgs {
             max_connections: Some(50),
             request_timeout: Some("5s".parse().unwrap()),
+            body_read_timeout: Some("2s".parse().unwrap()),
             ..LimitArgs::default()
         };
         let l = flags.or(file).resolve().unwrap();

@@ -230,6 +230,87 @@ pub async fn layer(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::middleware;
+    use axum::routing::{get, post};
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn limits(request_ms: u64, budget: usize) -> Limits {
+        Limits {
+            request_timeout: Duration::from_millis(request_ms),
+            body_read_timeout: Duration::from_millis(request_ms),
+            max_concurrent_requests: budget,
+            ..Limits::default()
+        }
+    }
+
+    /// A router with a handler taking 300 ms on an admin path and on the
+    /// long-poll path, and a response streaming for 300 ms.
+    fn app(l: Limits) -> Router {
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            "done"
+        }
+        async fn streaming() -> Body {
+            let chunks = futures_util::stream::iter(0..3).then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, std::convert::Infallible>(Bytes::from(format!("{i}")))
+            });
+            Body::from_stream(chunks)
+        }
+        Router::new()
+            .route("/v1/jobs", get(slow))
+            .route("/v1/agent/poll", post(slow))
+            .route("/v1/events/stream", get(streaming))
+            .layer(middleware::from_fn_with_state(
+                Guard::new(l, Arc::new(Metrics::new())),
+                layer,
+            ))
+    }
+
+    async fn call(app: Router, method: &str, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn slow_handler_gets_503_timeout_but_long_poll_and_streams_do_not() {
+        let (status, body) = call(app(limits(100, 8)), "GET", "/v1/jobs").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"timeout\""), "{body}");
+        let (status, body) = call(app(limits(100, 8)), "POST", "/v1/agent/poll").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+        let (status, body) = call(app(limits(100, 8)), "GET", "/v1/events/stream").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "012"));
+    }
+
+    #[tokio::test]
+    async fn a_full_budget_sheds_at_once() {
+        let app = app(limits(5_000, 1));
+        let first = tokio::spawn(call(app.clone(), "GET", "/v1/jobs"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let req = Request::builder()
+            .uri("/v1/jobs")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        assert!(started.elapsed() < Duration::from_millis(200));
+        // The agent budget is separate.
+        let (status, _) = call(app.clone(), "POST", "/v1/agent/poll").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    }
 
     #[test]
     fn budgets_by_path() {

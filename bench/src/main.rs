@@ -18,6 +18,7 @@ use sundial_e2e::{ServerProc, ADMIN_KEY};
 mod console;
 mod dispatch;
 mod idle;
+mod slowloris;
 
 #[derive(Parser)]
 #[command(about = "Sundial benchmark scenarios (see docs/benchmarks.md)")]
@@ -137,6 +138,17 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         connect_timeout: u64,
     },
+    /// Fire lateness of every-second jobs with and without stalled (slowloris) connections.
+    Slowloris {
+        #[arg(long, default_value_t = 10)]
+        jobs: u64,
+        /// Seconds of each measured window.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Stalled connections held open during the second window.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -224,6 +236,18 @@ fn main() -> Result<()> {
                 parallel: parallel.max(1),
                 threads: client_threads.max(1),
                 connect_timeout: connect_timeout.max(1),
+            },
+        ),
+        Scenario::Slowloris {
+            jobs,
+            seconds,
+            connections,
+        } => slowloris::run(
+            &data,
+            &slowloris::Args {
+                jobs: jobs.max(1),
+                seconds: seconds.max(1),
+                connections: connections.max(1),
             },
         ),
     };

@@ -137,6 +137,9 @@ pub struct ServeArgs {
     /// TOML file with any of the settings above (flags and env take precedence).
     #[arg(long, env = "SUNDIAL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Overload limits (connections, timeouts, concurrency budgets).
+    #[command(flatten)]
+    pub limits: crate::overload::LimitArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -187,6 +190,12 @@ struct FileConfig {
     litefs_dir: Option<PathBuf>,
     litefs_api: Option<String>,
     peer_url_template: Option<String>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    max_concurrent_requests: Option<usize>,
+    max_concurrent_agent_requests: Option<usize>,
 }
 
 /// Fully resolved settings.
@@ -216,6 +225,8 @@ pub struct Settings {
     pub stall_after: Duration,
     /// (certificate chain, private key) when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connection, timeout and concurrency limits (see [`crate::overload`]).
+    pub limits: crate::overload::Limits,
 }
 
 impl Default for Settings {
@@ -241,6 +252,7 @@ impl Default for Settings {
             busy_timeout: Duration::from_secs_const(5),
             stall_after: Duration::from_secs_const(10),
             tls: None,
+            limits: crate::overload::Limits::default(),
         }
     }
 }
@@ -348,6 +360,17 @@ impl ServeArgs {
                 (None, None) => None,
                 _ => bail!("tls_cert and tls_key must be given together"),
             },
+            limits: self
+                .limits
+                .or(crate::overload::LimitArgs {
+                    max_connections: file.max_connections,
+                    header_read_timeout: file.header_read_timeout,
+                    body_read_timeout: file.body_read_timeout,
+                    request_timeout: file.request_timeout,
+                    max_concurrent_requests: file.max_concurrent_requests,
+                    max_concurrent_agent_requests: file.max_concurrent_agent_requests,
+                })
+                .resolve()?,
         };
         if matches!(settings.ha, crate::ha::Source::Litefs { .. })
             && settings.cluster_secret_file.is_none()

@@ -16,6 +16,7 @@
 //! - [`webhooks`]: delivery of events to webhooks (signed, ordered, retried)
 //! - [`ui`]: the web console under `/ui/`
 //! - [`config`] and [`server`]: settings and wiring; [`dbcheck`]: offline file check
+//! - [`overload`]: connection, timeout and concurrency limits; [`listen`]: the HTTP accept loop
 
 pub(crate) mod alerts;
 pub(crate) mod api;
@@ -25,9 +26,11 @@ pub mod config;
 pub mod dbcheck;
 pub(crate) mod dispatch;
 pub mod ha;
+pub(crate) mod listen;
 pub(crate) mod loops;
 pub mod metrics;
 pub(crate) mod misfire;
+pub mod overload;
 pub(crate) mod registry;
 pub(crate) mod retention;
 pub mod schedule;

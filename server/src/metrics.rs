@@ -42,6 +42,8 @@ pub struct Metrics {
     pub webhook_lag_seconds: Histogram,
     pub webhook_backlog: IntGauge,
     pub auth_rate_limited: IntCounterVec,
+    /// Connections, shed requests, timeouts (see [`crate::overload`]).
+    pub overload: crate::overload::OverloadMetrics,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -269,6 +271,7 @@ impl Metrics {
         ] {
             must(registry.register(c));
         }
+        let overload = crate::overload::OverloadMetrics::register(&registry);
         Metrics {
             registry,
             http_requests,
@@ -303,6 +306,7 @@ impl Metrics {
             webhook_lag_seconds,
             webhook_backlog,
             auth_rate_limited,
+            overload,
         }
     }
 

@@ -347,34 +347,17 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         }
         None => None,
     };
+    let limits = app.settings.limits;
     let router = api::router(app);
     let stop = shutdown.clone();
     let done = tokio::spawn(async move {
         let served = match tls {
-            None => axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .map_err(anyhow::Error::from),
+            None => crate::listen::serve_plain(listener, router, limits, metrics, stop).await,
             Some(config) => {
-                let handle = axum_server::Handle::new();
-                let h = handle.clone();
-                tokio::spawn(async move {
-                    stop.cancelled().await;
-                    h.graceful_shutdown(Some(Duration::from_secs(30)));
-                });
-                match listener.into_std() {
-                    Ok(std_listener) => axum_server::from_tcp_rustls(std_listener, config)
-                        .handle(handle)
-                        .serve(router.into_make_service_with_connect_info::<SocketAddr>())
-                        .await
-                        .map_err(anyhow::Error::from),
-                    Err(e) => Err(anyhow::Error::from(e)),
-                }
+                crate::listen::serve_tls(listener, config, router, limits, metrics, stop).await
             }
-        };
+        }
+        .map_err(anyhow::Error::from);
         ha_stop.cancel();
         let _ = ha_task.await;
         store.close().await;

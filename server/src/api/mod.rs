@@ -3,7 +3,8 @@
 //! [`keys`], [`nodes`] (and join tokens), [`events`], [`webhooks`], [`preview`], [`probes`]; the agent
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
-//! shape) and [`forward`] (a replica's forwarding to the primary).
+//! shape), [`forward`] (a replica's forwarding to the primary) and
+//! [`overload`] (concurrency budgets, body and handler timeouts).
 
 pub mod agent;
 pub mod agent_auth;
@@ -19,6 +20,7 @@ pub mod limit;
 pub mod nodes;
 pub mod origin;
 pub mod output;
+pub mod overload;
 pub mod preview;
 pub mod probes;
 pub mod runs;
@@ -212,6 +214,10 @@ pub fn router(app: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(app.clone(), forward::layer))
+        .layer(middleware::from_fn_with_state(
+            overload::Guard::new(app.settings.limits, app.metrics.clone()),
+            overload::layer,
+        ))
         .layer(middleware::from_fn_with_state(app.clone(), track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -17,7 +17,7 @@ use sundial_proto::Duration;
 #[derive(Debug, Args, Default, Clone)]
 pub struct LimitArgs {
     /// Most connections held open at once; beyond it a new connection is
-    /// answered `503` and closed [default: 4096].
+    /// answered `503` and closed [default: 16384].
     #[arg(long, env = "SUNDIAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Longest time a client may take to send a request's head (also how
@@ -123,7 +123,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 4096,
+            max_connections: 16_384,
             header_read_timeout: StdDuration::from_secs(10),
             body_read_timeout: StdDuration::from_secs(30),
             request_timeout: StdDuration::from_secs(60),
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn defaults_and_checks() {
         let l = LimitArgs::default().resolve().unwrap();
-        assert_eq!(l.max_connections, 4096);
+        assert_eq!(l.max_connections, 16_384);
         assert_eq!(l.header_read_timeout, StdDuration::from_secs(10));
         let bad = LimitArgs {
             max_concurrent_requests: Some(0),

@@ -8,7 +8,8 @@
 //! Also the request timeouts: the body must arrive within
 //! `body_read_timeout` (else `408 request_timeout`), and the handler must
 //! produce its response within `request_timeout` (else `503 timeout`). The
-//! agent long-poll gets its longest wait on top; streaming responses (event
+//! agent long-poll gets its longest wait on top and takes no budget (the
+//! connection cap bounds it: one idle poll per connected daemon); streaming responses (event
 //! stream, followed output) are bounded only until their head is produced.
 
 use super::error::ApiError;
@@ -194,21 +195,30 @@ pub async fn layer(State(guard): State<Arc<Guard>>, req: Request, next: Next) ->
     let Some(budget) = classify(req.uri().path()) else {
         return next.run(req).await;
     };
-    let Ok(permit) = guard.budget(budget).clone().try_acquire_owned() else {
-        return overloaded(&guard, budget);
-    };
-    let gauge = guard
-        .metrics
-        .overload
-        .in_flight
-        .with_label_values(&[budget.as_str()]);
-    gauge.inc();
-    let _in_flight = InFlight {
-        _permit: permit,
-        gauge,
+    // A long-poll mostly waits, idle: one per connected daemon (10,000
+    // daemons hold 10,000). It is bounded by the connection cap, not by the
+    // agent budget, which is for the calls that work (register, heartbeat,
+    // complete, output).
+    let long_poll = req.uri().path() == "/v1/agent/poll";
+    let _in_flight = if long_poll {
+        None
+    } else {
+        let Ok(permit) = guard.budget(budget).clone().try_acquire_owned() else {
+            return overloaded(&guard, budget);
+        };
+        let gauge = guard
+            .metrics
+            .overload
+            .in_flight
+            .with_label_values(&[budget.as_str()]);
+        gauge.inc();
+        Some(InFlight {
+            _permit: permit,
+            gauge,
+        })
     };
     let mut within = guard.limits.request_timeout;
-    if req.uri().path() == "/v1/agent/poll" {
+    if long_poll {
         within += Duration::from_millis(super::agent::MAX_WAIT_MS);
     }
     let (req, expired) = if has_body(&req) {
@@ -310,6 +320,22 @@ mod tests {
         let (status, _) = call(app.clone(), "POST", "/v1/agent/poll").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn long_polls_take_no_agent_budget() {
+        let app = app(Limits {
+            max_concurrent_agent_requests: 1,
+            ..limits(5_000, 1)
+        });
+        // Many idle long-polls at once (one per daemon) all proceed with an
+        // agent budget of 1.
+        let polls: Vec<_> = (0..5)
+            .map(|_| tokio::spawn(call(app.clone(), "POST", "/v1/agent/poll")))
+            .collect();
+        for p in polls {
+            assert_eq!(p.await.unwrap().0, StatusCode::OK);
+        }
     }
 
     #[test]

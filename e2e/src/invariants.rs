@@ -84,6 +84,8 @@ pub struct Run {
 /// One run event of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// The outbox id: the order the events were committed in.
+    pub id: i64,
     pub run_id: i64,
     pub kind: String,
 }
@@ -151,9 +153,12 @@ pub fn check(
     for r in runs {
         by_job.entry(r.job.as_str()).or_default().push(r);
     }
-    let mut by_run: HashMap<i64, Vec<&str>> = HashMap::new();
+    let mut by_run: HashMap<i64, Vec<&Event>> = HashMap::new();
     for e in events {
-        by_run.entry(e.run_id).or_default().push(e.kind.as_str());
+        by_run.entry(e.run_id).or_default().push(e);
+    }
+    for list in by_run.values_mut() {
+        list.sort_by_key(|e| e.id);
     }
     for job in jobs {
         let runs = by_job.remove(job.id.as_str()).unwrap_or_default();
@@ -161,7 +166,7 @@ pub fn check(
         for r in &runs {
             check_run(job, r, by_run.get(&r.id).map(Vec::as_slice), &mut report);
         }
-        check_concurrency(job, &runs, &mut report);
+        check_concurrency(job, &runs, &by_run, &mut report);
     }
     report
 }
@@ -292,7 +297,7 @@ fn check_slots(
 }
 
 /// One run: finished, in an allowed state, attempts and result consistent.
-fn check_run(job: &JobExpect, r: &Run, events: Option<&[&str]>, report: &mut Report) {
+fn check_run(job: &JobExpect, r: &Run, events: Option<&[&Event]>, report: &mut Report) {
     report.runs_checked += 1;
     let id = &job.id;
     let v = &mut report.violations;
@@ -337,7 +342,11 @@ fn check_run(job: &JobExpect, r: &Run, events: Option<&[&str]>, report: &mut Rep
             other => v.push(format!("{id}: run {} succeeded with times {other:?}", r.id)),
         }
     }
-    let events = events.unwrap_or_default();
+    let events: Vec<&str> = events
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.kind.as_str())
+        .collect();
     let count = |kind: &str| events.iter().filter(|k| **k == kind).count() as u32;
     let terminal: Vec<&&str> = events
         .iter()
@@ -380,39 +389,91 @@ fn check_run(job: &JobExpect, r: &Run, events: Option<&[&str]>, report: &mut Rep
     }
 }
 
-/// `forbid`: no overlap; `replace`: an overlapped run was asked to stop.
-fn check_concurrency(job: &JobExpect, runs: &[&Run], report: &mut Report) {
-    let mut ran: Vec<(i64, i64, &Run)> = runs
-        .iter()
-        .filter_map(|r| Some((r.started_at?, r.finished_at?, *r)))
-        .filter(|(_, _, r)| r.state != "skipped")
-        .collect();
-    ran.sort_by_key(|(s, f, r)| (*s, *f, r.id));
-    for (i, (_, fa, a)) in ran.iter().enumerate() {
-        // Every later-starting run that starts before `a` ends overlaps it.
-        for (sb, _, b) in ran[i + 1..].iter().take_while(|(sb, ..)| sb < fa) {
-            match job.concurrency {
-                Concurrency::Allow => report.overlaps_allowed += 1,
-                Concurrency::Forbid => report.violations.push(format!(
-                    "{}: forbid, but run {} [{}, {fa}] overlaps run {} started at {sb}",
-                    job.id,
-                    a.id,
-                    a.started_at.unwrap_or_default(),
-                    b.id
-                )),
-                Concurrency::Replace => {
-                    if !a.cancel_requested {
-                        report.violations.push(format!(
-                            "{}: replace, but run {} (ends {fa}, {}) was not asked to stop when run {} started at {sb}",
-                            job.id, a.id, a.state, b.id
-                        ));
-                    }
-                }
+/// One attempt's time as the server saw it: from its `run.started` event to
+/// the run's next `run.retrying` or terminal event (event ids: the commit
+/// order, which timestamps of one millisecond or daemon clocks cannot give).
+struct Attempt<'a> {
+    run: &'a Run,
+    start: i64,
+    end: i64,
+    /// The run's last attempt (ended by its terminal event, or still open).
+    last: bool,
+}
+
+fn attempts<'a>(run: &'a Run, events: &[&Event]) -> Vec<Attempt<'a>> {
+    let mut out = Vec::new();
+    let mut open: Option<i64> = None;
+    for e in events {
+        let ends = e.kind == "run.retrying"
+            || e.kind
+                .strip_prefix("run.")
+                .is_some_and(|s| TERMINAL.contains(&s));
+        if e.kind == "run.started" {
+            open = Some(e.id);
+        } else if ends {
+            if let Some(start) = open.take() {
+                out.push(Attempt {
+                    run,
+                    start,
+                    end: e.id,
+                    last: e.kind != "run.retrying",
+                });
             }
         }
-        if job.concurrency == Concurrency::Replace
-            && ran[i + 1..].first().is_some_and(|(sb, ..)| sb < fa)
-        {
+    }
+    if let Some(start) = open {
+        out.push(Attempt {
+            run,
+            start,
+            end: i64::MAX,
+            last: true,
+        });
+    }
+    out
+}
+
+/// `forbid`: no attempt starts while another run's attempt runs;
+/// `replace`: one that does finds the running one flagged to stop (which
+/// also ends it: a flagged attempt is never retried); `allow`: counted.
+fn check_concurrency(
+    job: &JobExpect,
+    runs: &[&Run],
+    by_run: &HashMap<i64, Vec<&Event>>,
+    report: &mut Report,
+) {
+    let mut all: Vec<Attempt> = runs
+        .iter()
+        .flat_map(|r| attempts(r, by_run.get(&r.id).map(Vec::as_slice).unwrap_or_default()))
+        .collect();
+    all.sort_by_key(|a| a.start);
+    for (i, a) in all.iter().enumerate() {
+        let mut overlapped = false;
+        // Every attempt starting while `a` runs (another run's: a run's own
+        // attempts follow one another).
+        for b in all[i + 1..].iter().take_while(|b| b.start < a.end) {
+            if b.run.id == a.run.id {
+                continue;
+            }
+            overlapped = true;
+            let what = format!(
+                "run {} started (event {}) while run {} ran (events {}..{})",
+                b.run.id, b.start, a.run.id, a.start, a.end
+            );
+            match job.concurrency {
+                Concurrency::Allow => report.overlaps_allowed += 1,
+                Concurrency::Forbid => report
+                    .violations
+                    .push(format!("{}: forbid, but {what}", job.id)),
+                Concurrency::Replace if !(a.last && a.run.cancel_requested) => {
+                    report.violations.push(format!(
+                        "{}: replace, but {what} and was not asked to stop (final attempt: {}, {})",
+                        job.id, a.last, a.run.state
+                    ))
+                }
+                Concurrency::Replace => {}
+            }
+        }
+        if overlapped && job.concurrency == Concurrency::Replace {
             report.replaced += 1;
         }
     }
@@ -505,11 +566,12 @@ pub fn read_runs(db: &Path) -> Result<Vec<Run>> {
 pub fn read_events(db: &Path) -> Result<Vec<Event>> {
     let conn = open(db)?;
     let mut stmt =
-        conn.prepare("SELECT run_id, type FROM events WHERE run_id IS NOT NULL ORDER BY id")?;
+        conn.prepare("SELECT id, run_id, type FROM events WHERE run_id IS NOT NULL ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
         Ok(Event {
-            run_id: r.get(0)?,
-            kind: r.get(1)?,
+            id: r.get(0)?,
+            run_id: r.get(1)?,
+            kind: r.get(2)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -572,14 +634,19 @@ mod tests {
                 output: Some(format!("{id} 1\n")),
                 cancel_requested: false,
             });
-            for kind in ["run.started", "run.succeeded"] {
-                events.push(Event {
-                    run_id: id,
-                    kind: kind.into(),
-                });
-            }
+            // Started and finished within its second (event ids in commit order).
+            events.push(ev(sec * 10, id, "run.started"));
+            events.push(ev(sec * 10 + 5, id, "run.succeeded"));
         }
         (runs, events)
+    }
+
+    fn ev(id: i64, run_id: i64, kind: &str) -> Event {
+        Event {
+            id,
+            run_id,
+            kind: kind.into(),
+        }
     }
 
     fn violations(
@@ -615,14 +682,8 @@ mod tests {
         twin.output = Some("500 1\n".into());
         twin.started_at = twin.finished_at; // no overlap: only the doubling is wrong
         runs.push(twin);
-        events.push(Event {
-            run_id: 500,
-            kind: "run.started".into(),
-        });
-        events.push(Event {
-            run_id: 500,
-            kind: "run.succeeded".into(),
-        });
+        events.push(ev(1036, 500, "run.started"));
+        events.push(ev(1037, 500, "run.succeeded"));
         let outage = [Window {
             from: 0,
             to: i64::MAX,
@@ -711,8 +772,11 @@ mod tests {
 
     #[test]
     fn forbid_overlap_and_unflagged_replace_are_detected() {
-        let (mut runs, events) = history(&[], &[]);
-        runs[2].finished_at = Some(103 * S + 100); // run 102 ends after 103 started
+        let (mut runs, mut events) = history(&[], &[]);
+        // Run 102 ends (event 1035) after run 103 started (event 1030): in
+        // commit order, whatever the timestamps say.
+        events.retain(|e| e.id != 1025);
+        events.push(ev(1035, 102, "run.succeeded"));
         let v = violations(
             &job(Misfire::Skip, Concurrency::Forbid),
             &runs,
@@ -720,7 +784,10 @@ mod tests {
             &[],
         );
         assert_eq!(v.len(), 1, "{v:?}");
-        assert!(v[0].contains("overlaps run 103"), "{v:?}");
+        assert!(
+            v[0].contains("run 103 started (event 1030) while run 102 ran"),
+            "{v:?}"
+        );
         let v = violations(
             &job(Misfire::Skip, Concurrency::Replace),
             &runs,
@@ -749,12 +816,40 @@ mod tests {
     }
 
     #[test]
+    fn an_overlap_with_an_earlier_attempt_counts_too() {
+        // Run 102: attempt 1 (events 1020..1022 retrying) overlaps run 103's
+        // start only if 103 starts inside it; here 103 starts at 1021.
+        let (mut runs, mut events) = history(&[], &[]);
+        runs[2].attempt = 2;
+        runs[2].output = Some("102 2\n".into());
+        events.retain(|e| e.run_id != 103);
+        events.push(ev(1021, 103, "run.started"));
+        events.push(ev(1022, 102, "run.retrying"));
+        events.push(ev(1023, 103, "run.succeeded"));
+        events.push(ev(1024, 102, "run.started"));
+        let v = violations(
+            &job(Misfire::Skip, Concurrency::Forbid),
+            &runs,
+            &events,
+            &[],
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("events 1020..1022"), "{v:?}");
+        // Under replace, a flagged run is never retried: the same history is wrong.
+        runs[2].cancel_requested = true;
+        let v = violations(
+            &job(Misfire::Skip, Concurrency::Replace),
+            &runs,
+            &events,
+            &[],
+        );
+        assert_eq!(v.len(), 1, "{v:?}");
+    }
+
+    #[test]
     fn a_result_recorded_twice_or_for_another_attempt_is_detected() {
         let (mut runs, mut events) = history(&[], &[]);
-        events.push(Event {
-            run_id: 105,
-            kind: "run.succeeded".into(),
-        });
+        events.push(ev(1057, 105, "run.succeeded"));
         runs[7].output = Some("107 1\n107 1\n".into());
         let v = violations(&job(Misfire::Skip, Concurrency::Allow), &runs, &events, &[]);
         assert_eq!(v.len(), 2, "{v:?}");
@@ -790,14 +885,9 @@ mod tests {
             })
             .collect();
         for r in &extra {
-            events.push(Event {
-                run_id: r.id,
-                kind: "run.started".into(),
-            });
-            events.push(Event {
-                run_id: r.id,
-                kind: "run.succeeded".into(),
-            });
+            let sec = r.id - 1000;
+            events.push(ev(sec * 10 + 1, r.id, "run.started"));
+            events.push(ev(sec * 10 + 6, r.id, "run.succeeded"));
         }
         let mut all = runs.clone();
         all.extend(extra.iter().cloned());

@@ -728,6 +728,11 @@ fn chaos_soak_keeps_every_invariant() {
     let seen: Vec<Seen> = observed.seen.values().cloned().collect();
     let (restore_violations, required) = invariants::check_restored(&seen, &restored, &live, end);
 
+    let fenced: usize = cluster
+        .servers
+        .iter()
+        .map(|s| s.log_text().matches("fenced by a newer primary").count())
+        .sum();
     let total_injected: usize = injected.values().sum();
     let total_survived: usize = survived.values().sum();
     let outage_ms: i64 = cluster.outages.iter().map(|w| w.to - w.from).sum();
@@ -741,7 +746,7 @@ fn chaos_soak_keeps_every_invariant() {
         );
     }
     eprintln!(
-        "  faults: {total_injected} injected, {total_survived} survived; {} outage windows, {outage_ms} ms without a primary",
+        "  faults: {total_injected} injected, {total_survived} survived; {} outage windows, {outage_ms} ms without a primary; deposed primaries fenced by the epoch: {fenced}",
         cluster.outages.len()
     );
     eprintln!(

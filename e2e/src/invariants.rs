@@ -123,7 +123,8 @@ pub struct Report {
     pub overlaps_allowed: usize,
 }
 
-const TERMINAL: [&str; 6] = [
+/// The run states a run never leaves.
+pub const TERMINAL: [&str; 6] = [
     "succeeded",
     "failed",
     "timed_out",
@@ -649,7 +650,7 @@ mod tests {
         }
     }
 
-    fn violations(
+    fn violations_of(
         j: &JobExpect,
         runs: &[Run],
         events: &[Event],
@@ -658,16 +659,30 @@ mod tests {
         check(std::slice::from_ref(j), runs, events, outages, 0).violations
     }
 
+    fn report(
+        misfire: Misfire,
+        concurrency: Concurrency,
+        runs: &[Run],
+        events: &[Event],
+        outages: &[Window],
+    ) -> Report {
+        check(&[job(misfire, concurrency)], runs, events, outages, 0)
+    }
+
+    fn violations(
+        misfire: Misfire,
+        concurrency: Concurrency,
+        runs: &[Run],
+        events: &[Event],
+        outages: &[Window],
+    ) -> Vec<String> {
+        report(misfire, concurrency, runs, events, outages).violations
+    }
+
     #[test]
     fn a_clean_history_passes_and_is_counted() {
         let (runs, events) = history(&[], &[]);
-        let r = check(
-            &[job(Misfire::Skip, Concurrency::Forbid)],
-            &runs,
-            &events,
-            &[],
-            0,
-        );
+        let r = report(Misfire::Skip, Concurrency::Forbid, &runs, &events, &[]);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.slots_checked, 10);
         assert_eq!(r.runs_checked, 10);
@@ -689,7 +704,8 @@ mod tests {
             to: i64::MAX,
         }];
         let v = violations(
-            &job(Misfire::RunAll { cap: 10 }, Concurrency::Allow),
+            Misfire::RunAll { cap: 10 },
+            Concurrency::Allow,
             &runs,
             &events,
             &outage,
@@ -702,7 +718,7 @@ mod tests {
     fn a_missing_slot_is_detected_outside_outages_and_allowed_by_skip_inside() {
         let (runs, events) = history(&[104], &[]);
         let j = job(Misfire::Skip, Concurrency::Allow);
-        let v = violations(&j, &runs, &events, &[]);
+        let v = violations_of(&j, &runs, &events, &[]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
             v[0].contains("missing outside any outage: [104000]"),
@@ -712,7 +728,7 @@ mod tests {
             from: 103_500,
             to: 104_500,
         }];
-        assert!(violations(&j, &runs, &events, &outage).is_empty());
+        assert!(violations_of(&j, &runs, &events, &outage).is_empty());
     }
 
     #[test]
@@ -724,7 +740,8 @@ mod tests {
         // run_once: 104..=105 dropped, 106 the catch-up.
         let (runs, events) = history(&[104, 105], &[106]);
         assert!(violations(
-            &job(Misfire::RunOnce, Concurrency::Allow),
+            Misfire::RunOnce,
+            Concurrency::Allow,
             &runs,
             &events,
             &outage
@@ -733,7 +750,8 @@ mod tests {
         // The same gap with no catch-up after it.
         let (runs, events) = history(&[104, 105], &[]);
         let v = violations(
-            &job(Misfire::RunOnce, Concurrency::Allow),
+            Misfire::RunOnce,
+            Concurrency::Allow,
             &runs,
             &events,
             &outage,
@@ -746,7 +764,8 @@ mod tests {
         // run_all, cap 2: one catch-up is not enough.
         let (runs, events) = history(&[104], &[105]);
         let v = violations(
-            &job(Misfire::RunAll { cap: 2 }, Concurrency::Allow),
+            Misfire::RunAll { cap: 2 },
+            Concurrency::Allow,
             &runs,
             &events,
             &outage,
@@ -754,19 +773,15 @@ mod tests {
         assert_eq!(v.len(), 1, "{v:?}");
         let (runs, events) = history(&[104], &[105, 106]);
         assert!(violations(
-            &job(Misfire::RunAll { cap: 2 }, Concurrency::Allow),
+            Misfire::RunAll { cap: 2 },
+            Concurrency::Allow,
             &runs,
             &events,
             &outage
         )
         .is_empty());
         // skip never catches up.
-        let v = violations(
-            &job(Misfire::Skip, Concurrency::Allow),
-            &runs,
-            &events,
-            &outage,
-        );
+        let v = violations(Misfire::Skip, Concurrency::Allow, &runs, &events, &outage);
         assert_eq!(v.len(), 2, "{v:?}");
     }
 
@@ -777,41 +792,19 @@ mod tests {
         // commit order, whatever the timestamps say.
         events.retain(|e| e.id != 1025);
         events.push(ev(1035, 102, "run.succeeded"));
-        let v = violations(
-            &job(Misfire::Skip, Concurrency::Forbid),
-            &runs,
-            &events,
-            &[],
-        );
+        let v = violations(Misfire::Skip, Concurrency::Forbid, &runs, &events, &[]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(
             v[0].contains("run 103 started (event 1030) while run 102 ran"),
             "{v:?}"
         );
-        let v = violations(
-            &job(Misfire::Skip, Concurrency::Replace),
-            &runs,
-            &events,
-            &[],
-        );
+        let v = violations(Misfire::Skip, Concurrency::Replace, &runs, &events, &[]);
         assert_eq!(v.len(), 1, "{v:?}");
         runs[2].cancel_requested = true;
-        let r = check(
-            &[job(Misfire::Skip, Concurrency::Replace)],
-            &runs,
-            &events,
-            &[],
-            0,
-        );
+        let r = report(Misfire::Skip, Concurrency::Replace, &runs, &events, &[]);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.replaced, 1);
-        let r = check(
-            &[job(Misfire::Skip, Concurrency::Allow)],
-            &runs,
-            &events,
-            &[],
-            0,
-        );
+        let r = report(Misfire::Skip, Concurrency::Allow, &runs, &events, &[]);
         assert_eq!(r.overlaps_allowed, 1);
     }
 
@@ -827,22 +820,12 @@ mod tests {
         events.push(ev(1022, 102, "run.retrying"));
         events.push(ev(1023, 103, "run.succeeded"));
         events.push(ev(1024, 102, "run.started"));
-        let v = violations(
-            &job(Misfire::Skip, Concurrency::Forbid),
-            &runs,
-            &events,
-            &[],
-        );
+        let v = violations(Misfire::Skip, Concurrency::Forbid, &runs, &events, &[]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].contains("events 1020..1022"), "{v:?}");
         // Under replace, a flagged run is never retried: the same history is wrong.
         runs[2].cancel_requested = true;
-        let v = violations(
-            &job(Misfire::Skip, Concurrency::Replace),
-            &runs,
-            &events,
-            &[],
-        );
+        let v = violations(Misfire::Skip, Concurrency::Replace, &runs, &events, &[]);
         assert_eq!(v.len(), 1, "{v:?}");
     }
 
@@ -851,7 +834,7 @@ mod tests {
         let (mut runs, mut events) = history(&[], &[]);
         events.push(ev(1057, 105, "run.succeeded"));
         runs[7].output = Some("107 1\n107 1\n".into());
-        let v = violations(&job(Misfire::Skip, Concurrency::Allow), &runs, &events, &[]);
+        let v = violations(Misfire::Skip, Concurrency::Allow, &runs, &events, &[]);
         assert_eq!(v.len(), 2, "{v:?}");
         assert!(v
             .iter()
@@ -863,7 +846,7 @@ mod tests {
         let (mut runs, events) = history(&[], &[]);
         runs[0].attempt = 2;
         runs[0].output = Some("100 2\n".into());
-        let v = violations(&job(Misfire::Skip, Concurrency::Allow), &runs, &events, &[]);
+        let v = violations(Misfire::Skip, Concurrency::Allow, &runs, &events, &[]);
         assert!(v.iter().any(|m| m.contains("retry event")), "{v:?}");
     }
 
@@ -891,8 +874,8 @@ mod tests {
         }
         let mut all = runs.clone();
         all.extend(extra.iter().cloned());
-        assert!(violations(&j, &all, &events, &[]).is_empty());
-        let v = violations(&j, &runs, &events, &[]);
+        assert!(violations_of(&j, &all, &events, &[]).is_empty());
+        let v = violations_of(&j, &runs, &events, &[]);
         assert_eq!(v.len(), 10, "{v:?}");
     }
 

@@ -704,6 +704,16 @@ fn chaos_soak_keeps_every_invariant() {
         cluster.logs()
     );
     sleep_ms(1_000); // one more observer poll over the settled runs
+                     // No result is left in a daemon's spool.
+    let spooled = wait_for(Duration::from_secs(30), || {
+        (cluster
+            .daemons
+            .iter()
+            .map(DaemonProc::spooled)
+            .sum::<usize>()
+            == 0)
+            .then_some(())
+    });
     stop.store(true, Ordering::Release);
     observer.join().unwrap();
     let observed = std::mem::take(&mut *observed.lock().unwrap());
@@ -722,6 +732,31 @@ fn chaos_soak_keeps_every_invariant() {
     let mut all: Vec<String> = Vec::new();
     if let Err(e) = server_check(&live_db) {
         all.push(format!("the live database: {e}"));
+    }
+    if spooled.is_none() {
+        for d in cluster.daemons.iter().filter(|d| d.spooled() > 0) {
+            all.push(format!(
+                "{}: {} result(s) still spooled at the end",
+                d.node_id,
+                d.spooled()
+            ));
+        }
+    }
+    // No process panicked along the way.
+    let logs = cluster
+        .servers
+        .iter()
+        .map(|s| ("server".to_string(), s.log_text()))
+        .chain(
+            cluster
+                .daemons
+                .iter()
+                .map(|d| (d.node_id.clone(), d.log_text())),
+        );
+    for (who, text) in logs {
+        if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+            all.push(format!("{who} panicked: {line}"));
+        }
     }
 
     // Restore from S3 into a fresh directory and check it.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod ha;
+pub mod invariants;
 pub mod litestream;
 pub mod misfire;
 pub mod receiver;
@@ -846,4 +847,25 @@ pub fn admin_call(
     let status = resp.status().as_u16();
     let text = resp.text()?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+impl DaemonProc {
+    /// The daemon's PID while it runs (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Sends `signal` (a `kill -<signal>` name: `STOP`, `CONT`, …) to one of
+/// the test's own children, by PID.
+pub fn send_signal(pid: u32, signal: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid}: {status}");
+    }
+    Ok(())
 }

@@ -223,6 +223,11 @@ impl LitestreamProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process's PID while it runs (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill9(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill()?;

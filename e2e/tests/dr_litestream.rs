@@ -307,14 +307,7 @@ fn crash_restore(kind: &str) {
         .into_iter()
         .map(|r| (r["id"].as_i64().unwrap_or(-1), r))
         .collect();
-    let terminal = [
-        "succeeded",
-        "failed",
-        "timed_out",
-        "lost",
-        "cancelled",
-        "skipped",
-    ];
+    let terminal = sundial_e2e::invariants::TERMINAL;
     for old in &runs_acked {
         let id = old["id"].as_i64().unwrap();
         let now = now_by_id

@@ -44,7 +44,10 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<Http> {
     let mut b = Http::builder()
         .use_rustls_tls()
         .connect_timeout(Duration::from_secs(5))
-        .pool_idle_timeout(Duration::from_secs(90));
+        // Below the server's idle keep-alive bound (`--header-read-timeout`,
+        // 30 s by default), so a pooled connection is never reused just as
+        // the server closes it.
+        .pool_idle_timeout(Duration::from_secs(20));
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)

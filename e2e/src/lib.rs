@@ -74,6 +74,8 @@ impl ServerProc {
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Below the server's idle keep-alive bound (30 s).
+                .pool_idle_timeout(Duration::from_secs(20))
                 .build()?,
             extra_env: env
                 .iter()
@@ -96,6 +98,8 @@ impl ServerProc {
             base: format!("https://localhost:{port}"),
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Below the server's idle keep-alive bound (30 s).
+                .pool_idle_timeout(Duration::from_secs(20))
                 .tls_built_in_root_certs(false)
                 .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
                 .build()?,

@@ -21,7 +21,9 @@ pub struct LimitArgs {
     #[arg(long, env = "SUNDIAL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Longest time a client may take to send a request's head (also how
-    /// long an idle keep-alive connection stays open) [default: 10s].
+    /// long an idle keep-alive connection stays open: hyper has one timer
+    /// for both, so keep it above the pool idle time of clients that reuse
+    /// connections, or they race the close) [default: 30s].
     #[arg(long, env = "SUNDIAL_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<Duration>,
     /// Longest time a client may take to send a request's body; then `408`
@@ -124,7 +126,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 16_384,
-            header_read_timeout: StdDuration::from_secs(10),
+            header_read_timeout: StdDuration::from_secs(30),
             body_read_timeout: StdDuration::from_secs(30),
             request_timeout: StdDuration::from_secs(60),
             max_concurrent_requests: 256,
@@ -203,7 +205,7 @@ mod tests {
     fn defaults_and_checks() {
         let l = LimitArgs::default().resolve().unwrap();
         assert_eq!(l.max_connections, 16_384);
-        assert_eq!(l.header_read_timeout, StdDuration::from_secs(10));
+        assert_eq!(l.header_read_timeout, StdDuration::from_secs(30));
         let bad = LimitArgs {
             max_concurrent_requests: Some(0),
             ..LimitArgs::default()

@@ -4,6 +4,7 @@
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
 //! shape) and [`forward`] (a replica's forwarding to the primary).
+//! [`openapi`] is the OpenAPI document of the whole JSON API.
 
 pub mod agent;
 pub mod agent_auth;
@@ -16,6 +17,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limit;
 pub mod nodes;
+pub mod openapi;
 pub mod output;
 pub mod preview;
 pub mod probes;
@@ -203,6 +205,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/runs/{id}/complete", post(agent::complete))
         .route("/v1/agent/runs/{id}/output", post(agent::output))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -70,6 +70,12 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    request_body = sundial_proto::webhook::WebhookSpec,
+    responses((status = 201, description = "The webhook with its secret (shown this once)", body = sundial_proto::webhook::Webhook))
+)]
 pub async fn create(
     State(app): State<AppState>,
     _: Admin,
@@ -93,6 +99,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(webhook)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    responses((status = 200, description = "Every webhook", body = sundial_proto::List<sundial_proto::webhook::Webhook>))
+)]
 pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<Webhook>>> {
     let items = app
         .store
@@ -107,6 +118,12 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<
     }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 200, description = "The webhook", body = sundial_proto::webhook::Webhook), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn get(
     State(app): State<AppState>,
     _: Admin,
@@ -119,6 +136,12 @@ pub async fn get(
     }
 }
 
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn delete(
     State(app): State<AppState>,
     _: Admin,
@@ -140,6 +163,16 @@ pub struct DeliveryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(
+        ("id" = String, Path, description = "The webhook's id"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+    ),
+    responses((status = 200, description = "Delivery attempts, newest first", body = sundial_proto::List<sundial_proto::webhook::Delivery>), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn deliveries(
     State(app): State<AppState>,
     _: Admin,
@@ -169,6 +202,13 @@ pub async fn deliveries(
 }
 
 /// Sends a `webhook.test` message now; answers with the attempt.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    description = "Sends a `webhook.test` message now.",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 200, description = "The attempt", body = sundial_proto::webhook::Delivery), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn test(
     State(app): State<AppState>,
     _: Admin,

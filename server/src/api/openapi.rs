@@ -1,0 +1,534 @@
+//! The OpenAPI 3.1 document of the JSON API, served without a key at
+//! `GET /v1/openapi.json`. It is generated from the code: the handlers'
+//! `#[utoipa::path]` attributes and the wire types' `ToSchema` derives
+//! (`sundial-proto`). This module owns what those cannot say by themselves:
+//! the security schemes (bearer API key, the agent's `Sundial-HMAC` signature,
+//! the join token), the error responses every operation shares (the JSON
+//! error shape), the shapes of answers the handlers build as JSON values
+//! (nodes, keys, tokens, probes, preview, event pages), and the merge of
+//! `#[serde(flatten)]`ed specs into `Job` and `Webhook`.
+//!
+//! The console under `/ui/` is HTML and not part of this document. A test
+//! (`tests` below) fails when a route of the router or a route named in
+//! `docs/api.md` has no operation here.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use sundial_proto::ErrorBody;
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder, Schema};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sundial",
+        description = "Sundial's JSON API: jobs, runs, events, webhooks, keys, nodes, the agent protocol and the probes. Errors are `{\"error\": {\"code\", \"message\", \"field\"?, \"index\"?}}` (see docs/api.md).",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        serve,
+        super::probes::healthz,
+        super::probes::readyz,
+        super::probes::metrics,
+        super::probes::ha_primary,
+        super::probes::ha_status,
+        super::jobs::list,
+        super::jobs::get,
+        super::jobs::put,
+        super::jobs::delete,
+        super::jobs::pause,
+        super::jobs::resume,
+        super::jobs::trigger,
+        super::apply::apply,
+        super::runs::list,
+        super::runs::get,
+        super::runs::cancel,
+        super::output::output,
+        super::preview::preview,
+        super::events::list,
+        super::events::stream,
+        super::webhooks::list,
+        super::webhooks::create,
+        super::webhooks::get,
+        super::webhooks::delete,
+        super::webhooks::deliveries,
+        super::webhooks::test,
+        super::keys::list,
+        super::keys::create,
+        super::keys::delete,
+        super::nodes::list,
+        super::nodes::get,
+        super::nodes::revoke,
+        super::nodes::list_tokens,
+        super::nodes::create_token,
+        super::nodes::delete_token,
+        super::agent::join,
+        super::agent::register,
+        super::agent::poll,
+        super::agent::heartbeat,
+        super::agent::output,
+        super::agent::complete,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes, &FlattenedSpecs, &SharedErrors),
+    tags(
+        (name = "jobs", description = "Job definitions, bulk apply and schedule preview"),
+        (name = "runs", description = "Runs and their output"),
+        (name = "events", description = "The event feed"),
+        (name = "webhooks", description = "Webhooks (admin scope)"),
+        (name = "keys", description = "API keys (admin scope)"),
+        (name = "nodes", description = "Nodes and join tokens"),
+        (name = "agent", description = "The daemons' protocol (signed, see docs/signing.md)"),
+        (name = "probes", description = "Health, readiness, HA role and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, built once.
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+            format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
+        })
+    })
+}
+
+/// `GET /v1/openapi.json`: this document. No key needed.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "probes",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn serve() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document_json(),
+    )
+}
+
+/// The security schemes: `admin_key` (scopes `admin`/`read` name the key
+/// scope an operation needs), `agent_hmac` and `join_token`.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key: `Authorization: Bearer <key>`. The operation's scope (`admin` or `read`) is the key scope it needs; an `admin` key may do everything.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "agent_hmac",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`Sundial-HMAC node=<id>,ts=<unix seconds>,nonce=<hex>,sig=<hex>`: HMAC-SHA256 with the node key over method, path and query, ts, nonce and SHA-256 of the body; ±5 min skew, nonces are single use (docs/signing.md).",
+            ))),
+        );
+        components.add_security_scheme(
+            "join_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`Sundial-Join <token>`: a join token from `POST /v1/join-tokens`.",
+            ))),
+        );
+    }
+}
+
+/// `Job` and `Webhook` flatten their specs (`#[serde(flatten)]`): their
+/// schemas get the spec's properties, without the spec's refusal of unknown
+/// fields (that holds for requests, and a stored job has more fields).
+struct FlattenedSpecs;
+
+impl FlattenedSpecs {
+    fn merge(doc: &mut utoipa::openapi::OpenApi, into: &str, spec: RefOr<Schema>) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        let (Some(RefOr::T(Schema::Object(target))), RefOr::T(Schema::Object(spec))) =
+            (components.schemas.get_mut(into), spec)
+        else {
+            return;
+        };
+        for (name, schema) in spec.properties {
+            target.properties.entry(name).or_insert(schema);
+        }
+        for name in spec.required {
+            if !target.required.contains(&name) {
+                target.required.push(name);
+            }
+        }
+    }
+}
+
+impl Modify for FlattenedSpecs {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        Self::merge(
+            doc,
+            "Job",
+            <sundial_proto::JobSpec as utoipa::PartialSchema>::schema(),
+        );
+        Self::merge(
+            doc,
+            "Webhook",
+            <sundial_proto::webhook::WebhookSpec as utoipa::PartialSchema>::schema(),
+        );
+    }
+}
+
+/// The refusals every operation of a kind can give, all with the JSON error
+/// shape: added to each operation unless it lists the status itself.
+struct SharedErrors;
+
+impl SharedErrors {
+    fn add(op: &mut Operation, status: &str, description: &str) {
+        if op.responses.responses.contains_key(status) {
+            return;
+        }
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                        "ErrorBody",
+                    ))))
+                    .build(),
+            )
+            .build();
+        op.responses
+            .responses
+            .insert(status.to_string(), RefOr::T(response));
+    }
+
+    fn operation(op: &mut Operation, read_only: bool) {
+        let schemes: Vec<(String, Vec<String>)> = op
+            .security
+            .iter()
+            .flatten()
+            .filter_map(|req| serde_json::to_value(req).ok())
+            .filter_map(|v| serde_json::from_value::<BTreeMap<String, Vec<String>>>(v).ok())
+            .flat_map(|m| m.into_iter())
+            .collect();
+        let has_input =
+            op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        if has_input {
+            Self::add(op, "400", "Bad input: the code names what (`invalid_value`, `invalid_query`, `invalid_id`, `missing_field`, `unknown_field`, ...) and `field` where")
+        }
+        if op.request_body.is_some() {
+            Self::add(
+                op,
+                "413",
+                "The body is larger than the server accepts (`payload_too_large`)",
+            );
+            Self::add(op, "415", "The body is not JSON (`unsupported_media_type`)");
+        }
+        if !schemes.is_empty() {
+            Self::add(
+                op,
+                "401",
+                "Missing, unknown or expired credentials (`unauthorized`)",
+            );
+            Self::add(
+                op,
+                "429",
+                "Too many failed authentications from this source (`rate_limited`); `Retry-After`",
+            );
+        }
+        if schemes
+            .iter()
+            .any(|(name, scopes)| name == "admin_key" && scopes.iter().any(|s| s == "admin"))
+        {
+            Self::add(
+                op,
+                "403",
+                "The key has the read scope; this needs admin (`forbidden`)",
+            );
+        }
+        Self::add(
+            op,
+            "500",
+            "A bug (`internal`); details are in the server log",
+        );
+        Self::add(op, "503", "The database is busy or failing, or no primary can take a write (`database_busy`, `database_io_error`, `not_primary`, `no_primary`, `unavailable`); `Retry-After`");
+        if !read_only {
+            Self::add(
+                op,
+                "507",
+                "The database's disk is full (`disk_full`); nothing was written",
+            );
+        }
+    }
+}
+
+impl Modify for SharedErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let PathItem {
+                get,
+                put,
+                post,
+                delete,
+                ..
+            } = item;
+            for (op, read_only) in [(get, true), (put, false), (post, false), (delete, false)] {
+                if let Some(op) = op.as_mut() {
+                    Self::operation(op, read_only);
+                }
+            }
+        }
+    }
+}
+
+// ---- Shapes of answers the handlers build as JSON values ----
+
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /readyz` when ready.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready`.
+    pub status: String,
+    /// `primary`, `replica` or `standalone`-as-primary.
+    pub role: String,
+    pub epoch: i64,
+}
+
+/// One background loop's health (`/readyz` when not ready).
+#[derive(Serialize, ToSchema)]
+pub struct LoopHealth {
+    #[serde(rename = "loop")]
+    pub name: String,
+    pub healthy: bool,
+    pub failing_for_ms: Option<i64>,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+}
+
+/// `GET /readyz` when not ready.
+#[derive(Serialize, ToSchema)]
+pub struct Unready {
+    /// `unavailable`.
+    pub status: String,
+    pub role: String,
+    pub error: String,
+    pub loops: Vec<LoopHealth>,
+}
+
+/// `GET /v1/ha/primary`.
+#[derive(Serialize, ToSchema)]
+pub struct HaPrimary {
+    pub primary: bool,
+    pub role: String,
+    pub epoch: i64,
+}
+
+/// `GET /v1/ha/status`.
+#[derive(Serialize, ToSchema)]
+pub struct HaStatus {
+    /// `standalone`, `litefs` or `static`.
+    pub mode: String,
+    pub role: String,
+    /// The cluster epoch stored in the database.
+    pub epoch: i64,
+    /// The epoch of this server's current term.
+    pub term_epoch: i64,
+    /// The primary's host name, when known.
+    pub primary: Option<String>,
+    /// The primary's URL, when known.
+    pub primary_url: Option<String>,
+    /// Since when this server has its role.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+/// `GET /v1/schedule/preview`.
+#[derive(Serialize, ToSchema)]
+pub struct Preview {
+    pub schedule: String,
+    pub timezone: String,
+    #[schema(format = DateTime)]
+    pub after: String,
+    #[schema(value_type = Vec<String>)]
+    pub fires: Vec<String>,
+}
+
+/// `GET /v1/events`: a page, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    pub items: Vec<sundial_proto::event::Event>,
+    /// Where to continue (the same value when nothing new happened).
+    pub next_cursor: String,
+    /// More events are ready after this page.
+    pub more: bool,
+}
+
+/// `POST /v1/api-keys`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    /// `admin` or `read`.
+    #[schema(pattern = "^(admin|read)$")]
+    pub scope: String,
+    #[serde(default)]
+    pub name: String,
+    /// Lifetime from now; exclusive with `expires_at`.
+    #[serde(default)]
+    pub expires_in: Option<sundial_proto::Duration>,
+    /// When the key stops working; exclusive with `expires_in`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
+}
+
+/// A key's scope.
+#[allow(dead_code)] // a schema only: the handler answers with a JSON value
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    Admin,
+    Read,
+}
+
+/// The answer to `POST /v1/api-keys`: the only time `key` is shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub id: String,
+    pub scope: KeyScope,
+    pub name: String,
+    pub key: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
+}
+
+/// A stored key, without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct KeyInfo {
+    pub id: String,
+    pub scope: KeyScope,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<String>,
+}
+
+/// `GET /v1/api-keys`.
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub items: Vec<KeyInfo>,
+    /// Always null: one page.
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/join-tokens`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    #[serde(default)]
+    pub name: String,
+    /// How long the token may be used to join [default: 24h].
+    #[serde(default)]
+    pub ttl: Option<sundial_proto::Duration>,
+    /// Joins allowed (unlimited when absent).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub max_uses: Option<u32>,
+}
+
+/// The answer to `POST /v1/join-tokens`: the only time `token` is shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedToken {
+    pub id: String,
+    pub token: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    pub max_uses: Option<u32>,
+}
+
+/// A join token without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// `GET /v1/join-tokens`.
+#[derive(Serialize, ToSchema)]
+pub struct TokenList {
+    pub items: Vec<TokenInfo>,
+    /// Always null: one page.
+    pub next_cursor: Option<String>,
+}
+
+/// A node's status.
+#[allow(dead_code)] // a schema only: the handler answers with a JSON value
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Heard from in the last 2 minutes.
+    Ready,
+    Down,
+    Revoked,
+}
+
+/// A node as the API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub generation: u64,
+    pub revoked: bool,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u32,
+    pub executors: Vec<sundial_proto::ExecutorKind>,
+    pub version: String,
+    #[schema(format = DateTime)]
+    pub joined_at: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen: Option<String>,
+    pub status: NodeStatus,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Serialize, ToSchema)]
+pub struct NodeList {
+    pub items: Vec<NodeView>,
+    /// Always null: one page.
+    pub next_cursor: Option<String>,
+}
+
+/// The answer to `POST /v1/agent/register`.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub node_id: String,
+    /// Heartbeat at least this often (ms) or a lease expires.
+    pub lease_ms: u64,
+}
+
+#[cfg(test)]
+mod tests;

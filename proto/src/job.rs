@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Cron (5 or 6 fields), a macro (`@hourly`…), `@every <duration>` or `@at <RFC3339>`.
+    #[schema(example = "0 30 2 * * *")]
     pub schedule: String,
     /// IANA time zone the schedule is read in.
+    #[schema(example = "Europe/Berlin")]
     #[serde(default = "default_timezone")]
     pub timezone: String,
     pub executor: Executor,

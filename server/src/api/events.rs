@@ -156,7 +156,7 @@ impl Follow {
         ("job" = Option<String>, Query, description = "Only this job's events"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
     ),
-    responses((status = 200, description = "The event stream", body = String, content_type = "text/event-stream"))
+    responses((status = 200, description = "The event stream", body = super::openapi::EventStreamEvent, content_type = "text/event-stream"))
 )]
 pub async fn stream(
     State(app): State<AppState>,

@@ -4,7 +4,8 @@
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
 //! shape) and [`forward`] (a replica's forwarding to the primary).
-//! [`openapi`] is the OpenAPI document of the whole JSON API.
+//! [`openapi`] is the OpenAPI document of the whole JSON API; [`reject`]
+//! gives axum's own plain-text refusals the JSON error shape.
 
 pub mod agent;
 pub mod agent_auth;
@@ -21,6 +22,7 @@ pub mod openapi;
 pub mod output;
 pub mod preview;
 pub mod probes;
+pub mod reject;
 pub mod runs;
 pub mod webhooks;
 
@@ -209,6 +211,7 @@ pub fn router(app: AppState) -> Router {
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(reject::json_errors))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(app.clone(), forward::layer))
         .layer(middleware::from_fn_with_state(app.clone(), track))

@@ -522,6 +522,30 @@ pub struct NodeList {
     pub next_cursor: Option<String>,
 }
 
+/// One Server-Sent Event of `GET /v1/runs/{id}/output?follow=true`.
+#[derive(Serialize, ToSchema)]
+pub struct OutputStreamEvent {
+    /// `output` (new text; `id` is the byte offset after it), `attempt`
+    /// (`{"attempt"}`: a retry began, output starts over), `end`
+    /// (`{"state", "attempt", "exit_code"}`, then the stream closes) or
+    /// `error` (the run could not be read).
+    #[schema(pattern = "^(output|attempt|end|error)$")]
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+/// One Server-Sent Event of `GET /v1/events/stream`.
+#[derive(Serialize, ToSchema)]
+pub struct EventStreamEvent {
+    /// The event's type (`run.failed`, ...).
+    pub event: sundial_proto::event::EventType,
+    /// The event as JSON (the shape of `Event`).
+    pub data: String,
+    /// The event id: resume with `Last-Event-ID`.
+    pub id: String,
+}
+
 /// The answer to `POST /v1/agent/register`.
 #[derive(Serialize, ToSchema)]
 pub struct Registered {

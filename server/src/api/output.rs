@@ -122,7 +122,7 @@ impl Follow {
     ),
     responses(
         (status = 200, description = "The output (text), or its stream with `follow=true`",
-         content((String = "text/plain"), (String = "text/event-stream"))),
+         content((String = "text/plain"), (super::openapi::OutputStreamEvent = "text/event-stream"))),
         (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
     )
 )]

@@ -25,8 +25,8 @@ pub struct PreviewQuery {
     description = "The next fires of a schedule, computed without storing anything.",
     security(("admin_key" = ["read"])),
     params(
-        ("schedule" = String, Query, description = "Cron, macro, `@every <duration>` or `@at <RFC3339>`"),
-        ("timezone" = Option<String>, Query, description = "IANA time zone [default: UTC]"),
+        ("schedule" = String, Query, example = "0 30 2 * * *", description = "Cron, macro, `@every <duration>` or `@at <RFC3339>`"),
+        ("timezone" = Option<String>, Query, example = "Europe/Berlin", description = "IANA time zone [default: UTC]"),
         ("after" = Option<String>, Query, format = DateTime, description = "Start after this instant [default: now]"),
         ("count" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Fires to return [default: 10]"),
     ),

@@ -5,7 +5,7 @@
 //! every refusal the JSON error shape (the document lists each refusal with
 //! that schema, so schema conformance checks it).
 //!
-//! Seeded first: a job, a cancelled run, a webhook, a join token, a joined
+//! Seeded first: two jobs (one for `DELETE`), a cancelled run, a webhook, a join token, a joined
 //! node and a read key; Schemathesis uses their ids for half the path
 //! parameters (a dictionary per resource), so the endpoints behind an id are
 //! exercised beyond `404`.
@@ -45,6 +45,14 @@ fn seed(server: &ServerProc) -> String {
         .call(
             "PUT",
             "/v1/jobs/seed-job",
+            Some(&json!({"schedule": "@every 1h", "executor": {"type": "exec", "argv": ["true"]}})),
+        )
+        .unwrap();
+    assert_eq!(status, 201);
+    let (status, _) = server
+        .call(
+            "PUT",
+            "/v1/jobs/doomed-job",
             Some(&json!({"schedule": "@every 1h", "executor": {"type": "exec", "argv": ["true"]}})),
         )
         .unwrap();
@@ -89,6 +97,15 @@ fn seed(server: &ServerProc) -> String {
             "^/v1/jobs/\\\\{id\\\\}",
             "seed-job".to_string(),
             0.5,
+        ),
+        // Deleting the job would delete its run too and leave the rest of
+        // the run 404s: `DELETE /v1/jobs/{id}` gets a job of its own, always
+        // (ids learnt from `GET /v1/jobs` would otherwise include seed-job).
+        (
+            "doomed",
+            "^/v1/jobs/\\\\{id\\\\}$",
+            "doomed-job".to_string(),
+            1.0,
         ),
         ("runs", "^/v1/runs/\\\\{id\\\\}$", run_id.to_string(), 0.5),
         (
@@ -136,6 +153,11 @@ fn seed(server: &ServerProc) -> String {
              [[operations]]\ninclude-path-regex = \"{regex}\"\n\
              parameters = {{ \"path.id\" = {{ dictionary = \"{name}\", probability = {probability} }} }}\n"
         ));
+        match name {
+            "jobs" => config.push_str("exclude-method = \"DELETE\"\n"),
+            "doomed" => config.push_str("include-method = \"DELETE\"\n"),
+            _ => {}
+        }
         config.push('\n');
     }
     config

@@ -11,6 +11,12 @@ use std::collections::BTreeMap;
 /// The body of `PUT /v1/jobs/{id}`. Defaults are filled in by serde, so the
 /// stored form of a spec is always complete and canonical.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({
+    "schedule": "0 30 2 * * *", "timezone": "Europe/Berlin",
+    "executor": {"type": "exec", "argv": ["/usr/local/bin/report", "--daily"]},
+    "concurrency": "forbid", "retries": {"max": 3, "backoff": "10s", "max_backoff": "5m"},
+    "description": "Nightly sales report"
+}))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Cron (5 or 6 fields), a macro (`@hourly`…), `@every <duration>` or `@at <RFC3339>`.

@@ -93,10 +93,42 @@ pub struct ApiDoc;
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
-            format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
-        })
+        serde_json::to_value(ApiDoc::openapi())
+            .and_then(|mut doc| {
+                unsigned_bounds(&mut doc);
+                serde_json::to_string(&doc)
+            })
+            .unwrap_or_else(|e| {
+                format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"{e}\"}}}}")
+            })
     })
+}
+
+/// Unsigned integers: utoipa names their formats `u-int32` and the like,
+/// which no validator knows (and its default, `int32` for a `u32`, would
+/// refuse values the server takes). Each becomes its real range instead.
+fn unsigned_bounds(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let max = match map.get("format").and_then(|f| f.as_str()) {
+                Some("u-int8") => Some(Some(u64::from(u8::MAX))),
+                Some("u-int16") => Some(Some(u64::from(u16::MAX))),
+                Some("u-int32") => Some(Some(u64::from(u32::MAX))),
+                Some("u-int64") => Some(None),
+                _ => None,
+            };
+            if let Some(max) = max {
+                map.remove("format");
+                map.entry("minimum").or_insert(0.into());
+                if let Some(max) = max {
+                    map.entry("maximum").or_insert(max.into());
+                }
+            }
+            map.values_mut().for_each(unsigned_bounds);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unsigned_bounds),
+        _ => {}
+    }
 }
 
 /// `GET /v1/openapi.json`: this document. No key needed.

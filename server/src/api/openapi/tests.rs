@@ -244,3 +244,16 @@ fn job_schema_has_the_flattened_spec() {
     let spec = &doc["components"]["schemas"]["JobSpec"];
     assert_eq!(spec["additionalProperties"], false, "{spec}");
 }
+
+/// Unsigned integers carry their range, not utoipa's `u-int32` formats.
+#[test]
+fn unsigned_integers_have_their_range() {
+    let doc = document_json();
+    assert!(!doc.contains("u-int"), "an unknown integer format is left");
+    let doc: serde_json::Value = serde_json::from_str(doc).unwrap();
+    let max_uses = &doc["components"]["schemas"]["NewToken"]["properties"]["max_uses"];
+    assert_eq!(max_uses["minimum"], 1, "{max_uses}");
+    assert_eq!(max_uses["maximum"], 4_294_967_295u64, "{max_uses}");
+    let generation = &doc["components"]["schemas"]["NodeView"]["properties"]["generation"];
+    assert_eq!(generation["minimum"], 0, "{generation}");
+}

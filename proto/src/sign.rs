@@ -235,6 +235,32 @@ mod tests {
     }
 
     proptest! {
+        /// No header value makes the parser panic; whatever parses renders
+        /// back to a value that parses to the same fields.
+        #[test]
+        fn header_parse_never_panics(
+            value in prop_oneof![
+                ".{0,120}",
+                "Sundial-HMAC ((node|ts|nonce|sig|x)=[-0-9a-zA-Z=,. ]{0,70},?){0,5}",
+            ],
+        ) {
+            if let Some(h) = AuthHeader::parse(&value) {
+                prop_assert_eq!(AuthHeader::parse(&h.render()), Some(h));
+            }
+        }
+
+        /// parse ∘ render is the identity on well-formed headers.
+        #[test]
+        fn header_render_parse_round_trips(
+            node in "[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+            ts in any::<i64>(),
+            nonce in "[0-9a-fA-F]{16,64}",
+            sig in "[0-9a-f]{64}",
+        ) {
+            let h = AuthHeader { node, ts, nonce, sig };
+            prop_assert_eq!(AuthHeader::parse(&h.render()), Some(h));
+        }
+
         #[test]
         fn sign_verify_and_tamper(
             method in "(GET|POST|PUT)",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Body format of a delivery.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// The event JSON as the event API returns it.
@@ -44,7 +44,7 @@ impl std::str::FromStr for Format {
 /// Which jobs' events a webhook receives: those of the listed job ids
 /// and/or of jobs carrying all the listed job labels (empty: every job, and
 /// events that are about no job).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSelector {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -60,7 +60,7 @@ impl JobSelector {
 }
 
 /// `POST /v1/webhooks`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     pub url: String,
@@ -75,17 +75,21 @@ pub struct WebhookSpec {
 }
 
 /// A webhook as the API shows it (the secret only once, at creation).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Webhook {
     pub id: String,
+    /// Described by the spec's schema, merged in (see the server's OpenAPI document).
+    #[schema(ignore)]
     #[serde(flatten)]
     pub spec: WebhookSpec,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub created_at: i64,
     /// Id of the newest event handled (delivered, or given up on).
     pub cursor: i64,
     /// Attempts made at the event now being delivered (0 when idle).
     pub attempts: u32,
+    #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "crate::time::rfc3339_opt")]
     pub next_attempt_at: Option<i64>,
     pub last_error: Option<String>,
@@ -95,7 +99,7 @@ pub struct Webhook {
 }
 
 /// How one delivery attempt went.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryOutcome {
     /// The receiver answered 2xx.
@@ -129,13 +133,14 @@ impl std::str::FromStr for DeliveryOutcome {
 }
 
 /// One delivery attempt (`GET /v1/webhooks/{id}/deliveries`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: i64,
     /// The `webhook-id` sent: the event id (or `test_…` for a test).
     pub message_id: String,
     pub event_id: Option<i64>,
     pub attempt: u32,
+    #[schema(value_type = String, format = DateTime)]
     #[serde(with = "crate::time::rfc3339")]
     pub at: i64,
     /// The receiver's HTTP status; null when no answer came.

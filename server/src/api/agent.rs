@@ -31,6 +31,13 @@ pub const JOIN_SCHEME: &str = "Sundial-Join ";
 /// Longest long-poll the server holds.
 pub const MAX_WAIT_MS: u64 = 60_000;
 
+#[utoipa::path(
+    post, path = "/v1/agent/join", tag = "agent",
+    description = "Trades a join token (`Authorization: Sundial-Join <token>`) for a node credential.",
+    security(("join_token" = [])),
+    request_body = sundial_proto::agent::JoinRequest,
+    responses((status = 201, description = "The node credential", body = sundial_proto::agent::Credential))
+)]
 pub async fn join(
     State(app): State<AppState>,
     extensions: axum::http::Extensions,
@@ -95,6 +102,12 @@ pub async fn join(
     ))
 }
 
+#[utoipa::path(
+    post, path = "/v1/agent/register", tag = "agent",
+    security(("agent_hmac" = [])),
+    request_body = sundial_proto::agent::RegisterRequest,
+    responses((status = 200, description = "Registered", body = super::openapi::Registered))
+)]
 pub async fn register(
     State(app): State<AppState>,
     signed: Signed<RegisterRequest>,
@@ -142,6 +155,13 @@ pub async fn register(
     ))
 }
 
+#[utoipa::path(
+    post, path = "/v1/agent/poll", tag = "agent",
+    description = "Long-poll for assigned runs (at most `wait_ms`, capped at 60 s).",
+    security(("agent_hmac" = [])),
+    request_body = sundial_proto::agent::PollRequest,
+    responses((status = 200, description = "Assigned runs (possibly none)", body = sundial_proto::agent::PollResponse))
+)]
 pub async fn poll(
     State(app): State<AppState>,
     signed: Signed<PollRequest>,
@@ -172,6 +192,17 @@ fn run_call_error(e: RunCall, id: i64) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/agent/runs/{id}/heartbeat", tag = "agent",
+    security(("agent_hmac" = [])),
+    params(("id" = String, Path, description = "The run's id")),
+    request_body = sundial_proto::agent::HeartbeatRequest,
+    responses(
+        (status = 200, description = "Lease extended", body = sundial_proto::agent::HeartbeatResponse),
+        (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The attempt is no longer this node's (`stale`)", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -193,6 +224,17 @@ pub async fn heartbeat(
 }
 
 /// Live output of a running attempt (`OutputRequest`).
+#[utoipa::path(
+    post, path = "/v1/agent/runs/{id}/output", tag = "agent",
+    security(("agent_hmac" = [])),
+    params(("id" = String, Path, description = "The run's id")),
+    request_body = sundial_proto::agent::OutputRequest,
+    responses(
+        (status = 200, description = "Stored", body = sundial_proto::agent::OutputResponse),
+        (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The attempt is no longer this node's (`stale`)", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn output(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -209,6 +251,18 @@ pub async fn output(
     Ok(Json(OutputResponse { stored }))
 }
 
+#[utoipa::path(
+    post, path = "/v1/agent/runs/{id}/complete", tag = "agent",
+    description = "Records an attempt's result (idempotent).",
+    security(("agent_hmac" = [])),
+    params(("id" = String, Path, description = "The run's id")),
+    request_body = sundial_proto::agent::CompleteRequest,
+    responses(
+        (status = 200, description = "`recorded`, `duplicate` or `stale`", body = sundial_proto::agent::CompleteResponse),
+        (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The attempt is not running on this node", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn complete(
     State(app): State<AppState>,
     Path(raw): Path<String>,
@@ -244,6 +298,15 @@ pub async fn complete(
 /// `POST /v1/agent/complete`: several results in one signed request and one
 /// transaction; each is handled as `/runs/{id}/complete` would handle it,
 /// and answered with its own status.
+#[utoipa::path(
+    post, path = "/v1/agent/complete", tag = "agent",
+    description = "Records several attempts' results in one transaction (each idempotent); one status per result, in order.",
+    security(("agent_hmac" = [])),
+    request_body = sundial_proto::agent::CompleteBatch,
+    responses(
+        (status = 200, description = "One status per result: `recorded`, `duplicate`, `stale` or `not_found`", body = sundial_proto::agent::CompleteBatchResponse),
+    )
+)]
 pub async fn complete_many(
     State(app): State<AppState>,
     signed: Signed<CompleteBatch>,

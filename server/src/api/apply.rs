@@ -198,6 +198,17 @@ fn prune_selector(prune: Option<Prune>) -> Result<Option<BTreeMap<String, String
     Ok(Some(prune.labels))
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs:apply", tag = "jobs",
+    description = "Bulk apply in one transaction (all or nothing); errors carry `index` and `field`.",
+    security(("admin_key" = ["admin"])),
+    request_body = sundial_proto::ApplyRequest,
+    responses(
+        (status = 200, description = "The plan, and whether it was written", body = sundial_proto::ApplyResponse),
+        (status = 404, description = "A chain names an unknown upstream job", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The apply conflicts with the stored jobs", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn apply(
     State(app): State<AppState>,
     Admin(actor): Admin,

@@ -64,6 +64,21 @@ fn filter(q: &AuditQuery) -> ApiResult<Filter> {
 
 /// `GET /v1/audit`: a page of audit rows, newest first; `next_cursor` is
 /// null on the last page.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    description = "A page of audit rows (one per admin mutation), newest first.",
+    security(("admin_key" = ["admin"])),
+    params(
+        ("action" = Option<String>, Query, description = "Comma-separated action names (`job.put,job.delete`)"),
+        ("target" = Option<String>, Query, description = "The job, run, key, token, node or webhook id a row is about"),
+        ("key" = Option<String>, Query, description = "The acting key's id"),
+        ("since" = Option<String>, Query, description = "RFC 3339: rows at or after this instant"),
+        ("until" = Option<String>, Query, description = "RFC 3339: rows before this instant"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+    ),
+    responses((status = 200, description = "A page of audit rows", body = super::openapi::AuditPage))
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Admin,

@@ -70,6 +70,18 @@ fn filter(q: &EventQuery) -> ApiResult<Filter> {
 /// `GET /v1/events`: `{"items": [...], "next_cursor": "<id>"}`, oldest first.
 /// A feed never ends: `next_cursor` is where to continue (the same value
 /// when nothing new has happened yet).
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    description = "A page of events, oldest first.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("after" = Option<String>, Query, description = "Event id to continue after (a non-negative integer)"),
+        ("type" = Option<String>, Query, description = "Comma-separated types or families (`run.failed,job.*`)"),
+        ("job" = Option<String>, Query, description = "Only this job's events"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+    ),
+    responses((status = 200, description = "A page of events", body = super::openapi::EventPage))
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Reader,
@@ -134,6 +146,18 @@ impl Follow {
 /// `GET /v1/events/stream`: SSE with `id:` = event id, `event:` = type,
 /// `data:` = the event JSON. Starts after `Last-Event-ID` (or `?after=`);
 /// without either, at the newest event (only what happens from now on).
+#[utoipa::path(
+    get, path = "/v1/events/stream", tag = "events",
+    description = "Server-Sent Events: `id:` = event id, `event:` = type, `data:` = the event JSON.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("after" = Option<String>, Query, description = "Event id to start after [default: the newest]"),
+        ("type" = Option<String>, Query, description = "Comma-separated types or families"),
+        ("job" = Option<String>, Query, description = "Only this job's events"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses((status = 200, description = "The event stream", body = super::openapi::EventStreamEvent, content_type = "text/event-stream"))
+)]
 pub async fn stream(
     State(app): State<AppState>,
     _: Reader,

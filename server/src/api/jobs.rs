@@ -21,6 +21,17 @@ use sundial_proto::{Job, JobSpec, List, Run, Trigger};
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 1000;
 
+#[utoipa::path(
+    put, path = "/v1/jobs/{id}", tag = "jobs",
+    description = "Creates or updates a job (idempotent).",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = sundial_proto::JobSpec,
+    responses(
+        (status = 200, description = "Updated (or unchanged)", body = sundial_proto::Job),
+        (status = 201, description = "Created", body = sundial_proto::Job),
+    )
+)]
 pub async fn put(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -52,6 +63,15 @@ pub async fn put(
     Ok((status, Json(job)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    security(("admin_key" = ["read"])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = sundial_proto::Job),
+        (status = 404, description = "No such job", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn get(
     State(app): State<AppState>,
     _: Reader,
@@ -79,6 +99,17 @@ pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    description = "Jobs, newest first.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+        ("label" = Option<Vec<String>>, Query, explode = true, description = "`key=value` job label; repeatable, all must match"),
+    ),
+    responses((status = 200, description = "A page of jobs", body = sundial_proto::List<sundial_proto::Job>))
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Reader,
@@ -136,6 +167,13 @@ fn label_selector(
     Ok((selector, Some(rest)))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}", tag = "jobs",
+    description = "Deletes the job and its runs.",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -192,6 +230,12 @@ async fn set_paused(
     Ok(Json(job))
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/pause", tag = "jobs",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The paused job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
+)]
 pub async fn pause(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -200,6 +244,12 @@ pub async fn pause(
     set_paused(app, actor, id, true).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/resume", tag = "jobs",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The resumed job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
+)]
 pub async fn resume(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -211,6 +261,17 @@ pub async fn resume(
 /// Creates a manual slot now (one per live matching node for a broadcast
 /// job). A manual trigger is its own slot: it never collides with a scheduled
 /// one, and two triggers in one millisecond get consecutive instants.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/trigger", tag = "jobs",
+    description = "Creates a manual slot now.",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 201, description = "The new run", body = sundial_proto::Run),
+        (status = 404, description = "No such job", body = sundial_proto::ErrorBody),
+        (status = 409, description = "A broadcast job with no live matching node (`no_eligible_nodes`)", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn trigger(
     State(app): State<AppState>,
     Admin(actor): Admin,

@@ -51,6 +51,12 @@ fn expiry(req: &NewKey, now: i64) -> ApiResult<Option<i64>> {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/api-keys", tag = "keys",
+    security(("admin_key" = ["admin"])),
+    request_body = super::openapi::NewKey,
+    responses((status = 201, description = "The key, with its secret (shown this once)", body = super::openapi::CreatedKey))
+)]
 pub async fn create(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -101,11 +107,26 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/v1/api-keys", tag = "keys",
+    security(("admin_key" = ["admin"])),
+    responses((status = 200, description = "Every key, without secrets", body = super::openapi::KeyList))
+)]
 pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
     let items: Vec<KeyInfo> = app.store.read(keys::list).await?;
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{id}", tag = "keys",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such key", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The last admin key cannot be deleted", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Admin(actor): Admin,

@@ -5,6 +5,8 @@
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
 //! shape), [`forward`] (a replica's forwarding to the primary) and
 //! [`overload`] (concurrency budgets, body and handler timeouts).
+//! [`openapi`] is the OpenAPI document of the whole JSON API; [`reject`]
+//! gives axum's own plain-text refusals the JSON error shape.
 
 pub mod agent;
 pub mod agent_auth;
@@ -18,11 +20,13 @@ pub mod jobs;
 pub mod keys;
 pub mod limit;
 pub mod nodes;
+pub mod openapi;
 pub mod origin;
 pub mod output;
 pub mod overload;
 pub mod preview;
 pub mod probes;
+pub mod reject;
 pub mod runs;
 pub mod webhooks;
 
@@ -209,9 +213,11 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/runs/{id}/complete", post(agent::complete))
         .route("/v1/agent/runs/{id}/output", post(agent::output))
         .route("/v1/agent/complete", post(agent::complete_many))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(reject::json_errors))
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(app.clone(), forward::layer))
         .layer(middleware::from_fn_with_state(

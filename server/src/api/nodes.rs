@@ -45,6 +45,11 @@ pub(crate) fn live_view(app: &AppState, mut n: Node) -> Node {
     n
 }
 
+#[utoipa::path(
+    get, path = "/v1/nodes", tag = "nodes",
+    security(("admin_key" = ["read"])),
+    responses((status = 200, description = "Every node", body = super::openapi::NodeList))
+)]
 pub async fn list(State(app): State<AppState>, _: Reader) -> ApiResult<Json<Value>> {
     let all = app.store.read(nodes::list).await?;
     let now = now_ms();
@@ -55,6 +60,12 @@ pub async fn list(State(app): State<AppState>, _: Reader) -> ApiResult<Json<Valu
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
+#[utoipa::path(
+    get, path = "/v1/nodes/{id}", tag = "nodes",
+    security(("admin_key" = ["read"])),
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 200, description = "The node", body = super::openapi::NodeView), (status = 404, description = "No such node", body = sundial_proto::ErrorBody))
+)]
 pub async fn get(
     State(app): State<AppState>,
     _: Reader,
@@ -71,6 +82,13 @@ pub async fn get(
 
 /// Revokes a node: its generation is bumped, so its key stops verifying at
 /// once. The node can join again with a join token (new credential).
+#[utoipa::path(
+    delete, path = "/v1/nodes/{id}", tag = "nodes",
+    description = "Revokes the node: its credential stops working at once.",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No such node", body = sundial_proto::ErrorBody))
+)]
 pub async fn revoke(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -116,6 +134,12 @@ pub struct NewToken {
     max_uses: Option<u32>,
 }
 
+#[utoipa::path(
+    post, path = "/v1/join-tokens", tag = "nodes",
+    security(("admin_key" = ["admin"])),
+    request_body = super::openapi::NewToken,
+    responses((status = 201, description = "The token, with its secret (shown this once)", body = super::openapi::CreatedToken))
+)]
 pub async fn create_token(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -161,11 +185,22 @@ pub async fn create_token(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/v1/join-tokens", tag = "nodes",
+    security(("admin_key" = ["admin"])),
+    responses((status = 200, description = "Every join token, without secrets", body = super::openapi::TokenList))
+)]
 pub async fn list_tokens(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
     let items = app.store.read(tokens::list).await?;
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
+#[utoipa::path(
+    delete, path = "/v1/join-tokens/{id}", tag = "nodes",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The join token's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such join token", body = sundial_proto::ErrorBody))
+)]
 pub async fn delete_token(
     State(app): State<AppState>,
     Admin(actor): Admin,

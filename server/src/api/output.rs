@@ -110,6 +110,22 @@ impl Follow {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/output", tag = "runs",
+    description = "The run's output so far; with `follow=true` a Server-Sent Events stream until the run ends.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("id" = String, Path, description = "The run's id (a positive integer)"),
+        ("follow" = Option<bool>, Query, description = "Stream new output as Server-Sent Events"),
+        ("offset" = Option<u64>, Query, description = "Byte offset to start at"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume a stream after this byte offset"),
+    ),
+    responses(
+        (status = 200, description = "The output (text), or its stream with `follow=true`",
+         content((String = "text/plain"), (super::openapi::OutputStreamEvent = "text/event-stream"))),
+        (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn output(
     State(app): State<AppState>,
     _: Reader,

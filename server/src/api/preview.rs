@@ -20,6 +20,18 @@ pub struct PreviewQuery {
     count: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/schedule/preview", tag = "jobs",
+    description = "The next fires of a schedule, computed without storing anything.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("schedule" = String, Query, example = "0 30 2 * * *", description = "Cron, macro, `@every <duration>` or `@at <RFC3339>`"),
+        ("timezone" = Option<String>, Query, example = "Europe/Berlin", description = "IANA time zone [default: UTC]"),
+        ("after" = Option<String>, Query, format = DateTime, description = "Start after this instant [default: now]"),
+        ("count" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Fires to return [default: 10]"),
+    ),
+    responses((status = 200, description = "The fires", body = super::openapi::Preview))
+)]
 pub async fn preview(
     _: axum::extract::State<AppState>,
     _: Reader,

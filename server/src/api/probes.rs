@@ -15,6 +15,11 @@ use sundial_proto::time::format_ms;
 use sundial_proto::RunState;
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "probes",
+    description = "Liveness: the process answers. No key needed.",
+    responses((status = 200, description = "The process runs", body = super::openapi::Health))
+)]
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
@@ -22,6 +27,14 @@ pub async fn healthz() -> impl IntoResponse {
 /// Readiness: the database answers a query, the role is known, and on the
 /// primary neither the scheduler nor the lease reaper has been failing for
 /// longer than `--stall-after`.
+#[utoipa::path(
+    get, path = "/readyz", tag = "probes",
+    description = "Readiness: the database answers and the role is known (and on the primary no background loop has stalled). No key needed.",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Ready),
+        (status = 503, description = "Not ready", body = super::openapi::Unready),
+    )
+)]
 pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     let role = app.role();
     let unavailable = |error: String| {
@@ -58,6 +71,11 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition; stored-data gauges are refreshed first.
+#[utoipa::path(
+    get, path = "/metrics", tag = "probes",
+    description = "Prometheus text exposition (see docs/operations.md). No key needed.",
+    responses((status = 200, description = "Metrics", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     let snapshot = app
         .store
@@ -100,6 +118,14 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 /// 200 only on the primary (the load balancer's health check); 503 elsewhere.
+#[utoipa::path(
+    get, path = "/v1/ha/primary", tag = "probes",
+    description = "200 only on the primary (the load balancer's health check). No key needed.",
+    responses(
+        (status = 200, description = "This server is the primary", body = super::openapi::HaPrimary),
+        (status = 503, description = "This server is not the primary", body = super::openapi::HaPrimary),
+    )
+)]
 pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
     let st = app.ha_state();
     let primary = st.role == Role::Primary && app.store.is_writer();
@@ -115,6 +141,11 @@ pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
 }
 
 /// Role, epoch, primary and since when.
+#[utoipa::path(
+    get, path = "/v1/ha/status", tag = "probes",
+    security(("admin_key" = ["read"])),
+    responses((status = 200, description = "Mode, role, epoch and primary", body = super::openapi::HaStatus))
+)]
 pub async fn ha_status(State(app): State<AppState>, _: Reader) -> ApiResult<impl IntoResponse> {
     let st = app.ha_state();
     let stored_epoch = app.store.read(store::epoch).await.ok();

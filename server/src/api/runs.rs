@@ -29,6 +29,22 @@ fn run_id(raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }
 
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs",
+    description = "Runs, newest first.",
+    security(("admin_key" = ["read"])),
+    params(
+        ("job" = Option<String>, Query, description = "Only this job's runs"),
+        ("state" = Option<sundial_proto::RunState>, Query, description = "Only runs in this state"),
+        ("node" = Option<String>, Query, description = "Only runs of this node"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+    ),
+    responses(
+        (status = 200, description = "A page of runs", body = sundial_proto::List<sundial_proto::Run>),
+        (status = 404, description = "Unknown job", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn list(
     State(app): State<AppState>,
     _: Reader,
@@ -69,6 +85,12 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    security(("admin_key" = ["read"])),
+    params(("id" = String, Path, description = "The run's id (a positive integer)")),
+    responses((status = 200, description = "The run", body = sundial_proto::Run), (status = 404, description = "No such run", body = sundial_proto::ErrorBody))
+)]
 pub async fn get(
     State(app): State<AppState>,
     _: Reader,
@@ -84,6 +106,16 @@ pub async fn get(
 
 /// Cancels a pending run at once; a running one is told to stop at its next
 /// heartbeat. Cancelling a finished run is a conflict.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The run's id (a positive integer)")),
+    responses(
+        (status = 200, description = "The run, cancelled (or told to stop)", body = sundial_proto::Run),
+        (status = 404, description = "No such run", body = sundial_proto::ErrorBody),
+        (status = 409, description = "The run already finished", body = sundial_proto::ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     Admin(actor): Admin,

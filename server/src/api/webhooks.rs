@@ -71,6 +71,12 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/v1/webhooks", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    request_body = sundial_proto::webhook::WebhookSpec,
+    responses((status = 201, description = "The webhook with its secret (shown this once)", body = sundial_proto::webhook::Webhook))
+)]
 pub async fn create(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -108,6 +114,11 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(webhook)))
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    responses((status = 200, description = "Every webhook", body = sundial_proto::List<sundial_proto::webhook::Webhook>))
+)]
 pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<Webhook>>> {
     let items = app
         .store
@@ -122,6 +133,12 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<
     }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 200, description = "The webhook", body = sundial_proto::webhook::Webhook), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn get(
     State(app): State<AppState>,
     _: Admin,
@@ -134,6 +151,12 @@ pub async fn get(
     }
 }
 
+#[utoipa::path(
+    delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Admin(actor): Admin,
@@ -170,6 +193,16 @@ pub struct DeliveryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    security(("admin_key" = ["admin"])),
+    params(
+        ("id" = String, Path, description = "The webhook's id"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+    ),
+    responses((status = 200, description = "Delivery attempts, newest first", body = sundial_proto::List<sundial_proto::webhook::Delivery>), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn deliveries(
     State(app): State<AppState>,
     _: Admin,
@@ -199,6 +232,13 @@ pub async fn deliveries(
 }
 
 /// Sends a `webhook.test` message now; answers with the attempt.
+#[utoipa::path(
+    post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    description = "Sends a `webhook.test` message now.",
+    security(("admin_key" = ["admin"])),
+    params(("id" = String, Path, description = "The webhook's id")),
+    responses((status = 200, description = "The attempt", body = sundial_proto::webhook::Delivery), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
+)]
 pub async fn test(
     State(app): State<AppState>,
     Admin(actor): Admin,

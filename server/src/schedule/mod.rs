@@ -229,6 +229,43 @@ impl Schedule {
     }
 }
 
+/// The canonical text of a schedule (without its time zone): a cron pattern
+/// as written (trimmed; a macro such as `@hourly` as the pattern it stands for), `@every` with its period in the largest units first
+/// (`@every 1h30m`, `@every 1500ms` prints `@every 1s500ms`), `@at` as an RFC 3339
+/// UTC instant with milliseconds. Parsing the printed text in the same zone
+/// gives the same schedule.
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Cron { cron, .. } => f.write_str(cron.as_str()),
+            Kind::Every { period } => {
+                f.write_str("@every ")?;
+                write_period(f, *period)
+            }
+            Kind::At { at } => write!(f, "@at {}", sundial_proto::time::format_ms(*at)),
+        }
+    }
+}
+
+/// Writes milliseconds as `1d2h3m4s5ms` (largest units first, zero units left out).
+fn write_period(f: &mut std::fmt::Formatter<'_>, ms: i64) -> std::fmt::Result {
+    const UNITS: [(i64, &str); 5] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut rest = ms;
+    for (size, unit) in UNITS {
+        if rest >= size {
+            write!(f, "{}{}", rest / size, unit)?;
+            rest %= size;
+        }
+    }
+    Ok(())
+}
+
 /// Whole seconds at or before `ms`, as a UTC instant.
 fn floor_second(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::<Utc>::from_timestamp(ms.div_euclid(1000), 0)

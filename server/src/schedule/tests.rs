@@ -446,3 +446,108 @@ fn next_after_is_cheap() {
         started.elapsed()
     );
 }
+
+/// A cron field: `*`, `*/n`, `a`, `a-b` or `a,b` over `lo..=hi`.
+fn cron_field(lo: u32, hi: u32) -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("*".to_string()),
+        (1..=hi.max(2)).prop_map(|n| format!("*/{n}")),
+        (lo..=hi).prop_map(|a| a.to_string()),
+        (lo..=hi, lo..=hi).prop_map(|(a, b)| format!("{}-{}", a.min(b), a.max(b))),
+        (lo..=hi, lo..=hi).prop_map(|(a, b)| format!("{a},{b}")),
+    ]
+}
+
+/// Valid schedules: 5- and 6-field cron (days of month up to 28, so every
+/// pattern matches some date), macros, `@every` and `@at`.
+fn valid_schedule() -> impl Strategy<Value = String> {
+    let five = || {
+        (
+            cron_field(0, 59),
+            cron_field(0, 23),
+            cron_field(1, 28),
+            cron_field(1, 12),
+            cron_field(0, 6),
+        )
+            .prop_map(|(m, h, dom, mon, dow)| format!("{m} {h} {dom} {mon} {dow}"))
+    };
+    let six = (cron_field(0, 59), five()).prop_map(|(s, rest)| format!("{s} {rest}"));
+    let every = (0u64..400, 0u64..30, 0u64..70, 0u64..70, 0u64..1500)
+        .prop_filter("positive", |(d, h, m, s, ms)| d + h + m + s + ms > 0)
+        .prop_map(|(d, h, m, s, ms)| {
+            let mut text = String::from("@every ");
+            for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {
+                if n > 0 {
+                    text.push_str(&format!("{n}{unit}"));
+                }
+            }
+            text
+        });
+    let at = (0i64..253_402_300_799_000, -14i32 * 60..=14 * 60).prop_map(|(ms, off_min)| {
+        let offset = chrono::FixedOffset::east_opt(off_min * 60).unwrap();
+        let t = chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .with_timezone(&offset);
+        format!("@at {}", t.to_rfc3339())
+    });
+    let macros = prop_oneof![
+        Just("@hourly".to_string()),
+        Just("@daily".to_string()),
+        Just("@weekly".to_string()),
+        Just("@monthly".to_string()),
+        Just("@yearly".to_string()),
+    ];
+    prop_oneof![five(), six, every, at, macros]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// No input makes the parser (or the first fire after a parse) panic.
+    #[test]
+    fn parse_never_panics(
+        expr in prop_oneof![
+            ".{0,40}",
+            "@(every|at|hourly|daily|Every|AT)? ?[-0-9a-zA-Z:.+ ]{0,30}",
+            "([0-9*/,LW#?-]{1,6} ){4,6}[0-9*/,-]{0,4}",
+        ],
+        zone in prop_oneof![".{0,20}", (0..ZONES.len()).prop_map(|z| ZONES[z].to_string())],
+        t in 0i64..4_102_444_800_000,
+    ) {
+        if let Ok(s) = Schedule::parse(&expr, &zone) {
+            let _ = s.next_after(t);
+            let _ = s.to_string();
+        }
+    }
+
+    /// parse ∘ print: printing a parsed schedule and parsing that again gives
+    /// the same text and the same fires.
+    #[test]
+    fn print_parse_round_trips(
+        expr in valid_schedule(),
+        z in 0..ZONES.len(),
+        t in 1_577_836_800_000i64..2_082_758_400_000i64,
+    ) {
+        let s = Schedule::parse(&expr, ZONES[z]).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let printed = s.to_string();
+        let back = Schedule::parse(&printed, ZONES[z])
+            .map_err(|e| TestCaseError::fail(format!("{printed:?} does not parse: {e}")))?;
+        prop_assert_eq!(back.to_string(), printed.clone());
+        prop_assert_eq!(back.next_after(t), s.next_after(t), "{} vs {}", expr, printed);
+        prop_assert_eq!(back.is_one_shot(), s.is_one_shot());
+    }
+}
+
+#[test]
+fn prints_the_canonical_form() {
+    let p = |e: &str| Schedule::parse(e, "UTC").unwrap().to_string();
+    assert_eq!(p("  0 30 2 * * * "), "0 30 2 * * *");
+    assert_eq!(p("@every 90m"), "@every 1h30m");
+    assert_eq!(p("@EVERY 1500ms"), "@every 1s500ms");
+    assert_eq!(
+        p("@at 2027-01-01T01:00:00+01:00"),
+        "@at 2027-01-01T00:00:00.000Z"
+    );
+    // Macros print as the cron pattern they stand for.
+    assert_eq!(p("@hourly"), "0 * * * *");
+}

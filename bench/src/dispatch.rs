@@ -40,12 +40,18 @@ pub struct Args {
 /// Real `sundial-daemon` processes, spawned as the e2e harness does but with
 /// their PIDs at hand for CPU accounting. Stopped by PID: SIGTERM (drain),
 /// bounded wait, then SIGKILL.
-struct Daemons {
+pub(crate) struct Daemons {
     children: Vec<Child>,
 }
 
 impl Daemons {
-    fn start(dir: &Path, base: &str, token: &str, count: usize, capacity: u32) -> Result<Daemons> {
+    pub(crate) fn start(
+        dir: &Path,
+        base: &str,
+        token: &str,
+        count: usize,
+        capacity: u32,
+    ) -> Result<Daemons> {
         let exe = binary("sundial-daemon")?;
         let mut d = Daemons {
             children: Vec::with_capacity(count),
@@ -94,7 +100,7 @@ impl Daemons {
     }
 
     /// SIGTERM to each daemon by PID, then a bounded wait for all of them.
-    fn terminate(mut self, timeout: Duration) -> Result<()> {
+    pub(crate) fn terminate(mut self, timeout: Duration) -> Result<()> {
         for c in &self.children {
             Command::new("kill")
                 .arg("-TERM")
@@ -133,7 +139,7 @@ impl Drop for Daemons {
 }
 
 /// Waits (bounded) until `count` nodes registered with `capacity`.
-fn wait_registered(server: &ServerProc, count: usize, capacity: u32) -> Result<()> {
+pub(crate) fn wait_registered(server: &ServerProc, count: usize, capacity: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = server.call("GET", "/v1/nodes", None)?;
@@ -158,15 +164,15 @@ fn wait_registered(server: &ServerProc, count: usize, capacity: u32) -> Result<(
 /// A keep-alive HTTP/1.1 responder on loopback for `http` executor jobs:
 /// answers every request with `200 ok`. Runs on its own one-thread runtime;
 /// stops when dropped.
-struct Responder {
-    port: u16,
+pub(crate) struct Responder {
+    pub(crate) port: u16,
     rt: Option<tokio::runtime::Runtime>,
 }
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 impl Responder {
-    fn start() -> Result<Responder> {
+    pub(crate) fn start() -> Result<Responder> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bench-responder")
@@ -262,16 +268,16 @@ fn cpu_now(server: u32, daemons: &Daemons) -> Result<Cpu> {
 }
 
 /// One run scheduled inside a step's window, as read back from the database.
-struct RunRow {
-    scheduled_for: i64,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    state: String,
-    node: Option<String>,
+pub(crate) struct RunRow {
+    pub(crate) scheduled_for: i64,
+    pub(crate) created_at: i64,
+    pub(crate) started_at: Option<i64>,
+    pub(crate) finished_at: Option<i64>,
+    pub(crate) state: String,
+    pub(crate) node: Option<String>,
 }
 
-fn window_runs(db: &Path, from: i64, to: i64) -> Result<Vec<RunRow>> {
+pub(crate) fn window_runs(db: &Path, from: i64, to: i64) -> Result<Vec<RunRow>> {
     let conn = open_ro(db)?;
     let mut stmt = conn.prepare(
         "SELECT scheduled_for, created_at, started_at, finished_at, state, assigned_node FROM runs
@@ -343,7 +349,7 @@ struct Step {
     window_s: f64,
 }
 
-fn pct_row(name: &str, values: &mut [i64], target: Option<(i64, &str)>) {
+pub(crate) fn pct_row(name: &str, values: &mut [i64], target: Option<(i64, &str)>) {
     values.sort_unstable();
     let f = |p: f64| percentile(values, p).map_or("-".to_string(), |v| v.to_string());
     let line = format!("{} / {} / {} / {} ms", f(50.0), f(90.0), f(99.0), f(100.0));

@@ -15,6 +15,7 @@ use sundial_bench::{
 };
 use sundial_e2e::{ServerProc, ADMIN_KEY};
 
+mod burst_dispatch;
 mod console;
 mod dispatch;
 mod idle;
@@ -106,6 +107,27 @@ enum Scenario {
         /// Also deliver every run event to a webhook (a local responder).
         #[arg(long)]
         webhook: bool,
+    },
+    /// `--jobs` one-shot jobs due on the same second, run by real daemons:
+    /// are they all started within 1 s?
+    BurstDispatch {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: u64,
+        #[arg(long, default_value_t = 10)]
+        daemons: usize,
+        #[arg(long, default_value_t = 1000)]
+        capacity: u32,
+        /// No-op executor: `exec` (/bin/true) or `http` (GET to a local responder).
+        #[arg(long, default_value = "http")]
+        executor: String,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds from the start of job creation to the due second.
+        #[arg(long, default_value_t = 20)]
+        lead: u64,
+        /// Seconds after the due second before the runs are read back.
+        #[arg(long, default_value_t = 5)]
+        drain: u64,
     },
     /// Server time of the web console's pages over a large database.
     Console {
@@ -205,6 +227,26 @@ fn main() -> Result<()> {
                 executor,
                 clients: clients.max(1),
                 webhook,
+            },
+        ),
+        Scenario::BurstDispatch {
+            jobs,
+            daemons,
+            capacity,
+            executor,
+            clients,
+            lead,
+            drain,
+        } => burst_dispatch::run(
+            &data,
+            &burst_dispatch::Args {
+                jobs: jobs.max(1),
+                daemons: daemons.max(1),
+                capacity: capacity.max(1),
+                executor,
+                clients: clients.max(1),
+                lead: lead.max(2),
+                drain: drain.max(1),
             },
         ),
         Scenario::Console {

@@ -8,8 +8,8 @@ use super::limit;
 use super::AppState;
 use crate::auth::hash_key;
 use crate::registry::NodeInfo;
-use crate::store::lifecycle::{self, Completion, RunCall};
-use crate::store::{nodes, tokens};
+use crate::store::lifecycle::{self, Completion, Queued, RunCall};
+use crate::store::{nodes, tokens, StoreError};
 use crate::validate;
 use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
@@ -277,22 +277,30 @@ pub async fn complete(
         .write(move |c| lifecycle::complete(c, &node, id, &req, now_ms()))
         .await?
         .map_err(|e| run_call_error(e, id))?;
-    let status = match result {
-        Completion::Recorded { requeue, state } => {
-            tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
+    if let Completion::Recorded { requeue, state } = &result {
+        tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
+    }
+    let (status, requeue) = settle(&app, outcome, result);
+    app.dispatcher.enqueue(requeue);
+    Ok(Json(CompleteResponse {
+        status: status.to_string(),
+    }))
+}
+
+/// A completion's wire status; a recorded one is counted, and its runs to
+/// queue (retries, chained runs) are handed back.
+fn settle(app: &AppState, outcome: &str, c: Completion) -> (&'static str, Vec<Queued>) {
+    match c {
+        Completion::Recorded { requeue, .. } => {
             app.metrics
                 .runs_completed
                 .with_label_values(&[outcome])
                 .inc();
-            app.dispatcher.enqueue(requeue);
-            "recorded"
+            ("recorded", requeue)
         }
-        Completion::Duplicate => "duplicate",
-        Completion::Stale => "stale",
-    };
-    Ok(Json(CompleteResponse {
-        status: status.to_string(),
-    }))
+        Completion::Duplicate => ("duplicate", Vec::new()),
+        Completion::Stale => ("stale", Vec::new()),
+    }
 }
 
 /// `POST /v1/agent/complete`: several results in one signed request and one
@@ -323,49 +331,35 @@ pub async fn complete_many(
         ));
     }
     let node = signed.node.id.clone();
-    let (statuses, requeue) = app
+    let answers = app
         .store
         .write(move |c| {
             let now = now_ms();
-            let mut statuses = Vec::with_capacity(results.len());
-            let mut requeue = Vec::new();
-            for item in &results {
-                let (status, message) =
-                    match lifecycle::complete(c, &node, item.run_id, &item.result, now)? {
-                        Ok(Completion::Recorded { requeue: mut r, .. }) => {
-                            requeue.append(&mut r);
-                            ("recorded", None)
-                        }
-                        Ok(Completion::Duplicate) => ("duplicate", None),
-                        Ok(Completion::Stale) => ("stale", None),
-                        Err(RunCall::Unknown) => ("not_found", None),
-                        Err(RunCall::NotCurrent) => (
-                            "stale",
-                            Some("this attempt is not running on this node".to_string()),
-                        ),
-                    };
-                statuses.push((item.result.outcome, status, message));
-            }
-            Ok((
-                results
-                    .iter()
-                    .zip(statuses)
-                    .map(|(item, s)| (item.run_id, s))
-                    .collect::<Vec<_>>(),
-                requeue,
-            ))
+            results
+                .iter()
+                .map(|item| {
+                    let r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
+                    Ok((item.run_id, item.result.outcome, r))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
         })
         .await?;
-    app.dispatcher.enqueue(requeue);
-    let results = statuses
+    let mut requeue = Vec::new();
+    let results = answers
         .into_iter()
-        .map(|(run_id, (outcome, status, message))| {
-            if status == "recorded" {
-                app.metrics
-                    .runs_completed
-                    .with_label_values(&[outcome_label(outcome)])
-                    .inc();
-            }
+        .map(|(run_id, outcome, r)| {
+            let (status, message) = match r {
+                Ok(c) => {
+                    let (status, mut q) = settle(&app, outcome_label(outcome), c);
+                    requeue.append(&mut q);
+                    (status, None)
+                }
+                Err(RunCall::Unknown) => ("not_found", None),
+                Err(RunCall::NotCurrent) => (
+                    "stale",
+                    Some("this attempt is not running on this node".to_string()),
+                ),
+            };
             CompleteItemStatus {
                 run_id,
                 status: status.to_string(),
@@ -373,6 +367,7 @@ pub async fn complete_many(
             }
         })
         .collect();
+    app.dispatcher.enqueue(requeue);
     Ok(Json(CompleteBatchResponse { results }))
 }
 

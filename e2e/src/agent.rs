@@ -1,6 +1,6 @@
 //! Hand-built agent requests for the auth tests: a request signed with a
 //! node key (so a test can send it, tamper with it or replay it), a sender,
-//! and the join call.
+//! and the join call (and a join that returns the node key).
 
 use crate::ServerProc;
 use reqwest::blocking::Client;
@@ -63,4 +63,12 @@ pub fn join(http: &Client, server: &ServerProc, token: &str, node: &str) -> (u16
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().unwrap_or(Value::Null))
+}
+
+/// Joins `node` with a fresh join token and returns its node key.
+pub fn join_key(http: &Client, server: &ServerProc, node: &str) -> NodeKey {
+    let token = server.join_token().unwrap();
+    let (status, cred) = join(http, server, &token, node);
+    assert_eq!(status, 201, "{cred}");
+    NodeKey::from_hex(cred["key"].as_str().unwrap()).unwrap()
 }

@@ -1,9 +1,10 @@
 //! Helpers for the HA tests: a server in LiteFS mode driven by a
 //! [`LitefsDouble`], its `host:port` as LiteFS's `.primary` names it, and the
-//! epoch of whichever server answers as primary at a URL.
+//! epoch of whichever server answers as primary at a URL, and the pair the
+//! HA tests start ([`start_pair`]).
 
 use crate::{admin_call, LitefsDouble, ServerProc};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A server over the shared database file `shared`, its role from `double`
 /// (`--ha-mode litefs`), with the shared cluster secret and a 3 s lease.
@@ -45,4 +46,35 @@ pub fn is_primary(s: &ServerProc) -> bool {
 pub fn term_epoch(base: &str) -> Option<i64> {
     let (status, st) = admin_call(base, "GET", "/v1/ha/status", None).ok()?;
     (status == 200 && st["role"] == "primary").then(|| st["term_epoch"].as_i64())?
+}
+
+/// An HA pair over the LiteFS test double, as the HA tests start it: one
+/// shared database file, one cluster secret, server 0 primary and server 1
+/// its replica (`doubles[i]` drives `servers[i]`).
+pub struct HaPair {
+    pub shared: PathBuf,
+    pub secret: PathBuf,
+    pub doubles: [LitefsDouble; 2],
+    pub servers: [ServerProc; 2],
+}
+
+/// Starts an [`HaPair`] under `dir` and waits until both servers listen.
+pub fn start_pair(dir: &Path) -> HaPair {
+    let shared = dir.join("litefs-mount");
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
+    let doubles = [
+        LitefsDouble::start(&dir.join("l1")).unwrap(),
+        LitefsDouble::start(&dir.join("l2")).unwrap(),
+    ];
+    doubles[0].make_primary().unwrap();
+    let primary = start_litefs_server(&shared, &doubles[0], &secret);
+    doubles[1].make_replica(Some(&host(&primary))).unwrap();
+    let replica = start_litefs_server(&shared, &doubles[1], &secret);
+    HaPair {
+        shared,
+        secret,
+        doubles,
+        servers: [primary, replica],
+    }
 }

@@ -11,8 +11,8 @@ use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
-use sundial_e2e::ha::{host, start_litefs_server};
-use sundial_e2e::{agent, free_port, wait_for, LitefsDouble, ServerProc, ADMIN_KEY};
+use sundial_e2e::ha::{start_pair, HaPair};
+use sundial_e2e::{agent, free_port, wait_for, ServerProc, ADMIN_KEY};
 
 /// A client whose connections come from `ip` (any 127/8 address is loopback).
 fn client_from(ip: [u8; 4]) -> Client {
@@ -429,17 +429,12 @@ fn every_admin_mutation_is_audited_once_without_secrets() {
 #[test]
 fn a_replica_forwards_and_the_primary_audits_the_original_client() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("litefs-mount");
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let doubles = [
-        LitefsDouble::start(&dir.path().join("l1")).unwrap(),
-        LitefsDouble::start(&dir.path().join("l2")).unwrap(),
-    ];
-    doubles[0].make_primary().unwrap();
-    let primary = start_litefs_server(&shared, &doubles[0], &secret);
-    doubles[1].make_replica(Some(&host(&primary))).unwrap();
-    let replica = start_litefs_server(&shared, &doubles[1], &secret);
+    // The doubles drive the roles for as long as the test runs.
+    let HaPair {
+        doubles: _doubles,
+        servers: [primary, replica],
+        ..
+    } = start_pair(dir.path());
     let http = client_from([127, 0, 0, 3]);
     // The replica learns its role from the double: wait until it forwards.
     let created = wait_for(Duration::from_secs(10), || {

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, is_primary, start_litefs_server, term_epoch};
+use sundial_e2e::ha::{host, is_primary, start_pair, term_epoch, HaPair};
 use sundial_e2e::invariants::{self, Concurrency, JobExpect, Misfire, Seen, Window, TERMINAL};
 use sundial_e2e::litestream::{restore_sh, LitestreamProc, MotoProc, Replica};
 use sundial_e2e::{
@@ -543,17 +543,13 @@ fn chaos_soak_keeps_every_invariant() {
     let dir = tmp.path();
 
     // The HA pair over one file, HAProxy in front.
-    let shared = dir.join("litefs-mount");
-    let secret = dir.join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let doubles = [
-        LitefsDouble::start(&dir.join("l1")).unwrap(),
-        LitefsDouble::start(&dir.join("l2")).unwrap(),
-    ];
-    doubles[0].make_primary().unwrap();
-    let mut servers = vec![start_litefs_server(&shared, &doubles[0], &secret)];
-    doubles[1].make_replica(Some(&host(&servers[0]))).unwrap();
-    servers.push(start_litefs_server(&shared, &doubles[1], &secret));
+    let HaPair {
+        shared,
+        doubles,
+        servers,
+        ..
+    } = start_pair(&dir);
+    let servers = Vec::from(servers);
     let lb = HaproxyProc::start(&dir, servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
     wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");

@@ -6,7 +6,7 @@
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 use std::time::Duration;
-use sundial_e2e::agent::{join, send, signed};
+use sundial_e2e::agent::{join_key, send, signed};
 use sundial_e2e::{wait_for, ServerProc};
 use sundial_proto::sign::NodeKey;
 use sundial_proto::time::{format_ms, now_ms};
@@ -32,14 +32,8 @@ fn a_batch_of_results_is_answered_one_status_each() {
         n += 1;
         nonce(n)
     };
-    let key_of = |node: &str| {
-        let token = server.join_token().unwrap();
-        let (status, cred) = join(&http, &server, &token, node);
-        assert_eq!(status, 201, "{cred}");
-        NodeKey::from_hex(cred["key"].as_str().unwrap()).unwrap()
-    };
-    let k1 = key_of("b1");
-    let k2 = key_of("b2");
+    let k1 = join_key(&http, &server, "b1");
+    let k2 = join_key(&http, &server, "b2");
     for (key, node) in [(&k1, "b1"), (&k2, "b2")] {
         let reg = signed(
             key,

@@ -14,10 +14,10 @@ use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sundial_e2e::ha::{host, start_litefs_server, term_epoch};
+use sundial_e2e::ha::{host, start_pair, term_epoch, HaPair};
 use sundial_e2e::receiver::{python, Receiver};
 use sundial_e2e::{
-    admin_call, free_port, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble, ADMIN_KEY,
+    admin_call, free_port, skip_without, wait_for, DaemonProc, HaproxyProc, ADMIN_KEY,
 };
 
 /// Follows the stream through `base`, reconnecting with the last id seen,
@@ -71,17 +71,12 @@ fn events_and_webhooks_survive_kill9_failovers_behind_haproxy() {
     }
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("litefs-mount");
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let doubles = [
-        LitefsDouble::start(&dir.path().join("l1")).unwrap(),
-        LitefsDouble::start(&dir.path().join("l2")).unwrap(),
-    ];
-    doubles[0].make_primary().unwrap();
-    let mut servers = vec![start_litefs_server(&shared, &doubles[0], &secret)];
-    doubles[1].make_replica(Some(&host(&servers[0]))).unwrap();
-    servers.push(start_litefs_server(&shared, &doubles[1], &secret));
+    let HaPair {
+        shared,
+        doubles,
+        mut servers,
+        ..
+    } = start_pair(dir.path());
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
     wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");

@@ -8,8 +8,8 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, start_litefs_server, term_epoch};
-use sundial_e2e::{admin_call, skip_without, wait_for, DaemonProc, HaproxyProc, LitefsDouble};
+use sundial_e2e::ha::{host, start_pair, term_epoch, HaPair};
+use sundial_e2e::{admin_call, skip_without, wait_for, DaemonProc, HaproxyProc};
 
 #[test]
 fn ten_role_flips_behind_haproxy_lose_and_repeat_nothing() {
@@ -17,17 +17,12 @@ fn ten_role_flips_behind_haproxy_lose_and_repeat_nothing() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("litefs-mount");
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let doubles = [
-        LitefsDouble::start(&dir.path().join("l1")).unwrap(),
-        LitefsDouble::start(&dir.path().join("l2")).unwrap(),
-    ];
-    doubles[0].make_primary().unwrap();
-    let mut servers = vec![start_litefs_server(&shared, &doubles[0], &secret)];
-    doubles[1].make_replica(Some(&host(&servers[0]))).unwrap();
-    servers.push(start_litefs_server(&shared, &doubles[1], &secret));
+    let HaPair {
+        shared,
+        doubles,
+        mut servers,
+        ..
+    } = start_pair(dir.path());
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
     wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");

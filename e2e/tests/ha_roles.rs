@@ -6,21 +6,18 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, is_primary, start_litefs_server};
-use sundial_e2e::{wait_for, LitefsDouble};
+use sundial_e2e::ha::{host, is_primary, start_pair, HaPair};
+use sundial_e2e::wait_for;
 
 #[test]
 fn replica_reads_forwards_refuses_without_primary_and_split_brain_is_fenced() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("litefs-mount");
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let d1 = LitefsDouble::start(&dir.path().join("l1")).unwrap();
-    let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
-    d1.make_primary().unwrap();
-    let s1 = start_litefs_server(&shared, &d1, &secret);
-    d2.make_replica(Some(&host(&s1))).unwrap();
-    let s2 = start_litefs_server(&shared, &d2, &secret);
+    // Both doubles drive their server's role until the end.
+    let HaPair {
+        doubles: [_d1, d2],
+        servers: [s1, s2],
+        ..
+    } = start_pair(dir.path());
 
     assert!(is_primary(&s1));
     assert!(!is_primary(&s2), "the replica must fail the primary check");

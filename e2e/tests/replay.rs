@@ -6,17 +6,10 @@
 use reqwest::blocking::Client;
 use serde_json::json;
 use std::time::Duration;
-use sundial_e2e::agent::{join, send, signed, SignedRequest};
-use sundial_e2e::ha::{host, is_primary, start_litefs_server};
-use sundial_e2e::{wait_for, LitefsDouble, ServerProc};
+use sundial_e2e::agent::{join_key, send, signed, SignedRequest};
+use sundial_e2e::ha::{is_primary, start_pair, HaPair};
+use sundial_e2e::{wait_for, ServerProc};
 use sundial_proto::sign::NodeKey;
-
-fn join_key(http: &Client, server: &ServerProc, node: &str) -> NodeKey {
-    let token = server.join_token().unwrap();
-    let (status, cred) = join(http, server, &token, node);
-    assert_eq!(status, 201, "{cred}");
-    NodeKey::from_hex(cred["key"].as_str().unwrap()).unwrap()
-}
 
 fn poll(key: &NodeKey, node: &str, nonce: &str) -> SignedRequest {
     signed(
@@ -70,15 +63,11 @@ fn a_request_captured_before_kill9_is_refused_after_restart() {
 #[test]
 fn a_request_captured_before_a_failover_is_refused_by_the_new_primary() {
     let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("litefs-mount");
-    let secret = dir.path().join("cluster.secret");
-    std::fs::write(&secret, "e2e-cluster-secret-0123456789\n").unwrap();
-    let d1 = LitefsDouble::start(&dir.path().join("l1")).unwrap();
-    let d2 = LitefsDouble::start(&dir.path().join("l2")).unwrap();
-    d1.make_primary().unwrap();
-    let s1 = start_litefs_server(&shared, &d1, &secret);
-    d2.make_replica(Some(&host(&s1))).unwrap();
-    let s2 = start_litefs_server(&shared, &d2, &secret);
+    let HaPair {
+        doubles: [d1, d2],
+        servers: [s1, s2],
+        ..
+    } = start_pair(dir.path());
     assert!(is_primary(&s1) && !is_primary(&s2));
 
     let http = Client::new();

@@ -5,7 +5,7 @@
 //! (the daemon's own `started_at` stamp), how many started within 1 s, and
 //! how the runs spread over the daemons.
 
-use crate::dispatch::{pct_row, wait_registered, window_runs, Daemons, Responder};
+use crate::dispatch::{noop_executor, pct_row, wait_registered, window_runs, Daemons};
 use crate::{header, put_job_bodies, row, sleep_until_wall, stop_server, verdict};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -28,17 +28,7 @@ pub struct Args {
 }
 
 pub fn run(data: &Path, args: &Args) -> Result<()> {
-    let responder = match args.executor.as_str() {
-        "http" => Some(Responder::start()?),
-        "exec" => None,
-        other => bail!("--executor must be exec or http, not {other:?}"),
-    };
-    let executor = match &responder {
-        Some(r) => serde_json::json!({
-            "type": "http", "method": "GET", "url": format!("http://127.0.0.1:{}/noop", r.port),
-        }),
-        None => serde_json::json!({"type": "exec", "argv": ["/bin/true"]}),
-    };
+    let (responder, executor) = noop_executor(&args.executor)?;
     let server = ServerProc::start(data).context("starting the server")?;
     let token = server.join_token()?;
     let dir: PathBuf = data.with_extension("daemons");

@@ -624,6 +624,26 @@ fn step(
     })
 }
 
+/// The no-op job executor named by `--executor`: `exec` (`/bin/true`) or
+/// `http` (a GET to a local responder, returned to be kept running).
+pub(crate) fn noop_executor(kind: &str) -> Result<(Option<Responder>, serde_json::Value)> {
+    Ok(match kind {
+        "http" => {
+            let r = Responder::start()?;
+            let url = format!("http://127.0.0.1:{}/noop", r.port);
+            (
+                Some(r),
+                serde_json::json!({"type": "http", "method": "GET", "url": url}),
+            )
+        }
+        "exec" => (
+            None,
+            serde_json::json!({"type": "exec", "argv": ["/bin/true"]}),
+        ),
+        other => bail!("--executor must be exec or http, not {other:?}"),
+    })
+}
+
 /// The `dispatch` scenario (see the module doc).
 pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
     let mut rates = args.rates.clone();
@@ -633,17 +653,7 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
     if rates.is_empty() {
         bail!("--rates needs at least one positive rate");
     }
-    let responder = match args.executor.as_str() {
-        "http" => Some(Responder::start()?),
-        "exec" => None,
-        other => bail!("--executor must be exec or http, not {other:?}"),
-    };
-    let executor = match &responder {
-        Some(r) => serde_json::json!({
-            "type": "http", "method": "GET", "url": format!("http://127.0.0.1:{}/noop", r.port),
-        }),
-        None => serde_json::json!({"type": "exec", "argv": ["/bin/true"]}),
-    };
+    let (responder, executor) = noop_executor(&args.executor)?;
     let server = ServerProc::start(data).context("starting the server")?;
     let token = server.join_token()?;
     let hook_responder = if args.webhook {

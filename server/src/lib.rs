@@ -8,7 +8,8 @@
 //! - [`scheduler`]: turns due fires into run slots (primary only)
 //! - [`dispatch`]: the in-memory queue, long-polls, leases, lease expiry
 //! - [`registry`]: the in-memory view of worker nodes
-//! - [`api`]: the HTTP API (admin, agent, probes, replica forwarding)
+//! - [`api`]: the HTTP API (admin, agent, probes, replica forwarding); its
+//!   handlers take only the parts of the server state they use (`api::state`)
 //! - [`auth`]: admin API keys; [`secrets`]: the cluster secret; [`validate`]: input checks
 //! - [`ha`]: where the role comes from (standalone, static, LiteFS) and the current role
 //! - [`retention`]: history pruning; [`metrics`]: Prometheus

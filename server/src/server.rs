@@ -296,16 +296,16 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         store: store.clone(),
         scheduler,
         metrics: metrics.clone(),
-        keys: auth::KeyCache::default(),
+        keys: Arc::default(),
         registry,
         dispatcher,
         loops,
         deliverer,
-        secrets,
+        secrets: Arc::new(secrets),
         nonces: Default::default(),
-        ha: ha::RoleCell::default(),
+        ha: Arc::default(),
         forwarder: api::forward::Forwarder::new()?,
-        settings,
+        settings: Arc::new(settings),
         shutdown: shutdown.clone(),
         auth_limit: Default::default(),
     });
@@ -348,7 +348,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         None => None,
     };
     let limits = app.settings.limits;
-    let router = api::router(app);
+    let router = api::router(api::AppState::new(app));
     let stop = shutdown.clone();
     let done = tokio::spawn(async move {
         let served = match tls {

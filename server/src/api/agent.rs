@@ -5,9 +5,10 @@ use super::agent_auth::{refuse, Signed};
 use super::error::{ApiError, ApiResult};
 use super::extract::JsonBody;
 use super::limit;
-use super::AppState;
+use super::state::{Gate, Queue};
 use crate::auth::hash_key;
 use crate::registry::NodeInfo;
+use crate::secrets::ClusterSecrets;
 use crate::store::lifecycle::{self, Completion, Queued, RunCall};
 use crate::store::{nodes, tokens, StoreError};
 use crate::validate;
@@ -15,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::agent::{
     CompleteBatch, CompleteBatchResponse, CompleteItemStatus, CompleteRequest, CompleteResponse,
@@ -39,13 +41,15 @@ pub const MAX_WAIT_MS: u64 = 60_000;
     responses((status = 201, description = "The node credential", body = sundial_proto::agent::Credential))
 )]
 pub async fn join(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
+    State(gate): State<Gate>,
+    State(secrets): State<Arc<ClusterSecrets>>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
     JsonBody(req): JsonBody<JoinRequest>,
 ) -> ApiResult<(StatusCode, Json<Credential>)> {
     let source = limit::source(&extensions);
-    limit::guard(&app, limit::Kind::JoinToken, source)?;
+    limit::guard(&gate, limit::Kind::JoinToken, source)?;
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -53,14 +57,14 @@ pub async fn join(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            let e = refuse(&app, "missing_join_token", Some(&req.node_id));
-            limit::failed(&app, limit::Kind::JoinToken, source, None, e)
+            let e = refuse(&queue.metrics, "missing_join_token", Some(&req.node_id));
+            limit::failed(&gate, limit::Kind::JoinToken, source, None, e)
         })?
         .to_string();
     validate::node_id(&req.node_id)?;
     let hash = hash_key(&token);
     let node_id = req.node_id.clone();
-    let outcome = app
+    let outcome = queue
         .store
         .write(move |c| {
             let now = now_ms();
@@ -71,18 +75,18 @@ pub async fn join(
         })
         .await?;
     let Some(generation) = outcome else {
-        let e = refuse(&app, "bad_join_token", Some(&req.node_id));
+        let e = refuse(&queue.metrics, "bad_join_token", Some(&req.node_id));
         let subject = format!("join:{}", limit::fingerprint(&token));
         return Err(limit::failed(
-            &app,
+            &gate,
             limit::Kind::JoinToken,
             source,
             Some(&subject),
             e,
         ));
     };
-    let key = derive_node_key(app.secrets.current(), &req.node_id, generation);
-    app.registry.put(NodeInfo {
+    let key = derive_node_key(secrets.current(), &req.node_id, generation);
+    queue.registry.put(NodeInfo {
         id: req.node_id.clone(),
         generation,
         revoked: false,
@@ -109,7 +113,7 @@ pub async fn join(
     responses((status = 200, description = "Registered", body = super::openapi::Registered))
 )]
 pub async fn register(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     signed: Signed<RegisterRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let req = signed.body;
@@ -131,7 +135,8 @@ pub async fn register(
     let id = signed.node.id.clone();
     let r = req.clone();
     let executors_db = executors.clone();
-    app.store
+    queue
+        .store
         .write(move |c| {
             nodes::register(
                 c,
@@ -144,14 +149,14 @@ pub async fn register(
             )
         })
         .await?;
-    app.registry.update(&signed.node.id, |n| {
+    queue.registry.update(&signed.node.id, |n| {
         n.labels = req.labels;
         n.executors = executors;
         n.capacity = req.capacity;
     });
     tracing::info!(node = %signed.node.id, "node registered");
     Ok(Json(
-        serde_json::json!({"node_id": signed.node.id, "lease_ms": app.dispatcher.lease_ms()}),
+        serde_json::json!({"node_id": signed.node.id, "lease_ms": queue.dispatcher.lease_ms()}),
     ))
 }
 
@@ -163,14 +168,14 @@ pub async fn register(
     responses((status = 200, description = "Assigned runs (possibly none)", body = sundial_proto::agent::PollResponse))
 )]
 pub async fn poll(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     signed: Signed<PollRequest>,
 ) -> ApiResult<Json<PollResponse>> {
     let wait = Duration::from_millis(signed.body.wait_ms.min(MAX_WAIT_MS));
     let max = signed.body.max.clamp(1, 1000) as usize;
     // The registry holds the labels/executors the node registered.
-    let node = app.registry.get(&signed.node.id).unwrap_or(signed.node);
-    let runs = app.dispatcher.poll(node, max, wait).await?;
+    let node = queue.registry.get(&signed.node.id).unwrap_or(signed.node);
+    let runs = queue.dispatcher.poll(node, max, wait).await?;
     Ok(Json(PollResponse { runs }))
 }
 
@@ -204,15 +209,15 @@ fn run_call_error(e: RunCall, id: i64) -> ApiError {
     )
 )]
 pub async fn heartbeat(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     Path(raw): Path<String>,
     signed: Signed<HeartbeatRequest>,
 ) -> ApiResult<Json<HeartbeatResponse>> {
     let id = run_id(&raw)?;
     let node = signed.node.id.clone();
     let attempt = signed.body.attempt;
-    let lease = app.dispatcher.lease_ms();
-    let result = app
+    let lease = queue.dispatcher.lease_ms();
+    let result = queue
         .store
         .write(move |c| lifecycle::heartbeat(c, &node, id, attempt, now_ms(), lease))
         .await?;
@@ -236,14 +241,14 @@ pub async fn heartbeat(
     )
 )]
 pub async fn output(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     Path(raw): Path<String>,
     signed: Signed<OutputRequest>,
 ) -> ApiResult<Json<OutputResponse>> {
     let id = run_id(&raw)?;
     let node = signed.node.id.clone();
     let req = signed.body;
-    let stored = app
+    let stored = queue
         .store
         .write(move |c| lifecycle::append_output(c, &node, id, req.attempt, req.offset, &req.chunk))
         .await?
@@ -264,7 +269,7 @@ pub async fn output(
     )
 )]
 pub async fn complete(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     Path(raw): Path<String>,
     signed: Signed<CompleteRequest>,
 ) -> ApiResult<Json<CompleteResponse>> {
@@ -272,7 +277,7 @@ pub async fn complete(
     let node = signed.node.id.clone();
     let req = signed.body;
     let outcome = outcome_label(req.outcome);
-    let result = app
+    let result = queue
         .store
         .write(move |c| lifecycle::complete(c, &node, id, &req, now_ms()))
         .await?
@@ -280,8 +285,8 @@ pub async fn complete(
     if let Completion::Recorded { requeue, state } = &result {
         tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
     }
-    let (status, requeue) = settle(&app, outcome, result);
-    app.dispatcher.enqueue(requeue);
+    let (status, requeue) = settle(&queue, outcome, result);
+    queue.dispatcher.enqueue(requeue);
     Ok(Json(CompleteResponse {
         status: status.to_string(),
     }))
@@ -289,10 +294,11 @@ pub async fn complete(
 
 /// A completion's wire status; a recorded one is counted, and its runs to
 /// queue (retries, chained runs) are handed back.
-fn settle(app: &AppState, outcome: &str, c: Completion) -> (&'static str, Vec<Queued>) {
+fn settle(queue: &Queue, outcome: &str, c: Completion) -> (&'static str, Vec<Queued>) {
     match c {
         Completion::Recorded { requeue, .. } => {
-            app.metrics
+            queue
+                .metrics
                 .runs_completed
                 .with_label_values(&[outcome])
                 .inc();
@@ -316,7 +322,7 @@ fn settle(app: &AppState, outcome: &str, c: Completion) -> (&'static str, Vec<Qu
     )
 )]
 pub async fn complete_many(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     signed: Signed<CompleteBatch>,
 ) -> ApiResult<Json<CompleteBatchResponse>> {
     let results = signed.body.results;
@@ -331,7 +337,7 @@ pub async fn complete_many(
         ));
     }
     let node = signed.node.id.clone();
-    let answers = app
+    let answers = queue
         .store
         .write(move |c| {
             let now = now_ms();
@@ -350,7 +356,7 @@ pub async fn complete_many(
         .map(|(run_id, outcome, r)| {
             let (status, message) = match r {
                 Ok(c) => {
-                    let (status, mut q) = settle(&app, outcome_label(outcome), c);
+                    let (status, mut q) = settle(&queue, outcome_label(outcome), c);
                     requeue.append(&mut q);
                     (status, None)
                 }
@@ -367,7 +373,7 @@ pub async fn complete_many(
             }
         })
         .collect();
-    app.dispatcher.enqueue(requeue);
+    queue.dispatcher.enqueue(requeue);
     Ok(Json(CompleteBatchResponse { results }))
 }
 

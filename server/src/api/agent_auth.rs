@@ -12,11 +12,13 @@
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::limit::{self, Kind};
+use super::state::Gate;
 use super::AppState;
+use crate::metrics::Metrics;
 use crate::registry::NodeInfo;
 use crate::store::nonces;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRef, FromRequest, Request};
 use axum::http::header::AUTHORIZATION;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -85,8 +87,8 @@ pub struct Signed<T> {
     pub body: T,
 }
 
-pub fn refuse(app: &AppState, reason: &'static str, node: Option<&str>) -> ApiError {
-    app.metrics
+pub fn refuse(metrics: &Metrics, reason: &'static str, node: Option<&str>) -> ApiError {
+    metrics
         .agent_auth_failures
         .with_label_values(&[reason])
         .inc();
@@ -101,7 +103,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
     /// for one node are rate limited (see [`crate::auth_limit`]).
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
         let source = limit::source(req.extensions());
-        limit::guard(app, Kind::Agent, source)?;
+        let gate = Gate::from_ref(app);
+        limit::guard(&gate, Kind::Agent, source)?;
         let subject = req
             .headers()
             .get(AUTHORIZATION)
@@ -110,7 +113,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Signed<T> {
             .map(|h| format!("node:{}", h.node));
         match verify(req, app).await {
             Err(e) if e.status == StatusCode::UNAUTHORIZED => Err(limit::failed(
-                app,
+                &gate,
                 Kind::Agent,
                 source,
                 subject.as_deref(),
@@ -128,17 +131,17 @@ async fn verify<T: DeserializeOwned>(req: Request, app: &AppState) -> Result<Sig
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(AuthHeader::parse)
-            .ok_or_else(|| refuse(app, "malformed_header", None))?;
+            .ok_or_else(|| refuse(&app.metrics, "malformed_header", None))?;
         let now_secs = now_ms() / 1000;
         if (now_secs - header.ts).abs() > MAX_SKEW_SECS {
-            return Err(refuse(app, "stale_timestamp", Some(&header.node)));
+            return Err(refuse(&app.metrics, "stale_timestamp", Some(&header.node)));
         }
         let node = app
             .registry
             .get(&header.node)
-            .ok_or_else(|| refuse(app, "unknown_node", Some(&header.node)))?;
+            .ok_or_else(|| refuse(&app.metrics, "unknown_node", Some(&header.node)))?;
         if node.revoked {
-            return Err(refuse(app, "revoked_node", Some(&header.node)));
+            return Err(refuse(&app.metrics, "revoked_node", Some(&header.node)));
         }
         let method = req.method().as_str().to_owned();
         let path = req
@@ -170,16 +173,16 @@ async fn verify<T: DeserializeOwned>(req: Request, app: &AppState) -> Result<Sig
             )
         });
         if !valid {
-            return Err(refuse(app, "bad_signature", Some(&header.node)));
+            return Err(refuse(&app.metrics, "bad_signature", Some(&header.node)));
         }
         if !app
             .nonces
             .check_and_insert(&node.id, &header.nonce, now_secs)
         {
-            return Err(refuse(app, "replayed_nonce", Some(&header.node)));
+            return Err(refuse(&app.metrics, "replayed_nonce", Some(&header.node)));
         }
         if !persist_nonce(app, &node.id, &header.nonce, header.ts, now_secs).await? {
-            return Err(refuse(app, "replayed_nonce", Some(&header.node)));
+            return Err(refuse(&app.metrics, "replayed_nonce", Some(&header.node)));
         }
         app.registry.seen(&node.id, now_ms());
         let body = parse_json(&body)?;

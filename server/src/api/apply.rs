@@ -4,9 +4,10 @@
 
 use super::error::ApiError;
 use super::extract::{Admin, JsonBody};
-use super::AppState;
+use crate::scheduler::Scheduler;
 use crate::store::apply::{self, Input};
 use crate::store::audit;
+use crate::store::Store;
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use sundial_proto::time::now_ms;
 use sundial_proto::{Action, ApplyResponse, ErrorBody, ErrorDetail, JobManifest, Prune};
 
@@ -210,7 +212,8 @@ fn prune_selector(prune: Option<Prune>) -> Result<Option<BTreeMap<String, String
     )
 )]
 pub async fn apply(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(scheduler): State<Arc<Scheduler>>,
     Admin(actor): Admin,
     JsonBody(req): JsonBody<RawApply>,
 ) -> Result<Json<ApplyResponse>, Response> {
@@ -239,11 +242,11 @@ pub async fn apply(
     let dry_run = req.dry_run;
     let now = now_ms();
     let outcome = if dry_run {
-        app.store
+        store
             .read(move |c| apply::plan_and_apply(c, &inputs, selector.as_ref(), true, now))
             .await
     } else {
-        app.store
+        store
             .write(move |c| {
                 let outcome = apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now)?;
                 record_apply(c, now, &actor, &outcome)?;
@@ -252,7 +255,7 @@ pub async fn apply(
             .await
     }
     .map_err(|e| ApiError::from(e).into_response())?;
-    app.scheduler.hint(outcome.earliest_fire);
+    scheduler.hint(outcome.earliest_fire);
     Ok(Json(ApplyResponse {
         plan: outcome.plan,
         applied: !dry_run,

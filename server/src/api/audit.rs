@@ -7,11 +7,13 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::Admin;
 use super::jobs::page_limit;
-use super::{parse_cursor, parse_query, AppState};
+use super::{parse_cursor, parse_query};
 use crate::store::audit::{self, Action, Entry, Filter};
+use crate::store::Store;
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde::Deserialize;
+use std::sync::Arc;
 use sundial_proto::List;
 
 #[derive(Deserialize, Default)]
@@ -80,7 +82,7 @@ fn filter(q: &AuditQuery) -> ApiResult<Filter> {
     responses((status = 200, description = "A page of audit rows", body = super::openapi::AuditPage))
 )]
 pub async fn list(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Admin,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<List<Entry>>> {
@@ -88,8 +90,7 @@ pub async fn list(
     let limit = page_limit(q.limit)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let filter = filter(&q)?;
-    let (items, next) = app
-        .store
+    let (items, next) = store
         .read(move |c| audit::list(c, &filter, cursor, limit))
         .await?;
     Ok(Json(List {

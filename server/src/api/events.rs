@@ -7,8 +7,10 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::Reader;
 use super::jobs::page_limit;
-use super::{parse_query, AppState};
+use super::parse_query;
+use super::state::Streaming;
 use crate::store::events::{self, Filter};
+use crate::store::Store;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::event::{Event, TypePattern};
 
@@ -83,7 +86,7 @@ fn filter(q: &EventQuery) -> ApiResult<Filter> {
     responses((status = 200, description = "A page of events", body = super::openapi::EventPage))
 )]
 pub async fn list(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Reader,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -91,8 +94,7 @@ pub async fn list(
     let limit = page_limit(q.limit)?;
     let after = parse_after(q.after.as_deref(), "after")?.unwrap_or(0);
     let filter = filter(&q)?;
-    let page = app
-        .store
+    let page = store
         .read(move |c| events::list(c, after, &filter, limit))
         .await?;
     Ok(Json(json!({
@@ -104,7 +106,7 @@ pub async fn list(
 
 /// What one stream remembers between reads.
 struct Follow {
-    app: AppState,
+    streaming: Streaming,
     filter: Filter,
     cursor: i64,
     ready: VecDeque<Event>,
@@ -120,7 +122,7 @@ impl Follow {
             }
             let (after, filter) = (self.cursor, self.filter.clone());
             match self
-                .app
+                .streaming
                 .store
                 .read(move |c| events::list(c, after, &filter, STREAM_BATCH))
                 .await
@@ -137,7 +139,7 @@ impl Follow {
             tokio::select! {
                 _ = self.commits.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
-                _ = self.app.shutdown.cancelled() => return None,
+                _ = self.streaming.shutdown.cancelled() => return None,
             }
         }
     }
@@ -159,7 +161,7 @@ impl Follow {
     responses((status = 200, description = "The event stream", body = super::openapi::EventStreamEvent, content_type = "text/event-stream"))
 )]
 pub async fn stream(
-    State(app): State<AppState>,
+    State(streaming): State<Streaming>,
     _: Reader,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -179,13 +181,13 @@ pub async fn stream(
         Some(id) => id,
         None => match parse_after(q.after.as_deref(), "after")? {
             Some(id) => id,
-            None => app.store.read(events::stats).await?.0,
+            None => streaming.store.read(events::stats).await?.0,
         },
     };
     let follow = Follow {
-        commits: app.store.commits(),
+        commits: streaming.store.commits(),
         filter: filter(&q)?,
-        app,
+        streaming,
         cursor: start,
         ready: VecDeque::new(),
     };

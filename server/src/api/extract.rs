@@ -5,13 +5,14 @@
 
 use super::error::ApiError;
 use super::limit::{self, Kind};
+use super::state::Gate;
 use super::AppState;
 use crate::auth::KeyCheck;
 use crate::store::audit::Actor;
 use crate::store::keys::{KeyRow, Scope};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -99,7 +100,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 async fn scope_of(parts: &Parts, state: &AppState) -> Result<KeyRow, ApiError> {
     let source = limit::source(&parts.extensions);
-    limit::guard(state, Kind::ApiKey, source)?;
+    let gate = Gate::from_ref(state);
+    limit::guard(&gate, Kind::ApiKey, source)?;
     let presented = presented_key(parts);
     let subject = presented
         .as_ref()
@@ -123,7 +125,7 @@ async fn scope_of(parts: &Parts, state: &AppState) -> Result<KeyRow, ApiError> {
             reason = %e.message,
             "API key refused"
         );
-        limit::failed(state, Kind::ApiKey, source, subject.as_deref(), e)
+        limit::failed(&gate, Kind::ApiKey, source, subject.as_deref(), e)
     })
 }
 

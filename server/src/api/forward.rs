@@ -58,6 +58,9 @@ fn unavailable(message: &str) -> Response {
     resp
 }
 
+/// Middleware: on a replica, sends writes to the primary. Takes the whole
+/// state: it reads the role, the metrics, the secrets (to vouch for the
+/// client), the forwarder and the body-size settings.
 pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Response {
     if !must_forward(req.method(), req.uri().path()) {
         return next.run(req).await;

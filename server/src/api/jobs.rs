@@ -3,9 +3,12 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody, Reader};
-use super::{parse_cursor, parse_query, AppState};
+use super::state::Queue;
+use super::{parse_cursor, parse_query};
 use crate::schedule::Schedule;
+use crate::scheduler::Scheduler;
 use crate::store::audit::{self, Action};
+use crate::store::Store;
 use crate::store::{jobs, lifecycle, runs, StoreError};
 use crate::validate;
 use axum::extract::{Path, RawQuery, State};
@@ -33,15 +36,15 @@ pub const MAX_LIMIT: usize = 1000;
     )
 )]
 pub async fn put(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(scheduler): State<Arc<Scheduler>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> ApiResult<impl IntoResponse> {
     validate::job_id(&id)?;
     let schedule = validate::spec(&spec)?;
-    let (job, outcome) = app
-        .store
+    let (job, outcome) = store
         .write(move |c| {
             let now = now_ms();
             audit::around(
@@ -55,7 +58,7 @@ pub async fn put(
             )
         })
         .await?;
-    app.scheduler.hint(job.next_fire_at);
+    scheduler.hint(job.next_fire_at);
     let status = match outcome {
         jobs::Upserted::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -73,11 +76,11 @@ pub async fn put(
     )
 )]
 pub async fn get(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Reader,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    Ok(Json(app.store.read(move |c| jobs::require(c, &id)).await?))
+    Ok(Json(store.read(move |c| jobs::require(c, &id)).await?))
 }
 
 #[derive(Deserialize, Default)]
@@ -111,7 +114,7 @@ pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
     responses((status = 200, description = "A page of jobs", body = sundial_proto::List<sundial_proto::Job>))
 )]
 pub async fn list(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Reader,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<List<Job>>> {
@@ -119,8 +122,7 @@ pub async fn list(
     let q: ListQuery = parse_query(rest.as_deref())?;
     let limit = page_limit(q.limit)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
-    let (items, next) = app
-        .store
+    let (items, next) = store
         .read(move |c| jobs::list_matching(c, &selector, cursor, limit))
         .await?;
     Ok(Json(List {
@@ -175,13 +177,12 @@ fn label_selector(
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn delete(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
-    if app
-        .store
+    if store
         .write(move |c| {
             let now = now_ms();
             audit::around(
@@ -203,13 +204,13 @@ pub async fn delete(
 }
 
 async fn set_paused(
-    app: AppState,
+    store: Arc<Store>,
+    scheduler: Arc<Scheduler>,
     actor: audit::Actor,
     id: String,
     paused: bool,
 ) -> ApiResult<Json<Job>> {
-    let job = app
-        .store
+    let job = store
         .write(move |c| {
             let now = now_ms();
             let action = if paused {
@@ -226,7 +227,7 @@ async fn set_paused(
             })
         })
         .await?;
-    app.scheduler.hint(job.next_fire_at);
+    scheduler.hint(job.next_fire_at);
     Ok(Json(job))
 }
 
@@ -237,11 +238,12 @@ async fn set_paused(
     responses((status = 200, description = "The paused job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn pause(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(scheduler): State<Arc<Scheduler>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    set_paused(app, actor, id, true).await
+    set_paused(store, scheduler, actor, id, true).await
 }
 
 #[utoipa::path(
@@ -251,11 +253,12 @@ pub async fn pause(
     responses((status = 200, description = "The resumed job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn resume(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(scheduler): State<Arc<Scheduler>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Job>> {
-    set_paused(app, actor, id, false).await
+    set_paused(store, scheduler, actor, id, false).await
 }
 
 /// Creates a manual slot now (one per live matching node for a broadcast
@@ -273,18 +276,20 @@ pub async fn resume(
     )
 )]
 pub async fn trigger(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let current = {
         let id = id.clone();
-        app.store.read(move |c| jobs::require(c, &id)).await?
+        queue.store.read(move |c| jobs::require(c, &id)).await?
     };
     let now = now_ms();
     let target = &current.spec.target;
     let kind = current.spec.executor.kind();
-    let nodes = lifecycle::slot_nodes(target, || app.registry.broadcast_targets(target, kind, now));
+    let nodes = lifecycle::slot_nodes(target, || {
+        queue.registry.broadcast_targets(target, kind, now)
+    });
     if nodes.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -292,9 +297,9 @@ pub async fn trigger(
             "the job broadcasts to all matching nodes and none is live",
         ));
     }
-    let metrics = app.metrics.clone();
+    let metrics = queue.metrics.clone();
     let target = Arc::new(current.spec.target.clone());
-    let (run, queued) = app
+    let (run, queued) = queue
         .store
         .write(move |c| {
             let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
@@ -332,6 +337,6 @@ pub async fn trigger(
             Ok((run, queued))
         })
         .await?;
-    app.dispatcher.enqueue(queued);
+    queue.dispatcher.enqueue(queued);
     Ok((StatusCode::CREATED, Json(run)))
 }

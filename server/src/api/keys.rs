@@ -3,15 +3,17 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody};
-use super::AppState;
 use crate::auth;
+use crate::auth::KeyCache;
 use crate::store::audit::{self, Action};
 use crate::store::keys::{self, KeyInfo, Scope};
+use crate::store::Store;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use sundial_proto::time::now_ms;
 
 #[derive(Deserialize)]
@@ -58,7 +60,7 @@ fn expiry(req: &NewKey, now: i64) -> ApiResult<Option<i64>> {
     responses((status = 201, description = "The key, with its secret (shown this once)", body = super::openapi::CreatedKey))
 )]
 pub async fn create(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Admin(actor): Admin,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -81,7 +83,7 @@ pub async fn create(
     let hash = auth::hash_key(&key);
     let id = auth::key_id(&hash);
     let (id2, name) = (id.clone(), req.name.clone());
-    app.store
+    store
         .write(move |c| {
             let now = now_ms();
             keys::insert(c, &id2, &hash, scope, &name, now)?;
@@ -112,8 +114,8 @@ pub async fn create(
     security(("admin_key" = ["admin"])),
     responses((status = 200, description = "Every key, without secrets", body = super::openapi::KeyList))
 )]
-pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
-    let items: Vec<KeyInfo> = app.store.read(keys::list).await?;
+pub async fn list(State(store): State<Arc<Store>>, _: Admin) -> ApiResult<Json<Value>> {
+    let items: Vec<KeyInfo> = store.read(keys::list).await?;
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
@@ -128,13 +130,13 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value
     )
 )]
 pub async fn delete(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(keys): State<Arc<KeyCache>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let shown = id.clone();
-    let deleted = app
-        .store
+    let deleted = store
         .write(move |c| {
             let now = now_ms();
             audit::around(
@@ -148,7 +150,7 @@ pub async fn delete(
             )
         })
         .await?;
-    app.keys.invalidate();
+    keys.invalidate();
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -5,7 +5,7 @@
 //! never a presented key, token or signature.
 
 use super::error::ApiError;
-use super::AppState;
+use super::state::Gate;
 use crate::auth_limit::Limited;
 use axum::extract::ConnectInfo;
 use axum::http::{Extensions, StatusCode};
@@ -45,13 +45,13 @@ pub fn fingerprint(secret: &str) -> String {
 }
 
 fn too_many(
-    app: &AppState,
+    gate: &Gate,
     kind: Kind,
     limited: Limited,
     source: Option<IpAddr>,
     subject: Option<&str>,
 ) -> ApiError {
-    app.metrics
+    gate.metrics
         .auth_rate_limited
         .with_label_values(&[kind.as_str(), limited.by.as_str()])
         .inc();
@@ -76,23 +76,23 @@ fn too_many(
 }
 
 /// Before evaluating a credential: refuses a source that is out of failures.
-pub fn guard(app: &AppState, kind: Kind, source: Option<IpAddr>) -> Result<(), ApiError> {
-    app.auth_limit
+pub fn guard(gate: &Gate, kind: Kind, source: Option<IpAddr>) -> Result<(), ApiError> {
+    gate.auth_limit
         .check_source(source)
-        .map_err(|l| too_many(app, kind, l, source, None))
+        .map_err(|l| too_many(gate, kind, l, source, None))
 }
 
 /// After a credential failed with `err`: spends the failure; returns `err`
 /// or, when the source or subject is out of failures, a 429.
 pub fn failed(
-    app: &AppState,
+    gate: &Gate,
     kind: Kind,
     source: Option<IpAddr>,
     subject: Option<&str>,
     err: ApiError,
 ) -> ApiError {
-    match app.auth_limit.failed(source, subject) {
+    match gate.auth_limit.failed(source, subject) {
         Ok(()) => err,
-        Err(l) => too_many(app, kind, l, source, subject),
+        Err(l) => too_many(gate, kind, l, source, subject),
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTP API: routing, shared state, request metrics and the helpers the
-//! endpoint modules share. One module per resource: [`jobs`], [`runs`],
+//! The HTTP API: routing, request metrics and the helpers the endpoint
+//! modules share; [`state`] holds the server state ([`App`]) and the pieces
+//! and bundles handlers extract from it. One module per resource: [`jobs`], [`runs`],
 //! [`keys`], [`nodes`] (and join tokens), [`events`], [`webhooks`], [`preview`], [`probes`]; the agent
 //! protocol in [`agent`] with its request signing check in [`agent_auth`];
 //! [`extract`] (admin/read key, JSON bodies), [`error`] (the JSON error
@@ -28,16 +29,10 @@ pub mod preview;
 pub mod probes;
 pub mod reject;
 pub mod runs;
+pub mod state;
 pub mod webhooks;
 
-use crate::auth::KeyCache;
-use crate::config::Settings;
-use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::scheduler::Scheduler;
-use crate::secrets::ClusterSecrets;
-use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -49,43 +44,7 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Everything a handler may need.
-pub struct App {
-    pub store: Arc<Store>,
-    pub scheduler: Arc<Scheduler>,
-    pub metrics: Arc<Metrics>,
-    pub keys: KeyCache,
-    pub registry: Arc<Registry>,
-    pub dispatcher: Arc<Dispatcher>,
-    /// Health of the term's background loops (for `/readyz`).
-    pub loops: Arc<crate::loops::Loops>,
-    /// Webhook delivery (its loop runs in each term as primary).
-    pub deliverer: Arc<crate::webhooks::Deliverer>,
-    pub secrets: ClusterSecrets,
-    pub nonces: agent_auth::NonceCache,
-    /// The HA role and what goes with it (see [`crate::ha`]).
-    pub ha: crate::ha::RoleCell,
-    pub forwarder: forward::Forwarder,
-    pub settings: Settings,
-    /// Cancelled when the server shuts down: long-lived responses (event
-    /// streams) end so HTTP can drain.
-    pub shutdown: tokio_util::sync::CancellationToken,
-    /// Buckets of authentication failures (see [`crate::auth_limit`]).
-    pub auth_limit: crate::auth_limit::AuthLimiter,
-}
-
-impl App {
-    /// This server's role.
-    pub fn role(&self) -> crate::ha::Role {
-        self.ha.role()
-    }
-
-    pub fn ha_state(&self) -> crate::ha::HaState {
-        self.ha.snapshot()
-    }
-}
-
-pub type AppState = Arc<App>;
+pub use state::{App, AppState};
 
 /// Parses a query string into `T`, naming the bad parameter on error.
 pub fn parse_query<T: DeserializeOwned + Default>(raw: Option<&str>) -> ApiResult<T> {
@@ -128,7 +87,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// Counts and times every request by route template and status.
-async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = req
         .extensions()
@@ -138,11 +97,11 @@ async fn track(State(app): State<AppState>, req: Request, next: Next) -> Respons
     let method = req.method().clone();
     let response = next.run(req).await;
     let status = response.status();
-    app.metrics
+    metrics
         .http_requests
         .with_label_values(&[route.as_str(), method.as_str(), status.as_str()])
         .inc();
-    app.metrics
+    metrics
         .http_seconds
         .with_label_values(&[route.as_str()])
         .observe(started.elapsed().as_secs_f64());
@@ -224,7 +183,7 @@ pub fn router(app: AppState) -> Router {
             overload::Guard::new(app.settings.limits, app.metrics.clone()),
             overload::layer,
         ))
-        .layer(middleware::from_fn_with_state(app.clone(), track))
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

@@ -3,12 +3,13 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody, Reader};
-use super::AppState;
 use crate::auth::hash_key;
+use crate::registry::Registry;
 use crate::registry::LIVE_WINDOW_MS;
 use crate::store::audit::{self, Action};
 use crate::store::nodes::{self, Node};
 use crate::store::tokens;
+use crate::store::Store;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -16,6 +17,7 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use sundial_proto::time::{format_ms, now_ms};
 use sundial_proto::Duration;
 
@@ -38,8 +40,8 @@ fn with_status(n: Node, now: i64) -> Value {
 }
 
 /// The node with its last contact as the in-memory registry knows it.
-pub(crate) fn live_view(app: &AppState, mut n: Node) -> Node {
-    if let Some(info) = app.registry.get(&n.id) {
+pub(crate) fn live_view(registry: &Registry, mut n: Node) -> Node {
+    if let Some(info) = registry.get(&n.id) {
         n.last_seen = Some(n.last_seen.unwrap_or(0).max(info.last_seen)).filter(|t| *t > 0);
     }
     n
@@ -50,12 +52,16 @@ pub(crate) fn live_view(app: &AppState, mut n: Node) -> Node {
     security(("admin_key" = ["read"])),
     responses((status = 200, description = "Every node", body = super::openapi::NodeList))
 )]
-pub async fn list(State(app): State<AppState>, _: Reader) -> ApiResult<Json<Value>> {
-    let all = app.store.read(nodes::list).await?;
+pub async fn list(
+    State(store): State<Arc<Store>>,
+    State(registry): State<Arc<Registry>>,
+    _: Reader,
+) -> ApiResult<Json<Value>> {
+    let all = store.read(nodes::list).await?;
     let now = now_ms();
     let items: Vec<Value> = all
         .into_iter()
-        .map(|n| with_status(live_view(&app, n), now))
+        .map(|n| with_status(live_view(&registry, n), now))
         .collect();
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
@@ -67,17 +73,17 @@ pub async fn list(State(app): State<AppState>, _: Reader) -> ApiResult<Json<Valu
     responses((status = 200, description = "The node", body = super::openapi::NodeView), (status = 404, description = "No such node", body = sundial_proto::ErrorBody))
 )]
 pub async fn get(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(registry): State<Arc<Registry>>,
     _: Reader,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let shown = id.clone();
-    let node = app
-        .store
+    let node = store
         .read(move |c| nodes::get(c, &id))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("node {shown:?} not found")))?;
-    Ok(Json(with_status(live_view(&app, node), now_ms())))
+    Ok(Json(with_status(live_view(&registry, node), now_ms())))
 }
 
 /// Revokes a node: its generation is bumped, so its key stops verifying at
@@ -90,13 +96,13 @@ pub async fn get(
     responses((status = 204, description = "Revoked"), (status = 404, description = "No such node", body = sundial_proto::ErrorBody))
 )]
 pub async fn revoke(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(registry): State<Arc<Registry>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    if !app
-        .store
+    if !store
         .write(move |c| {
             let now = now_ms();
             audit::around(
@@ -113,7 +119,7 @@ pub async fn revoke(
     {
         return Err(ApiError::not_found(format!("node {id:?} not found")));
     }
-    app.registry.update(&id, |n| {
+    registry.update(&id, |n| {
         n.revoked = true;
         n.generation += 1;
     });
@@ -141,7 +147,7 @@ pub struct NewToken {
     responses((status = 201, description = "The token, with its secret (shown this once)", body = super::openapi::CreatedToken))
 )]
 pub async fn create_token(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Admin(actor): Admin,
     JsonBody(req): JsonBody<NewToken>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -163,7 +169,7 @@ pub async fn create_token(
     let now = now_ms();
     let expires = now + req.ttl.map_or(86_400_000, |d| d.as_millis_i64());
     let (id2, name, max_uses) = (id.clone(), req.name.clone(), req.max_uses);
-    app.store
+    store
         .write(move |c| {
             tokens::insert(c, &id2, &hash, &name, expires, max_uses, now)?;
             // The token's id, name, expiry and limit: never the token or its hash.
@@ -190,8 +196,8 @@ pub async fn create_token(
     security(("admin_key" = ["admin"])),
     responses((status = 200, description = "Every join token, without secrets", body = super::openapi::TokenList))
 )]
-pub async fn list_tokens(State(app): State<AppState>, _: Admin) -> ApiResult<Json<Value>> {
-    let items = app.store.read(tokens::list).await?;
+pub async fn list_tokens(State(store): State<Arc<Store>>, _: Admin) -> ApiResult<Json<Value>> {
+    let items = store.read(tokens::list).await?;
     Ok(Json(json!({"items": items, "next_cursor": null})))
 }
 
@@ -202,13 +208,12 @@ pub async fn list_tokens(State(app): State<AppState>, _: Admin) -> ApiResult<Jso
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such join token", body = sundial_proto::ErrorBody))
 )]
 pub async fn delete_token(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    if app
-        .store
+    if store
         .write(move |c| {
             let now = now_ms();
             audit::around(

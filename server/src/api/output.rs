@@ -7,8 +7,10 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Reader;
-use super::{parse_query, AppState};
+use super::parse_query;
+use super::state::Streaming;
 use crate::store::runs::{self, OutputTail};
+use crate::store::Store;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -36,8 +38,8 @@ fn run_id(raw: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }
 
-async fn tail(app: &AppState, id: i64, offset: u64) -> ApiResult<OutputTail> {
-    app.store
+async fn tail(store: &Store, id: i64, offset: u64) -> ApiResult<OutputTail> {
+    store
         .read(move |c| runs::output_tail(c, id, offset))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
@@ -45,7 +47,7 @@ async fn tail(app: &AppState, id: i64, offset: u64) -> ApiResult<OutputTail> {
 
 /// What a follower remembers between reads.
 struct Follow {
-    app: AppState,
+    streaming: Streaming,
     id: i64,
     offset: u64,
     attempt: Option<u32>,
@@ -61,7 +63,7 @@ impl Follow {
             if self.done {
                 return None;
             }
-            let t = match tail(&self.app, self.id, self.offset).await {
+            let t = match tail(&self.streaming.store, self.id, self.offset).await {
                 Ok(t) => t,
                 Err(e) => {
                     self.done = true;
@@ -104,7 +106,7 @@ impl Follow {
             tokio::select! {
                 _ = self.commits.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
-                _ = self.app.shutdown.cancelled() => return None,
+                _ = self.streaming.shutdown.cancelled() => return None,
             }
         }
     }
@@ -127,7 +129,7 @@ impl Follow {
     )
 )]
 pub async fn output(
-    State(app): State<AppState>,
+    State(streaming): State<Streaming>,
     _: Reader,
     Path(raw): Path<String>,
     headers: HeaderMap,
@@ -136,7 +138,7 @@ pub async fn output(
     let id = run_id(&raw)?;
     let q: OutputQuery = parse_query(query.as_deref())?;
     if !q.follow.unwrap_or(false) {
-        let t = tail(&app, id, q.offset.unwrap_or(0)).await?;
+        let t = tail(&streaming.store, id, q.offset.unwrap_or(0)).await?;
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             String::from_utf8_lossy(&t.tail).into_owned(),
@@ -159,10 +161,10 @@ pub async fn output(
         None => None,
     };
     // Exists? (404 now rather than an error event later.)
-    tail(&app, id, 1 << 62).await?;
+    tail(&streaming.store, id, 1 << 62).await?;
     let follow = Follow {
-        commits: app.store.commits(),
-        app,
+        commits: streaming.store.commits(),
+        streaming,
         id,
         offset: last.or(q.offset).unwrap_or(0),
         attempt: None,

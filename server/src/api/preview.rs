@@ -3,7 +3,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::Reader;
-use super::{parse_query, AppState};
+use super::parse_query;
 use crate::validate;
 use axum::extract::RawQuery;
 use axum::Json;
@@ -32,11 +32,7 @@ pub struct PreviewQuery {
     ),
     responses((status = 200, description = "The fires", body = super::openapi::Preview))
 )]
-pub async fn preview(
-    _: axum::extract::State<AppState>,
-    _: Reader,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+pub async fn preview(_: Reader, RawQuery(query): RawQuery) -> ApiResult<Json<Value>> {
     let q: PreviewQuery = parse_query(query.as_deref())?;
     let expr = q.schedule.ok_or_else(|| {
         ApiError::bad_request("missing_field", "schedule", "schedule is required")

@@ -3,14 +3,16 @@
 
 use super::error::ApiResult;
 use super::extract::Reader;
-use super::AppState;
-use crate::ha::Role;
-use crate::store::{self, events, jobs, runs, webhooks};
+use super::state::Health;
+use crate::ha::{Role, RoleCell};
+use crate::metrics::Metrics;
+use crate::store::{self, events, jobs, runs, webhooks, Store};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
+use std::sync::Arc;
 use sundial_proto::time::format_ms;
 use sundial_proto::RunState;
 
@@ -35,8 +37,8 @@ pub async fn healthz() -> impl IntoResponse {
         (status = 503, description = "Not ready", body = super::openapi::Unready),
     )
 )]
-pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
-    let role = app.role();
+pub async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    let role = health.ha.role();
     let unavailable = |error: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -44,16 +46,16 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
                 "status": "unavailable",
                 "role": role.as_str(),
                 "error": error,
-                "loops": app.loops.statuses(),
+                "loops": health.loops.statuses(),
             })),
         )
     };
-    match app.store.read(store::epoch).await {
+    match health.store.read(store::epoch).await {
         Ok(_) if role == Role::Unknown => unavailable("role not known yet".into()),
         Ok(epoch) => {
             let stalled = if role == Role::Primary {
-                app.loops.stalled(std::time::Duration::from_millis(
-                    app.settings.stall_after.as_millis(),
+                health.loops.stalled(std::time::Duration::from_millis(
+                    health.settings.stall_after.as_millis(),
                 ))
             } else {
                 None
@@ -76,9 +78,11 @@ pub async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     description = "Prometheus text exposition (see docs/operations.md). No key needed.",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain"))
 )]
-pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    let snapshot = app
-        .store
+pub async fn metrics(
+    State(store): State<Arc<Store>>,
+    State(metrics): State<Arc<Metrics>>,
+) -> impl IntoResponse {
+    let snapshot = store
         .read(|c| {
             Ok((
                 jobs::count(c)?,
@@ -91,20 +95,20 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         .await;
     match snapshot {
         Ok((jobs, by_state, epoch, (last_event, events), min_cursor)) => {
-            app.metrics.events_stored.set(events);
-            app.metrics.events_last_id.set(last_event);
-            app.metrics
+            metrics.events_stored.set(events);
+            metrics.events_last_id.set(last_event);
+            metrics
                 .webhook_backlog
                 .set(min_cursor.map_or(0, |c| (last_event - c).max(0)));
-            app.metrics.jobs.set(jobs);
+            metrics.jobs.set(jobs);
             for st in RunState::ALL {
                 let n = by_state
                     .iter()
                     .find(|(s, _)| *s == st)
                     .map_or(0, |(_, n)| *n);
-                app.metrics.runs.with_label_values(&[st.as_str()]).set(n);
+                metrics.runs.with_label_values(&[st.as_str()]).set(n);
             }
-            app.metrics.epoch.set(epoch);
+            metrics.epoch.set(epoch);
         }
         Err(e) => tracing::warn!(error = %e, "refreshing metrics gauges"),
     }
@@ -113,7 +117,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        app.metrics.render(),
+        metrics.render(),
     )
 }
 
@@ -126,9 +130,12 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
         (status = 503, description = "This server is not the primary", body = super::openapi::HaPrimary),
     )
 )]
-pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
-    let st = app.ha_state();
-    let primary = st.role == Role::Primary && app.store.is_writer();
+pub async fn ha_primary(
+    State(store): State<Arc<Store>>,
+    State(ha): State<Arc<RoleCell>>,
+) -> impl IntoResponse {
+    let st = ha.snapshot();
+    let primary = st.role == Role::Primary && store.is_writer();
     let status = if primary {
         StatusCode::OK
     } else {
@@ -146,11 +153,11 @@ pub async fn ha_primary(State(app): State<AppState>) -> impl IntoResponse {
     security(("admin_key" = ["read"])),
     responses((status = 200, description = "Mode, role, epoch and primary", body = super::openapi::HaStatus))
 )]
-pub async fn ha_status(State(app): State<AppState>, _: Reader) -> ApiResult<impl IntoResponse> {
-    let st = app.ha_state();
-    let stored_epoch = app.store.read(store::epoch).await.ok();
+pub async fn ha_status(State(health): State<Health>, _: Reader) -> ApiResult<impl IntoResponse> {
+    let st = health.ha.snapshot();
+    let stored_epoch = health.store.read(store::epoch).await.ok();
     Ok(Json(json!({
-        "mode": app.settings.ha.mode(),
+        "mode": health.settings.ha.mode(),
         "role": st.role.as_str(),
         "epoch": stored_epoch.unwrap_or(st.epoch),
         "term_epoch": st.epoch,

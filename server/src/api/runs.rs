@@ -3,12 +3,15 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, Reader};
 use super::jobs::page_limit;
-use super::{parse_cursor, parse_query, AppState};
+use super::{parse_cursor, parse_query};
+use crate::dispatch::Dispatcher;
 use crate::store::audit::{self, Action};
+use crate::store::Store;
 use crate::store::{jobs, lifecycle, runs, StoreError};
 use axum::extract::{Path, RawQuery, State};
 use axum::Json;
 use serde::Deserialize;
+use std::sync::Arc;
 use sundial_proto::time::now_ms;
 use sundial_proto::{List, Run, RunState};
 
@@ -46,7 +49,7 @@ fn run_id(raw: &str) -> ApiResult<i64> {
     )
 )]
 pub async fn list(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Reader,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<List<Run>>> {
@@ -61,8 +64,7 @@ pub async fn list(
         .map_err(|m| ApiError::bad_request("invalid_value", "state", m))?;
     let node = q.node;
     let job = q.job;
-    let (items, next) = app
-        .store
+    let (items, next) = store
         .read(move |c| {
             let job_pk = match &job {
                 Some(id) => Some(jobs::pk_of(c, id)?.ok_or_else(|| StoreError::NotFound {
@@ -92,12 +94,12 @@ pub async fn list(
     responses((status = 200, description = "The run", body = sundial_proto::Run), (status = 404, description = "No such run", body = sundial_proto::ErrorBody))
 )]
 pub async fn get(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Reader,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
-    app.store
+    store
         .read(move |c| runs::get(c, id))
         .await?
         .map(Json)
@@ -117,13 +119,13 @@ pub async fn get(
     )
 )]
 pub async fn cancel(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(dispatcher): State<Arc<Dispatcher>>,
     Admin(actor): Admin,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
-    let (run, chained) = app
-        .store
+    let (run, chained) = store
         .write(move |c| {
             let now = now_ms();
             let target = id.to_string();
@@ -133,6 +135,6 @@ pub async fn cancel(
             })
         })
         .await?;
-    app.dispatcher.enqueue(chained);
+    dispatcher.enqueue(chained);
     Ok(Json(run))
 }

@@ -6,17 +6,20 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody};
 use super::jobs::page_limit;
-use super::{parse_cursor, parse_query, AppState};
+use super::{parse_cursor, parse_query};
 use crate::store::audit::{self, Action};
 use crate::store::webhooks;
+use crate::store::Store;
 use crate::store::StoreError;
 use crate::validate;
 use crate::webhooks::check_url;
+use crate::webhooks::Deliverer;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::Json;
 use rand::RngCore;
 use serde::Deserialize;
+use std::sync::Arc;
 use sundial_proto::event::TypePattern;
 use sundial_proto::time::now_ms;
 use sundial_proto::webhook::{Delivery, Webhook, WebhookSpec};
@@ -29,7 +32,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("webhook {id:?} not found"))
 }
 
-async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
+async fn validate_spec(deliverer: &Deliverer, spec: &WebhookSpec) -> ApiResult<()> {
     if spec.url.len() > MAX_URL {
         return Err(ApiError::bad_request(
             "invalid_value",
@@ -37,7 +40,7 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
             format!("url is longer than {MAX_URL} bytes"),
         ));
     }
-    check_url(&spec.url, app.deliverer.settings().deny_private)
+    check_url(&spec.url, deliverer.settings().deny_private)
         .await
         .map_err(|e| ApiError::bad_request("invalid_value", "url", e.to_string()))?;
     if spec.events.is_empty() {
@@ -78,19 +81,19 @@ async fn validate_spec(app: &AppState, spec: &WebhookSpec) -> ApiResult<()> {
     responses((status = 201, description = "The webhook with its secret (shown this once)", body = sundial_proto::webhook::Webhook))
 )]
 pub async fn create(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(deliverer): State<Arc<Deliverer>>,
     Admin(actor): Admin,
     JsonBody(spec): JsonBody<WebhookSpec>,
 ) -> ApiResult<(StatusCode, Json<Webhook>)> {
-    validate_spec(&app, &spec).await?;
+    validate_spec(&deliverer, &spec).await?;
     let mut raw = [0u8; 8];
     rand::rng().fill_bytes(&mut raw);
     let id = format!("wh_{}", hex::encode(raw));
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
     let key = id.clone();
-    let stored = app
-        .store
+    let stored = store
         .write(move |c| {
             let now = now_ms();
             let stored = webhooks::insert(c, &key, &spec, &salt, now)?;
@@ -109,7 +112,7 @@ pub async fn create(
         .await?;
     let mut webhook = stored.webhook;
     // Shown once: only the salt is stored, the secret is derived.
-    webhook.secret = Some(app.deliverer.secret_of(&id, &stored.salt));
+    webhook.secret = Some(deliverer.secret_of(&id, &stored.salt));
     tracing::info!(webhook = %id, url = %webhook.spec.url, "webhook created");
     Ok((StatusCode::CREATED, Json(webhook)))
 }
@@ -119,9 +122,8 @@ pub async fn create(
     security(("admin_key" = ["admin"])),
     responses((status = 200, description = "Every webhook", body = sundial_proto::List<sundial_proto::webhook::Webhook>))
 )]
-pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<Webhook>>> {
-    let items = app
-        .store
+pub async fn list(State(store): State<Arc<Store>>, _: Admin) -> ApiResult<Json<List<Webhook>>> {
+    let items = store
         .read(webhooks::list)
         .await?
         .into_iter()
@@ -140,12 +142,12 @@ pub async fn list(State(app): State<AppState>, _: Admin) -> ApiResult<Json<List<
     responses((status = 200, description = "The webhook", body = sundial_proto::webhook::Webhook), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
 )]
 pub async fn get(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Webhook>> {
     let key = id.clone();
-    match app.store.read(move |c| webhooks::get(c, &key)).await? {
+    match store.read(move |c| webhooks::get(c, &key)).await? {
         Some(s) => Ok(Json(s.webhook)),
         None => Err(not_found(&id)),
     }
@@ -158,13 +160,12 @@ pub async fn get(
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
 )]
 pub async fn delete(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let key = id.clone();
-    let deleted = app
-        .store
+    let deleted = store
         .write(move |c| {
             let state = audit::webhook_state;
             audit::around(
@@ -204,7 +205,7 @@ pub struct DeliveryQuery {
     responses((status = 200, description = "Delivery attempts, newest first", body = sundial_proto::List<sundial_proto::webhook::Delivery>), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
 )]
 pub async fn deliveries(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     _: Admin,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
@@ -213,8 +214,7 @@ pub async fn deliveries(
     let limit = page_limit(q.limit)?;
     let cursor = parse_cursor(q.cursor.as_deref())?;
     let key = id.clone();
-    let (items, next) = app
-        .store
+    let (items, next) = store
         .read(move |c| {
             if webhooks::get(c, &key)?.is_none() {
                 return Err(StoreError::NotFound {
@@ -240,13 +240,14 @@ pub async fn deliveries(
     responses((status = 200, description = "The attempt", body = sundial_proto::webhook::Delivery), (status = 404, description = "No such webhook", body = sundial_proto::ErrorBody))
 )]
 pub async fn test(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(deliverer): State<Arc<Deliverer>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Delivery>> {
     let key = id.clone();
-    let Some(hook) = app.store.read(move |c| webhooks::get(c, &key)).await? else {
+    let Some(hook) = store.read(move |c| webhooks::get(c, &key)).await? else {
         return Err(not_found(&id));
     };
-    Ok(Json(app.deliverer.send_test(&hook, actor).await?))
+    Ok(Json(deliverer.send_test(&hook, actor).await?))
 }

@@ -7,9 +7,13 @@
 use super::csrf::{self, LOGIN_COOKIE};
 use super::session::{self, Session, COOKIE_NAME, SESSION_TTL_MS};
 use super::view::{render, Layout, UiError, UiResult, Viewer};
+use crate::api;
 use crate::api::extract::Admin;
 use crate::api::origin::Origin;
-use crate::api::{self, AppState};
+use crate::api::state::{Console, Gate, Queue};
+use crate::registry::Registry;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::header::SET_COOKIE;
@@ -17,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
 use axum::Form;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// The hidden field every console form carries.
 #[derive(Debug, Default, Deserialize)]
@@ -41,8 +46,8 @@ pub fn check_post(
     Ok(())
 }
 
-fn secure(app: &AppState) -> bool {
-    app.settings.tls.is_some()
+fn secure(console: &Console) -> bool {
+    console.settings.tls.is_some()
 }
 
 #[derive(Template)]
@@ -54,15 +59,15 @@ pub struct LoginPage {
 }
 
 /// Renders the sign-in form with a fresh double-submit token.
-fn login_page(app: &AppState, status: StatusCode, error: &str) -> UiResult {
+fn login_page(console: &Console, status: StatusCode, error: &str) -> UiResult {
     let token = session::random_token();
     let mut resp = render(&LoginPage {
-        layout: Layout::anonymous(app),
+        layout: Layout::anonymous(&console.ha),
         csrf: token.clone(),
         error: error.to_string(),
     })?;
     *resp.status_mut() = status;
-    let cookie = session::set_cookie(LOGIN_COOKIE, &token, 3600, secure(app));
+    let cookie = session::set_cookie(LOGIN_COOKIE, &token, 3600, secure(console));
     resp.headers_mut().insert(
         SET_COOKIE,
         cookie
@@ -72,11 +77,11 @@ fn login_page(app: &AppState, status: StatusCode, error: &str) -> UiResult {
     Ok(resp)
 }
 
-pub async fn login_form(State(app): State<AppState>, headers: HeaderMap) -> UiResult {
-    if session::current(&app, &headers).await?.is_some() {
+pub async fn login_form(State(console): State<Console>, headers: HeaderMap) -> UiResult {
+    if session::current(&console.store, &headers).await?.is_some() {
         return Ok(Redirect::to("/ui/").into_response());
     }
-    login_page(&app, StatusCode::OK, "")
+    login_page(&console, StatusCode::OK, "")
 }
 
 #[derive(Deserialize)]
@@ -88,10 +93,10 @@ pub struct LoginForm {
 }
 
 /// The sign-in page answering 429 with `Retry-After` (too many failed sign-ins).
-fn limited_page(app: &AppState, limited: api::error::ApiError) -> UiResult {
+fn limited_page(console: &Console, limited: api::error::ApiError) -> UiResult {
     let secs = limited.retry_after.unwrap_or(1);
     let mut resp = login_page(
-        app,
+        console,
         StatusCode::TOO_MANY_REQUESTS,
         &format!("Too many failed sign-ins from this address. Try again in {secs} s."),
     )?;
@@ -103,51 +108,52 @@ fn limited_page(app: &AppState, limited: api::error::ApiError) -> UiResult {
 }
 
 pub async fn login(
-    State(app): State<AppState>,
+    State(console): State<Console>,
+    State(gate): State<Gate>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> UiResult {
     csrf::same_site(&headers)?;
     let source = api::limit::source(&extensions);
-    if let Err(e) = api::limit::guard(&app, api::limit::Kind::ApiKey, source) {
-        return limited_page(&app, e);
+    if let Err(e) = api::limit::guard(&gate, api::limit::Kind::ApiKey, source) {
+        return limited_page(&console, e);
     }
     let Some(expected) = session::cookie_value(&headers, LOGIN_COOKIE) else {
         return login_page(
-            &app,
+            &console,
             StatusCode::FORBIDDEN,
             "The sign-in form expired (or cookies are blocked). Please try again.",
         );
     };
     if csrf::verify(&expected, Some(&form.csrf)).is_err() {
         return login_page(
-            &app,
+            &console,
             StatusCode::FORBIDDEN,
             "The sign-in form was not valid. Please try again.",
         );
     }
     let key = form.key.trim();
     if key.is_empty() {
-        return login_page(&app, StatusCode::BAD_REQUEST, "Enter an API key.");
+        return login_page(&console, StatusCode::BAD_REQUEST, "Enter an API key.");
     }
-    match session::sign_in(&app, key).await? {
+    match session::sign_in(&console.store, key).await? {
         None => {
             let subject = format!("key:{}", api::limit::fingerprint(key));
             tracing::warn!(subject, "console sign-in refused: unknown API key");
             let refused = api::error::ApiError::unauthorized("unknown API key");
             let e = api::limit::failed(
-                &app,
+                &gate,
                 api::limit::Kind::ApiKey,
                 source,
                 Some(&subject),
                 refused,
             );
             if e.status == StatusCode::TOO_MANY_REQUESTS {
-                return limited_page(&app, e);
+                return limited_page(&console, e);
             }
             login_page(
-                &app,
+                &console,
                 StatusCode::UNAUTHORIZED,
                 "That API key is not valid (unknown, expired or deleted). Check it and try again.",
             )
@@ -155,21 +161,21 @@ pub async fn login(
         Some((token, s)) => {
             tracing::info!(key = %s.key_id, scope = s.scope.as_str(), "console sign-in");
             let cookie =
-                session::set_cookie(COOKIE_NAME, &token, SESSION_TTL_MS / 1000, secure(&app));
+                session::set_cookie(COOKIE_NAME, &token, SESSION_TTL_MS / 1000, secure(&console));
             Ok(([(SET_COOKIE, cookie)], Redirect::to("/ui/")).into_response())
         }
     }
 }
 
 pub async fn logout(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, false)?;
-    session::sign_out(&app, &headers).await?;
-    let cookie = session::set_cookie(COOKIE_NAME, "", 0, secure(&app));
+    session::sign_out(&console.store, &headers).await?;
+    let cookie = session::set_cookie(COOKIE_NAME, "", 0, secure(&console));
     Ok(([(SET_COOKIE, cookie)], Redirect::to("/ui/login")).into_response())
 }
 
@@ -232,7 +238,7 @@ pub struct ConfirmPage {
 }
 
 pub async fn confirm_job(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Path((id, action)): Path<(String, String)>,
 ) -> UiResult {
@@ -244,7 +250,7 @@ pub async fn confirm_job(
     let mut button = action.as_str().to_string();
     button[..1].make_ascii_uppercase();
     render(&ConfirmPage {
-        layout: Layout::new(&app, &s, "jobs"),
+        layout: Layout::new(&console.ha, &s, "jobs"),
         question: action.question(&id),
         action_url: format!("/ui/jobs/{id}/{}", action.as_str()),
         button: format!("{button} {id}"),
@@ -254,7 +260,8 @@ pub async fn confirm_job(
 }
 
 pub async fn job_action(
-    State(app): State<AppState>,
+    State(queue): State<Queue>,
+    State(scheduler): State<Arc<Scheduler>>,
     Viewer(s): Viewer,
     origin: Origin,
     Path((id, action)): Path<(String, String)>,
@@ -264,23 +271,34 @@ pub async fn job_action(
     let action = parse_action(&action)?;
     check_post(&s, &headers, &form.csrf, true)?;
     tracing::info!(key = %s.key_id, job = %id, action = action.as_str(), "console job action");
-    let st = State(app.clone());
     let admin = Admin(origin.actor(s.key_id.clone(), None));
     let to = match action {
         JobAction::Trigger => {
-            let (_, run) = api::jobs::trigger(st, admin, Path(id)).await?;
+            let (_, run) = api::jobs::trigger(State(queue), admin, Path(id)).await?;
             format!("/ui/runs/{}", run.0.id)
         }
         JobAction::Pause => {
-            let _paused = api::jobs::pause(st, admin, Path(id.clone())).await?;
+            let _paused = api::jobs::pause(
+                State(queue.store),
+                State(scheduler),
+                admin,
+                Path(id.clone()),
+            )
+            .await?;
             format!("/ui/jobs/{id}")
         }
         JobAction::Resume => {
-            let _resumed = api::jobs::resume(st, admin, Path(id.clone())).await?;
+            let _resumed = api::jobs::resume(
+                State(queue.store),
+                State(scheduler),
+                admin,
+                Path(id.clone()),
+            )
+            .await?;
             format!("/ui/jobs/{id}")
         }
         JobAction::Delete => {
-            api::jobs::delete(st, admin, Path(id)).await?;
+            api::jobs::delete(State(queue.store), admin, Path(id)).await?;
             "/ui/jobs".to_string()
         }
     };
@@ -288,7 +306,7 @@ pub async fn job_action(
 }
 
 pub async fn confirm_revoke(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Path(id): Path<String>,
 ) -> UiResult {
@@ -297,7 +315,7 @@ pub async fn confirm_revoke(
     }
     crate::validate::node_id(&id).map_err(|e| UiError::new(StatusCode::BAD_REQUEST, e.message))?;
     render(&ConfirmPage {
-        layout: Layout::new(&app, &s, "nodes"),
+        layout: Layout::new(&console.ha, &s, "nodes"),
         question: format!(
             "Revoke node {id}? Its credential stops working at once; it must join again with a join token."
         ),
@@ -309,7 +327,8 @@ pub async fn confirm_revoke(
 }
 
 pub async fn revoke_node(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(registry): State<Arc<Registry>>,
     Viewer(s): Viewer,
     origin: Origin,
     Path(id): Path<String>,
@@ -319,7 +338,7 @@ pub async fn revoke_node(
     check_post(&s, &headers, &form.csrf, true)?;
     tracing::info!(key = %s.key_id, node = %id, "console node revoke");
     let admin = Admin(origin.actor(s.key_id.clone(), None));
-    api::nodes::revoke(State(app), admin, Path(id)).await?;
+    api::nodes::revoke(State(store), State(registry), admin, Path(id)).await?;
     Ok(Redirect::to("/ui/nodes").into_response())
 }
 

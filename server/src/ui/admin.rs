@@ -5,9 +5,12 @@
 
 use super::actions::{check_post, CsrfForm};
 use super::view::{render, Layout, Ts, UiError, UiResult, Viewer};
+use crate::api;
 use crate::api::extract::{parse_json, Admin, JsonBody};
 use crate::api::origin::Origin;
-use crate::api::{self, AppState};
+use crate::api::state::Console;
+use crate::auth::KeyCache;
+use crate::store::Store;
 use crate::store::{keys, tokens};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -16,6 +19,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 pub struct KeyRow {
     pub id: String,
@@ -50,14 +54,14 @@ pub struct KeysPage {
 }
 
 async fn page_with(
-    app: &AppState,
+    console: &Console,
     s: &super::session::Session,
     created: Option<NewSecret>,
 ) -> UiResult {
     if !s.is_admin() {
         return Err(UiError::forbidden());
     }
-    let (all_keys, all_tokens) = app
+    let (all_keys, all_tokens) = console
         .store
         .read(|c| Ok((keys::list(c)?, tokens::list(c)?)))
         .await?;
@@ -85,15 +89,15 @@ async fn page_with(
         })
         .collect();
     render(&KeysPage {
-        layout: Layout::new(app, s, "keys"),
+        layout: Layout::new(&console.ha, s, "keys"),
         keys,
         tokens,
         created,
     })
 }
 
-pub async fn page(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
-    page_with(&app, &s, None).await
+pub async fn page(State(console): State<Console>, Viewer(s): Viewer) -> UiResult {
+    page_with(&console, &s, None).await
 }
 
 #[derive(Deserialize)]
@@ -107,7 +111,7 @@ pub struct NewKeyForm {
 }
 
 pub async fn create_key(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     origin: Origin,
     headers: HeaderMap,
@@ -116,18 +120,18 @@ pub async fn create_key(
     check_post(&s, &headers, &form.csrf, true)?;
     let body = json!({"scope": form.scope, "name": form.name}).to_string();
     let (_, created) = api::keys::create(
-        State(app.clone()),
+        State(console.store.clone()),
         Admin(origin.actor(s.key_id.clone(), None)),
         JsonBody(parse_json(body.as_bytes())?),
     )
     .await?;
     tracing::info!(key = %s.key_id, "console created an API key");
-    shown_once(&app, &s, "API key", &created.0, "key").await
+    shown_once(&console, &s, "API key", &created.0, "key").await
 }
 
 /// The keys page with a just-created secret shown this once (`201`).
 async fn shown_once(
-    app: &AppState,
+    console: &Console,
     s: &super::session::Session,
     kind: &'static str,
     created: &Value,
@@ -141,7 +145,7 @@ async fn shown_once(
             .unwrap_or_default()
             .to_string(),
     };
-    let mut resp = page_with(app, s, Some(secret)).await?;
+    let mut resp = page_with(console, s, Some(secret)).await?;
     *resp.status_mut() = StatusCode::CREATED;
     Ok(resp)
 }
@@ -161,7 +165,7 @@ pub struct NewTokenForm {
 }
 
 pub async fn create_token(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     origin: Origin,
     headers: HeaderMap,
@@ -184,17 +188,18 @@ pub async fn create_token(
     }
     let bytes = Value::Object(body).to_string();
     let (_, created) = api::nodes::create_token(
-        State(app.clone()),
+        State(console.store.clone()),
         Admin(origin.actor(s.key_id.clone(), None)),
         JsonBody(parse_json(bytes.as_bytes())?),
     )
     .await?;
     tracing::info!(key = %s.key_id, "console created a join token");
-    shown_once(&app, &s, "join token", &created.0, "token").await
+    shown_once(&console, &s, "join token", &created.0, "token").await
 }
 
 pub async fn delete_key(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
+    State(keys): State<Arc<KeyCache>>,
     Viewer(s): Viewer,
     origin: Origin,
     Path(id): Path<String>,
@@ -203,7 +208,8 @@ pub async fn delete_key(
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     api::keys::delete(
-        State(app),
+        State(store),
+        State(keys),
         Admin(origin.actor(s.key_id.clone(), None)),
         Path(id),
     )
@@ -212,7 +218,7 @@ pub async fn delete_key(
 }
 
 pub async fn delete_token(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Viewer(s): Viewer,
     origin: Origin,
     Path(id): Path<String>,
@@ -221,7 +227,7 @@ pub async fn delete_token(
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     api::nodes::delete_token(
-        State(app),
+        State(store),
         Admin(origin.actor(s.key_id.clone(), None)),
         Path(id),
     )

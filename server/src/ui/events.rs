@@ -5,13 +5,15 @@
 //! any session (read scope too) may see it.
 
 use super::view::{render, Layout, Ts, UiError, UiResult, Viewer};
-use crate::api::AppState;
+use crate::api::state::Console;
 use crate::store::events::{self, Filter};
+use crate::store::Store;
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use sundial_proto::event::{Event, EventType, TypePattern};
 
 /// Events shown when the page opens.
@@ -143,14 +145,14 @@ fn newest(
 }
 
 pub async fn page(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Query(query): Query<EventsQuery>,
 ) -> UiResult {
     let filter = query.filter()?;
-    let (found, cursor) = app.store.read(move |c| newest(c, &filter)).await?;
+    let (found, cursor) = console.store.read(move |c| newest(c, &filter)).await?;
     render(&EventsPage {
-        layout: Layout::new(&app, &s, "events"),
+        layout: Layout::new(&console.ha, &s, "events"),
         poll: query.poll_url(cursor),
         query,
         families: families(),
@@ -162,7 +164,7 @@ pub async fn page(
 /// The polled fragment: a new poller (with the advanced cursor) followed by
 /// the events after `after`, newest first, replacing the old poller.
 pub async fn live(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Viewer(_): Viewer,
     Query(query): Query<EventsQuery>,
 ) -> UiResult {
@@ -171,8 +173,7 @@ pub async fn live(
         .after
         .filter(|a| *a >= 0)
         .ok_or_else(|| UiError::new(StatusCode::BAD_REQUEST, "after must be an event id"))?;
-    let page = app
-        .store
+    let page = store
         .read(move |c| events::list(c, after, &filter, POLL_LIMIT))
         .await?;
     render(&EventsLive {

@@ -7,12 +7,15 @@ use super::fires::{self, Bar, Fire};
 use super::queries::{self, JobSearch, LastState, Sort};
 use super::view::{human_ms, render, Layout, Ts, UiError, UiResult, Viewer};
 use crate::api::nodes::{live_view, status_of};
-use crate::api::AppState;
+use crate::api::state::Console;
+use crate::registry::Registry;
+use crate::store::Store;
 use crate::store::{jobs, nodes, runs};
 use askama::Template;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use sundial_proto::time::now_ms;
 use sundial_proto::{Job, Run, RunState};
 
@@ -140,8 +143,12 @@ const RUNS_COUNTED: usize = 200_000;
 /// A job is overdue when its fire is this late (the scheduler fires on time).
 const OVERDUE_MS: i64 = 60_000;
 
-pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
-    let ha = app.ha_state();
+pub async fn overview(
+    State(console): State<Console>,
+    State(registry): State<Arc<Registry>>,
+    Viewer(s): Viewer,
+) -> UiResult {
+    let ha = console.ha.snapshot();
     let now = now_ms();
     let (
         jobs_total,
@@ -151,7 +158,7 @@ pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResul
         (unmet, unmet_total),
         (next, next_total),
         all_nodes,
-    ) = app
+    ) = console
         .store
         .read(move |c| {
             Ok((
@@ -167,7 +174,7 @@ pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResul
         .await?;
     let mut counts = (0, 0, 0);
     for n in all_nodes {
-        match status_of(&live_view(&app, n), now) {
+        match status_of(&live_view(&registry, n), now) {
             "ready" => counts.0 += 1,
             "revoked" => counts.2 += 1,
             _ => counts.1 += 1,
@@ -181,7 +188,7 @@ pub async fn overview(State(app): State<AppState>, Viewer(s): Viewer) -> UiResul
             .unwrap_or_else(|| "unknown".to_string()),
     };
     render(&Overview {
-        layout: Layout::new(&app, &s, "overview"),
+        layout: Layout::new(&console.ha, &s, "overview"),
         role: ha.role.as_str(),
         epoch: ha.epoch,
         primary,
@@ -313,7 +320,7 @@ pub struct JobsPage {
 }
 
 pub async fn jobs(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Query(query): Query<JobsQuery>,
     RawQuery(raw): RawQuery,
@@ -322,14 +329,15 @@ pub async fn jobs(
     let search = query.search()?;
     let (found, total) = {
         let search = search.clone();
-        app.store
+        console
+            .store
             .read(move |c| queries::search_jobs(c, &search))
             .await?
     };
     let page = search.offset / PAGE_SIZE + 1;
     let pages = (total as usize).div_ceil(PAGE_SIZE).max(1);
     render(&JobsPage {
-        layout: Layout::new(&app, &s, "jobs"),
+        layout: Layout::new(&console.ha, &s, "jobs"),
         rows: found.iter().map(JobRow::from).collect(),
         total,
         prev: (page > 1).then(|| query.link(page - 1)),
@@ -360,12 +368,12 @@ pub struct JobPage {
 }
 
 pub async fn job(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Path(id): Path<String>,
 ) -> UiResult {
     let shown = id.clone();
-    let found = app
+    let found = console
         .store
         .read(move |c| {
             let Some(job) = jobs::get(c, &id)? else {
@@ -390,7 +398,7 @@ pub async fn job(
         };
     let (bars, scale) = fires::duration_bars(&history);
     render(&JobPage {
-        layout: Layout::new(&app, &s, "jobs"),
+        layout: Layout::new(&console.ha, &s, "jobs"),
         job: JobRow::from(&job),
         total: job.counters.total,
         succeeded: job.counters.succeeded,
@@ -421,36 +429,36 @@ pub struct RunLive {
     pub run: RunView,
 }
 
-async fn load_run(app: &AppState, raw: &str) -> Result<Run, UiError> {
+async fn load_run(store: &Store, raw: &str) -> Result<Run, UiError> {
     let id: i64 = raw
         .parse()
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| UiError::not_found(format!("Run {raw:?} not found.")))?;
-    app.store
+    store
         .read(move |c| runs::get(c, id))
         .await?
         .ok_or_else(|| UiError::not_found(format!("Run {id} not found.")))
 }
 
 pub async fn run(
-    State(app): State<AppState>,
+    State(console): State<Console>,
     Viewer(s): Viewer,
     Path(raw): Path<String>,
 ) -> UiResult {
-    let run = load_run(&app, &raw).await?;
+    let run = load_run(&console.store, &raw).await?;
     render(&RunPage {
-        layout: Layout::new(&app, &s, "jobs"),
+        layout: Layout::new(&console.ha, &s, "jobs"),
         run: RunView::from(&run),
     })
 }
 
 pub async fn run_live(
-    State(app): State<AppState>,
+    State(store): State<Arc<Store>>,
     Viewer(_): Viewer,
     Path(raw): Path<String>,
 ) -> UiResult {
-    let run = load_run(&app, &raw).await?;
+    let run = load_run(&store, &raw).await?;
     render(&RunLive {
         run: RunView::from(&run),
     })
@@ -474,13 +482,17 @@ pub struct NodesPage {
     pub rows: Vec<NodeRow>,
 }
 
-pub async fn nodes(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
-    let all = app.store.read(nodes::list).await?;
+pub async fn nodes(
+    State(console): State<Console>,
+    State(registry): State<Arc<Registry>>,
+    Viewer(s): Viewer,
+) -> UiResult {
+    let all = console.store.read(nodes::list).await?;
     let now = now_ms();
     let rows = all
         .into_iter()
         .map(|n| {
-            let n = live_view(&app, n);
+            let n = live_view(&registry, n);
             NodeRow {
                 status: status_of(&n, now),
                 labels: n
@@ -504,7 +516,7 @@ pub async fn nodes(State(app): State<AppState>, Viewer(s): Viewer) -> UiResult {
         })
         .collect();
     render(&NodesPage {
-        layout: Layout::new(&app, &s, "nodes"),
+        layout: Layout::new(&console.ha, &s, "nodes"),
         rows,
     })
 }

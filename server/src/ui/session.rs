@@ -7,10 +7,9 @@
 //! the primary and a session survives a failover. A session ends at sign-out,
 //! at expiry, or when its API key is deleted (the lookup joins `api_keys`).
 
-use crate::api::AppState;
 use crate::auth::hash_key;
 use crate::store::keys::{self, Scope};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use axum::http::header::COOKIE;
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -70,11 +69,10 @@ pub fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> Stri
 /// Creates a session for a valid key. Returns the cookie token (never
 /// stored) and the session, or `None` when the key is unknown or expired.
 /// A session never outlives its key's expiry.
-pub async fn sign_in(app: &AppState, key: &str) -> Result<Option<(String, Session)>, StoreError> {
+pub async fn sign_in(store: &Store, key: &str) -> Result<Option<(String, Session)>, StoreError> {
     let key_hash = hash_key(key);
     let now = now_ms();
-    let Some(found) = app
-        .store
+    let Some(found) = store
         .read(move |c| keys::find_by_hash(c, &key_hash))
         .await?
         .filter(|k| !k.expired(now))
@@ -91,7 +89,7 @@ pub async fn sign_in(app: &AppState, key: &str) -> Result<Option<(String, Sessio
     };
     let token_hash = hash_key(&token);
     let row = session.clone();
-    app.store
+    store
         .write(move |c| insert(c, &token_hash, &row, now))
         .await?;
     Ok(Some((token, session)))
@@ -155,21 +153,19 @@ pub fn delete(conn: &Connection, token_hash: &[u8]) -> Result<bool, StoreError> 
 }
 
 /// The request's session, if its cookie names a live one.
-pub async fn current(app: &AppState, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+pub async fn current(store: &Store, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
     let Some(token) = cookie_value(headers, COOKIE_NAME) else {
         return Ok(None);
     };
     let token_hash = hash_key(&token);
-    app.store
-        .read(move |c| find(c, &token_hash, now_ms()))
-        .await
+    store.read(move |c| find(c, &token_hash, now_ms())).await
 }
 
 /// Ends the request's session (sign-out).
-pub async fn sign_out(app: &AppState, headers: &HeaderMap) -> Result<(), StoreError> {
+pub async fn sign_out(store: &Store, headers: &HeaderMap) -> Result<(), StoreError> {
     if let Some(token) = cookie_value(headers, COOKIE_NAME) {
         let token_hash = hash_key(&token);
-        app.store.write(move |c| delete(c, &token_hash)).await?;
+        store.write(move |c| delete(c, &token_hash)).await?;
     }
     Ok(())
 }

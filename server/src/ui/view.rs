@@ -8,6 +8,7 @@ use super::csrf::CsrfError;
 use super::session::{self, Session};
 use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::ha::RoleCell;
 use crate::store::StoreError;
 use askama::Template;
 use axum::extract::FromRequestParts;
@@ -31,26 +32,26 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn new(app: &AppState, s: &Session, nav: &'static str) -> Layout {
+    pub fn new(ha: &RoleCell, s: &Session, nav: &'static str) -> Layout {
         Layout {
             nav,
             signed_in: true,
             key_id: s.key_id.clone(),
             admin: s.is_admin(),
             csrf: s.csrf.clone(),
-            role: app.role().as_str(),
+            role: ha.role().as_str(),
             v: super::assets::VERSION,
         }
     }
 
-    pub fn anonymous(app: &AppState) -> Layout {
+    pub fn anonymous(ha: &RoleCell) -> Layout {
         Layout {
             nav: "",
             signed_in: false,
             key_id: String::new(),
             admin: false,
             csrf: String::new(),
-            role: app.role().as_str(),
+            role: ha.role().as_str(),
             v: super::assets::VERSION,
         }
     }
@@ -182,7 +183,7 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Response> {
-        match session::current(app, &parts.headers).await {
+        match session::current(&app.store, &parts.headers).await {
             Ok(Some(s)) => Ok(Viewer(s)),
             // An htmx poll (e.g. a run page left open past expiry) cannot
             // follow a 303 usefully: tell htmx to load the sign-in page.

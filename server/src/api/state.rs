@@ -5,12 +5,13 @@
 //! `State<Arc<Scheduler>>`, `State<Arc<Dispatcher>>`, ...) or one of the
 //! bundles below, so its signature says what it reads and changes.
 //!
-//! The whole state stays with what runs for every request before a handler
-//! and needs most of it: the request metrics and forwarding middleware
-//! (role, metrics, secrets, forwarder, settings) and the authenticating
+//! The whole state stays where a request is checked before any handler
+//! runs: the replica-forwarding middleware ([`forward::layer`]: role,
+//! metrics, secrets, forwarder, body limits) and the authenticating
 //! extractors (`Admin`, `Reader`, `Origin`, `Signed`, the console's
-//! `Viewer`: store, key cache, secrets, nonces, registry, rate limiter,
-//! metrics).
+//! `Viewer`), which between them read the store, key cache, secrets,
+//! nonces, registry, rate limiter and metrics. The request-metrics
+//! middleware takes only the metrics, the overload guard its own state.
 
 use super::{agent_auth, forward};
 use crate::auth::KeyCache;
@@ -56,11 +57,7 @@ pub struct App {
 }
 
 impl App {
-    /// This server's role.
-    pub fn role(&self) -> crate::ha::Role {
-        self.ha.role()
-    }
-
+    /// The HA role and what goes with it, now.
     pub fn ha_state(&self) -> crate::ha::HaState {
         self.ha.snapshot()
     }

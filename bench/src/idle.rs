@@ -342,15 +342,15 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
         "server VmRSS while all poll (max / end)",
         format!("{} / {}", mib(rss_max), mib(rss_end)),
         &format!(
-            "≤ 500 MB {}",
-            super::verdict(rss_mb <= 500.0 && connected_at.is_some())
+            "≤ 250 MB {}",
+            super::verdict(rss_mb <= 250.0 && connected_at.is_some())
         ),
     );
     let hwm_mb = hwm as f64 / 1024.0 * 1.048576;
     row(
         "server VmHWM (whole run)",
         mib(hwm),
-        &format!("≤ 500 MB {}", super::verdict(hwm_mb <= 500.0)),
+        &format!("≤ 250 MB {}", super::verdict(hwm_mb <= 250.0)),
     );
     row(
         "  per connected daemon (RSS − RSS before)",

@@ -93,6 +93,32 @@ fn stalled_head_is_closed_after_the_header_timeout() {
 }
 
 #[test]
+fn plain_port_speaks_http1_and_h2c_and_closes_a_stalled_preface() {
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        ServerProc::start_args(&dir.path().join("data"), &["--header-read-timeout", "1s"]).unwrap();
+    let url = format!("{}/healthz", server.base);
+    let h1 = Client::new().get(&url).send().unwrap();
+    assert_eq!(h1.status(), 200);
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    let h2 = Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .get(&url)
+        .send()
+        .unwrap();
+    assert_eq!(h2.status(), 200);
+    assert_eq!(h2.version(), reqwest::Version::HTTP_2);
+    // Half the HTTP/2 preface, then nothing: closed on the header timeout.
+    let opened = Instant::now();
+    let mut half = stalled(&server, b"PRI * HTTP/2.0\r\n");
+    let (_, closed) = read_until_closed(&mut half, Duration::from_secs(10));
+    assert!(closed.is_some(), "half a preface still open after 10 s");
+    assert!(opened.elapsed() >= Duration::from_millis(800));
+}
+
+#[test]
 fn stalled_body_gets_408_after_the_body_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server =

@@ -5,6 +5,12 @@ use anyhow::Context;
 use clap::Parser;
 use sundial_server::config::{Cli, Command, LogFormat};
 
+/// jemalloc rather than glibc's malloc: with 10,000 daemons long-polling,
+/// each connection's buffers and futures cost about 21 KiB instead of 24
+/// (`docs/benchmarks.md` §13); CPU per run is the same or lower.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

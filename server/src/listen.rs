@@ -162,63 +162,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 }
 
-/// Applies the limits to a hyper connection builder (HTTP/1 and HTTP/2).
+/// The HTTP/1 limits, for hyper's builder and hyper-util's auto builder
+/// alike (they have the same setters but no common trait).
+macro_rules! http1_limits {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+    };
+}
+
+/// The HTTP/2 limits (see [`http1_limits`]).
+macro_rules! http2_limits {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval($limits.header_read_timeout)
+            .keep_alive_timeout($limits.header_read_timeout)
+            .max_concurrent_streams(256)
+    };
+}
+
+/// Applies the limits to the auto builder the TLS listener uses.
 fn configure(builder: &mut Builder<TokioExecutor>, limits: &Limits) {
-    configure_http1(&mut builder.http1(), limits);
-    configure_http2(&mut builder.http2(), limits);
-}
-
-/// The HTTP/1 settings, wherever the builder lives.
-fn configure_http1<B: Http1Settings>(builder: &mut B, limits: &Limits) {
-    builder.settings(limits);
-}
-
-/// The HTTP/2 settings, wherever the builder lives.
-fn configure_http2<B: Http2Settings>(builder: &mut B, limits: &Limits) {
-    builder.settings(limits);
-}
-
-/// One place for the HTTP/1 limits: hyper's own builder and hyper-util's
-/// auto builder (TLS, through axum_server) expose the same setters.
-trait Http1Settings {
-    fn settings(&mut self, limits: &Limits);
-}
-
-impl Http1Settings for hyper::server::conn::http1::Builder {
-    fn settings(&mut self, limits: &Limits) {
-        self.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
-    }
-}
-
-impl<E> Http1Settings for hyper_util::server::conn::auto::Http1Builder<'_, E> {
-    fn settings(&mut self, limits: &Limits) {
-        self.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
-    }
-}
-
-/// One place for the HTTP/2 limits (see [`Http1Settings`]).
-trait Http2Settings {
-    fn settings(&mut self, limits: &Limits);
-}
-
-impl<E> Http2Settings for hyper::server::conn::http2::Builder<E> {
-    fn settings(&mut self, limits: &Limits) {
-        self.timer(TokioTimer::new())
-            .keep_alive_interval(limits.header_read_timeout)
-            .keep_alive_timeout(limits.header_read_timeout)
-            .max_concurrent_streams(256);
-    }
-}
-
-impl<E> Http2Settings for hyper_util::server::conn::auto::Http2Builder<'_, E> {
-    fn settings(&mut self, limits: &Limits) {
-        self.timer(TokioTimer::new())
-            .keep_alive_interval(limits.header_read_timeout)
-            .keep_alive_timeout(limits.header_read_timeout)
-            .max_concurrent_streams(256);
-    }
+    http1_limits!(builder.http1(), limits);
+    http2_limits!(builder.http2(), limits);
 }
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client opens with.
@@ -288,9 +256,9 @@ pub(crate) async fn serve_plain(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let mut http1 = hyper::server::conn::http1::Builder::new();
-    configure_http1(&mut http1, &limits);
+    http1_limits!(http1, limits);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    configure_http2(&mut http2, &limits);
+    http2_limits!(http2, limits);
     let builders = Arc::new((http1, http2));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -319,10 +287,15 @@ pub(crate) async fn serve_plain(
             router.clone().oneshot(req)
         });
         let (builders, watcher, metrics) = (builders.clone(), graceful.watcher(), metrics.clone());
-        let within = limits.header_read_timeout;
+        let (within, stop) = (limits.header_read_timeout, stop.clone());
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let protocol = match tokio::time::timeout(within, sniff(&stream)).await {
+            let sniffed = tokio::select! {
+                r = tokio::time::timeout(within, sniff(&stream)) => r,
+                // Shutting down: a connection that has not spoken is dropped.
+                _ = stop.cancelled() => return,
+            };
+            let protocol = match sniffed {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     return tracing::debug!(error = %e, "connection ended before a request")

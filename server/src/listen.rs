@@ -5,8 +5,8 @@
 //!   is answered `503 overloaded` (plain HTTP) or closed (TLS) at once;
 //! - a client must send its request head within `header_read_timeout`
 //!   (hyper's HTTP/1 header timer), and the first bytes of a connection
-//!   within the same time (which the protocol sniffing before hyper's timer
-//!   does not bound); an idle keep-alive connection is closed after it too.
+//!   within the same time (the HTTP/1-or-h2c sniffing comes before hyper's
+//!   timer runs); an idle keep-alive connection is closed after it too.
 //!
 //! A stalled connection costs a socket and a sleeping timer, no task wakeups.
 //! Graceful shutdown: stop accepting, let requests finish (long-lived
@@ -36,8 +36,9 @@ use tower::ServiceExt;
 pub const GRACE: Duration = Duration::from_secs(30);
 
 /// Bytes a connection must deliver before the sniffing deadline is lifted:
-/// the length of the HTTP/2 preface, which hyper reads before any timer of
-/// its own runs.
+/// the length of the HTTP/2 preface, which decides the protocol (here by
+/// peeking, over TLS inside hyper-util's auto builder) before any timer of
+/// hyper's own runs.
 const SNIFF_BYTES: usize = 24;
 
 /// What a refused connection gets (plain HTTP only), written without waiting.

@@ -181,25 +181,19 @@ pub async fn delete(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let shown = id.clone();
-    if store
-        .write(move |c| {
-            let now = now_ms();
-            audit::around(
-                c,
-                now,
-                &actor,
-                Action::JobDelete,
-                &id,
-                audit::job_state,
-                || jobs::delete(c, &id, now),
-            )
-        })
-        .await?
-    {
+    let deleted = audit::delete(
+        &store,
+        actor,
+        Action::JobDelete,
+        id.clone(),
+        audit::job_state,
+        jobs::delete,
+    )
+    .await?;
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("job {shown:?} not found")))
+        Err(ApiError::not_found(format!("job {id:?} not found")))
     }
 }
 

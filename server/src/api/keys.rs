@@ -135,25 +135,19 @@ pub async fn delete(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let shown = id.clone();
-    let deleted = store
-        .write(move |c| {
-            let now = now_ms();
-            audit::around(
-                c,
-                now,
-                &actor,
-                Action::KeyDelete,
-                &id,
-                audit::key_state,
-                || keys::delete(c, &id, now),
-            )
-        })
-        .await?;
+    let deleted = audit::delete(
+        &store,
+        actor,
+        Action::KeyDelete,
+        id.clone(),
+        audit::key_state,
+        keys::delete,
+    )
+    .await?;
     keys.invalidate();
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found(format!("api key {shown:?} not found")))
+        Err(ApiError::not_found(format!("api key {id:?} not found")))
     }
 }

@@ -212,22 +212,16 @@ pub async fn delete_token(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let key = id.clone();
-    if store
-        .write(move |c| {
-            let now = now_ms();
-            audit::around(
-                c,
-                now,
-                &actor,
-                Action::TokenDelete,
-                &key,
-                audit::token_state,
-                || tokens::delete(c, &key, now),
-            )
-        })
-        .await?
-    {
+    let deleted = audit::delete(
+        &store,
+        actor,
+        Action::TokenDelete,
+        id.clone(),
+        audit::token_state,
+        tokens::delete,
+    )
+    .await?;
+    if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("join token {id:?} not found")))

@@ -164,21 +164,15 @@ pub async fn delete(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let key = id.clone();
-    let deleted = store
-        .write(move |c| {
-            let state = audit::webhook_state;
-            audit::around(
-                c,
-                now_ms(),
-                &actor,
-                Action::WebhookDelete,
-                &key,
-                state,
-                || webhooks::delete(c, &key),
-            )
-        })
-        .await?;
+    let deleted = audit::delete(
+        &store,
+        actor,
+        Action::WebhookDelete,
+        id.clone(),
+        audit::webhook_state,
+        |c, id, _now| webhooks::delete(c, id),
+    )
+    .await?;
     if deleted {
         tracing::info!(webhook = %id, "webhook deleted");
         Ok(StatusCode::NO_CONTENT)

@@ -9,7 +9,7 @@
 //! read only non-secret columns (no key or token hashes, no webhook salts).
 //! Pruned by count and age like events ([`prune`]).
 
-use super::StoreError;
+use super::{Store, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -242,6 +242,29 @@ pub fn around<T>(
         record(conn, now, &actor, &change)?;
     }
     Ok(out)
+}
+
+/// How an audited resource's state is read (see [`around`]).
+pub type StateFn = fn(&Connection, &str) -> Result<Option<Value>, StoreError>;
+
+/// Deletes `id` and records it in one writer operation: `state` digests the
+/// target before and after, `delete` removes it and says whether it was
+/// there. The one path of every audited delete endpoint (jobs, keys, join
+/// tokens, webhooks).
+pub async fn delete(
+    store: &Store,
+    actor: Actor,
+    action: Action,
+    id: String,
+    state: StateFn,
+    delete: fn(&Connection, &str, i64) -> Result<bool, StoreError>,
+) -> Result<bool, StoreError> {
+    store
+        .write(move |c| {
+            let now = sundial_proto::time::now_ms();
+            around(c, now, &actor, action, &id, state, || delete(c, &id, now))
+        })
+        .await
 }
 
 /// The actor with its key's name filled in from `api_keys` when unknown.

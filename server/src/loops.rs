@@ -21,16 +21,18 @@ pub enum Loop {
     Retention,
     Webhooks,
     Alerts,
+    Checkpoint,
 }
 
 impl Loop {
-    pub const ALL: [Loop; 6] = [
+    pub const ALL: [Loop; 7] = [
         Loop::Scheduler,
         Loop::LeaseReaper,
         Loop::SeenFlush,
         Loop::Retention,
         Loop::Webhooks,
         Loop::Alerts,
+        Loop::Checkpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +43,7 @@ impl Loop {
             Loop::Retention => "retention",
             Loop::Webhooks => "webhooks",
             Loop::Alerts => "alerts",
+            Loop::Checkpoint => "checkpoint",
         }
     }
 
@@ -81,7 +84,7 @@ pub struct LoopStatus {
 
 /// Per-loop health, shared by the loops, `/readyz` and the metrics.
 pub struct Loops {
-    states: [Mutex<State>; 6],
+    states: [Mutex<State>; 7],
     metrics: Arc<Metrics>,
 }
 

@@ -184,6 +184,12 @@ impl Controller {
                 app.loops.clone(),
                 token.clone(),
             )),
+            tokio::spawn(crate::checkpoint::run(
+                app.store.clone(),
+                app.metrics.clone(),
+                app.loops.clone(),
+                token.clone(),
+            )),
             tokio::spawn(retention::run(
                 app.store.clone(),
                 self.retention,

@@ -13,7 +13,7 @@
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
 use super::transition::{self, Event, RetryAt, Step};
-use super::{chains, events, runs, StoreError};
+use super::{chains, events, runs, spec_cache, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest};
@@ -325,12 +325,9 @@ pub fn backoff_ms(spec: &JobSpec, next_attempt: u32) -> i64 {
     base.saturating_mul(1i64 << shift).min(cap)
 }
 
-fn job_spec(conn: &Connection, job_pk: i64) -> Result<JobSpec, StoreError> {
-    let text: String = conn
-        .prepare_cached("SELECT spec FROM jobs WHERE pk = ?1")?
-        .query_row([job_pk], |r| r.get(0))?;
-    serde_json::from_str(&text)
-        .map_err(|e| StoreError::Corrupt(format!("job {job_pk}: stored spec: {e}")))
+/// The job's spec, parsed once per stored text ([`spec_cache`]).
+fn job_spec(conn: &Connection, job_pk: i64) -> Result<Arc<JobSpec>, StoreError> {
+    spec_cache::get(conn, job_pk)
 }
 
 /// The fields of a run row that transitions decide on.
@@ -552,7 +549,7 @@ pub fn assign(
             job_id,
             attempt,
             scheduled_for,
-            executor: spec.executor,
+            executor: spec.executor.clone(),
             timeout_ms: spec.timeout.map(|t| t.as_millis()),
             lease_ms: lease_ms as u64,
             upstream_run_id,

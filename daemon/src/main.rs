@@ -4,6 +4,12 @@ use clap::Parser;
 use sundial_daemon::config::Args;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc rather than glibc's malloc: every run spawns cache-aligned tokio
+/// tasks and HTTP buffers, and glibc's aligned and large-bin paths were a
+/// fifth of the daemon's CPU at 10,000 runs/s (docs/benchmarks.md §15).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

@@ -159,36 +159,53 @@ impl Runner {
             m.insert(a.run_id, stop.clone());
         }
         tracing::debug!(run = a.run_id, job = %a.job_id, attempt = a.attempt, "starting");
-        let hb = tokio::spawn(heartbeats(
-            self.client.clone(),
-            a.run_id,
-            a.attempt,
-            a.lease_ms,
-            stop.clone(),
-        ));
-        let live = tokio::spawn(live_output(
-            self.client.clone(),
-            a.run_id,
-            a.attempt,
-            stop.clone(),
-        ));
-        // Handed out ahead of its time: start on the dot, unless stopped first.
-        let waited = if a.start_in_ms > 0 {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(a.start_in_ms)) => true,
-                _ = stop.stopped() => false,
+        let work = async {
+            // Handed out ahead of its time: start on the dot, unless stopped first.
+            let waited = if a.start_in_ms > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(a.start_in_ms)) => true,
+                    _ = stop.stopped() => false,
+                }
+            } else {
+                true
+            };
+            let started_at = now_ms();
+            let f = if waited {
+                executor::execute(&a, &self.limits, &stop, &self.http).await
+            } else {
+                executor::Finished::not_started(&stop)
+            };
+            (started_at, f)
+        };
+        tokio::pin!(work);
+        // Most runs end before their first heartbeat or output report is
+        // due: only a run still going then gets the tasks that send them.
+        let every = heartbeat_every(a.lease_ms);
+        let quiet = every.min(LIVE_OUTPUT_EVERY);
+        let (started_at, f) = tokio::select! {
+            done = &mut work => done,
+            _ = tokio::time::sleep(quiet) => {
+                let hb = tokio::spawn(heartbeats(
+                    self.client.clone(),
+                    a.run_id,
+                    a.attempt,
+                    every,
+                    every - quiet,
+                    stop.clone(),
+                ));
+                let live = tokio::spawn(live_output(
+                    self.client.clone(),
+                    a.run_id,
+                    a.attempt,
+                    LIVE_OUTPUT_EVERY - quiet,
+                    stop.clone(),
+                ));
+                let done = work.await;
+                hb.abort();
+                live.abort();
+                done
             }
-        } else {
-            true
         };
-        let started_at = now_ms();
-        let f = if waited {
-            executor::execute(&a, &self.limits, &stop, &self.http).await
-        } else {
-            executor::Finished::not_started(&stop)
-        };
-        hb.abort();
-        live.abort();
         let request = CompleteRequest {
             attempt: a.attempt,
             outcome: f.outcome,
@@ -247,14 +264,15 @@ impl Runner {
     }
 }
 
-/// Renews the lease every third of it; a reply asking to cancel stops the run.
-/// Sends what a running attempt printed, about once a second, until the
-/// attempt ends (the complete call carries the whole output) or the server
-/// says the attempt is no longer this node's.
-async fn live_output(client: Client, run_id: i64, attempt: u32, stop: Arc<Stop>) {
+/// Sends what a running attempt printed, twice a second (the first time
+/// after `first`), until the attempt ends (the complete call carries the
+/// whole output) or the server says the attempt is no longer this node's.
+async fn live_output(client: Client, run_id: i64, attempt: u32, first: Duration, stop: Arc<Stop>) {
     let mut sent = 0usize;
+    let mut wait = first;
     loop {
-        tokio::time::sleep(LIVE_OUTPUT_EVERY).await;
+        tokio::time::sleep(wait).await;
+        wait = LIVE_OUTPUT_EVERY;
         let Some((chunk, _)) = stop.output_since(sent) else {
             continue;
         };
@@ -275,10 +293,25 @@ async fn live_output(client: Client, run_id: i64, attempt: u32, stop: Arc<Stop>)
 /// How often a running attempt's new output is sent.
 const LIVE_OUTPUT_EVERY: Duration = Duration::from_millis(500);
 
-async fn heartbeats(client: Client, run_id: i64, attempt: u32, lease_ms: u64, stop: Arc<Stop>) {
-    let every = Duration::from_millis((lease_ms / 3).max(200));
+/// How often a running attempt renews its lease: every third of it.
+fn heartbeat_every(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 3).max(200))
+}
+
+/// Renews the lease every `every` (the first time after `first`); a reply
+/// asking to cancel stops the run.
+async fn heartbeats(
+    client: Client,
+    run_id: i64,
+    attempt: u32,
+    every: Duration,
+    first: Duration,
+    stop: Arc<Stop>,
+) {
+    let mut wait = first;
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(wait).await;
+        wait = every;
         match client.heartbeat(run_id, attempt).await {
             Ok(r) if r.cancel => {
                 tracing::info!(run = run_id, "cancelled by the server");

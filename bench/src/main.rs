@@ -176,6 +176,8 @@ enum Scenario {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     println!("{}", machine());
+    let left = sundial_bench::wait_time_wait_drained(1_000, Duration::from_secs(70));
+    println!("TCP sockets in TIME_WAIT at start: {left}");
     let tmp = tempfile::Builder::new()
         .prefix("sundial-bench-")
         .tempdir()

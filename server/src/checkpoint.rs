@@ -29,22 +29,10 @@ pub const EVERY: Duration = Duration::from_millis(100);
 /// `wal_autocheckpoint`; 1,000 by default). 10,000 pages of 4 KiB: 40 MiB.
 pub const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
 
-/// What one checkpoint pass saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pass {
-    /// Frames in the WAL.
-    pub frames: i64,
-    /// Frames of it now in the database file.
-    pub copied: i64,
-}
-
-/// One `PASSIVE` checkpoint on `conn`.
-pub fn passive(conn: &Connection) -> Result<Pass, StoreError> {
-    let (_busy, frames, copied): (i64, i64, i64) =
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    Ok(Pass { frames, copied })
+/// One `PASSIVE` checkpoint on `conn`; returns the frames in the WAL.
+pub fn passive(conn: &Connection) -> Result<i64, StoreError> {
+    // The row is (busy, frames in the WAL, frames copied into the file).
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?)
 }
 
 /// Checkpoints while `term` lasts.
@@ -76,16 +64,16 @@ pub async fn run(
                 Some(c) => c,
                 None => store.open_checkpointer()?,
             };
-            let pass = passive(&c)?;
-            Ok::<_, StoreError>((c, pass))
+            let frames = passive(&c)?;
+            Ok::<_, StoreError>((c, frames))
         })
         .await
         .map_err(|e| StoreError::Io(format!("checkpoint task failed: {e}")))
         .and_then(|r| r);
         wait = match pass {
-            Ok((c, pass)) => {
+            Ok((c, frames)) => {
                 conn = Some(c);
-                metrics.wal_frames.set(pass.frames);
+                metrics.wal_frames.set(frames);
                 backoff.reset();
                 loops.ok(Loop::Checkpoint);
                 EVERY

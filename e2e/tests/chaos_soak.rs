@@ -694,9 +694,24 @@ fn chaos_soak_keeps_every_invariant() {
         let r = get(&http, &format!("{url}/v1/runs?state=running&limit=1"))?;
         (p["items"].as_array()?.is_empty() && r["items"].as_array()?.is_empty()).then_some(())
     });
+    let stuck = || {
+        ["pending", "running"]
+            .map(|state| {
+                let r = http
+                    .get(format!("{url}/v1/runs?state={state}&limit=20"))
+                    .bearer_auth(ADMIN_KEY)
+                    .send();
+                match r {
+                    Ok(r) => format!("{state}: {} {}", r.status(), r.text().unwrap_or_default()),
+                    Err(e) => format!("{state}: {e}"),
+                }
+            })
+            .join("\n")
+    };
     assert!(
         quiet.is_some(),
-        "runs still pending or running:\n{}",
+        "runs still pending or running:\n{}\n{}",
+        stuck(),
         cluster.logs()
     );
     sleep_ms(1_000); // one more observer poll over the settled runs

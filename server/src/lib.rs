@@ -12,8 +12,7 @@
 //!   handlers take only the parts of the server state they use (`api::state`)
 //! - [`auth`]: admin API keys; [`secrets`]: the cluster secret; [`validate`]: input checks
 //! - [`ha`]: where the role comes from (standalone, static, LiteFS) and the current role
-//! - [`retention`]: history pruning; [`checkpoint`]: WAL checkpoints off the
-//!   writer thread; [`metrics`]: Prometheus
+//! - [`retention`]: history pruning; [`metrics`]: Prometheus
 //! - [`loops`]: health and retry pacing of the background loops; [`alerts`]: overdue jobs
 //! - [`webhooks`]: delivery of events to webhooks (signed, ordered, retried)
 //! - [`ui`]: the web console under `/ui/`
@@ -24,7 +23,6 @@ pub(crate) mod alerts;
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod auth_limit;
-pub(crate) mod checkpoint;
 pub mod config;
 pub mod dbcheck;
 pub(crate) mod dispatch;

@@ -21,18 +21,16 @@ pub enum Loop {
     Retention,
     Webhooks,
     Alerts,
-    Checkpoint,
 }
 
 impl Loop {
-    pub const ALL: [Loop; 7] = [
+    pub const ALL: [Loop; 6] = [
         Loop::Scheduler,
         Loop::LeaseReaper,
         Loop::SeenFlush,
         Loop::Retention,
         Loop::Webhooks,
         Loop::Alerts,
-        Loop::Checkpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,7 +41,6 @@ impl Loop {
             Loop::Retention => "retention",
             Loop::Webhooks => "webhooks",
             Loop::Alerts => "alerts",
-            Loop::Checkpoint => "checkpoint",
         }
     }
 
@@ -84,7 +81,7 @@ pub struct LoopStatus {
 
 /// Per-loop health, shared by the loops, `/readyz` and the metrics.
 pub struct Loops {
-    states: [Mutex<State>; 7],
+    states: [Mutex<State>; 6],
     metrics: Arc<Metrics>,
 }
 

@@ -36,7 +36,6 @@ pub struct Metrics {
     pub loop_failing: IntGaugeVec,
     pub events_pruned: IntCounter,
     pub events_stored: IntGauge,
-    pub wal_frames: IntGauge,
     pub events_last_id: IntGauge,
     pub webhooks: IntGauge,
     pub webhook_deliveries: IntCounterVec,
@@ -201,10 +200,6 @@ impl Metrics {
             "Events deleted by retention",
         ));
         let events_stored = must(IntGauge::new("events", "Events stored"));
-        let wal_frames = must(IntGauge::new(
-            "wal_frames",
-            "Frames in the WAL at the last checkpoint pass",
-        ));
         let events_last_id = must(IntGauge::new(
             "events_last_id",
             "Id of the newest event (the stream's head)",
@@ -267,7 +262,6 @@ impl Metrics {
             Box::new(loop_failing.clone()),
             Box::new(events_pruned.clone()),
             Box::new(events_stored.clone()),
-            Box::new(wal_frames.clone()),
             Box::new(events_last_id.clone()),
             Box::new(webhooks.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -306,7 +300,6 @@ impl Metrics {
             loop_failing,
             events_pruned,
             events_stored,
-            wal_frames,
             events_last_id,
             webhooks,
             webhook_deliveries,

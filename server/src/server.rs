@@ -184,12 +184,6 @@ impl Controller {
                 app.loops.clone(),
                 token.clone(),
             )),
-            tokio::spawn(crate::checkpoint::run(
-                app.store.clone(),
-                app.metrics.clone(),
-                app.loops.clone(),
-                token.clone(),
-            )),
             tokio::spawn(retention::run(
                 app.store.clone(),
                 self.retention,

@@ -179,13 +179,6 @@ fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
         )));
     }
     configure(&conn, busy_timeout)?;
-    // The checkpoint loop copies the WAL; the writer only catches up when
-    // it has grown this long ([`crate::checkpoint`]).
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        crate::checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
-    )?;
     // Savepoints and sorts stay in memory: no temp-file writes on the hot path.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrations::migrate(&mut conn)?;
@@ -331,14 +324,6 @@ impl Store {
     ) -> Result<T, StoreError> {
         let conn = self.pool.get()?;
         f(&conn)
-    }
-
-    /// A read-write connection for the checkpoint loop ([`crate::checkpoint`]);
-    /// only the writer's term uses it, and it never writes rows.
-    pub fn open_checkpointer(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(&self.path)?;
-        configure(&conn, self.busy_timeout)?;
-        Ok(conn)
     }
 
     /// Flushes queued writes, checkpoints and stops the writer.

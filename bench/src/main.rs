@@ -19,6 +19,7 @@ mod burst_dispatch;
 mod console;
 mod dispatch;
 mod idle;
+mod run_path;
 mod slowloris;
 
 #[derive(Parser)]
@@ -160,6 +161,17 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         connect_timeout: u64,
     },
+    /// The writer's run path alone (slots, assignment, completion), no network.
+    RunPath {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        /// Simulated seconds (each fires every job once); the first is warm-up.
+        #[arg(long, default_value_t = 6)]
+        seconds: usize,
+        /// Runs per assignment or completion write (a dispatcher poll, a batched completion).
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+    },
     /// Fire lateness of every-second jobs with and without stalled (slowloris) connections.
     Slowloris {
         #[arg(long, default_value_t = 10)]
@@ -280,6 +292,18 @@ fn main() -> Result<()> {
                 parallel: parallel.max(1),
                 threads: client_threads.max(1),
                 connect_timeout: connect_timeout.max(1),
+            },
+        ),
+        Scenario::RunPath {
+            jobs,
+            seconds,
+            batch,
+        } => run_path::run(
+            &data,
+            &run_path::Args {
+                jobs: jobs.max(1),
+                seconds: seconds.max(1),
+                batch: batch.max(1),
             },
         ),
         Scenario::Slowloris {

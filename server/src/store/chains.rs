@@ -169,17 +169,20 @@ fn ended_slot(
     Ok(Some((job_id, first, state)))
 }
 
-/// After `run_id` reached a final state: creates the runs of every job that
-/// follows its slot's end state. Returns them for the dispatch queue.
-pub fn fire(conn: &Connection, run_id: i64, now: i64) -> Result<Vec<Queued>, StoreError> {
+/// After `run_id` (of the job `job_id`) reached a final state: creates the
+/// runs of every job that follows its slot's end state. Returns them for the
+/// dispatch queue.
+pub fn fire(
+    conn: &Connection,
+    run_id: i64,
+    job_id: &str,
+    now: i64,
+) -> Result<Vec<Queued>, StoreError> {
     let mut out = Vec::new();
-    // Most jobs have no followers: one indexed probe.
+    // Most jobs have no followers: one probe of the primary key.
     let has_followers: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM job_after a JOIN jobs j ON j.id = a.upstream
-                            JOIN runs r ON r.job = j.pk WHERE r.id = ?1)",
-        )?
-        .query_row([run_id], |r| r.get(0))?;
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM job_after WHERE upstream = ?1)")?
+        .query_row([job_id], |r| r.get(0))?;
     if !has_followers {
         return Ok(out);
     }
@@ -332,7 +335,7 @@ mod tests {
                     ("b", sundial_proto::Trigger::Chain, Some(a_run))
                 );
                 // Firing again for the same upstream slot creates nothing.
-                assert!(fire(c, a_run, 20)?.is_empty());
+                assert!(fire(c, a_run, "a", 20)?.is_empty());
                 // b fails → c (on failed) runs; a failing → no b (on succeeded only).
                 assert_eq!(end(c, b_run, Outcome::Failed).len(), 1);
                 let (a2, _) = lifecycle::trigger_manual(c, &job, &[String::new()], 30)?;

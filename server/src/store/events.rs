@@ -8,9 +8,12 @@
 
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
 use serde_json::Value;
 pub use sundial_proto::event::EventType;
 use sundial_proto::event::{Event, TypePattern};
+use sundial_proto::time::format_ms;
+use sundial_proto::{RunState, Trigger};
 
 /// Appends an event about a job, run or node (any may be absent).
 pub fn append(
@@ -92,43 +95,114 @@ pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(due.len())
 }
 
-/// Appends an event about a run, its details read from the run's row:
-/// `{"attempt", "trigger", "scheduled_for", "exit_code", "error",
-/// "not_before"}`. A run that is gone gets no event.
+/// A run's details as its events carry them (`data`): `{"attempt",
+/// "trigger", "scheduled_for", "exit_code", "error", "not_before"}`, from
+/// the run's row as the transition leaves it. Transitions that just wrote
+/// the row build this from what they wrote (or its `RETURNING`), so the
+/// event costs one insert.
+#[derive(Debug, Clone, Copy)]
+pub struct RunDetails<'a> {
+    pub job_id: &'a str,
+    /// The assigned node, else the last one, else the slot's own node.
+    pub node: Option<&'a str>,
+    pub attempt: u32,
+    pub trigger: Trigger,
+    pub scheduled_for: i64,
+    pub exit_code: Option<i32>,
+    pub error: Option<&'a str>,
+    /// Set only while the run waits for a retry's backoff.
+    pub not_before: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct RunData<'a> {
+    attempt: u32,
+    trigger: &'static str,
+    scheduled_for: String,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+    not_before: Option<String>,
+}
+
+/// Appends an event about a run from its details.
+pub fn append_run_details(
+    conn: &Connection,
+    at: i64,
+    kind: EventType,
+    run_id: i64,
+    d: &RunDetails<'_>,
+) -> Result<(), StoreError> {
+    let data = RunData {
+        attempt: d.attempt,
+        trigger: d.trigger.as_str(),
+        scheduled_for: format_ms(d.scheduled_for),
+        exit_code: d.exit_code,
+        error: d.error,
+        not_before: d.not_before.map(format_ms),
+    };
+    let data = serde_json::to_string(&data)
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: event data: {e}")))?;
+    insert(conn, at, kind, Some(d.job_id), Some(run_id), d.node, &data)
+}
+
+/// Appends an event about a run, its details read from the run's row (see
+/// [`RunDetails`]). A run that is gone gets no event.
 pub fn append_run(
     conn: &Connection,
     at: i64,
     kind: EventType,
     run_id: i64,
 ) -> Result<(), StoreError> {
-    // Read, then a one-row insert (see [`insert`]).
-    let row: Option<(String, Option<String>, String)> = conn
+    type Row = (
+        String,
+        Option<String>,
+        u32,
+        String,
+        i64,
+        Option<i32>,
+        Option<String>,
+        String,
+        i64,
+    );
+    let row: Option<Row> = conn
         .prepare_cached(
             "SELECT j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
-                json_object(
-                    'attempt', r.attempt,
-                    'trigger', r.trigger,
-                    'scheduled_for', strftime('%Y-%m-%dT%H:%M:%fZ', r.scheduled_for / 1000.0, 'unixepoch'),
-                    'exit_code', r.exit_code,
-                    'error', r.error,
-                    'not_before', CASE WHEN r.state = 'pending' AND r.not_before > 0
-                        THEN strftime('%Y-%m-%dT%H:%M:%fZ', r.not_before / 1000.0, 'unixepoch') END)
+                r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error, r.state, r.not_before
              FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
         )?
-        .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([run_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
         .optional()?;
-    let Some((job_id, node, data)) = row else {
+    let Some((job_id, node, attempt, trigger, scheduled_for, exit_code, error, state, not_before)) =
+        row
+    else {
         return Ok(());
     };
-    insert(
-        conn,
-        at,
-        kind,
-        Some(&job_id),
-        Some(run_id),
-        node.as_deref(),
-        &data,
-    )
+    let corrupt = |e: String| StoreError::Corrupt(format!("run {run_id}: {e}"));
+    let trigger: Trigger = trigger.parse().map_err(corrupt)?;
+    let state: RunState = state.parse().map_err(corrupt)?;
+    let details = RunDetails {
+        job_id: &job_id,
+        node: node.as_deref(),
+        attempt,
+        trigger,
+        scheduled_for,
+        exit_code,
+        error: error.as_deref(),
+        not_before: (state == RunState::Pending && not_before > 0).then_some(not_before),
+    };
+    append_run_details(conn, at, kind, run_id, &details)
 }
 
 /// The event of a run that reached `state` (a terminal state or running).

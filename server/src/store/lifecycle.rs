@@ -53,6 +53,16 @@ fn parse_state(run_id: i64, text: &str) -> Result<RunState, StoreError> {
         .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
 }
 
+fn parse_trigger(run_id: i64, text: &str) -> Result<Trigger, StoreError> {
+    text.parse()
+        .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
+}
+
+/// Column `i` of a row as text, borrowed.
+fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)
+}
+
 // ---------------------------------------------------------------------------
 // Slots
 
@@ -360,6 +370,30 @@ fn run_row(conn: &Connection, run_id: i64) -> Result<Option<RunRow>, StoreError>
     .transpose()
 }
 
+/// A run's row and its job's spec, in one read (completion needs both).
+fn run_row_and_spec(
+    conn: &Connection,
+    run_id: i64,
+) -> Result<Option<(RunRow, Arc<JobSpec>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.state, r.attempt, r.assigned_node, r.job, r.cancel_requested, j.spec
+         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let job_pk: i64 = r.get(3)?;
+    let row = RunRow {
+        state: parse_state(run_id, text(r, 0)?)?,
+        attempt: r.get(1)?,
+        assigned: r.get(2)?,
+        job_pk,
+        cancel_requested: r.get(4)?,
+    };
+    Ok(Some((row, spec_cache::of_text(job_pk, r.get_ref(5)?)?)))
+}
+
 /// Notes a running run as its job's latest state (when it is the latest run).
 fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -369,34 +403,77 @@ fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), Store
     Ok(())
 }
 
+/// How a run reaches its terminal state.
+#[derive(Debug, Clone, Copy)]
+enum Ending<'a> {
+    /// Its attempt's result, as the daemon reported it (stored with the state).
+    Result(&'a CompleteRequest),
+    /// The server's reason (skipped, lost, cancelled).
+    Reason(&'a str),
+}
+
 /// Moves a run to a terminal state and its job's counters with it, writes
 /// its event, and starts the jobs chained to its slot (returned for the
-/// dispatch queue).
+/// dispatch queue). One write of the run row, one of the job row.
 fn finish(
     conn: &Connection,
     run_id: i64,
     job_pk: i64,
     state: RunState,
     at: i64,
-    error: Option<&str>,
+    ending: Ending<'_>,
 ) -> Result<Vec<Queued>, StoreError> {
     debug_assert!(state.is_terminal());
-    conn.prepare_cached(
-        "UPDATE runs SET state = ?2, finished_at = ?3, error = coalesce(?4, error),
-             lease_expires_at = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![run_id, state.as_str(), at, error])?;
-    let (succeeded, failed) = transition::counts(state);
-    // A success of an overdue job recovers it (one `job.recovered`).
-    let recovered: Option<i64> = if succeeded > 0 {
-        conn.prepare_cached("SELECT overdue_since FROM jobs WHERE pk = ?1")?
-            .query_row([job_pk], |r| r.get(0))
-            .optional()?
-            .flatten()
-    } else {
-        None
+    // No `RETURNING`: it gives the statement a journal to truncate, which
+    // costs more than reading the row back.
+    let changed = match ending {
+        Ending::Result(req) => conn
+            .prepare_cached(
+                "UPDATE runs SET state = ?2, finished_at = ?3, error = ?4, exit_code = ?5,
+                     output = ?6, truncated = ?7, started_at = ?8, lease_expires_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                run_id,
+                state.as_str(),
+                at,
+                req.error,
+                req.exit_code,
+                req.output,
+                req.truncated,
+                req.started_at
+            ])?,
+        Ending::Reason(error) => conn
+            .prepare_cached(
+                "UPDATE runs SET state = ?2, finished_at = ?3, error = ?4, lease_expires_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![run_id, state.as_str(), at, error])?,
     };
+    if changed == 0 {
+        return Ok(Vec::new()); // deleted with its job
+    }
+    // The event's details, the job's id, and whether the job is overdue (a
+    // success of an overdue job recovers it: one `job.recovered`).
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error,
+             coalesce(r.assigned_node, r.last_node, nullif(r.node, '')), j.id, j.overdue_since
+         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let row = rows
+        .next()?
+        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: its job {job_pk} is gone")))?;
+    let attempt: u32 = row.get(0)?;
+    let trigger = parse_trigger(run_id, text(row, 1)?)?;
+    let scheduled_for: i64 = row.get(2)?;
+    let exit_code: Option<i32> = row.get(3)?;
+    let error: Option<String> = row.get(4)?;
+    let node: Option<String> = row.get(5)?;
+    let job_id: String = row.get(6)?;
+    let overdue_since: Option<i64> = row.get(7)?;
+    drop(rows);
+    let (succeeded, failed) = transition::counts(state);
     conn.prepare_cached(
         "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
              last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
@@ -412,8 +489,18 @@ fn finish(
         job_pk,
         at
     ])?;
-    events::append_run(conn, at, events::for_state(state), run_id)?;
-    if let Some(since) = recovered {
+    let details = events::RunDetails {
+        job_id: &job_id,
+        node: node.as_deref(),
+        attempt,
+        trigger,
+        scheduled_for,
+        exit_code,
+        error: error.as_deref(),
+        not_before: None,
+    };
+    events::append_run_details(conn, at, events::for_state(state), run_id, &details)?;
+    if let Some(since) = overdue_since.filter(|_| succeeded > 0) {
         events::append_job(
             conn,
             at,
@@ -422,7 +509,7 @@ fn finish(
             &serde_json::json!({ "overdue_since": sundial_proto::time::format_ms(since), "run_id": run_id }),
         )?;
     }
-    chains::fire(conn, run_id, at)
+    chains::fire(conn, run_id, &job_id, at)
 }
 
 /// Puts a run back in the queue as its next attempt.
@@ -464,28 +551,31 @@ pub fn assign(
 ) -> Result<Assigned, StoreError> {
     let mut out = Assigned::default();
     for c in candidates {
-        let row: Option<(String, u32, i64, String, Option<i64>)> = conn
-            .prepare_cached(
-                "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run
-                 FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
-            )?
-            .query_row([c.run_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .optional()?;
-        let Some((state, attempt, scheduled_for, job_id, upstream_run_id)) = row else {
+        // The run, its job and whether another of its runs is active: one read.
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run, r.trigger,
+                 r.exit_code, r.error, j.spec,
+                 EXISTS (SELECT 1 FROM runs WHERE job = r.job AND state = 'running')
+             FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
+        )?;
+        let mut rows = stmt.query([c.run_id])?;
+        let Some(row) = rows.next()? else {
             continue; // deleted with its job
         };
-        let state = parse_state(c.run_id, &state)?;
+        let state = parse_state(c.run_id, text(row, 0)?)?;
         if state != RunState::Pending {
             continue; // cancelled meanwhile: the table would only say Ignore/AlreadyFinished
         }
-        let spec = job_spec(conn, c.job_pk)?;
-        let other_running: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND state = 'running')",
-            )?
-            .query_row([c.job_pk], |r| r.get(0))?;
+        let attempt: u32 = row.get(1)?;
+        let scheduled_for: i64 = row.get(2)?;
+        let job_id: String = row.get(3)?;
+        let upstream_run_id: Option<i64> = row.get(4)?;
+        let trigger = parse_trigger(c.run_id, text(row, 5)?)?;
+        let exit_code: Option<i32> = row.get(6)?;
+        let error: Option<String> = row.get(7)?;
+        let spec = spec_cache::of_text(c.job_pk, row.get_ref(8)?)?;
+        let other_running: bool = row.get(9)?;
+        drop(rows);
         let event = Event::Assign {
             concurrency: spec.concurrency,
             other_running,
@@ -519,7 +609,9 @@ pub fn assign(
                     c.job_pk,
                     RunState::Skipped,
                     now,
-                    Some("skipped: concurrency is forbid and a previous run is still active"),
+                    Ending::Reason(
+                        "skipped: concurrency is forbid and a previous run is still active",
+                    ),
                 )?;
                 out.later.extend(chained);
                 out.skipped += 1;
@@ -543,7 +635,23 @@ pub fn assign(
         )?
         .execute(params![c.run_id, node, starts_at + lease_ms, starts_at])?;
         note_running(conn, c.job_pk, c.run_id)?;
-        events::append_run(conn, starts_at, events::EventType::RunStarted, c.run_id)?;
+        let details = events::RunDetails {
+            job_id: &job_id,
+            node: Some(node),
+            attempt,
+            trigger,
+            scheduled_for,
+            exit_code,
+            error: error.as_deref(),
+            not_before: None,
+        };
+        events::append_run_details(
+            conn,
+            starts_at,
+            events::EventType::RunStarted,
+            c.run_id,
+            &details,
+        )?;
         out.runs.push(Assignment {
             run_id: c.run_id,
             job_id,
@@ -655,14 +763,13 @@ pub fn complete(
     req: &CompleteRequest,
     now: i64,
 ) -> Result<Result<Completion, RunCall>, StoreError> {
-    let Some(row) = run_row(conn, run_id)? else {
+    let Some((row, spec)) = run_row_and_spec(conn, run_id)? else {
         return Ok(Err(RunCall::Unknown));
     };
     let current = req.attempt == row.attempt && row.assigned.as_deref() == Some(node);
     if !current {
         return Ok(Ok(Completion::Stale));
     }
-    let spec = job_spec(conn, row.job_pk)?;
     let event = Event::Complete {
         outcome: req.outcome,
         retries_left: row.attempt <= spec.retries.max,
@@ -674,21 +781,21 @@ pub fn complete(
         Step::Retry(_) | Step::Finish(_) => {}
         _ => return Ok(Ok(Completion::Stale)),
     }
-    conn.prepare_cached(
-        "UPDATE runs SET exit_code = ?2, output = ?3, truncated = ?4, error = ?5,
-             started_at = ?6, lease_expires_at = NULL
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        run_id,
-        req.exit_code,
-        req.output,
-        req.truncated,
-        req.error,
-        req.started_at,
-    ])?;
     match step {
         Step::Retry(at) => {
+            conn.prepare_cached(
+                "UPDATE runs SET exit_code = ?2, output = ?3, truncated = ?4, error = ?5,
+                     started_at = ?6, lease_expires_at = NULL
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                run_id,
+                req.exit_code,
+                req.output,
+                req.truncated,
+                req.error,
+                req.started_at,
+            ])?;
             let delay = match at {
                 RetryAt::Now => 0,
                 RetryAt::Backoff => backoff_ms(&spec, row.attempt + 1),
@@ -700,7 +807,14 @@ pub fn complete(
             }))
         }
         Step::Finish(state) => {
-            let chained = finish(conn, run_id, row.job_pk, state, req.finished_at, None)?;
+            let chained = finish(
+                conn,
+                run_id,
+                row.job_pk,
+                state,
+                req.finished_at,
+                Ending::Result(req),
+            )?;
             Ok(Ok(Completion::Recorded {
                 requeue: chained,
                 state,
@@ -739,9 +853,14 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
                 let at = now + backoff_ms(&spec, attempt + 1);
                 requeue.extend(retry(conn, *run_id, &node, now, at)?);
             }
-            Step::Finish(state) => {
-                requeue.extend(finish(conn, *run_id, *job_pk, state, now, Some(&msg))?)
-            }
+            Step::Finish(state) => requeue.extend(finish(
+                conn,
+                *run_id,
+                *job_pk,
+                state,
+                now,
+                Ending::Reason(&msg),
+            )?),
             other => unreachable!("lease expiry of a running run: {other:?}"),
         }
     }
@@ -782,7 +901,7 @@ pub fn cancel(
             row.job_pk,
             state,
             now,
-            Some("cancelled by operator"),
+            Ending::Reason("cancelled by operator"),
         )?,
         Step::AlreadyFinished(state) => {
             return Err(StoreError::Conflict(format!(
@@ -966,6 +1085,83 @@ mod tests {
                 let j = jobs::require(c, "h")?;
                 assert_eq!((j.counters.total, j.counters.succeeded), (1, 1));
                 assert_eq!(j.counters.last_state.as_deref(), Some("succeeded"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    /// The last event written, as (type, job, run, node, data).
+    fn last_event(c: &Connection) -> (String, Option<String>, Option<i64>, Option<String>, String) {
+        c.query_row(
+            "SELECT type, job_id, run_id, node_id, data FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    }
+
+    /// Assign and finish build their events from what they wrote; each must
+    /// equal the event read back from the run's row afterwards.
+    fn assert_event_matches_row(c: &Connection, run_id: i64) {
+        let fast = last_event(c);
+        let kind: events::EventType = fast.0.parse().unwrap();
+        events::append_run(c, 0, kind, run_id).unwrap();
+        assert_eq!(fast, last_event(c));
+    }
+
+    #[tokio::test]
+    async fn run_events_carry_the_row_as_the_transition_left_it() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "ev", &spec(r#","retries":{"max":1,"backoff":"1s"}"#));
+                let q = one_slot(c, &job, 1_000);
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                assert_event_matches_row(c, q.run_id);
+                let failed = CompleteRequest {
+                    exit_code: Some(3),
+                    error: Some("exit status 3".into()),
+                    output: "boom".into(),
+                    ..done(Outcome::Failed, 1)
+                };
+                let r = complete(c, "n1", q.run_id, &failed, 2_000)?;
+                let Ok(Completion::Recorded { mut requeue, .. }) = r else {
+                    panic!("{r:?}");
+                };
+                // run.retrying (read from the row: not_before set).
+                let (kind, .., data) = last_event(c);
+                assert_eq!(kind, "run.retrying");
+                assert!(data.contains(r#""not_before":"1970-01-01T00:00:03.000Z""#), "{data}");
+                // The second attempt's start still shows the first one's result,
+                // as the row does until the new result replaces it.
+                let again = requeue.pop().unwrap();
+                assign(c, "n2", &[again], 3_000, 30_000)?;
+                assert_event_matches_row(c, q.run_id);
+                let ok = CompleteRequest {
+                    exit_code: Some(0),
+                    ..done(Outcome::Succeeded, 2)
+                };
+                let r = complete(c, "n2", q.run_id, &ok, 4_000)?;
+                assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
+                let (kind, job_id, run, node, data) = last_event(c);
+                assert_eq!(
+                    (kind.as_str(), job_id.as_deref(), run, node.as_deref()),
+                    ("run.succeeded", Some("ev"), Some(q.run_id), Some("n2"))
+                );
+                assert_eq!(
+                    data,
+                    r#"{"attempt":2,"trigger":"schedule","scheduled_for":"1970-01-01T00:00:01.000Z","exit_code":0,"error":null,"not_before":null}"#
+                );
+                assert_event_matches_row(c, q.run_id);
+                // A run the server ends (cancel of a pending one) too.
+                let q2 = one_slot(c, &job, 9_000);
+                cancel(c, q2.run_id, 9_500)?;
+                let (kind, .., data) = last_event(c);
+                assert_eq!(kind, "run.cancelled");
+                assert!(data.contains(r#""error":"cancelled by operator""#), "{data}");
+                assert_event_matches_row(c, q2.run_id);
                 Ok(())
             })
             .await

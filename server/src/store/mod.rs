@@ -20,6 +20,7 @@ pub(crate) mod lifecycle;
 pub(crate) mod migrations;
 pub(crate) mod nodes;
 pub(crate) mod nonces;
+pub mod path_bench;
 pub(crate) mod runs;
 pub(crate) mod spec_cache;
 pub(crate) mod tokens;

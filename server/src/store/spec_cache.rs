@@ -32,8 +32,16 @@ pub(crate) fn get(conn: &Connection, job_pk: i64) -> Result<Arc<JobSpec>, StoreE
     let row = rows
         .next()?
         .ok_or_else(|| StoreError::Corrupt(format!("job {job_pk}: no such job for its run")))?;
-    let text = row
-        .get_ref(0)?
+    of_text(job_pk, row.get_ref(0)?)
+}
+
+/// The spec of a job whose stored `spec` column a caller has just read
+/// (with the run it needs it for, in one statement).
+pub(crate) fn of_text(
+    job_pk: i64,
+    text: rusqlite::types::ValueRef<'_>,
+) -> Result<Arc<JobSpec>, StoreError> {
+    let text = text
         .as_str()
         .map_err(|e| StoreError::Corrupt(format!("job {job_pk}: stored spec: {e}")))?;
     CACHE.with(|cell| {

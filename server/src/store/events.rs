@@ -7,7 +7,7 @@
 //! count and age like run history.
 
 use super::StoreError;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, Row};
 use serde::Serialize;
 use serde_json::Value;
 pub use sundial_proto::event::EventType;
@@ -145,6 +145,61 @@ pub fn append_run_details(
     insert(conn, at, kind, Some(d.job_id), Some(run_id), d.node, &data)
 }
 
+/// A run's details as stored (see [`RunDetails`]), owned.
+#[derive(Debug, Clone)]
+pub struct StoredRun {
+    pub job_id: String,
+    pub node: Option<String>,
+    pub attempt: u32,
+    pub trigger: Trigger,
+    pub scheduled_for: i64,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub not_before: Option<i64>,
+}
+
+impl StoredRun {
+    pub fn details(&self) -> RunDetails<'_> {
+        RunDetails {
+            job_id: &self.job_id,
+            node: self.node.as_deref(),
+            attempt: self.attempt,
+            trigger: self.trigger,
+            scheduled_for: self.scheduled_for,
+            exit_code: self.exit_code,
+            error: self.error.as_deref(),
+            not_before: self.not_before,
+        }
+    }
+}
+
+/// Reads a run's event details from its row (None: the run is gone).
+pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<StoredRun>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
+            r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error, r.state, r.not_before
+         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let corrupt = |e: String| StoreError::Corrupt(format!("run {run_id}: {e}"));
+    let text = |i: usize| super::column_str(r, i);
+    let state: RunState = text(7)?.parse().map_err(corrupt)?;
+    let not_before: i64 = r.get(8)?;
+    Ok(Some(StoredRun {
+        job_id: r.get(0)?,
+        node: r.get(1)?,
+        attempt: r.get(2)?,
+        trigger: text(3)?.parse().map_err(corrupt)?,
+        scheduled_for: r.get(4)?,
+        exit_code: r.get(5)?,
+        error: r.get(6)?,
+        not_before: (state == RunState::Pending && not_before > 0).then_some(not_before),
+    }))
+}
+
 /// Appends an event about a run, its details read from the run's row (see
 /// [`RunDetails`]). A run that is gone gets no event.
 pub fn append_run(
@@ -153,56 +208,10 @@ pub fn append_run(
     kind: EventType,
     run_id: i64,
 ) -> Result<(), StoreError> {
-    type Row = (
-        String,
-        Option<String>,
-        u32,
-        String,
-        i64,
-        Option<i32>,
-        Option<String>,
-        String,
-        i64,
-    );
-    let row: Option<Row> = conn
-        .prepare_cached(
-            "SELECT j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
-                r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error, r.state, r.not_before
-             FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
-        )?
-        .query_row([run_id], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
-        })
-        .optional()?;
-    let Some((job_id, node, attempt, trigger, scheduled_for, exit_code, error, state, not_before)) =
-        row
-    else {
-        return Ok(());
-    };
-    let corrupt = |e: String| StoreError::Corrupt(format!("run {run_id}: {e}"));
-    let trigger: Trigger = trigger.parse().map_err(corrupt)?;
-    let state: RunState = state.parse().map_err(corrupt)?;
-    let details = RunDetails {
-        job_id: &job_id,
-        node: node.as_deref(),
-        attempt,
-        trigger,
-        scheduled_for,
-        exit_code,
-        error: error.as_deref(),
-        not_before: (state == RunState::Pending && not_before > 0).then_some(not_before),
-    };
-    append_run_details(conn, at, kind, run_id, &details)
+    match stored_run(conn, run_id)? {
+        Some(run) => append_run_details(conn, at, kind, run_id, &run.details()),
+        None => Ok(()),
+    }
 }
 
 /// The event of a run that reached `state` (a terminal state or running).

@@ -13,7 +13,7 @@
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
 use super::transition::{self, Event, RetryAt, Step};
-use super::{chains, events, runs, spec_cache, StoreError};
+use super::{chains, column_str as text, events, runs, spec_cache, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest};
@@ -56,11 +56,6 @@ fn parse_state(run_id: i64, text: &str) -> Result<RunState, StoreError> {
 fn parse_trigger(run_id: i64, text: &str) -> Result<Trigger, StoreError> {
     text.parse()
         .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
-}
-
-/// Column `i` of a row as text, borrowed.
-fn text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
-    Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)
 }
 
 // ---------------------------------------------------------------------------
@@ -453,27 +448,18 @@ fn finish(
     if changed == 0 {
         return Ok(Vec::new()); // deleted with its job
     }
-    // The event's details, the job's id, and whether the job is overdue (a
-    // success of an overdue job recovers it: one `job.recovered`).
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error,
-             coalesce(r.assigned_node, r.last_node, nullif(r.node, '')), j.id, j.overdue_since
-         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
-    )?;
-    let mut rows = stmt.query([run_id])?;
-    let row = rows
-        .next()?
-        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: its job {job_pk} is gone")))?;
-    let attempt: u32 = row.get(0)?;
-    let trigger = parse_trigger(run_id, text(row, 1)?)?;
-    let scheduled_for: i64 = row.get(2)?;
-    let exit_code: Option<i32> = row.get(3)?;
-    let error: Option<String> = row.get(4)?;
-    let node: Option<String> = row.get(5)?;
-    let job_id: String = row.get(6)?;
-    let overdue_since: Option<i64> = row.get(7)?;
-    drop(rows);
+    let run = events::stored_run(conn, run_id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: gone after its update")))?;
     let (succeeded, failed) = transition::counts(state);
+    // A success of an overdue job recovers it (one `job.recovered`).
+    let overdue_since: Option<i64> = if succeeded > 0 {
+        conn.prepare_cached("SELECT overdue_since FROM jobs WHERE pk = ?1")?
+            .query_row([job_pk], |r| r.get(0))
+            .optional()?
+            .flatten()
+    } else {
+        None
+    };
     conn.prepare_cached(
         "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
              last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
@@ -489,18 +475,8 @@ fn finish(
         job_pk,
         at
     ])?;
-    let details = events::RunDetails {
-        job_id: &job_id,
-        node: node.as_deref(),
-        attempt,
-        trigger,
-        scheduled_for,
-        exit_code,
-        error: error.as_deref(),
-        not_before: None,
-    };
-    events::append_run_details(conn, at, events::for_state(state), run_id, &details)?;
-    if let Some(since) = overdue_since.filter(|_| succeeded > 0) {
+    events::append_run_details(conn, at, events::for_state(state), run_id, &run.details())?;
+    if let Some(since) = overdue_since {
         events::append_job(
             conn,
             at,
@@ -509,7 +485,7 @@ fn finish(
             &serde_json::json!({ "overdue_since": sundial_proto::time::format_ms(since), "run_id": run_id }),
         )?;
     }
-    chains::fire(conn, run_id, &job_id, at)
+    chains::fire(conn, run_id, &run.job_id, at)
 }
 
 /// Puts a run back in the queue as its next attempt.

@@ -379,6 +379,11 @@ pub fn epoch(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))?)
 }
 
+/// Column `i` of a row as text, borrowed (a non-text value is an error).
+pub(crate) fn column_str<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
+    Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;

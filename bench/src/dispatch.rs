@@ -522,6 +522,22 @@ fn report_step(s: &mut Step, args: &Args) {
     ] {
         row(label, cores(used), "");
     }
+    // The whole machine's budget: on a small box the daemons and the
+    // target share the cores with the server (docs/benchmarks.md §16).
+    let completed = finished as f64;
+    if completed > 0.0 {
+        let us = |x: f64| x * 1e6 / completed;
+        row(
+            "CPU per completed run: server / daemons / machine",
+            format!(
+                "{:.0} / {:.0} / {:.0} µs",
+                us(b.server - a.server),
+                us(b.daemons - a.daemons),
+                us(b.machine - a.machine)
+            ),
+            "",
+        );
+    }
     let lag = s.metrics.hist("sundial_webhook_lag_seconds");
     if lag.count > 0.0 {
         let delivered = s

@@ -97,9 +97,9 @@ pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
 
 /// A run's details as its events carry them (`data`): `{"attempt",
 /// "trigger", "scheduled_for", "exit_code", "error", "not_before"}`, from
-/// the run's row as the transition leaves it. Transitions that just wrote
-/// the row build this from what they wrote (or its `RETURNING`), so the
-/// event costs one insert.
+/// the run's row as the transition leaves it. Assignment builds this from
+/// what it read and wrote; other transitions read it back with
+/// [`stored_run`]. Either way the JSON is built here, not in SQL.
 #[derive(Debug, Clone, Copy)]
 pub struct RunDetails<'a> {
     pub job_id: &'a str,

@@ -8,7 +8,8 @@
 //! [`lifecycle`], which asks the pure state table in [`transition`] what
 //! each event does. [`migrations`] versions the schema. They take a
 //! `&Connection` so the same code serves reads (pool) and writes (inside a
-//! [`writer`] batch).
+//! [`writer`] batch). [`path_bench`] drives the run path through the
+//! writer for `sundial-bench run-path`.
 
 pub(crate) mod apply;
 pub(crate) mod audit;

@@ -100,16 +100,16 @@ pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
 /// the run's row as the transition leaves it. Assignment builds this from
 /// what it read and wrote; other transitions read it back with
 /// [`stored_run`]. Either way the JSON is built here, not in SQL.
-#[derive(Debug, Clone, Copy)]
-pub struct RunDetails<'a> {
-    pub job_id: &'a str,
+#[derive(Debug, Clone)]
+pub struct RunDetails {
+    pub job_id: String,
     /// The assigned node, else the last one, else the slot's own node.
-    pub node: Option<&'a str>,
+    pub node: Option<String>,
     pub attempt: u32,
     pub trigger: Trigger,
     pub scheduled_for: i64,
     pub exit_code: Option<i32>,
-    pub error: Option<&'a str>,
+    pub error: Option<String>,
     /// Set only while the run waits for a retry's backoff.
     pub not_before: Option<i64>,
 }
@@ -130,51 +130,31 @@ pub fn append_run_details(
     at: i64,
     kind: EventType,
     run_id: i64,
-    d: &RunDetails<'_>,
+    d: &RunDetails,
 ) -> Result<(), StoreError> {
     let data = RunData {
         attempt: d.attempt,
         trigger: d.trigger.as_str(),
         scheduled_for: format_ms(d.scheduled_for),
         exit_code: d.exit_code,
-        error: d.error,
+        error: d.error.as_deref(),
         not_before: d.not_before.map(format_ms),
     };
     let data = serde_json::to_string(&data)
         .map_err(|e| StoreError::Corrupt(format!("run {run_id}: event data: {e}")))?;
-    insert(conn, at, kind, Some(d.job_id), Some(run_id), d.node, &data)
-}
-
-/// A run's details as stored (see [`RunDetails`]), owned.
-#[derive(Debug, Clone)]
-pub struct StoredRun {
-    pub job_id: String,
-    pub node: Option<String>,
-    pub attempt: u32,
-    pub trigger: Trigger,
-    pub scheduled_for: i64,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-    pub not_before: Option<i64>,
-}
-
-impl StoredRun {
-    pub fn details(&self) -> RunDetails<'_> {
-        RunDetails {
-            job_id: &self.job_id,
-            node: self.node.as_deref(),
-            attempt: self.attempt,
-            trigger: self.trigger,
-            scheduled_for: self.scheduled_for,
-            exit_code: self.exit_code,
-            error: self.error.as_deref(),
-            not_before: self.not_before,
-        }
-    }
+    insert(
+        conn,
+        at,
+        kind,
+        Some(&d.job_id),
+        Some(run_id),
+        d.node.as_deref(),
+        &data,
+    )
 }
 
 /// Reads a run's event details from its row (None: the run is gone).
-pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<StoredRun>, StoreError> {
+pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<RunDetails>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
             r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error, r.state, r.not_before
@@ -188,7 +168,7 @@ pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<StoredRun>, S
     let text = |i: usize| super::column_str(r, i);
     let state: RunState = text(7)?.parse().map_err(corrupt)?;
     let not_before: i64 = r.get(8)?;
-    Ok(Some(StoredRun {
+    Ok(Some(RunDetails {
         job_id: r.get(0)?,
         node: r.get(1)?,
         attempt: r.get(2)?,
@@ -209,7 +189,7 @@ pub fn append_run(
     run_id: i64,
 ) -> Result<(), StoreError> {
     match stored_run(conn, run_id)? {
-        Some(run) => append_run_details(conn, at, kind, run_id, &run.details()),
+        Some(run) => append_run_details(conn, at, kind, run_id, &run),
         None => Ok(()),
     }
 }

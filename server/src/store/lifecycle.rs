@@ -475,7 +475,7 @@ fn finish(
         job_pk,
         at
     ])?;
-    events::append_run_details(conn, at, events::for_state(state), run_id, &run.details())?;
+    events::append_run_details(conn, at, events::for_state(state), run_id, &run)?;
     if let Some(since) = overdue_since {
         events::append_job(
             conn,
@@ -612,13 +612,13 @@ pub fn assign(
         .execute(params![c.run_id, node, starts_at + lease_ms, starts_at])?;
         note_running(conn, c.job_pk, c.run_id)?;
         let details = events::RunDetails {
-            job_id: &job_id,
-            node: Some(node),
+            job_id,
+            node: Some(node.to_owned()),
             attempt,
             trigger,
             scheduled_for,
             exit_code,
-            error: error.as_deref(),
+            error,
             not_before: None,
         };
         events::append_run_details(
@@ -630,7 +630,7 @@ pub fn assign(
         )?;
         out.runs.push(Assignment {
             run_id: c.run_id,
-            job_id,
+            job_id: details.job_id,
             attempt,
             scheduled_for,
             executor: spec.executor.clone(),

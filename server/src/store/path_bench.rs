@@ -93,10 +93,9 @@ pub async fn run(
         for (n, chunk) in queued.chunks(batch.max(1)).enumerate() {
             let node = format!("node-{}", n % 10);
             let chunk = chunk.to_vec();
-            let assigned = store
+            let (node, assigned) = store
                 .write(move |c| lifecycle::assign(c, &node, &chunk, at, 30_000).map(|a| (node, a)))
                 .await?;
-            let (node, assigned) = assigned;
             started.extend(assigned.runs.into_iter().map(|r| (node.clone(), r)));
         }
         second.assign = t.elapsed();

@@ -267,6 +267,31 @@ fn cpu_now(server: u32, daemons: &Daemons) -> Result<Cpu> {
     })
 }
 
+/// For each scheduled second, the runs of its busiest daemon divided by the
+/// mean per daemon (the second's runs over `daemons`).
+fn per_second_spread(runs: &[RunRow], daemons: usize) -> Vec<f64> {
+    let mut by_second: std::collections::BTreeMap<i64, std::collections::HashMap<&str, usize>> =
+        Default::default();
+    for r in runs {
+        let Some(node) = r.node.as_deref() else {
+            continue;
+        };
+        *by_second
+            .entry(r.scheduled_for.div_euclid(1000))
+            .or_default()
+            .entry(node)
+            .or_default() += 1;
+    }
+    by_second
+        .values()
+        .map(|nodes| {
+            let total: usize = nodes.values().sum();
+            let busiest = nodes.values().copied().max().unwrap_or(0);
+            busiest as f64 * daemons.max(1) as f64 / total.max(1) as f64
+        })
+        .collect()
+}
+
 /// One run scheduled inside a step's window, as read back from the database.
 pub(crate) struct RunRow {
     pub(crate) scheduled_for: i64,
@@ -412,6 +437,18 @@ fn report_step(s: &mut Step, args: &Args) {
         ),
         "",
     );
+    // The fairness target is per second: with idle daemons of equal
+    // capacity, none gets more than 2× the mean of a second's runs.
+    let mut spread = per_second_spread(&s.runs, args.daemons);
+    if !spread.is_empty() {
+        spread.sort_by(f64::total_cmp);
+        let worst = spread[spread.len() - 1];
+        row(
+            "  busiest daemon of a second ÷ mean (median / worst second)",
+            format!("{:.2} / {:.2}", spread[spread.len() / 2], worst),
+            &format!("≤ 2 {}", verdict(worst <= 2.0)),
+        );
+    }
     let finished: i64 = s.per_second.iter().sum();
     let rate = finished as f64 / s.window_s;
     let is_target_step = s.rate >= 10_000;

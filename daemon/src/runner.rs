@@ -80,6 +80,9 @@ impl Runner {
             match polled {
                 Ok(resp) => {
                     backoff.reset();
+                    // A run handed out ahead of its time waits from here, its
+                    // arrival, not from whenever its task is first polled.
+                    let received = tokio::time::Instant::now();
                     for a in resp.runs {
                         let permit = match self.slots.clone().acquire_owned().await {
                             Ok(p) => p,
@@ -87,7 +90,7 @@ impl Runner {
                         };
                         let me = self.clone();
                         tokio::spawn(async move {
-                            me.run_one(a).await;
+                            me.run_one(a, received).await;
                             drop(permit);
                         });
                     }
@@ -153,7 +156,7 @@ impl Runner {
         let _ = tokio::time::timeout(wait, self.slots.acquire_many(all)).await;
     }
 
-    async fn run_one(self: Arc<Self>, a: Assignment) {
+    async fn run_one(self: Arc<Self>, a: Assignment, received: tokio::time::Instant) {
         let stop = Arc::new(Stop::default());
         if let Ok(mut m) = self.running.lock() {
             m.insert(a.run_id, stop.clone());
@@ -163,7 +166,7 @@ impl Runner {
             // Handed out ahead of its time: start on the dot, unless stopped first.
             let waited = if a.start_in_ms > 0 {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(a.start_in_ms)) => true,
+                    _ = tokio::time::sleep_until(received + Duration::from_millis(a.start_in_ms)) => true,
                     _ = stop.stopped() => false,
                 }
             } else {

@@ -48,6 +48,28 @@ struct Inner {
     queue: BTreeMap<(i64, i64), Queued>,
     /// Long-polls waiting for work, by node id.
     waiters: HashMap<String, Waiter>,
+    /// Runs claimed by long-polls that have not returned yet (their
+    /// assignment is being written): still part of the share being split.
+    in_flight: usize,
+}
+
+/// What one poll claimed: the runs, the instant more becomes claimable, and
+/// while the runs are non-empty, its place among the polls being served.
+struct Claim<'a> {
+    runs: Vec<Queued>,
+    next: Option<i64>,
+    serving: Option<Serving<'a>>,
+}
+
+/// Counts a poll's claimed runs as in flight until its claim is written and
+/// the poll returns (or fails, or is dropped).
+struct Serving<'a>(&'a Dispatcher, usize);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(self.1);
+    }
 }
 
 pub struct Dispatcher {
@@ -181,8 +203,15 @@ impl Dispatcher {
     /// Removes runs that `node` may take now — at most `max`, and at most
     /// its fair share of what is claimable when other nodes are waiting too
     /// (the rest wakes them) — and returns them with the instant something
-    /// more becomes claimable (to bound the wait).
-    fn claim(&self, node: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
+    /// more becomes claimable (to bound the wait). `me` is the calling poll's
+    /// waiter registration, if it has one.
+    ///
+    /// The share is what is claimable plus what the polls still in progress
+    /// claimed before, divided by those polls: every poll of a round gets
+    /// the same. (Dividing only what was left gave the first of ten 100 of
+    /// 1,000, the next 90 of 900, …, and a third of the second to whoever
+    /// polled again first.)
+    fn claim(&self, node: &NodeInfo, max: usize, now: i64, me: Option<&Arc<Notify>>) -> Claim<'_> {
         let mut inner = self.lock();
         let waiting = self
             .polling
@@ -190,11 +219,29 @@ impl Dispatcher {
             .max(inner.waiters.len())
             .max(1);
         let (mut keys, next) = claimable(&inner, node, now, max.saturating_mul(waiting));
-        let share = keys.len().div_ceil(waiting).clamp(1, max.max(1));
+        let share = (keys.len() + inner.in_flight)
+            .div_ceil(waiting)
+            .clamp(1, max.max(1));
         let left = keys.len().saturating_sub(share);
         keys.truncate(share);
         let claimed: Vec<Queued> = keys.iter().filter_map(|k| inner.queue.remove(k)).collect();
         self.metrics.dispatch_queue.set(inner.queue.len() as i64);
+        let serving = if claimed.is_empty() {
+            None
+        } else {
+            // Served: no longer among the waiters the rest is shared by.
+            if let Some(me) = me {
+                if inner
+                    .waiters
+                    .get(&node.id)
+                    .is_some_and(|w| Arc::ptr_eq(&w.notify, me))
+                {
+                    inner.waiters.remove(&node.id);
+                }
+            }
+            inner.in_flight += claimed.len();
+            Some(Serving(self, claimed.len()))
+        };
         // Wake as many other waiters as the rest needs (each takes a share).
         let wake: Vec<Arc<Notify>> = if left > 0 {
             inner
@@ -211,7 +258,11 @@ impl Dispatcher {
         for n in wake {
             n.notify_one();
         }
-        (claimed, next)
+        Claim {
+            runs: claimed,
+            next,
+            serving,
+        }
     }
 }
 
@@ -306,7 +357,13 @@ impl Dispatcher {
                 return Err(StoreError::NotPrimary);
             }
             let now = now_ms();
-            let (claimed, next_ready) = self.claim(&node, max.max(1), now);
+            // `_serving` lives until this iteration ends: the poll returns
+            // what it claimed, or goes back to waiting.
+            let Claim {
+                runs: claimed,
+                next: next_ready,
+                serving: _serving,
+            } = self.claim(&node, max.max(1), now, Some(&notify));
             if !claimed.is_empty() {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
@@ -508,14 +565,25 @@ mod tests {
         }
     }
 
-    fn wait(d: &Dispatcher, n: &Arc<NodeInfo>) {
+    /// A long-poll of `n` in progress and registered as waiting, as
+    /// `poll` leaves it; returns its registration.
+    fn wait(d: &Dispatcher, n: &Arc<NodeInfo>) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        d.polling.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         d.lock().waiters.insert(
             n.id.clone(),
             Waiter {
                 node: n.clone(),
-                notify: Arc::new(Notify::new()),
+                notify: notify.clone(),
             },
         );
+        notify
+    }
+
+    /// Claims as a poll does, without a waiter registration.
+    fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
+        let c = d.claim(n, max, now, None);
+        (c.runs, c.next)
     }
 
     #[test]
@@ -527,12 +595,12 @@ mod tests {
             queued(2, 1_050, true),
             queued(3, 1_000 + DISPATCH_AHEAD_MS + 1, false),
         ]);
-        let (got, next) = d.claim(&n, 10, 1_000 - DISPATCH_AHEAD_MS + 10);
+        let (got, next) = take(&d, &n, 10, 1_000 - DISPATCH_AHEAD_MS + 10);
         assert_eq!(got.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![1]);
         // The held run becomes claimable at its own time (1,050), before
         // run 3 enters the lookahead (1,001).
         assert_eq!(next, Some(1_001));
-        let (got, _) = d.claim(&n, 10, 1_050);
+        let (got, _) = take(&d, &n, 10, 1_050);
         assert_eq!(got.iter().map(|q| q.run_id).collect::<Vec<_>>(), vec![2, 3]);
     }
 
@@ -540,23 +608,78 @@ mod tests {
     fn a_node_takes_its_fair_share_when_others_wait() {
         let (_dir, d) = dispatcher();
         let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"))).collect();
-        for n in &nodes {
-            wait(&d, n);
-        }
+        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
         d.enqueue((1..=10).map(|i| queued(i, 1_000, false)).collect());
-        let mut got = Vec::new();
-        for n in &nodes {
-            got.push(d.claim(n, 1_000, 1_000).0.len());
-            // Its poll returns with what it claimed: it no longer waits.
-            d.lock().waiters.remove(&n.id);
-        }
-        // 10 runs, 4 waiting nodes: 3, 3 of 7, 2 of 4, 2 — nobody takes all.
-        assert_eq!(got.iter().sum::<usize>(), 10, "{got:?}");
-        assert!(got.iter().all(|&g| (2..=3).contains(&g)), "{got:?}");
+        // Every poll claims before any has written its claim and returned,
+        // as when a due second wakes them all at once.
+        let claims: Vec<_> = nodes
+            .iter()
+            .zip(&me)
+            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
+            .collect();
+        let got: Vec<usize> = claims.iter().map(|c| c.runs.len()).collect();
+        // 10 runs, 4 waiting nodes: a share of 3 each, the last gets what
+        // is left — nobody takes all.
+        assert_eq!(got, vec![3, 3, 3, 1]);
+        // A served poll is no longer a waiter, and stops counting as served
+        // when it returns.
+        assert!(d.lock().waiters.is_empty());
+        assert_eq!(d.lock().in_flight, 10);
+        drop(claims);
+        assert_eq!(d.lock().in_flight, 0);
         // Alone, a node takes everything it has room for.
         let (_dir2, solo) = dispatcher();
         solo.enqueue((1..=10).map(|i| queued(i, 1_000, false)).collect());
-        assert_eq!(solo.claim(&nodes[0], 1_000, 1_000).0.len(), 10);
-        assert_eq!(solo.claim(&nodes[0], 1_000, 1_000).0.len(), 0);
+        assert_eq!(take(&solo, &nodes[0], 1_000, 1_000).0.len(), 10);
+        assert_eq!(take(&solo, &nodes[0], 1_000, 1_000).0.len(), 0);
+    }
+
+    #[test]
+    fn a_due_second_is_split_evenly_among_ten_waiting_nodes() {
+        let (_dir, d) = dispatcher();
+        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"))).collect();
+        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
+        d.enqueue((1..=1_000).map(|i| queued(i, 1_000, false)).collect());
+        let claims: Vec<_> = nodes
+            .iter()
+            .zip(&me)
+            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
+            .collect();
+        let got: Vec<usize> = claims.iter().map(|c| c.runs.len()).collect();
+        // Was 100, 90, 81, 73, …, 39: each took a tenth of what was left,
+        // and the first to poll again took the remaining 349.
+        assert_eq!(got, vec![100; 10]);
+        assert!(d.lock().queue.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_polls_again_first_takes_a_share_not_the_rest() {
+        let (_dir, d) = dispatcher();
+        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"))).collect();
+        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
+        d.enqueue((1..=1_000).map(|i| queued(i, 1_000, false)).collect());
+        let mut got = vec![0usize; 10];
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let c = d.claim(&nodes[i], 1_000, 1_000, Some(&me[i]));
+            got[i] += c.runs.len();
+            held.push(c);
+        }
+        // n0's poll returns and it polls again before n5..n9 have claimed.
+        drop(held.remove(0));
+        d.polling.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let again = wait(&d, &nodes[0]);
+        let c = d.claim(&nodes[0], 1_000, 1_000, Some(&again));
+        got[0] += c.runs.len();
+        held.push(c);
+        for i in 5..10 {
+            let c = d.claim(&nodes[i], 1_000, 1_000, Some(&me[i]));
+            got[i] += c.runs.len();
+            held.push(c);
+        }
+        assert_eq!(got.iter().sum::<usize>(), 1_000, "{got:?}");
+        // Mean 100: the early one gets one more share, nobody reaches 2×.
+        assert!(got.iter().all(|&g| g <= 190), "{got:?}");
+        assert!(got[5..].iter().all(|&g| g >= 50), "{got:?}");
     }
 }

@@ -1,6 +1,8 @@
-//! The daemon's HTTP client: joins with a token, then signs every agent
-//! request with the node key (`Sundial-HMAC`), over HTTPS when the server URL
-//! is `https://` (verified against `--ca-file` when given).
+//! The daemon's HTTP clients: the server client joins with a token, then
+//! signs every agent request with the node key (`Sundial-HMAC`), over HTTPS
+//! when the server URL is `https://` (verified against `--ca-file` alone when
+//! given); `http` jobs use their own client, which trusts the built-in roots
+//! and that CA.
 
 use anyhow::{bail, Context, Result};
 use rand::RngCore;
@@ -39,7 +41,51 @@ pub struct Client {
     key: NodeKey,
 }
 
-/// Builds the underlying HTTP client.
+/// Builds the client `http` jobs run with: the built-in (webpki) roots plus
+/// the `--ca-file` CA. A private CA for the server must not cut jobs off
+/// from public HTTPS endpoints, and its own pool keeps job targets apart
+/// from the server's connections.
+pub fn job_http_client(ca_file: Option<&Path>) -> Result<Http> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(job_roots(ca_file)?)
+        .with_no_client_auth();
+    // As reqwest offers them by default.
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Http::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(5))
+        .build()?)
+}
+
+/// The roots `http` jobs trust: the built-in ones, and the CA file's
+/// certificates when given.
+fn job_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("reading CA file {}", ca.display()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert =
+                cert.with_context(|| format!("{} is not a PEM certificate", ca.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("{}: not a usable CA certificate", ca.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            bail!("{} holds no PEM certificate", ca.display());
+        }
+    }
+    Ok(roots)
+}
+
+/// Builds the client that talks to the server.
 pub fn http_client(ca_file: Option<&Path>) -> Result<Http> {
     let mut b = Http::builder()
         .use_rustls_tls()
@@ -212,5 +258,46 @@ impl Client {
     ) -> Result<CompleteBatchResponse, CallError> {
         self.call("/v1/agent/complete", batch, Duration::from_secs(30))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn jobs_trust_the_built_in_roots_and_the_ca_file() {
+        let builtin = webpki_roots::TLS_SERVER_ROOTS.len();
+        assert!(builtin > 100, "{builtin}");
+        assert_eq!(job_roots(None).unwrap().len(), builtin);
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem()).unwrap();
+        // The private CA is added to the built-in roots, not put in their place.
+        assert_eq!(job_roots(Some(&ca)).unwrap().len(), builtin + 1);
+        job_http_client(Some(&ca)).unwrap();
+        job_http_client(None).unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate\n").unwrap();
+        let e = format!("{:#}", job_roots(Some(&bad)).unwrap_err());
+        assert!(
+            e.contains("ca.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let e = format!("{:#}", job_roots(Some(&missing)).unwrap_err());
+        assert!(e.contains("reading CA file"), "{e}");
     }
 }

@@ -21,6 +21,7 @@ const POLL_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Runner {
     client: Client,
+    /// What `http` jobs run with ([`crate::client::job_http_client`]).
     http: reqwest::Client,
     limits: Limits,
     capacity: u32,

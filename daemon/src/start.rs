@@ -109,7 +109,8 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
         node_id: node_id.clone(),
     };
     let spool = Spool::open(&args.state_dir)?;
-    let runner = Arc::new(Runner::new(client, http, limits, args.capacity, spool));
+    let jobs_http = client::job_http_client(args.ca_file.as_deref())?;
+    let runner = Arc::new(Runner::new(client, jobs_http, limits, args.capacity, spool));
     runner.run(stop, args.drain_grace.as_std()).await;
     Ok(())
 }

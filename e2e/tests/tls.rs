@@ -1,6 +1,7 @@
 //! TLS: the server serves HTTPS with a certificate made at test time; a
-//! daemon that trusts the CA joins and runs a job; a client that does not
-//! trust it is refused.
+//! daemon that trusts the CA joins and runs a job, and its `http` jobs trust
+//! the CA too (besides the built-in roots: see the daemon's `client` tests);
+//! a client that does not trust it is refused.
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use serde_json::json;
@@ -58,6 +59,29 @@ fn https_server_and_daemon_verifying_a_ca_file() {
     })
     .expect("the job ran");
     assert_eq!(done["output"], "over tls\n");
+
+    // An `http` job to an endpoint signed by the same private CA.
+    let spec = json!({"schedule": "0 0 0 1 1 *", "executor": {
+        "type": "http", "method": "GET", "url": format!("{}/healthz", server.base),
+        "expect_status": [200]}});
+    assert_eq!(
+        server
+            .call("PUT", "/v1/jobs/tls-http", Some(&spec))
+            .unwrap()
+            .0,
+        201
+    );
+    let (_, run) = server
+        .call("POST", "/v1/jobs/tls-http/trigger", None)
+        .unwrap();
+    let id = run["id"].as_i64().unwrap();
+    let done = wait_for(Duration::from_secs(20), || {
+        let (_, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
+        matches!(r["state"].as_str(), Some("succeeded" | "failed")).then_some(r)
+    })
+    .expect("the http job ended");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["exit_code"], 200, "{done}");
 
     // A client without the CA cannot talk to it.
     let untrusting = reqwest::blocking::Client::new();

@@ -647,7 +647,7 @@ mod tests {
             .collect();
         let got: Vec<usize> = claims.iter().map(|c| c.runs.len()).collect();
         // Was 100, 90, 81, 73, …, 39: each took a tenth of what was left,
-        // and the first to poll again took the remaining 349.
+        // and whoever polled again first took the remaining 349.
         assert_eq!(got, vec![100; 10]);
         assert!(d.lock().queue.is_empty());
     }

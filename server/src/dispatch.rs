@@ -54,7 +54,7 @@ struct Inner {
 }
 
 /// What one poll claimed: the runs, the instant more becomes claimable, and
-/// while the runs are non-empty, its place among the polls being served.
+/// (when it claimed any) the guard that counts them as in flight.
 struct Claim<'a> {
     runs: Vec<Queued>,
     next: Option<i64>,
@@ -580,6 +580,32 @@ mod tests {
         notify
     }
 
+    /// `nodes` long-polls registered as waiting, then `runs` runs due at 1,000.
+    fn waiting_round(
+        d: &Dispatcher,
+        nodes: usize,
+        runs: i64,
+    ) -> (Vec<Arc<NodeInfo>>, Vec<Arc<Notify>>) {
+        let nodes: Vec<_> = (0..nodes).map(|i| node(&format!("n{i}"))).collect();
+        let me: Vec<_> = nodes.iter().map(|n| wait(d, n)).collect();
+        d.enqueue((1..=runs).map(|i| queued(i, 1_000, false)).collect());
+        (nodes, me)
+    }
+
+    /// Every poll claims before any has written its claim and returned, as
+    /// when a due second wakes them all at once.
+    fn claim_each<'a>(
+        d: &'a Dispatcher,
+        nodes: &[Arc<NodeInfo>],
+        me: &[Arc<Notify>],
+    ) -> Vec<Claim<'a>> {
+        nodes
+            .iter()
+            .zip(me)
+            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
+            .collect()
+    }
+
     /// Claims as a poll does, without a waiter registration.
     fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let c = d.claim(n, max, now, None);
@@ -607,16 +633,8 @@ mod tests {
     #[test]
     fn a_node_takes_its_fair_share_when_others_wait() {
         let (_dir, d) = dispatcher();
-        let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"))).collect();
-        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
-        d.enqueue((1..=10).map(|i| queued(i, 1_000, false)).collect());
-        // Every poll claims before any has written its claim and returned,
-        // as when a due second wakes them all at once.
-        let claims: Vec<_> = nodes
-            .iter()
-            .zip(&me)
-            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
-            .collect();
+        let (nodes, me) = waiting_round(&d, 4, 10);
+        let claims = claim_each(&d, &nodes, &me);
         let got: Vec<usize> = claims.iter().map(|c| c.runs.len()).collect();
         // 10 runs, 4 waiting nodes: a share of 3 each, the last gets what
         // is left — nobody takes all.
@@ -637,14 +655,8 @@ mod tests {
     #[test]
     fn a_due_second_is_split_evenly_among_ten_waiting_nodes() {
         let (_dir, d) = dispatcher();
-        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"))).collect();
-        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
-        d.enqueue((1..=1_000).map(|i| queued(i, 1_000, false)).collect());
-        let claims: Vec<_> = nodes
-            .iter()
-            .zip(&me)
-            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
-            .collect();
+        let (nodes, me) = waiting_round(&d, 10, 1_000);
+        let claims = claim_each(&d, &nodes, &me);
         let got: Vec<usize> = claims.iter().map(|c| c.runs.len()).collect();
         // Was 100, 90, 81, 73, …, 39: each took a tenth of what was left,
         // and whoever polled again first took the remaining 349.
@@ -655,16 +667,10 @@ mod tests {
     #[test]
     fn a_node_that_polls_again_first_takes_a_share_not_the_rest() {
         let (_dir, d) = dispatcher();
-        let nodes: Vec<_> = (0..10).map(|i| node(&format!("n{i}"))).collect();
-        let me: Vec<_> = nodes.iter().map(|n| wait(&d, n)).collect();
-        d.enqueue((1..=1_000).map(|i| queued(i, 1_000, false)).collect());
-        let mut got = vec![0usize; 10];
-        let mut held = Vec::new();
-        for i in 0..5 {
-            let c = d.claim(&nodes[i], 1_000, 1_000, Some(&me[i]));
-            got[i] += c.runs.len();
-            held.push(c);
-        }
+        let (nodes, me) = waiting_round(&d, 10, 1_000);
+        let mut held = claim_each(&d, &nodes[..5], &me[..5]);
+        let mut got: Vec<usize> = held.iter().map(|c| c.runs.len()).collect();
+        got.resize(10, 0);
         // n0's poll returns and it polls again before n5..n9 have claimed.
         drop(held.remove(0));
         d.polling.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -672,8 +678,7 @@ mod tests {
         let c = d.claim(&nodes[0], 1_000, 1_000, Some(&again));
         got[0] += c.runs.len();
         held.push(c);
-        for i in 5..10 {
-            let c = d.claim(&nodes[i], 1_000, 1_000, Some(&me[i]));
+        for (i, c) in (5..).zip(claim_each(&d, &nodes[5..], &me[5..])) {
             got[i] += c.runs.len();
             held.push(c);
         }

@@ -3,8 +3,9 @@
 //! epoch of whichever server answers as primary at a URL, and the pair the
 //! HA tests start ([`start_pair`]).
 
-use crate::{admin_call, LitefsDouble, ServerProc};
+use crate::{admin_call, wait_for, HaproxyProc, LitefsDouble, ServerProc};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A server over the shared database file `shared`, its role from `double`
 /// (`--ha-mode litefs`), with the shared cluster secret and a 3 s lease.
@@ -43,6 +44,20 @@ pub fn is_primary(s: &ServerProc) -> bool {
 
 /// The term epoch of the primary answering at `base` (None when it is not
 /// a primary or does not answer).
+/// Waits until HAProxy has marked one server down and routes only to the
+/// other, which answers as primary; returns its epoch. (Right after HAProxy
+/// starts, both servers count as up until the replica fails two checks, so a
+/// first answer from the primary does not mean the next request goes there.)
+pub fn routed_to_primary(lb: &HaproxyProc, timeout: Duration) -> Option<i64> {
+    wait_for(timeout, || {
+        let states = lb.server_states().ok()?;
+        let up = states.iter().filter(|s| *s == "UP").count();
+        let down = states.iter().filter(|s| s.starts_with("DOWN")).count();
+        (up == 1 && down == 1).then_some(())?;
+        term_epoch(&lb.url())
+    })
+}
+
 pub fn term_epoch(base: &str) -> Option<i64> {
     let (status, st) = admin_call(base, "GET", "/v1/ha/status", None).ok()?;
     (status == 200 && st["role"] == "primary").then(|| st["term_epoch"].as_i64())?

@@ -748,6 +748,8 @@ impl Drop for LitefsDouble {
 pub struct HaproxyProc {
     child: Option<Child>,
     pub port: u16,
+    /// The stats frontend (`/stats;csv`).
+    stats: u16,
     pub log: PathBuf,
 }
 
@@ -778,6 +780,7 @@ impl HaproxyProc {
         let p = HaproxyProc {
             child: Some(child),
             port,
+            stats,
             log,
         };
         let up = wait_for(Duration::from_secs(10), || {
@@ -794,6 +797,39 @@ impl HaproxyProc {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The health of each server of the backend as HAProxy's stats give it
+    /// (`UP`, `DOWN`, `UP 1/2` while going down, …), in config order.
+    pub fn server_states(&self) -> Result<Vec<String>> {
+        let csv = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?
+            .get(format!("http://127.0.0.1:{}/stats;csv", self.stats))
+            .send()?
+            .text()?;
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .context("empty stats")?
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .with_context(|| format!("no {name} column in the stats"))
+        };
+        let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
+        Ok(lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| {
+                f.get(px) == Some(&"sundial_primary")
+                    && !matches!(f.get(sv), Some(&"BACKEND" | &"FRONTEND"))
+            })
+            .filter_map(|f| f.get(status).map(|s| s.to_string()))
+            .collect())
     }
 }
 

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, is_primary, start_pair, term_epoch, HaPair};
+use sundial_e2e::ha::{host, is_primary, routed_to_primary, start_pair, term_epoch, HaPair};
 use sundial_e2e::invariants::{self, Concurrency, JobExpect, Misfire, Seen, Window, TERMINAL};
 use sundial_e2e::litestream::{restore_sh, LitestreamProc, MotoProc, Replica};
 use sundial_e2e::{
@@ -552,7 +552,7 @@ fn chaos_soak_keeps_every_invariant() {
     let servers = Vec::from(servers);
     let lb = HaproxyProc::start(&dir, servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
-    wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");
+    routed_to_primary(&lb, Duration::from_secs(10)).expect("HAProxy routes to the primary only");
 
     // Litestream to moto, with the repository's litestream.yml.
     let moto = MotoProc::start(&dir, BUCKET).expect("moto_server");

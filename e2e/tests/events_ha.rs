@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use sundial_e2e::ha::{host, start_pair, term_epoch, HaPair};
+use sundial_e2e::ha::{host, routed_to_primary, start_pair, term_epoch, HaPair};
 use sundial_e2e::receiver::{python, Receiver};
 use sundial_e2e::{
     admin_call, free_port, skip_without, wait_for, DaemonProc, HaproxyProc, ADMIN_KEY,
@@ -79,7 +79,7 @@ fn events_and_webhooks_survive_kill9_failovers_behind_haproxy() {
     } = start_pair(dir.path());
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
-    wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");
+    routed_to_primary(&lb, Duration::from_secs(10)).expect("HAProxy routes to the primary only");
 
     // The webhook and its receiver (the secret derives from the shared
     // cluster secret, so either server signs the same way).

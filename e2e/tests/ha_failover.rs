@@ -8,7 +8,7 @@
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use sundial_e2e::ha::{host, start_pair, term_epoch, HaPair};
+use sundial_e2e::ha::{host, routed_to_primary, start_pair, term_epoch, HaPair};
 use sundial_e2e::{admin_call, skip_without, wait_for, DaemonProc, HaproxyProc};
 
 #[test]
@@ -25,7 +25,7 @@ fn ten_role_flips_behind_haproxy_lose_and_repeat_nothing() {
     } = start_pair(dir.path());
     let lb = HaproxyProc::start(dir.path(), servers[0].port, servers[1].port).unwrap();
     let url = lb.url();
-    wait_for(Duration::from_secs(10), || term_epoch(&url)).expect("HAProxy routes to the primary");
+    routed_to_primary(&lb, Duration::from_secs(10)).expect("HAProxy routes to the primary only");
 
     let (_, tok) =
         admin_call(&url, "POST", "/v1/join-tokens", Some(&json!({"ttl": "1h"}))).unwrap();

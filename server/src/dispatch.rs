@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::registry::{NodeInfo, Registry};
 use crate::store::lifecycle::{self, Queued};
 use crate::store::{nodes, Store, StoreError};
+use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,14 +149,59 @@ impl Dispatcher {
         self.store
             .write(move |c| lifecycle::renew_all_leases(c, now, lease))
             .await?;
+        // Cleared before the read, not after: a run queued in between (a
+        // retry a result just caused) is either in the read or queued after
+        // the clear. A run queued twice is harmless — its second claim finds
+        // it no longer pending.
+        self.lock().queue.clear();
         let pending = self.store.read(lifecycle::load_pending).await?;
         let n = pending.len();
-        {
-            let mut inner = self.lock();
-            inner.queue.clear();
-        }
         self.enqueue(pending);
         Ok(n)
+    }
+
+    /// Commits a write that leaves runs to queue (a retry, a run held to its
+    /// time, a chained or triggered run) and queues them once it has
+    /// committed — even if the caller is gone by then. An HTTP handler's
+    /// future is dropped when its client disconnects; had it queued the runs
+    /// itself, a committed `pending` run would wait, invisible to dispatch,
+    /// until the next server became primary.
+    pub async fn write_then_queue<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, Vec<Queued>), StoreError> + Send + 'static,
+    {
+        self.commit_then_queue(f, Vec::new).await
+    }
+
+    /// [`Self::write_then_queue`], queueing `if_refused()` when the write
+    /// does not commit (a claim put back).
+    async fn commit_then_queue<T, F, R>(
+        self: &Arc<Self>,
+        f: F,
+        if_refused: R,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, Vec<Queued>), StoreError> + Send + 'static,
+        R: FnOnce() -> Vec<Queued> + Send + 'static,
+    {
+        let d = self.clone();
+        // A task of its own: it finishes whatever happens to the caller.
+        tokio::spawn(async move {
+            match d.store.write(f).await {
+                Ok((out, runs)) => {
+                    d.enqueue(runs);
+                    Ok(out)
+                }
+                Err(e) => {
+                    d.enqueue(if_refused());
+                    Err(e)
+                }
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("write task failed: {e}")))?
     }
 
     /// Adds runs to the queue and wakes eligible waiting nodes.
@@ -337,7 +383,7 @@ impl Drop for WaiterGuard<'_> {
 impl Dispatcher {
     /// Long-poll: returns as soon as runs are assigned to `node`, or empty after `wait`.
     pub async fn poll(
-        &self,
+        self: &Arc<Self>,
         node: Arc<NodeInfo>,
         max: usize,
         wait: Duration,
@@ -368,23 +414,24 @@ impl Dispatcher {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
                 // Shared with the write, and put back if it fails: a claimed
-                // run is either assigned in the database or queued again.
+                // run is either assigned in the database or queued again,
+                // whether or not this poll is still there to see it.
                 let claimed = Arc::new(claimed);
                 let for_write = claimed.clone();
-                let mut result = match self
-                    .store
-                    .write(move |c| lifecycle::assign(c, &node_id, &for_write, now, lease))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // The write is over (run or refused): this is the last owner.
-                        let back = Arc::try_unwrap(claimed).unwrap_or_else(|a| (*a).clone());
-                        self.enqueue(back);
-                        return Err(e);
-                    }
+                let put_back = move || {
+                    // The write is over (refused): this is the last owner.
+                    Arc::try_unwrap(claimed).unwrap_or_else(|a| (*a).clone())
                 };
-                self.enqueue(result.later);
+                let mut result = self
+                    .commit_then_queue(
+                        move |c| {
+                            let mut r = lifecycle::assign(c, &node_id, &for_write, now, lease)?;
+                            let later = std::mem::take(&mut r.later);
+                            Ok((r, later))
+                        },
+                        put_back,
+                    )
+                    .await?;
                 if !result.runs.is_empty() {
                     // Measured once the assignment is committed (what the
                     // node is about to receive), not when the claim began.
@@ -524,8 +571,9 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
-    use sundial_proto::{ExecutorKind, Target};
+    use crate::store::test_support::{one_slot, slot_job, temp_store};
+    use futures_util::FutureExt;
+    use sundial_proto::{ExecutorKind, JobSpec, Target};
 
     fn dispatcher() -> (tempfile::TempDir, Dispatcher) {
         let (dir, store) = temp_store();
@@ -610,6 +658,109 @@ mod tests {
     fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let c = d.claim(n, max, now, None);
         (c.runs, c.next)
+    }
+
+    /// Waits (bounded) until a queued run passes `is`.
+    async fn queued_where(d: &Dispatcher, is: impl Fn(&Queued) -> bool) -> Option<i64> {
+        for _ in 0..200 {
+            if let Some(q) = d.lock().queue.values().find(|q| is(q)) {
+                return Some(q.run_id);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
+    /// Waits (bounded) until run `id` is in the queue.
+    async fn queued_again(d: &Dispatcher, id: i64) -> bool {
+        queued_where(d, |q| q.run_id == id).await.is_some()
+    }
+
+    /// Holds the writer until the returned sender is used (or dropped): a
+    /// write queued meanwhile cannot be answered before that.
+    fn hold_writer(d: &Dispatcher) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let hold = d.store.write(move |_| {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            Ok(())
+        });
+        // Polled once, the operation is on its way to the writer thread.
+        assert!(hold.now_or_never().is_none());
+        tx
+    }
+
+    async fn run_state(d: &Dispatcher, id: i64) -> String {
+        d.store
+            .read(move |c| {
+                Ok(c.query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0))?)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_poll_dropped_while_its_claim_is_written_still_queues_what_the_write_left() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@hourly","concurrency":"forbid","retries":{"max":3},
+                "executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        // Under forbid, a retry (run 1's attempt 2) waits while run 2 is
+        // active: claiming it writes nothing to the run and leaves it to
+        // be queued again, a second later.
+        let retry = d
+            .store
+            .write(move |c| {
+                let job = slot_job(c, "f", &spec);
+                let first = one_slot(c, &job, 1_000);
+                lifecycle::assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
+                let (mut retries, _) = lifecycle::expire_leases(c, 40_000)?;
+                let second = one_slot(c, &job, 41_000);
+                lifecycle::assign(c, "n1", std::slice::from_ref(&second), 41_000, 30_000)?;
+                Ok(retries.pop().expect("a retry"))
+            })
+            .await
+            .unwrap();
+        let id = retry.run_id;
+        d.start_term(CancellationToken::new());
+        d.enqueue(vec![Queued {
+            ready_at: 0,
+            ..retry
+        }]);
+        // The node's poll claims it, starts the write, and its client goes
+        // away before the answer: the handler's future is dropped.
+        let release = hold_writer(&d);
+        let poll = d.poll(node("n2"), 10, Duration::from_secs(5));
+        assert!(poll.now_or_never().is_none());
+        assert!(d.lock().queue.is_empty(), "claimed");
+        drop(release);
+        assert!(queued_again(&d, id).await, "the held retry is queued again");
+        assert_eq!(run_state(&d, id).await, "pending");
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_is_gone_still_queues_its_runs() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        // As `POST /v1/jobs/{id}/trigger` does, from a client that hangs up.
+        let release = hold_writer(&d);
+        let write = d.write_then_queue(move |c| {
+            let job = slot_job(c, "t", &spec);
+            let q = one_slot(c, &job, 1_000);
+            Ok((q.run_id, vec![q]))
+        });
+        assert!(write.now_or_never().is_none());
+        drop(release);
+        let id = queued_where(&d, |_| true)
+            .await
+            .expect("the created run is queued");
+        assert_eq!(run_state(&d, id).await, "pending");
     }
 
     #[test]

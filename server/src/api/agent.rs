@@ -278,34 +278,45 @@ pub async fn complete(
     let req = signed.body;
     let outcome = outcome_label(req.outcome);
     let result = queue
-        .store
-        .write(move |c| lifecycle::complete(c, &node, id, &req, now_ms()))
+        .dispatcher
+        .write_then_queue(move |c| {
+            let mut r = lifecycle::complete(c, &node, id, &req, now_ms())?;
+            let requeue = take_requeue(&mut r);
+            Ok((r, requeue))
+        })
         .await?
         .map_err(|e| run_call_error(e, id))?;
-    if let Completion::Recorded { requeue, state } = &result {
-        tracing::debug!(run = id, %state, queued = requeue.len(), "result recorded");
+    if let Completion::Recorded { state, .. } = &result {
+        tracing::debug!(run = id, %state, "result recorded");
     }
-    let (status, requeue) = settle(&queue, outcome, result);
-    queue.dispatcher.enqueue(requeue);
+    let status = settle(&queue, outcome, &result);
     Ok(Json(CompleteResponse {
         status: status.to_string(),
     }))
 }
 
-/// A completion's wire status; a recorded one is counted, and its runs to
-/// queue (retries, chained runs) are handed back.
-fn settle(queue: &Queue, outcome: &str, c: Completion) -> (&'static str, Vec<Queued>) {
+/// The runs a recorded completion leaves to queue (a retry, runs chained
+/// to the slot that ended), taken out for the dispatcher.
+fn take_requeue(r: &mut Result<Completion, RunCall>) -> Vec<Queued> {
+    match r {
+        Ok(Completion::Recorded { requeue, .. }) => std::mem::take(requeue),
+        _ => Vec::new(),
+    }
+}
+
+/// A completion's wire status; a recorded one is counted.
+fn settle(queue: &Queue, outcome: &str, c: &Completion) -> &'static str {
     match c {
-        Completion::Recorded { requeue, .. } => {
+        Completion::Recorded { .. } => {
             queue
                 .metrics
                 .runs_completed
                 .with_label_values(&[outcome])
                 .inc();
-            ("recorded", requeue)
+            "recorded"
         }
-        Completion::Duplicate => ("duplicate", Vec::new()),
-        Completion::Stale => ("stale", Vec::new()),
+        Completion::Duplicate => "duplicate",
+        Completion::Stale => "stale",
     }
 }
 
@@ -338,28 +349,26 @@ pub async fn complete_many(
     }
     let node = signed.node.id.clone();
     let answers = queue
-        .store
-        .write(move |c| {
+        .dispatcher
+        .write_then_queue(move |c| {
             let now = now_ms();
-            results
+            let mut requeue = Vec::new();
+            let answers = results
                 .iter()
                 .map(|item| {
-                    let r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
+                    let mut r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
+                    requeue.append(&mut take_requeue(&mut r));
                     Ok((item.run_id, item.result.outcome, r))
                 })
-                .collect::<Result<Vec<_>, StoreError>>()
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok((answers, requeue))
         })
         .await?;
-    let mut requeue = Vec::new();
     let results = answers
         .into_iter()
         .map(|(run_id, outcome, r)| {
             let (status, message) = match r {
-                Ok(c) => {
-                    let (status, mut q) = settle(&queue, outcome_label(outcome), c);
-                    requeue.append(&mut q);
-                    (status, None)
-                }
+                Ok(c) => (settle(&queue, outcome_label(outcome), &c), None),
                 Err(RunCall::Unknown) => ("not_found", None),
                 Err(RunCall::NotCurrent) => (
                     "stale",
@@ -373,7 +382,6 @@ pub async fn complete_many(
             }
         })
         .collect();
-    queue.dispatcher.enqueue(requeue);
     Ok(Json(CompleteBatchResponse { results }))
 }
 

@@ -293,9 +293,9 @@ pub async fn trigger(
     }
     let metrics = queue.metrics.clone();
     let target = Arc::new(current.spec.target.clone());
-    let (run, queued) = queue
-        .store
-        .write(move |c| {
+    let run = queue
+        .dispatcher
+        .write_then_queue(move |c| {
             let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
                 kind: "job",
                 id: id.clone(),
@@ -331,6 +331,5 @@ pub async fn trigger(
             Ok((run, queued))
         })
         .await?;
-    queue.dispatcher.enqueue(queued);
     Ok((StatusCode::CREATED, Json(run)))
 }

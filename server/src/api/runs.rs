@@ -119,14 +119,13 @@ pub async fn get(
     )
 )]
 pub async fn cancel(
-    State(store): State<Arc<Store>>,
     State(dispatcher): State<Arc<Dispatcher>>,
     Admin(actor): Admin,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Run>> {
     let id = run_id(&raw)?;
-    let (run, chained) = store
-        .write(move |c| {
+    let run = dispatcher
+        .write_then_queue(move |c| {
             let now = now_ms();
             let target = id.to_string();
             let state = |c: &rusqlite::Connection, _: &str| audit::run_state(c, id);
@@ -135,6 +134,5 @@ pub async fn cancel(
             })
         })
         .await?;
-    dispatcher.enqueue(chained);
     Ok(Json(run))
 }

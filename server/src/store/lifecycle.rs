@@ -893,7 +893,7 @@ pub fn cancel(
 mod tests {
     use super::*;
     use crate::store::jobs;
-    use crate::store::test_support::temp_store;
+    use crate::store::test_support::{one_slot, slot_job, temp_store};
     use sundial_proto::agent::Outcome;
 
     fn spec(extra: &str) -> JobSpec {
@@ -901,31 +901,6 @@ mod tests {
             r#"{{"schedule":"@hourly","executor":{{"type":"exec","argv":["true"]}}{extra}}}"#
         ))
         .unwrap()
-    }
-
-    fn slot_job(c: &Connection, id: &str, spec: &JobSpec) -> SlotJob {
-        jobs::upsert(c, id, spec, 0, |_| None).unwrap();
-        SlotJob {
-            pk: jobs::pk_of(c, id).unwrap().unwrap(),
-            target: Arc::new(spec.target.clone()),
-            executor_kind: spec.executor.kind(),
-        }
-    }
-
-    fn one_slot(c: &Connection, job: &SlotJob, at: i64) -> Queued {
-        let mut fired = Fired::default();
-        create_slots(
-            c,
-            job,
-            Trigger::Schedule,
-            at,
-            &[String::new()],
-            0,
-            &mut fired,
-        )
-        .unwrap();
-        record_slots(c, job.pk, NextFire::Keep, &fired).unwrap();
-        fired.queued.pop().unwrap()
     }
 
     fn done(outcome: Outcome, attempt: u32) -> CompleteRequest {

@@ -388,12 +388,40 @@ pub(crate) fn column_str<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use sundial_proto::JobSpec;
 
     /// A store in a fresh temporary directory (kept alive by the returned guard).
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join(DB_FILE), Arc::new(Metrics::new())).unwrap();
         (dir, store)
+    }
+
+    /// Stores job `id` with `spec`, ready to have slots created.
+    pub fn slot_job(c: &Connection, id: &str, spec: &JobSpec) -> lifecycle::SlotJob {
+        jobs::upsert(c, id, spec, 0, |_| None).unwrap();
+        lifecycle::SlotJob {
+            pk: jobs::pk_of(c, id).unwrap().unwrap(),
+            target: Arc::new(spec.target.clone()),
+            executor_kind: spec.executor.kind(),
+        }
+    }
+
+    /// Creates `job`'s scheduled slot at `at`; returns its queue entry.
+    pub fn one_slot(c: &Connection, job: &lifecycle::SlotJob, at: i64) -> lifecycle::Queued {
+        let mut fired = lifecycle::Fired::default();
+        lifecycle::create_slots(
+            c,
+            job,
+            sundial_proto::Trigger::Schedule,
+            at,
+            &[String::new()],
+            0,
+            &mut fired,
+        )
+        .unwrap();
+        lifecycle::record_slots(c, job.pk, lifecycle::NextFire::Keep, &fired).unwrap();
+        fired.queued.pop().unwrap()
     }
 }
 

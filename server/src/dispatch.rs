@@ -187,9 +187,8 @@ impl Dispatcher {
         R: FnOnce() -> Vec<Queued> + Send + 'static,
     {
         let d = self.clone();
-        // A task of its own: it finishes whatever happens to the caller.
-        tokio::spawn(async move {
-            match d.store.write(f).await {
+        self.store
+            .write_then(f, move |r| match r {
                 Ok((out, runs)) => {
                     d.enqueue(runs);
                     Ok(out)
@@ -198,10 +197,8 @@ impl Dispatcher {
                     d.enqueue(if_refused());
                     Err(e)
                 }
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Io(format!("write task failed: {e}")))?
+            })
+            .await
     }
 
     /// Adds runs to the queue and wakes eligible waiting nodes.

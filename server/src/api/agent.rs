@@ -64,15 +64,34 @@ pub async fn join(
     validate::node_id(&req.node_id)?;
     let hash = hash_key(&token);
     let node_id = req.node_id.clone();
+    let joined = req.node_id.clone();
+    let registry = queue.registry.clone();
     let outcome = queue
         .store
-        .write(move |c| {
-            let now = now_ms();
-            match tokens::consume(c, &hash, now)? {
-                Ok(()) => Ok(Some(nodes::join(c, &node_id, now)?)),
-                Err(_) => Ok(None),
-            }
-        })
+        .write_then(
+            move |c| {
+                let now = now_ms();
+                match tokens::consume(c, &hash, now)? {
+                    Ok(()) => Ok(Some(nodes::join(c, &node_id, now)?)),
+                    Err(_) => Ok(None),
+                }
+            },
+            // The registry follows the commit even if the caller is gone.
+            move |r| {
+                if let Ok(Some(generation)) = &r {
+                    registry.put(NodeInfo {
+                        id: joined,
+                        generation: *generation,
+                        revoked: false,
+                        labels: Default::default(),
+                        executors: Vec::new(),
+                        capacity: 0,
+                        last_seen: now_ms(),
+                    });
+                }
+                r
+            },
+        )
         .await?;
     let Some(generation) = outcome else {
         let e = refuse(&queue.metrics, "bad_join_token", Some(&req.node_id));
@@ -86,15 +105,6 @@ pub async fn join(
         ));
     };
     let key = derive_node_key(secrets.current(), &req.node_id, generation);
-    queue.registry.put(NodeInfo {
-        id: req.node_id.clone(),
-        generation,
-        revoked: false,
-        labels: Default::default(),
-        executors: Vec::new(),
-        capacity: 0,
-        last_seen: now_ms(),
-    });
     tracing::info!(node = %req.node_id, generation, "node joined");
     Ok((
         StatusCode::CREATED,
@@ -135,25 +145,33 @@ pub async fn register(
     let id = signed.node.id.clone();
     let r = req.clone();
     let executors_db = executors.clone();
+    let (registry, node) = (queue.registry.clone(), signed.node.id.clone());
     queue
         .store
-        .write(move |c| {
-            nodes::register(
-                c,
-                &id,
-                &r.labels,
-                r.capacity,
-                &executors_db,
-                &r.version,
-                now_ms(),
-            )
-        })
+        .write_then(
+            move |c| {
+                nodes::register(
+                    c,
+                    &id,
+                    &r.labels,
+                    r.capacity,
+                    &executors_db,
+                    &r.version,
+                    now_ms(),
+                )
+            },
+            move |done| {
+                if done.is_ok() {
+                    registry.update(&node, |n| {
+                        n.labels = req.labels;
+                        n.executors = executors;
+                        n.capacity = req.capacity;
+                    });
+                }
+                done
+            },
+        )
         .await?;
-    queue.registry.update(&signed.node.id, |n| {
-        n.labels = req.labels;
-        n.executors = executors;
-        n.capacity = req.capacity;
-    });
     tracing::info!(node = %signed.node.id, "node registered");
     Ok(Json(
         serde_json::json!({"node_id": signed.node.id, "lease_ms": queue.dispatcher.lease_ms()}),

@@ -246,16 +246,24 @@ pub async fn apply(
             .read(move |c| apply::plan_and_apply(c, &inputs, selector.as_ref(), true, now))
             .await
     } else {
+        let scheduler = scheduler.clone();
         store
-            .write(move |c| {
-                let outcome = apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now)?;
-                record_apply(c, now, &actor, &outcome)?;
-                Ok(outcome)
-            })
+            .write_then(
+                move |c| {
+                    let outcome = apply::plan_and_apply(c, &inputs, selector.as_ref(), false, now)?;
+                    record_apply(c, now, &actor, &outcome)?;
+                    Ok(outcome)
+                },
+                move |done| {
+                    if let Ok(outcome) = &done {
+                        scheduler.hint(outcome.earliest_fire);
+                    }
+                    done
+                },
+            )
             .await
     }
     .map_err(|e| ApiError::from(e).into_response())?;
-    scheduler.hint(outcome.earliest_fire);
     Ok(Json(ApplyResponse {
         plan: outcome.plan,
         applied: !dry_run,

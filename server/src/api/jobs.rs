@@ -45,20 +45,27 @@ pub async fn put(
     validate::job_id(&id)?;
     let schedule = validate::spec(&spec)?;
     let (job, outcome) = store
-        .write(move |c| {
-            let now = now_ms();
-            audit::around(
-                c,
-                now,
-                &actor,
-                Action::JobPut,
-                &id,
-                audit::job_state,
-                || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
-            )
-        })
+        .write_then(
+            move |c| {
+                let now = now_ms();
+                audit::around(
+                    c,
+                    now,
+                    &actor,
+                    Action::JobPut,
+                    &id,
+                    audit::job_state,
+                    || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
+                )
+            },
+            move |done| {
+                if let Ok((job, _)) = &done {
+                    scheduler.hint(job.next_fire_at);
+                }
+                done
+            },
+        )
         .await?;
-    scheduler.hint(job.next_fire_at);
     let status = match outcome {
         jobs::Upserted::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
@@ -205,23 +212,30 @@ async fn set_paused(
     paused: bool,
 ) -> ApiResult<Json<Job>> {
     let job = store
-        .write(move |c| {
-            let now = now_ms();
-            let action = if paused {
-                Action::JobPause
-            } else {
-                Action::JobResume
-            };
-            audit::around(c, now, &actor, action, &id, audit::job_state, || {
-                jobs::set_paused(c, &id, paused, now, |spec, now| {
-                    Schedule::parse(&spec.schedule, &spec.timezone)
-                        .ok()
-                        .and_then(|s| s.next_after(now))
+        .write_then(
+            move |c| {
+                let now = now_ms();
+                let action = if paused {
+                    Action::JobPause
+                } else {
+                    Action::JobResume
+                };
+                audit::around(c, now, &actor, action, &id, audit::job_state, || {
+                    jobs::set_paused(c, &id, paused, now, |spec, now| {
+                        Schedule::parse(&spec.schedule, &spec.timezone)
+                            .ok()
+                            .and_then(|s| s.next_after(now))
+                    })
                 })
-            })
-        })
+            },
+            move |done| {
+                if let Ok(job) = &done {
+                    scheduler.hint(job.next_fire_at);
+                }
+                done
+            },
+        )
         .await?;
-    scheduler.hint(job.next_fire_at);
     Ok(Json(job))
 }
 

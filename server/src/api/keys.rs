@@ -135,29 +135,18 @@ pub async fn delete(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let target = id.clone();
-    let deleted = store
-        .write_then(
-            move |c| {
-                let now = now_ms();
-                audit::around(
-                    c,
-                    now,
-                    &actor,
-                    Action::KeyDelete,
-                    &target,
-                    audit::key_state,
-                    || keys::delete(c, &target, now),
-                )
-            },
-            // Even if the caller is gone: a deleted key must stop working
-            // as soon as the delete commits, not at the next restart.
-            move |done| {
-                keys.invalidate();
-                done
-            },
-        )
-        .await?;
+    // Even if the caller is gone: a deleted key must stop working as soon
+    // as the delete commits, not at the next restart.
+    let deleted = audit::change_then(
+        &store,
+        actor,
+        Action::KeyDelete,
+        id.clone(),
+        audit::key_state,
+        keys::delete,
+        move |_| keys.invalidate(),
+    )
+    .await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -101,35 +101,27 @@ pub async fn revoke(
     Admin(actor): Admin,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let (key, revoked) = (id.clone(), id.clone());
-    let found = store
-        .write_then(
-            move |c| {
-                let now = now_ms();
-                audit::around(
-                    c,
-                    now,
-                    &actor,
-                    Action::NodeRevoke,
-                    &key,
-                    audit::node_state,
-                    || nodes::revoke(c, &key, now),
-                )
-            },
-            // Even if the caller is gone: a revoked node must stop being
-            // let in as soon as the revocation commits.
-            move |done| {
-                if let Ok(true) = done {
-                    registry.update(&revoked, |n| {
-                        n.revoked = true;
-                        n.generation += 1;
-                    });
-                    tracing::info!(node = %revoked, "node revoked");
-                }
-                done
-            },
-        )
-        .await?;
+    let revoked = id.clone();
+    // Even if the caller is gone: a revoked node must stop being let in as
+    // soon as the revocation commits.
+    let found = audit::change_then(
+        &store,
+        actor,
+        Action::NodeRevoke,
+        id.clone(),
+        audit::node_state,
+        nodes::revoke,
+        move |found| {
+            if found {
+                registry.update(&revoked, |n| {
+                    n.revoked = true;
+                    n.generation += 1;
+                });
+                tracing::info!(node = %revoked, "node revoked");
+            }
+        },
+    )
+    .await?;
     if !found {
         return Err(ApiError::not_found(format!("node {id:?} not found")));
     }

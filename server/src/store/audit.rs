@@ -257,13 +257,39 @@ pub async fn delete(
     action: Action,
     id: String,
     state: StateFn,
-    delete: fn(&Connection, &str, i64) -> Result<bool, StoreError>,
+    delete: OneRow,
+) -> Result<bool, StoreError> {
+    change_then(store, actor, action, id, state, delete, |_| {}).await
+}
+
+/// A change to one row by id that says whether the row was there.
+pub type OneRow = fn(&Connection, &str, i64) -> Result<bool, StoreError>;
+
+/// [`delete`] for any [`OneRow`] change (a delete, a node's revocation),
+/// then `then(found)` once it has committed — even if the caller is gone by
+/// then (see [`Store::write_then`]).
+pub async fn change_then(
+    store: &Store,
+    actor: Actor,
+    action: Action,
+    id: String,
+    state: StateFn,
+    change: OneRow,
+    then: impl FnOnce(bool) + Send + 'static,
 ) -> Result<bool, StoreError> {
     store
-        .write(move |c| {
-            let now = sundial_proto::time::now_ms();
-            around(c, now, &actor, action, &id, state, || delete(c, &id, now))
-        })
+        .write_then(
+            move |c| {
+                let now = sundial_proto::time::now_ms();
+                around(c, now, &actor, action, &id, state, || change(c, &id, now))
+            },
+            move |done| {
+                if let Ok(found) = done {
+                    then(found);
+                }
+                done
+            },
+        )
         .await
 }
 

@@ -304,25 +304,27 @@ impl Store {
         }
     }
 
-    /// Commits `f`, then hands its result to `then` — both in a task of
-    /// their own, so both happen even if the caller is dropped meanwhile.
+    /// Commits `f`, then hands its outcome to `then`, which the writer runs
+    /// once the batch's fate is known — even if the caller is dropped
+    /// meanwhile. `then` must be quick and must not block (it runs on the
+    /// writer thread).
     ///
     /// For a write whose commit must be followed by a change in memory
     /// (queue the runs it left, mark a node revoked in the registry, forget
     /// cached keys, wake the scheduler): an HTTP handler's future is dropped
     /// when its client goes away, and a change made after its `.await` would
     /// then never happen while the database says it should have.
-    pub async fn write_then<T, U, F, A>(self: &Arc<Self>, f: F, then: A) -> Result<U, StoreError>
+    pub async fn write_then<T, U, F, A>(&self, f: F, then: A) -> Result<U, StoreError>
     where
         T: Send + 'static,
         U: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         A: FnOnce(Result<T, StoreError>) -> Result<U, StoreError> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::spawn(async move { then(store.write(f).await) })
-            .await
-            .map_err(|e| StoreError::Io(format!("write task failed: {e}")))?
+        match self.current_writer() {
+            Some(w) => w.call_then(f, then).await,
+            None => then(Err(StoreError::NotPrimary)),
+        }
     }
 
     /// Runs `f` on a pooled read-only connection off the async runtime.

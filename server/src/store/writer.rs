@@ -4,6 +4,9 @@
 //! Callers hand in closures; each runs inside its own savepoint so one failing
 //! operation rolls back alone, and every caller gets its reply only after the
 //! batch has committed. Batch size and commit latency go to the metrics.
+//! A caller may add a follow-up ([`Writer::call_then`]) that this thread
+//! runs on the outcome before answering, so a change in memory that must
+//! follow a commit happens even when the caller has stopped waiting.
 //!
 //! Fencing: the writer belongs to one term as primary (an epoch). Every batch
 //! first reads the cluster epoch inside its transaction; if another server
@@ -21,6 +24,7 @@ use super::{StoreError, Transient};
 use crate::metrics::Metrics;
 use rusqlite::Connection;
 use std::collections::VecDeque;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -70,19 +74,36 @@ impl Failure {
     }
 }
 
-/// A caller's closure and where its result goes.
-struct Call<F, T> {
+/// A caller's closure, what follows its outcome, and where the answer goes.
+///
+/// `then` runs on the writer thread once the batch's fate is known — after
+/// the commit, or with the error — whether or not the caller still waits
+/// for the answer. It must be quick and must not block.
+struct Call<F, A, T, U> {
     f: F,
-    tx: oneshot::Sender<Result<T, StoreError>>,
+    then: A,
+    tx: oneshot::Sender<Result<U, StoreError>>,
+    result: PhantomData<fn() -> T>,
 }
 
-impl<F, T> Operation for Call<F, T>
+/// Runs a call's `then`; a panic in it becomes an error, not a dead writer.
+fn follow<T, U>(
+    then: impl FnOnce(Result<T, StoreError>) -> Result<U, StoreError>,
+    out: Result<T, StoreError>,
+) -> Result<U, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(out)))
+        .unwrap_or_else(|_| Err(StoreError::Io("the follow-up of a write panicked".into())))
+}
+
+impl<F, A, T, U> Operation for Call<F, A, T, U>
 where
     T: Send + 'static,
+    U: Send + 'static,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    A: FnOnce(Result<T, StoreError>) -> Result<U, StoreError> + Send + 'static,
 {
     fn apply(self: Box<Self>, conn: &Connection) -> (Reply, Option<Failure>) {
-        let Call { f, tx } = *self;
+        let Call { f, then, tx, .. } = *self;
         let result = in_savepoint(conn, f);
         let hit = match &result {
             Err(StoreError::Unavailable { cause, detail }) => {
@@ -95,13 +116,14 @@ where
                 Ok(()) => result,
                 Err(failure) => Err(failure.error()),
             };
-            let _ = tx.send(out);
+            let _ = tx.send(follow(then, out));
         });
         (reply, hit)
     }
 
     fn refuse(self: Box<Self>, error: StoreError) {
-        let _ = self.tx.send(Err(error));
+        let Call { then, tx, .. } = *self;
+        let _ = tx.send(follow(then, Err(error)));
     }
 }
 
@@ -163,11 +185,29 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.call_then(f, |out| out).await
+    }
+
+    /// [`Writer::call`], with `then` run on the outcome on the writer
+    /// thread — after the commit, or with the error — even if the caller
+    /// has stopped waiting.
+    pub async fn call_then<T, U, F, A>(&self, f: F, then: A) -> Result<U, StoreError>
+    where
+        T: Send + 'static,
+        U: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        A: FnOnce(Result<T, StoreError>) -> Result<U, StoreError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
-        let op: Op = Box::new(Call { f, tx });
-        self.sender
-            .send(Msg::Op(op))
-            .map_err(|_| StoreError::Closed)?;
+        let op: Op = Box::new(Call {
+            f,
+            then,
+            tx,
+            result: PhantomData,
+        });
+        if let Err(mpsc::SendError(Msg::Op(op))) = self.sender.send(Msg::Op(op)) {
+            op.refuse(StoreError::Closed);
+        }
         match rx.await {
             Ok(result) => result,
             // Every queued operation gets an answer; none means the thread is gone.

@@ -171,25 +171,45 @@ impl Dispatcher {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<(T, Vec<Queued>), StoreError> + Send + 'static,
     {
-        self.commit_then_queue(f, Vec::new).await
+        self.commit_then_queue(f, |_: &T| {}, Vec::new).await
     }
 
-    /// [`Self::write_then_queue`], queueing `if_refused()` when the write
-    /// does not commit (a claim put back).
-    async fn commit_then_queue<T, F, R>(
+    /// [`Self::write_then_queue`] that also calls `counted(&out)` once the
+    /// write has committed: a metric of committed changes (results
+    /// recorded, slots created) counts each one, even when the caller is
+    /// gone, and none from a batch that failed.
+    pub async fn write_then_queue_counted<T, F, C>(
         self: &Arc<Self>,
         f: F,
+        counted: C,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<(T, Vec<Queued>), StoreError> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
+    {
+        self.commit_then_queue(f, counted, Vec::new).await
+    }
+
+    /// [`Self::write_then_queue_counted`], queueing `if_refused()` when the
+    /// write does not commit (a claim put back).
+    async fn commit_then_queue<T, F, C, R>(
+        self: &Arc<Self>,
+        f: F,
+        counted: C,
         if_refused: R,
     ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<(T, Vec<Queued>), StoreError> + Send + 'static,
+        C: FnOnce(&T) + Send + 'static,
         R: FnOnce() -> Vec<Queued> + Send + 'static,
     {
         let d = self.clone();
         self.store
             .write_then(f, move |r| match r {
                 Ok((out, runs)) => {
+                    counted(&out);
                     d.enqueue(runs);
                     Ok(out)
                 }
@@ -419,6 +439,18 @@ impl Dispatcher {
                     // The write is over (refused): this is the last owner.
                     Arc::try_unwrap(claimed).unwrap_or_else(|a| (*a).clone())
                 };
+                let metrics = self.metrics.clone();
+                // Measured once the assignment is committed (what the node
+                // is about to receive), not when the claim began, and
+                // counted even if this poll is gone by then.
+                let counted = move |r: &lifecycle::Assigned| {
+                    let assigned = now_ms();
+                    for a in &r.runs {
+                        let late = (assigned - a.scheduled_for).max(0) as f64 / 1000.0;
+                        metrics.start_lateness_seconds.observe(late);
+                    }
+                    metrics.runs_dispatched.inc_by(r.runs.len() as u64);
+                };
                 let mut result = self
                     .commit_then_queue(
                         move |c| {
@@ -426,23 +458,16 @@ impl Dispatcher {
                             let later = std::mem::take(&mut r.later);
                             Ok((r, later))
                         },
+                        counted,
                         put_back,
                     )
                     .await?;
                 if !result.runs.is_empty() {
-                    // Measured once the assignment is committed (what the
-                    // node is about to receive), not when the claim began.
-                    let assigned = now_ms();
-                    let spent = (assigned - now).max(0) as u64;
+                    // The delay counts from the claim; the write took some of it.
+                    let spent = (now_ms() - now).max(0) as u64;
                     for a in &mut result.runs {
-                        let late = (assigned - a.scheduled_for).max(0) as f64 / 1000.0;
-                        self.metrics.start_lateness_seconds.observe(late);
-                        // The delay counts from the claim; the write took some of it.
                         a.start_in_ms = a.start_in_ms.saturating_sub(spent);
                     }
-                    self.metrics
-                        .runs_dispatched
-                        .inc_by(result.runs.len() as u64);
                     return Ok(result.runs);
                 }
                 continue;
@@ -568,7 +593,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::{one_slot, slot_job, temp_store};
+    use crate::store::test_support::{hold_writer, one_slot, slot_job, temp_store};
     use futures_util::FutureExt;
     use sundial_proto::{ExecutorKind, JobSpec, Target};
 
@@ -673,19 +698,6 @@ mod tests {
         queued_where(d, |q| q.run_id == id).await.is_some()
     }
 
-    /// Holds the writer until the returned sender is used (or dropped): a
-    /// write queued meanwhile cannot be answered before that.
-    fn hold_writer(d: &Dispatcher) -> std::sync::mpsc::Sender<()> {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let hold = d.store.write(move |_| {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-            Ok(())
-        });
-        // Polled once, the operation is on its way to the writer thread.
-        assert!(hold.now_or_never().is_none());
-        tx
-    }
-
     async fn run_state(d: &Dispatcher, id: i64) -> String {
         d.store
             .read(move |c| {
@@ -728,7 +740,7 @@ mod tests {
         }]);
         // The node's poll claims it, starts the write, and its client goes
         // away before the answer: the handler's future is dropped.
-        let release = hold_writer(&d);
+        let release = hold_writer(&d.store);
         let poll = d.poll(node("n2"), 10, Duration::from_secs(5));
         assert!(poll.now_or_never().is_none());
         assert!(d.lock().queue.is_empty(), "claimed");
@@ -746,7 +758,7 @@ mod tests {
         )
         .unwrap();
         // As `POST /v1/jobs/{id}/trigger` does, from a client that hangs up.
-        let release = hold_writer(&d);
+        let release = hold_writer(&d.store);
         let write = d.write_then_queue(move |c| {
             let job = slot_job(c, "t", &spec);
             let q = one_slot(c, &job, 1_000);

@@ -102,6 +102,11 @@ pub struct Tick {
     /// observed once they are committed).
     pub on_time: Vec<i64>,
     pub slots_created: usize,
+    /// Slots created per trigger, and fires skipped by misfire policies:
+    /// counted in the metrics once the tick has committed, so a batch that
+    /// rolls back (and is retried) is not counted twice.
+    pub created_by_trigger: Vec<(Trigger, u64)>,
+    pub skipped: u64,
     pub jobs_fired: usize,
     /// Earliest fire still pending after this tick.
     pub next_fire: Option<i64>,
@@ -157,24 +162,22 @@ impl Scheduler {
         let mut total = Tick::default();
         loop {
             let cache = self.cache.clone();
-            let metrics = self.metrics.clone();
             let registry = self.registry.clone();
             let mut tick = self
                 .store
                 .write(move |conn| {
                     let now = now_ms();
-                    fire_due(
-                        conn,
-                        now,
-                        lookahead_ms,
-                        FIRE_BATCH,
-                        &cache,
-                        &metrics,
-                        &registry,
-                    )
+                    fire_due(conn, now, lookahead_ms, FIRE_BATCH, &cache, &registry)
                 })
                 .await?;
             let committed = now_ms();
+            for (trigger, n) in tick.created_by_trigger.drain(..) {
+                self.metrics
+                    .slots_created
+                    .with_label_values(&[trigger.as_str()])
+                    .inc_by(n);
+            }
+            self.metrics.misfires_skipped.inc_by(tick.skipped);
             for at in tick.on_time.drain(..) {
                 let late = (committed - at).max(0) as f64 / 1000.0;
                 self.metrics.fire_lateness_seconds.observe(late);
@@ -256,7 +259,6 @@ fn fire_due(
     lookahead_ms: i64,
     limit: usize,
     cache: &Mutex<ScheduleCache>,
-    metrics: &Metrics,
     registry: &Registry,
 ) -> Result<Tick, StoreError> {
     // Fires up to `horizon` are taken now; the misfire cutoff stays
@@ -311,16 +313,20 @@ fn fire_due(
                 now_ms(),
                 &mut fired,
             )?;
-            metrics
-                .slots_created
-                .with_label_values(&[trigger.as_str()])
-                .inc_by(new as u64);
+            match tick
+                .created_by_trigger
+                .iter_mut()
+                .find(|(t, _)| t == trigger)
+            {
+                Some((_, n)) => *n += new as u64,
+                None => tick.created_by_trigger.push((*trigger, new as u64)),
+            }
             if *trigger == Trigger::Schedule && new > 0 {
                 tick.on_time.push(*at);
             }
         }
         if plan.skipped > 0 {
-            metrics.misfires_skipped.inc_by(plan.skipped);
+            tick.skipped += plan.skipped;
             tracing::info!(job = %job.id, skipped = plan.skipped, policy = job.misfire.as_str(), "missed fires not run");
             events::append(
                 conn,
@@ -338,4 +344,76 @@ fn fire_due(
     }
     tick.next_fire = jobs::earliest_fire(conn)?;
     Ok(tick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+    use sundial_proto::JobSpec;
+
+    /// A tick's slots, counted per trigger.
+    fn counted(m: &Metrics) -> u64 {
+        Trigger::ALL
+            .iter()
+            .map(|t| m.slots_created.with_label_values(&[t.as_str()]).get())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_tick_that_does_not_commit_counts_no_slot() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::default());
+        let loops = Arc::new(Loops::new(metrics.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            metrics.clone(),
+            registry.clone(),
+            loops.clone(),
+            30_000,
+            CancellationToken::new(),
+        ));
+        let s = Scheduler::new(store.clone(), metrics.clone(), registry, dispatcher, loops);
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@every 1s","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        let now = now_ms();
+        store
+            .write(move |c| {
+                jobs::upsert(c, "every", &spec, now, |_| Some(now - 100))?;
+                // Refuses the job's next fire, which the tick writes after
+                // its slot: the slot's insert is rolled back with it.
+                c.execute_batch(
+                    "CREATE TEMP TRIGGER refuse BEFORE UPDATE OF next_fire_at ON jobs
+                     BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let err = s.tick(0).await.unwrap_err();
+        assert!(err.to_string().contains("refused by the test"), "{err}");
+        let runs = || {
+            store
+                .read(|c| Ok(c.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0))?))
+        };
+        assert_eq!(runs().await.unwrap(), 0);
+        assert_eq!(
+            counted(&metrics),
+            0,
+            "a slot that was rolled back was counted"
+        );
+
+        store
+            .write(|c| Ok(c.execute_batch("DROP TRIGGER refuse")?))
+            .await
+            .unwrap();
+        let tick = s.tick(0).await.unwrap();
+        assert!(tick.slots_created >= 1, "{tick:?}");
+        assert_eq!(runs().await.unwrap(), tick.slots_created as i64);
+        assert_eq!(counted(&metrics), tick.slots_created as u64);
+    }
 }

@@ -118,14 +118,16 @@ async fn a_run_triggered_by_a_client_that_hung_up_is_queued() {
             .text()
             .await
             .ok()?;
-        text.lines()
-            .any(|l| l.starts_with("sundial_dispatch_queue_depth") && l.ends_with(" 1"))
-            .then_some(())
+        let has = |sample: &str| text.lines().any(|l| l == sample);
+        // Queued, and counted once (when its write committed).
+        (has("sundial_dispatch_queue_depth 1")
+            && has("sundial_slots_created_total{trigger=\"manual\"} 1"))
+        .then_some(())
     })
     .await;
     assert!(
         queued.is_some(),
-        "the triggered run is in the dispatch queue"
+        "the triggered run is in the dispatch queue and counted"
     );
     server.stop().await;
 }

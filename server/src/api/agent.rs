@@ -7,6 +7,7 @@ use super::extract::JsonBody;
 use super::limit;
 use super::state::{Gate, Queue};
 use crate::auth::hash_key;
+use crate::metrics::Metrics;
 use crate::registry::NodeInfo;
 use crate::secrets::ClusterSecrets;
 use crate::store::lifecycle::{self, Completion, Queued, RunCall};
@@ -294,22 +295,29 @@ pub async fn complete(
     let id = run_id(&raw)?;
     let node = signed.node.id.clone();
     let req = signed.body;
-    let outcome = outcome_label(req.outcome);
+    let outcome = req.outcome;
+    let metrics = queue.metrics.clone();
     let result = queue
         .dispatcher
-        .write_then_queue(move |c| {
-            let mut r = lifecycle::complete(c, &node, id, &req, now_ms())?;
-            let requeue = take_requeue(&mut r);
-            Ok((r, requeue))
-        })
+        .write_then_queue_counted(
+            move |c| {
+                let mut r = lifecycle::complete(c, &node, id, &req, now_ms())?;
+                let requeue = take_requeue(&mut r);
+                Ok((r, requeue))
+            },
+            move |r| {
+                if let Ok(c) = r {
+                    count(&metrics, outcome, c);
+                }
+            },
+        )
         .await?
         .map_err(|e| run_call_error(e, id))?;
     if let Completion::Recorded { state, .. } = &result {
         tracing::debug!(run = id, %state, "result recorded");
     }
-    let status = settle(&queue, outcome, &result);
     Ok(Json(CompleteResponse {
-        status: status.to_string(),
+        status: status(&result).to_string(),
     }))
 }
 
@@ -322,19 +330,23 @@ fn take_requeue(r: &mut Result<Completion, RunCall>) -> Vec<Queued> {
     }
 }
 
-/// A completion's wire status; a recorded one is counted.
-fn settle(queue: &Queue, outcome: &str, c: &Completion) -> &'static str {
+/// A completion's wire status.
+fn status(c: &Completion) -> &'static str {
     match c {
-        Completion::Recorded { .. } => {
-            queue
-                .metrics
-                .runs_completed
-                .with_label_values(&[outcome])
-                .inc();
-            "recorded"
-        }
+        Completion::Recorded { .. } => "recorded",
         Completion::Duplicate => "duplicate",
         Completion::Stale => "stale",
+    }
+}
+
+/// Counts a recorded completion in `runs_completed_total` (called once its
+/// write has committed, whether or not the daemon still waits).
+fn count(metrics: &Metrics, outcome: Outcome, c: &Completion) {
+    if let Completion::Recorded { .. } = c {
+        metrics
+            .runs_completed
+            .with_label_values(&[outcome_label(outcome)])
+            .inc();
     }
 }
 
@@ -366,27 +378,37 @@ pub async fn complete_many(
         ));
     }
     let node = signed.node.id.clone();
+    let metrics = queue.metrics.clone();
     let answers = queue
         .dispatcher
-        .write_then_queue(move |c| {
-            let now = now_ms();
-            let mut requeue = Vec::new();
-            let answers = results
-                .iter()
-                .map(|item| {
-                    let mut r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
-                    requeue.append(&mut take_requeue(&mut r));
-                    Ok((item.run_id, item.result.outcome, r))
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            Ok((answers, requeue))
-        })
+        .write_then_queue_counted(
+            move |c| {
+                let now = now_ms();
+                let mut requeue = Vec::new();
+                let answers = results
+                    .iter()
+                    .map(|item| {
+                        let mut r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
+                        requeue.append(&mut take_requeue(&mut r));
+                        Ok((item.run_id, item.result.outcome, r))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                Ok((answers, requeue))
+            },
+            move |answers: &Vec<(i64, Outcome, Result<Completion, RunCall>)>| {
+                for (_, outcome, r) in answers {
+                    if let Ok(c) = r {
+                        count(&metrics, *outcome, c);
+                    }
+                }
+            },
+        )
         .await?;
     let results = answers
         .into_iter()
-        .map(|(run_id, outcome, r)| {
+        .map(|(run_id, _, r)| {
             let (status, message) = match r {
-                Ok(c) => (settle(&queue, outcome_label(outcome), &c), None),
+                Ok(c) => (status(&c), None),
                 Err(RunCall::Unknown) => ("not_found", None),
                 Err(RunCall::NotCurrent) => (
                     "stale",
@@ -411,5 +433,123 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::TimedOut => "timedout",
         Outcome::Cancelled => "cancelled",
         Outcome::HandedBack => "handedback",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::Dispatcher;
+    use crate::loops::Loops;
+    use crate::registry::Registry;
+    use crate::store::test_support::{hold_writer, one_slot, slot_job, temp_store};
+    use futures_util::FutureExt;
+    use sundial_proto::agent::CompleteItem;
+    use sundial_proto::{ExecutorKind, JobSpec};
+    use tokio_util::sync::CancellationToken;
+
+    fn queue() -> (tempfile::TempDir, Queue) {
+        let (dir, store) = temp_store();
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::default());
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            metrics.clone(),
+            registry.clone(),
+            Arc::new(Loops::new(metrics.clone())),
+            30_000,
+            CancellationToken::new(),
+        ));
+        let queue = Queue {
+            store,
+            dispatcher,
+            registry,
+            metrics,
+        };
+        (dir, queue)
+    }
+
+    fn signed<T>(body: T) -> Signed<T> {
+        let node = Arc::new(NodeInfo {
+            id: "n1".into(),
+            generation: 1,
+            revoked: false,
+            labels: Default::default(),
+            executors: vec![ExecutorKind::Exec],
+            capacity: 10,
+            last_seen: 0,
+        });
+        Signed { node, body }
+    }
+
+    fn result(outcome: Outcome) -> CompleteRequest {
+        CompleteRequest {
+            attempt: 1,
+            outcome,
+            exit_code: Some(0),
+            output: String::new(),
+            truncated: false,
+            error: None,
+            started_at: 1_000,
+            finished_at: 1_100,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_result_whose_daemon_hung_up_is_recorded_and_counted() {
+        let (_dir, q) = queue();
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@hourly","concurrency":"allow","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        let ids: Vec<i64> = q
+            .store
+            .write(move |c| {
+                let job = slot_job(c, "j", &spec);
+                let slots: Vec<Queued> = (1..=3).map(|i| one_slot(c, &job, i * 1_000)).collect();
+                let a = lifecycle::assign(c, "n1", &slots, 3_000, 30_000)?;
+                Ok(a.runs.iter().map(|r| r.run_id).collect())
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        // Both routes wait for the database, and both daemons hang up
+        // before the answer: the handlers' futures are dropped.
+        let release = hold_writer(&q.store);
+        let one = complete(
+            State(q.clone()),
+            Path(ids[0].to_string()),
+            signed(result(Outcome::Succeeded)),
+        );
+        assert!(one.now_or_never().is_none());
+        let items = vec![
+            CompleteItem {
+                run_id: ids[1],
+                result: result(Outcome::Succeeded),
+            },
+            CompleteItem {
+                run_id: ids[2],
+                result: result(Outcome::Failed),
+            },
+        ];
+        let many = complete_many(State(q.clone()), signed(CompleteBatch { results: items }));
+        assert!(many.now_or_never().is_none());
+        drop(release);
+        // The writer answers in order: once this write is back, theirs
+        // have committed and their follow-ups have run.
+        q.store.write(|_| Ok(())).await.unwrap();
+        let counted = |o: &str| q.metrics.runs_completed.with_label_values(&[o]).get();
+        assert_eq!((counted("succeeded"), counted("failed")), (2, 1));
+        let states: Vec<String> = q
+            .store
+            .read(move |c| {
+                let mut st = c.prepare("SELECT state FROM runs ORDER BY id")?;
+                let rows = st.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(states, ["succeeded", "succeeded", "failed"]);
     }
 }

@@ -307,43 +307,49 @@ pub async fn trigger(
     }
     let metrics = queue.metrics.clone();
     let target = Arc::new(current.spec.target.clone());
-    let run = queue
+    let created = move |(_, n): &(Run, u64)| {
+        metrics
+            .slots_created
+            .with_label_values(&[Trigger::Manual.as_str()])
+            .inc_by(*n);
+    };
+    let (run, _) = queue
         .dispatcher
-        .write_then_queue(move |c| {
-            let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
-                kind: "job",
-                id: id.clone(),
-            })?;
-            let job = lifecycle::SlotJob {
-                pk,
-                target,
-                executor_kind: kind,
-            };
-            let (first, queued) = lifecycle::trigger_manual(c, &job, &nodes, now)?;
-            // Before: no such runs; after: the runs this trigger created.
-            let created: Vec<i64> = queued.iter().map(|q| q.run_id).collect();
-            let runs_after = created
-                .iter()
-                .map(|r| audit::run_state(c, *r))
-                .collect::<Result<Vec<_>, _>>()?;
-            let change = audit::Change {
-                action: Action::JobTrigger,
-                target: Some(&id),
-                before: None,
-                after: Some(serde_json::json!({"job": id, "runs": runs_after})),
-                detail: serde_json::json!({"runs": created}),
-            };
-            audit::record(c, now, &actor, &change)?;
-            metrics
-                .slots_created
-                .with_label_values(&[Trigger::Manual.as_str()])
-                .inc_by(queued.len() as u64);
-            let run = runs::get(c, first)?.ok_or(StoreError::NotFound {
-                kind: "run",
-                id: first.to_string(),
-            })?;
-            Ok((run, queued))
-        })
+        .write_then_queue_counted(
+            move |c| {
+                let pk = jobs::pk_of(c, &id)?.ok_or_else(|| StoreError::NotFound {
+                    kind: "job",
+                    id: id.clone(),
+                })?;
+                let job = lifecycle::SlotJob {
+                    pk,
+                    target,
+                    executor_kind: kind,
+                };
+                let (first, queued) = lifecycle::trigger_manual(c, &job, &nodes, now)?;
+                // Before: no such runs; after: the runs this trigger created.
+                let created: Vec<i64> = queued.iter().map(|q| q.run_id).collect();
+                let runs_after = created
+                    .iter()
+                    .map(|r| audit::run_state(c, *r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let change = audit::Change {
+                    action: Action::JobTrigger,
+                    target: Some(&id),
+                    before: None,
+                    after: Some(serde_json::json!({"job": id, "runs": runs_after})),
+                    detail: serde_json::json!({"runs": created}),
+                };
+                audit::record(c, now, &actor, &change)?;
+                let run = runs::get(c, first)?.ok_or(StoreError::NotFound {
+                    kind: "run",
+                    id: first.to_string(),
+                })?;
+                let n = queued.len() as u64;
+                Ok(((run, n), queued))
+            },
+            created,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(run)))
 }

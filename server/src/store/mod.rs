@@ -430,6 +430,21 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Holds the writer thread (an operation blocks on it) until the
+    /// returned sender is dropped, or for 10 s at most: the next writes wait
+    /// in its queue, as they would behind a busy database.
+    pub fn hold_writer(store: &Store) -> std::sync::mpsc::Sender<()> {
+        use futures_util::FutureExt;
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let hold = store.write(move |_| {
+            let _ = rx.recv_timeout(std::time::Duration::from_secs(10));
+            Ok(())
+        });
+        // Polled once, the operation is on its way to the writer thread.
+        assert!(hold.now_or_never().is_none());
+        tx
+    }
+
     /// Creates `job`'s scheduled slot at `at`; returns its queue entry.
     pub fn one_slot(c: &Connection, job: &lifecycle::SlotJob, at: i64) -> lifecycle::Queued {
         let mut fired = lifecycle::Fired::default();

@@ -312,6 +312,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX runs_by_upstream ON runs (job, upstream_run, node)
         WHERE upstream_run IS NOT NULL;
     "#,
+    // 14: no secondary index on events. No query used them: the stream
+    // (`GET /v1/events`, also with `?job=`) and pruning walk the rowid with
+    // a bounded scan. `events_by_job` cost the most: keyed by the job's id,
+    // each run's two events landed on two random leaves, so a transaction
+    // assigning or completing a few hundred runs of different jobs wrote a
+    // page to the WAL per event.
+    r#"
+    DROP INDEX IF EXISTS events_by_job;
+    DROP INDEX IF EXISTS events_by_time;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -494,6 +504,49 @@ mod tests {
         )
         .unwrap();
         assert!(conn.last_insert_rowid() > 12);
+    }
+
+    #[test]
+    fn v14_drops_the_event_indexes_and_keeps_every_event() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..13] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 13).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (id, at, type, job_id, data) VALUES
+                 (3, 10, 'job.created', 'a', '{}'), (8, 20, 'run.started', 'b', '{}');",
+        )
+        .unwrap();
+        let indexes = |c: &Connection| -> i64 {
+            c.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(indexes(&conn), 2);
+        migrate(&mut conn).unwrap();
+        assert_eq!(indexes(&conn), 0);
+        let ids: Vec<i64> = conn
+            .prepare("SELECT id FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, [3, 8]);
+        // The stream's query (also with a job filter) walks the rowid.
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR job_id = ?2) ORDER BY id LIMIT ?3",
+                rusqlite::params![0, "b", 10],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("INTEGER PRIMARY KEY"), "{plan}");
     }
 
     #[test]

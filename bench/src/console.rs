@@ -54,7 +54,7 @@ fn add_history(db: &Path, jobs: u64, runs: u64) -> Result<()> {
         }
     }
     tx.execute(
-        "UPDATE jobs SET last_state = CASE WHEN pk % 10 = 0 THEN 'failed' ELSE 'succeeded' END,
+        "UPDATE job_stats SET last_state = CASE WHEN pk % 10 = 0 THEN 'failed' ELSE 'succeeded' END,
                          last_run_at = ?1 - pk, runs_total = 1",
         [now],
     )?;

@@ -71,7 +71,7 @@ pub fn append_job(
 pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
     let due: Vec<(i64, i64, Option<i64>)> = conn
         .prepare_cached(
-            "SELECT pk, overdue_after_ms, last_success_at FROM jobs
+            "SELECT pk, overdue_after_ms, last_success_at FROM jobs JOIN job_stats USING (pk)
              WHERE overdue_after_ms IS NOT NULL AND overdue_since IS NULL
                AND enabled = 1 AND paused = 0
                AND coalesce(last_success_at, created_at) + overdue_after_ms <= ?1",

@@ -7,7 +7,12 @@ use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sundial_proto::{ExecutorKind, Job, JobCounters, JobSpec, MisfirePolicy};
 
-/// Columns selected for a full [`Job`].
+/// The jobs joined with their run counters (`job_stats`, one row per job,
+/// written with it): `FROM {WITH_STATS}` for a read that needs both.
+/// `USING (pk)` keeps `pk` and every other column name unqualified.
+pub(crate) const WITH_STATS: &str = "jobs JOIN job_stats USING (pk)";
+
+/// Columns selected for a full [`Job`] (from [`WITH_STATS`]).
 const JOB_COLUMNS: &str = "id, spec, paused, next_fire_at, created_at, updated_at, \
      runs_total, runs_succeeded, runs_failed, last_run_id, last_run_at, last_state, \
      last_success_at, overdue_since";
@@ -39,7 +44,9 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
 
 /// Reads one job by id.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {JOB_COLUMNS} FROM {WITH_STATS} WHERE id = ?1"
+    ))?;
     Ok(stmt.query_row([id], job_from_row).optional()?)
 }
 
@@ -58,7 +65,7 @@ pub fn list(
     limit: usize,
 ) -> Result<(Vec<Job>, Option<i64>), StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS}, pk FROM jobs WHERE pk < ?1 ORDER BY pk DESC LIMIT ?2"
+        "SELECT {JOB_COLUMNS}, pk FROM {WITH_STATS} WHERE pk < ?1 ORDER BY pk DESC LIMIT ?2"
     ))?;
     let mut rows = stmt.query(params![cursor.unwrap_or(i64::MAX), limit as i64 + 1])?;
     let mut items = Vec::with_capacity(limit.min(1024));
@@ -213,6 +220,8 @@ pub fn write_spec(
                 labels_text,
                 overdue_after_ms,
             ])?;
+            conn.prepare_cached("INSERT INTO job_stats (pk) VALUES (?1)")?
+                .execute([conn.last_insert_rowid()])?;
             Upserted::Created
         }
     };
@@ -427,7 +436,7 @@ pub fn list_matching(
     }
     let (cond, args) = label_condition(selector, 3);
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {JOB_COLUMNS}, pk FROM jobs WHERE pk < ?1{cond} ORDER BY pk DESC LIMIT ?2"
+        "SELECT {JOB_COLUMNS}, pk FROM {WITH_STATS} WHERE pk < ?1{cond} ORDER BY pk DESC LIMIT ?2"
     ))?;
     let mut values: Vec<rusqlite::types::Value> =
         vec![cursor.unwrap_or(i64::MAX).into(), (limit as i64 + 1).into()];

@@ -3,8 +3,9 @@
 //! triggers alike: one copy of slot insertion), then assigned (with the
 //! job's concurrency policy), heart-beaten, completed (idempotent), retried,
 //! handed back, cancelled or expired — each as [`transition::next`] decides
-//! — and the job row's counters (`runs_total`, `runs_succeeded`,
-//! `runs_failed`, `last_run_*`, `last_state`) move with them, and each
+//! — and the job's counters (its `job_stats` row: `runs_total`,
+//! `runs_succeeded`, `runs_failed`, `last_run_*`, `last_state`,
+//! `last_success_at`) move with them, and each
 //! transition appends its event (`run.started`, `run.retrying`, `run.<end
 //! state>`) to the outbox. Each function runs inside a writer batch, so a
 //! transition, its counters and its event commit together.
@@ -204,34 +205,39 @@ pub enum NextFire {
     Keep,
 }
 
-/// The job row after a fire: slots counted, newest slot noted, next fire
-/// moved — one write of the row.
+/// The job after a fire: next fire moved (a scheduled fire), and, when
+/// slots were created, their count and the newest noted in its counters.
 pub fn record_slots(
     conn: &Connection,
     job_pk: i64,
     next: NextFire,
     fired: &Fired,
 ) -> Result<(), StoreError> {
-    let (keep, next) = match next {
-        NextFire::Set(n) => (false, n),
-        NextFire::Keep => (true, None),
-    };
-    let created = fired.queued.len() as i64;
-    conn.prepare_cached(
-        "UPDATE jobs SET next_fire_at = CASE WHEN ?6 THEN next_fire_at ELSE ?2 END,
-             runs_total = runs_total + ?3,
-             last_run_id = coalesce(?4, last_run_id), last_run_at = coalesce(?5, last_run_at),
-             last_state = CASE WHEN ?4 IS NULL THEN last_state ELSE 'pending' END
-         WHERE pk = ?1",
-    )?
-    .execute(params![
-        job_pk,
-        next,
-        created,
-        fired.last.map(|l| l.0),
-        fired.last.map(|l| l.1),
-        keep,
-    ])?;
+    if let NextFire::Set(next) = next {
+        conn.prepare_cached("UPDATE jobs SET next_fire_at = ?2 WHERE pk = ?1")?
+            .execute(params![job_pk, next])?;
+    }
+    if let Some((run_id, at)) = fired.last {
+        let changed = conn
+            .prepare_cached(
+                "UPDATE job_stats SET runs_total = runs_total + ?2, last_run_id = ?3,
+                     last_run_at = ?4, last_state = 'pending'
+                 WHERE pk = ?1",
+            )?
+            .execute(params![job_pk, fired.queued.len() as i64, run_id, at])?;
+        stats_written(changed, job_pk)?;
+    }
+    Ok(())
+}
+
+/// A job's counters row is written with the job: an update that finds none
+/// is a damaged database, not something to skip.
+fn stats_written(changed: usize, job_pk: i64) -> Result<(), StoreError> {
+    if changed == 0 {
+        return Err(StoreError::Corrupt(format!(
+            "job {job_pk}: no row in job_stats"
+        )));
+    }
     Ok(())
 }
 
@@ -392,7 +398,7 @@ fn run_row_and_spec(
 /// Notes a running run as its job's latest state (when it is the latest run).
 fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE jobs SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2",
+        "UPDATE job_stats SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2",
     )?
     .execute(params![job_pk, run_id])?;
     Ok(())
@@ -460,21 +466,27 @@ fn finish(
     } else {
         None
     };
-    conn.prepare_cached(
-        "UPDATE jobs SET runs_succeeded = runs_succeeded + ?1, runs_failed = runs_failed + ?2,
-             last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
-             last_success_at = CASE WHEN ?1 > 0 THEN ?6 ELSE last_success_at END,
-             overdue_since = CASE WHEN ?1 > 0 THEN NULL ELSE overdue_since END
-         WHERE pk = ?5",
-    )?
-    .execute(params![
-        succeeded,
-        failed,
-        run_id,
-        state.as_str(),
-        job_pk,
-        at
-    ])?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE job_stats SET runs_succeeded = runs_succeeded + ?1,
+                 runs_failed = runs_failed + ?2,
+                 last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
+                 last_success_at = CASE WHEN ?1 > 0 THEN ?6 ELSE last_success_at END
+             WHERE pk = ?5",
+        )?
+        .execute(params![
+            succeeded,
+            failed,
+            run_id,
+            state.as_str(),
+            job_pk,
+            at
+        ])?;
+    stats_written(changed, job_pk)?;
+    if overdue_since.is_some() {
+        conn.prepare_cached("UPDATE jobs SET overdue_since = NULL WHERE pk = ?1")?
+            .execute([job_pk])?;
+    }
     events::append_run_details(conn, at, events::for_state(state), run_id, &run)?;
     if let Some(since) = overdue_since {
         events::append_job(
@@ -901,6 +913,33 @@ mod tests {
             r#"{{"schedule":"@hourly","executor":{{"type":"exec","argv":["true"]}}{extra}}}"#
         ))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_without_its_counters_row_fails_loudly() {
+        let (_dir, store) = temp_store();
+        let err = store
+            .write(|c| {
+                let job = slot_job(c, "j", &spec(""));
+                c.execute("DELETE FROM job_stats WHERE pk = ?1", [job.pk])?;
+                let mut fired = Fired::default();
+                create_slots(
+                    c,
+                    &job,
+                    Trigger::Schedule,
+                    1_000,
+                    &[String::new()],
+                    0,
+                    &mut fired,
+                )?;
+                record_slots(c, job.pk, NextFire::Set(Some(2_000)), &fired)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(m) if m.contains("job_stats")),
+            "{err:?}"
+        );
     }
 
     fn done(outcome: Outcome, attempt: u32) -> CompleteRequest {

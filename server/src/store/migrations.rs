@@ -322,6 +322,35 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX IF EXISTS events_by_job;
     DROP INDEX IF EXISTS events_by_time;
     "#,
+    // 15: a job's run counters move to a narrow table of their own. Every
+    // assignment and result updates them; in `jobs` (a few hundred bytes a
+    // row with the spec) a transaction of a few hundred runs of different
+    // jobs dirtied a page per job, in `job_stats` (~40 bytes a row) the
+    // same runs share a few dozen pages. Readers join on `pk`
+    // ([`super::jobs::WITH_STATS`]).
+    r#"
+    CREATE TABLE job_stats (
+        pk              INTEGER PRIMARY KEY REFERENCES jobs (pk) ON DELETE CASCADE,
+        runs_total      INTEGER NOT NULL DEFAULT 0,
+        runs_succeeded  INTEGER NOT NULL DEFAULT 0,
+        runs_failed     INTEGER NOT NULL DEFAULT 0,
+        last_run_id     INTEGER,
+        last_run_at     INTEGER,
+        last_state      TEXT,
+        last_success_at INTEGER
+    );
+    INSERT INTO job_stats (pk, runs_total, runs_succeeded, runs_failed, last_run_id,
+        last_run_at, last_state, last_success_at)
+    SELECT pk, runs_total, runs_succeeded, runs_failed, last_run_id,
+        last_run_at, last_state, last_success_at FROM jobs;
+    ALTER TABLE jobs DROP COLUMN runs_total;
+    ALTER TABLE jobs DROP COLUMN runs_succeeded;
+    ALTER TABLE jobs DROP COLUMN runs_failed;
+    ALTER TABLE jobs DROP COLUMN last_run_id;
+    ALTER TABLE jobs DROP COLUMN last_run_at;
+    ALTER TABLE jobs DROP COLUMN last_state;
+    ALTER TABLE jobs DROP COLUMN last_success_at;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -547,6 +576,98 @@ mod tests {
             )
             .unwrap();
         assert!(plan.contains("INTEGER PRIMARY KEY"), "{plan}");
+    }
+
+    #[test]
+    fn v15_moves_the_run_counters_to_job_stats() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..14] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 14).unwrap();
+        conn.execute_batch(
+            "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                 concurrency, enabled, created_at, updated_at, runs_total, runs_succeeded,
+                 runs_failed, last_run_id, last_run_at, last_state, last_success_at, overdue_since)
+             VALUES (4, 'a', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, 0,
+                     7, 5, 2, 70, 7000, 'failed', 6000, 6500),
+                    (9, 'b', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, 0,
+                     0, 0, 0, NULL, NULL, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        type Stats = (
+            i64,
+            i64,
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+        );
+        let stats: Vec<Stats> = conn
+            .prepare(
+                "SELECT pk, runs_total, runs_succeeded, runs_failed, last_run_id, last_run_at,
+                        last_state, last_success_at FROM job_stats ORDER BY pk",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            stats,
+            vec![
+                (
+                    4,
+                    7,
+                    5,
+                    2,
+                    Some(70),
+                    Some(7000),
+                    Some("failed".into()),
+                    Some(6000)
+                ),
+                (9, 0, 0, 0, None, None, None, None),
+            ]
+        );
+        // The counters left `jobs`; what stays there is untouched.
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'jobs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !sql.contains("runs_total") && !sql.contains("last_state"),
+            "{sql}"
+        );
+        let overdue: Option<i64> = conn
+            .query_row("SELECT overdue_since FROM jobs WHERE pk = 4", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(overdue, Some(6500));
+        // A job's counters go with it.
+        conn.execute("DELETE FROM jobs WHERE pk = 4", []).unwrap();
+        let left: i64 = conn
+            .query_row("SELECT count(*) FROM job_stats", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 1);
     }
 
     #[test]

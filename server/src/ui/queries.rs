@@ -50,7 +50,8 @@ pub fn runs_by_state_since(
 pub fn failing_jobs(conn: &Connection, limit: usize) -> Result<Vec<Job>, StoreError> {
     ids_to_jobs(
         conn,
-        "SELECT id FROM jobs WHERE last_state IN ('failed', 'timed_out', 'lost')
+        "SELECT id FROM jobs JOIN job_stats USING (pk)
+         WHERE last_state IN ('failed', 'timed_out', 'lost')
          ORDER BY last_run_at DESC LIMIT ?1",
         params![limit as i64],
     )
@@ -212,7 +213,10 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     filter.push_str(&cond);
     args.extend(label_args.into_iter().map(Value::Text));
     let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM jobs{filter}"))?
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {}{filter}",
+            jobs::WITH_STATS
+        ))?
         .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
     let n = args.len();
     let mut page_args = args;
@@ -221,7 +225,8 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     let jobs = ids_to_jobs(
         conn,
         &format!(
-            "SELECT id FROM jobs{filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
+            "SELECT id FROM {}{filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
+            jobs::WITH_STATS,
             q.sort.order_by(),
             n + 1,
             n + 2
@@ -264,7 +269,8 @@ mod tests {
                 labelled.labels.remove("tier");
                 jobs::upsert(c, "job-06", &labelled, 0, |_| Some(2000))?;
                 c.execute(
-                    "UPDATE jobs SET last_state = 'failed', last_run_at = 5 WHERE id = 'job-03'",
+                    "UPDATE job_stats SET last_state = 'failed', last_run_at = 5
+                     WHERE pk = (SELECT pk FROM jobs WHERE id = 'job-03')",
                     [],
                 )?;
                 Ok(())

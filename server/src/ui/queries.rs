@@ -212,11 +212,15 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     let (cond, label_args) = jobs::label_condition(&q.labels, args.len() + 1);
     filter.push_str(&cond);
     args.extend(label_args.into_iter().map(Value::Text));
+    // The counters' table only when the filter or the order reads it: a
+    // join over every job costs the plain pages more than it saves them.
+    let from = if q.state == LastState::Any && q.sort != Sort::LastRun {
+        "jobs"
+    } else {
+        jobs::WITH_STATS
+    };
     let total: i64 = conn
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM {}{filter}",
-            jobs::WITH_STATS
-        ))?
+        .prepare_cached(&format!("SELECT count(*) FROM {from}{filter}"))?
         .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
     let n = args.len();
     let mut page_args = args;
@@ -225,8 +229,7 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     let jobs = ids_to_jobs(
         conn,
         &format!(
-            "SELECT id FROM {}{filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
-            jobs::WITH_STATS,
+            "SELECT id FROM {from}{filter} ORDER BY {} LIMIT ?{} OFFSET ?{}",
             q.sort.order_by(),
             n + 1,
             n + 2

@@ -442,7 +442,7 @@ mod tests {
     use crate::dispatch::Dispatcher;
     use crate::loops::Loops;
     use crate::registry::Registry;
-    use crate::store::test_support::{hold_writer, one_slot, slot_job, temp_store};
+    use crate::store::test_support::{hold_writer, one_slot, result_of, slot_job, temp_store};
     use futures_util::FutureExt;
     use sundial_proto::agent::CompleteItem;
     use sundial_proto::{ExecutorKind, JobSpec};
@@ -483,19 +483,6 @@ mod tests {
         Signed { node, body }
     }
 
-    fn result(outcome: Outcome) -> CompleteRequest {
-        CompleteRequest {
-            attempt: 1,
-            outcome,
-            exit_code: Some(0),
-            output: String::new(),
-            truncated: false,
-            error: None,
-            started_at: 1_000,
-            finished_at: 1_100,
-        }
-    }
-
     #[tokio::test]
     async fn a_result_whose_daemon_hung_up_is_recorded_and_counted() {
         let (_dir, q) = queue();
@@ -520,17 +507,17 @@ mod tests {
         let one = complete(
             State(q.clone()),
             Path(ids[0].to_string()),
-            signed(result(Outcome::Succeeded)),
+            signed(result_of(Outcome::Succeeded, 1)),
         );
         assert!(one.now_or_never().is_none());
         let items = vec![
             CompleteItem {
                 run_id: ids[1],
-                result: result(Outcome::Succeeded),
+                result: result_of(Outcome::Succeeded, 1),
             },
             CompleteItem {
                 run_id: ids[2],
-                result: result(Outcome::Failed),
+                result: result_of(Outcome::Failed, 1),
             },
         ];
         let many = complete_many(State(q.clone()), signed(CompleteBatch { results: items }));

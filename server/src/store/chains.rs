@@ -250,8 +250,8 @@ mod tests {
     use super::*;
     use crate::store::jobs;
     use crate::store::lifecycle::{assign, complete, queued, Completion};
-    use crate::store::test_support::temp_store;
-    use sundial_proto::agent::{CompleteRequest, Outcome};
+    use crate::store::test_support::{result_of, temp_store};
+    use sundial_proto::agent::Outcome;
 
     fn spec(after: &str) -> JobSpec {
         serde_json::from_str(&format!(
@@ -274,16 +274,7 @@ mod tests {
     fn end(c: &Connection, run: i64, outcome: Outcome) -> Vec<Queued> {
         let q = queued(c, run).unwrap().unwrap();
         assign(c, "n", &[q], 1, 30_000).unwrap();
-        let req = CompleteRequest {
-            attempt: 1,
-            outcome,
-            exit_code: Some(0),
-            output: String::new(),
-            truncated: false,
-            error: None,
-            started_at: 1,
-            finished_at: 2,
-        };
+        let req = result_of(outcome, 1);
         match complete(c, "n", run, &req, 2).unwrap().unwrap() {
             Completion::Recorded { requeue, .. } => requeue,
             other => panic!("{other:?}"),

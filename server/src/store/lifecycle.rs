@@ -905,7 +905,7 @@ pub fn cancel(
 mod tests {
     use super::*;
     use crate::store::jobs;
-    use crate::store::test_support::{one_slot, slot_job, temp_store};
+    use crate::store::test_support::{one_slot, result_of as done, slot_job, temp_store};
     use sundial_proto::agent::Outcome;
 
     fn spec(extra: &str) -> JobSpec {
@@ -940,19 +940,6 @@ mod tests {
             matches!(&err, StoreError::Corrupt(m) if m.contains("job_stats")),
             "{err:?}"
         );
-    }
-
-    fn done(outcome: Outcome, attempt: u32) -> CompleteRequest {
-        CompleteRequest {
-            attempt,
-            outcome,
-            exit_code: Some(0),
-            output: String::new(),
-            truncated: false,
-            error: None,
-            started_at: 1,
-            finished_at: 2,
-        }
     }
 
     fn state(c: &Connection, run: i64) -> (RunState, u32, bool) {

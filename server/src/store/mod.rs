@@ -445,6 +445,24 @@ pub(crate) mod test_support {
         tx
     }
 
+    /// A daemon's result of `attempt` with `outcome` (exit 0, no output,
+    /// started at 1, finished at 2).
+    pub fn result_of(
+        outcome: sundial_proto::agent::Outcome,
+        attempt: u32,
+    ) -> sundial_proto::agent::CompleteRequest {
+        sundial_proto::agent::CompleteRequest {
+            attempt,
+            outcome,
+            exit_code: Some(0),
+            output: String::new(),
+            truncated: false,
+            error: None,
+            started_at: 1,
+            finished_at: 2,
+        }
+    }
+
     /// Creates `job`'s scheduled slot at `at`; returns its queue entry.
     pub fn one_slot(c: &Connection, job: &lifecycle::SlotJob, at: i64) -> lifecycle::Queued {
         let mut fired = lifecycle::Fired::default();

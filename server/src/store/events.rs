@@ -70,12 +70,13 @@ pub fn append_job(
 /// Paused and disabled jobs are not watched. Returns how many.
 pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
     let due: Vec<(i64, i64, Option<i64>)> = conn
-        .prepare_cached(
-            "SELECT pk, overdue_after_ms, last_success_at FROM jobs JOIN job_stats USING (pk)
+        .prepare_cached(&format!(
+            "SELECT pk, overdue_after_ms, last_success_at FROM {}
              WHERE overdue_after_ms IS NOT NULL AND overdue_since IS NULL
                AND enabled = 1 AND paused = 0
                AND coalesce(last_success_at, created_at) + overdue_after_ms <= ?1",
-        )?
+            super::jobs::WITH_STATS
+        ))?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
     for (pk, after_ms, last) in &due {

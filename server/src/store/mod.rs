@@ -298,10 +298,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        match self.current_writer() {
-            Some(w) => w.call(f).await,
-            None => Err(StoreError::NotPrimary),
-        }
+        self.write_then(f, |out| out).await
     }
 
     /// Commits `f`, then hands its outcome to `then`, which the writer runs

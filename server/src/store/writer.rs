@@ -179,18 +179,9 @@ impl Writer {
         self.fenced.load(Ordering::Acquire)
     }
 
-    /// Runs `f` inside the next batch transaction and waits for the commit.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.call_then(f, |out| out).await
-    }
-
-    /// [`Writer::call`], with `then` run on the outcome on the writer
-    /// thread — after the commit, or with the error — even if the caller
-    /// has stopped waiting.
+    /// Runs `f` inside the next batch transaction and waits for the commit,
+    /// with `then` run on the outcome on the writer thread — after the
+    /// commit, or with the error — even if the caller has stopped waiting.
     pub async fn call_then<T, U, F, A>(&self, f: F, then: A) -> Result<U, StoreError>
     where
         T: Send + 'static,

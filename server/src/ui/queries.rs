@@ -50,9 +50,11 @@ pub fn runs_by_state_since(
 pub fn failing_jobs(conn: &Connection, limit: usize) -> Result<Vec<Job>, StoreError> {
     ids_to_jobs(
         conn,
-        "SELECT id FROM jobs JOIN job_stats USING (pk)
-         WHERE last_state IN ('failed', 'timed_out', 'lost')
-         ORDER BY last_run_at DESC LIMIT ?1",
+        &format!(
+            "SELECT id FROM {} WHERE last_state IN ('failed', 'timed_out', 'lost')
+             ORDER BY last_run_at DESC LIMIT ?1",
+            jobs::WITH_STATS
+        ),
         params![limit as i64],
     )
 }

@@ -139,6 +139,8 @@ async fn simulate(i: usize, sim: Arc<Sim>) {
     };
     counters.joined.fetch_add(1, Ordering::Relaxed);
     let mut first = true;
+    // Acknowledged like the real daemon, so the server keeps the same state.
+    let mut ack = None;
     for _ in 0..MAX_POLLS {
         if tokio::time::Instant::now() >= until {
             break;
@@ -147,8 +149,9 @@ async fn simulate(i: usize, sim: Arc<Sim>) {
             counters.polling.fetch_add(1, Ordering::Relaxed);
             first = false;
         }
-        match tokio::time::timeout_at(until, client.poll(1, sim.wait)).await {
-            Ok(Ok(_)) => {
+        match tokio::time::timeout_at(until, client.poll(1, sim.wait, ack)).await {
+            Ok(Ok(resp)) => {
+                ack = resp.receipt.or(ack);
                 counters.polls_returned.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Err(e)) => {

@@ -203,10 +203,18 @@ impl Client {
             .await
     }
 
-    pub async fn poll(&self, max: u32, wait: Duration) -> Result<PollResponse, CallError> {
+    /// Long-polls for up to `max` runs; `ack` is the receipt of the last
+    /// response this process read (see `docs/api.md`).
+    pub async fn poll(
+        &self,
+        max: u32,
+        wait: Duration,
+        ack: Option<u64>,
+    ) -> Result<PollResponse, CallError> {
         let req = PollRequest {
             max,
             wait_ms: wait.as_millis() as u64,
+            ack,
         };
         self.call("/v1/agent/poll", &req, wait + Duration::from_secs(15))
             .await

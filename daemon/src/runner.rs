@@ -63,6 +63,10 @@ impl Runner {
         // Lives until the process ends: a result queued at any time is answered.
         let _sender = self.results.spawn();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
+        // The receipt of the last poll response read: a poll that gets no
+        // answer leaves it as it was, and the server hands back what that
+        // lost answer held instead of waiting for its lease.
+        let mut ack: Option<u64> = None;
         loop {
             if drain.is_cancelled() {
                 break;
@@ -75,12 +79,16 @@ impl Runner {
             let free = (self.slots.available_permits() + 1) as u32;
             drop(first);
             let polled = tokio::select! {
-                r = self.client.poll(free, POLL_WAIT) => r,
+                r = self.client.poll(free, POLL_WAIT, ack) => r,
                 _ = drain.cancelled() => break,
             };
             match polled {
                 Ok(resp) => {
                     backoff.reset();
+                    // Read, so every run in it is started (or handed back) here.
+                    if resp.receipt.is_some() {
+                        ack = resp.receipt;
+                    }
                     // A run handed out ahead of its time waits from here, its
                     // arrival, not from whenever its task is first polled.
                     let received = tokio::time::Instant::now();

@@ -43,6 +43,12 @@ pub struct PollRequest {
     pub max: u32,
     #[serde(default = "default_wait")]
     pub wait_ms: u64,
+    /// The `receipt` of the last poll response this process read. Sent once
+    /// the server has shown it gives receipts: runs handed to a poll sent
+    /// with this same `ack` were never read (the response was lost), and the
+    /// server hands them back at once instead of waiting for their lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<u64>,
 }
 
 fn default_wait() -> u64 {
@@ -82,6 +88,10 @@ fn is_zero(v: &u64) -> bool {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PollResponse {
     pub runs: Vec<Assignment>,
+    /// Names this response; the node sends it back as `ack` in its next poll
+    /// once it has read it. Absent from servers without receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<u64>,
 }
 
 /// `POST /v1/agent/runs/{id}/heartbeat`.

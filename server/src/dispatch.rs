@@ -9,6 +9,7 @@
 
 use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
+use crate::receipts::{Batch, Receipts};
 use crate::registry::{NodeInfo, Registry};
 use crate::store::lifecycle::{self, Queued};
 use crate::store::{nodes, Store, StoreError};
@@ -87,6 +88,9 @@ pub struct Dispatcher {
     /// Long-polls in progress: the nodes asking for work right now, among
     /// which a busy second is shared.
     polling: std::sync::atomic::AtomicUsize,
+    /// Assignments not yet confirmed read, to hand back if their response
+    /// was lost.
+    receipts: Arc<Receipts>,
 }
 
 impl Dispatcher {
@@ -108,6 +112,8 @@ impl Dispatcher {
             stopping,
             term: Mutex::new(cancelled_token()),
             polling: Default::default(),
+            // A batch is of no use once its lease has run out.
+            receipts: Arc::new(Receipts::new(now_ms(), 2 * lease_ms)),
         }
     }
 
@@ -404,7 +410,13 @@ impl Dispatcher {
         node: Arc<NodeInfo>,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<Assignment>, StoreError> {
+        ack: Option<u64>,
+    ) -> Result<(Vec<Assignment>, u64), StoreError> {
+        let receipt = self.receipts.issue();
+        let unread = self.receipts.settle(&node.id, ack, receipt);
+        if !unread.is_empty() {
+            self.hand_back_unread(&node.id, unread).await?;
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let notify = Arc::new(Notify::new());
         self.polling
@@ -440,11 +452,16 @@ impl Dispatcher {
                     Arc::try_unwrap(claimed).unwrap_or_else(|a| (*a).clone())
                 };
                 let metrics = self.metrics.clone();
+                let receipts = self.receipts.clone();
+                let reader = node.id.clone();
                 // Measured once the assignment is committed (what the node
                 // is about to receive), not when the claim began, and
-                // counted even if this poll is gone by then.
+                // counted even if this poll is gone by then; so is the
+                // batch, until the node confirms reading it.
                 let counted = move |r: &lifecycle::Assigned| {
                     let assigned = now_ms();
+                    let handed = r.runs.iter().map(|a| (a.run_id, a.attempt)).collect();
+                    receipts.record(&reader, receipt, ack, handed, assigned);
                     for a in &r.runs {
                         let late = (assigned - a.scheduled_for).max(0) as f64 / 1000.0;
                         metrics.start_lateness_seconds.observe(late);
@@ -468,7 +485,7 @@ impl Dispatcher {
                     for a in &mut result.runs {
                         a.start_in_ms = a.start_in_ms.saturating_sub(spent);
                     }
-                    return Ok(result.runs);
+                    return Ok((result.runs, receipt));
                 }
                 continue;
             }
@@ -503,7 +520,47 @@ impl Dispatcher {
                 }
             }
             if tokio::time::Instant::now() >= deadline || self.stopping.is_cancelled() {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), receipt));
+            }
+        }
+    }
+
+    /// Hands back the batches `node` never read (see [`crate::receipts`]);
+    /// if that does not commit they are kept for its next poll.
+    async fn hand_back_unread(
+        self: &Arc<Self>,
+        node: &str,
+        unread: Vec<Batch>,
+    ) -> Result<(), StoreError> {
+        let attempts: Vec<(i64, u32)> =
+            unread.iter().flat_map(|b| b.runs.iter().copied()).collect();
+        let now = now_ms();
+        let reader = node.to_owned();
+        let metrics = self.metrics.clone();
+        let written = self
+            .write_then_queue_counted(
+                move |c| {
+                    let (requeue, handed) =
+                        lifecycle::hand_back_unread(c, &reader, &attempts, now)?;
+                    Ok((handed, requeue))
+                },
+                move |handed: &usize| metrics.runs_unread_handed_back.inc_by(*handed as u64),
+            )
+            .await;
+        match written {
+            Ok(handed) => {
+                if handed > 0 {
+                    tracing::warn!(
+                        node,
+                        handed_back = handed,
+                        "a poll response never reached its node; its runs are handed back"
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.receipts.restore(node, unread);
+                Err(e)
             }
         }
     }
@@ -741,12 +798,101 @@ mod tests {
         // The node's poll claims it, starts the write, and its client goes
         // away before the answer: the handler's future is dropped.
         let release = hold_writer(&d.store);
-        let poll = d.poll(node("n2"), 10, Duration::from_secs(5));
+        let poll = d.poll(node("n2"), 10, Duration::from_secs(5), None);
         assert!(poll.now_or_never().is_none());
         assert!(d.lock().queue.is_empty(), "claimed");
         drop(release);
         assert!(queued_again(&d, id).await, "the held retry is queued again");
         assert_eq!(run_state(&d, id).await, "pending");
+    }
+
+    /// One slot of a job with no retries, queued and due now.
+    async fn queue_one_slot(d: &Arc<Dispatcher>, job: &'static str) -> i64 {
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        let q = d
+            .store
+            .write(move |c| {
+                let job = slot_job(c, job, &spec);
+                Ok(one_slot(c, &job, 1_000))
+            })
+            .await
+            .unwrap();
+        let id = q.run_id;
+        d.enqueue(vec![q]);
+        id
+    }
+
+    async fn attempt_and_error(d: &Dispatcher, id: i64) -> (String, u32, Option<String>) {
+        d.store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT state, attempt, error FROM runs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_whose_poll_response_never_arrived_are_handed_back_at_the_next_poll() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new());
+        let n1 = node("n1");
+        let short = Duration::from_millis(10);
+        // The daemon's first poll: nothing to do; it reads the receipt.
+        let (none, read) = d.poll(n1.clone(), 10, short, None).await.unwrap();
+        assert!(none.is_empty());
+        // Its next poll is given a run, and the response is lost.
+        let id = queue_one_slot(&d, "lost").await;
+        let (runs, _lost) = d.poll(n1.clone(), 10, short, Some(read)).await.unwrap();
+        assert_eq!((runs[0].run_id, runs[0].attempt), (id, 1));
+        // It polls again having read nothing since: the run comes back at
+        // once as attempt 2, retry budget or not (the job has none), and
+        // this poll takes it.
+        let (runs, again) = d.poll(n1.clone(), 10, short, Some(read)).await.unwrap();
+        assert_eq!((runs[0].run_id, runs[0].attempt), (id, 2));
+        assert_eq!(d.metrics.runs_unread_handed_back.get(), 1);
+        let (state, attempt, error) = attempt_and_error(&d, id).await;
+        assert_eq!((state.as_str(), attempt), ("running", 2));
+        assert!(error.unwrap_or_default().contains("never received"));
+        // This time it read the response: nothing is handed back.
+        let (runs, _) = d.poll(n1.clone(), 10, short, Some(again)).await.unwrap();
+        assert!(runs.is_empty());
+        assert_eq!(d.metrics.runs_unread_handed_back.get(), 1);
+        assert_eq!(attempt_and_error(&d, id).await.1, 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_the_node_read_or_a_first_poll_run_is_left_to_its_lease() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new());
+        let short = Duration::from_millis(10);
+        // A first poll (no ack) whose response is lost: a new process
+        // cannot be told apart, so only the lease brings it back.
+        let first = queue_one_slot(&d, "first").await;
+        let (runs, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        let (_, read_next) = d.poll(node("n1"), 10, short, None).await.unwrap();
+        // A run the node read (its receipt comes back as the ack).
+        let kept = queue_one_slot(&d, "kept").await;
+        let (runs, got) = d
+            .poll(node("n1"), 10, short, Some(read_next))
+            .await
+            .unwrap();
+        assert_eq!(runs[0].run_id, kept);
+        let (runs, _) = d.poll(node("n1"), 10, short, Some(got)).await.unwrap();
+        assert!(runs.is_empty());
+        let _ = read;
+        assert_eq!(d.metrics.runs_unread_handed_back.get(), 0);
+        assert_eq!(attempt_and_error(&d, first).await.1, 1);
+        assert_eq!(attempt_and_error(&d, kept).await.1, 1);
     }
 
     #[tokio::test]

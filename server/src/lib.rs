@@ -6,7 +6,8 @@
 //! - [`schedule`]: cron / `@every` / `@at` with time zones and DST rules
 //! - [`misfire`]: which slots to create after downtime
 //! - [`scheduler`]: turns due fires into run slots (primary only)
-//! - [`dispatch`]: the in-memory queue, long-polls, leases, lease expiry
+//! - [`dispatch`]: the in-memory queue, long-polls, leases, lease expiry;
+//!   [`receipts`]: assignments a node has not confirmed reading
 //! - [`registry`]: the in-memory view of worker nodes
 //! - [`api`]: the HTTP API (admin, agent, probes, replica forwarding); its
 //!   handlers take only the parts of the server state they use (`api::state`)
@@ -32,6 +33,7 @@ pub(crate) mod loops;
 pub mod metrics;
 pub(crate) mod misfire;
 pub mod overload;
+pub(crate) mod receipts;
 pub(crate) mod registry;
 pub(crate) mod retention;
 pub mod schedule;

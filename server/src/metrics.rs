@@ -27,6 +27,7 @@ pub struct Metrics {
     pub runs_dispatched: IntCounter,
     pub runs_completed: IntCounterVec,
     pub lease_expiries: IntCounter,
+    pub runs_unread_handed_back: IntCounter,
     pub agent_auth_failures: IntCounterVec,
     pub promotions: IntCounter,
     pub forwarded: IntCounterVec,
@@ -152,6 +153,10 @@ impl Metrics {
             "lease_expiries_total",
             "Attempts whose lease expired (node lost)",
         ));
+        let runs_unread_handed_back = must(IntCounter::new(
+            "runs_unread_handed_back_total",
+            "Attempts handed back at once because their poll response never reached the node",
+        ));
         let agent_auth_failures = must(IntCounterVec::new(
             Opts::new(
                 "agent_auth_failures_total",
@@ -253,6 +258,7 @@ impl Metrics {
             Box::new(runs_dispatched.clone()),
             Box::new(runs_completed.clone()),
             Box::new(lease_expiries.clone()),
+            Box::new(runs_unread_handed_back.clone()),
             Box::new(agent_auth_failures.clone()),
             Box::new(promotions.clone()),
             Box::new(forwarded.clone()),
@@ -291,6 +297,7 @@ impl Metrics {
             runs_dispatched,
             runs_completed,
             lease_expiries,
+            runs_unread_handed_back,
             agent_auth_failures,
             promotions,
             forwarded,

@@ -194,8 +194,12 @@ pub async fn poll(
     let max = signed.body.max.clamp(1, 1000) as usize;
     // The registry holds the labels/executors the node registered.
     let node = queue.registry.get(&signed.node.id).unwrap_or(signed.node);
-    let runs = queue.dispatcher.poll(node, max, wait).await?;
-    Ok(Json(PollResponse { runs }))
+    let ack = signed.body.ack;
+    let (runs, receipt) = queue.dispatcher.poll(node, max, wait, ack).await?;
+    Ok(Json(PollResponse {
+        runs,
+        receipt: Some(receipt),
+    }))
 }
 
 fn run_id(raw: &str) -> ApiResult<i64> {

@@ -17,7 +17,7 @@ use super::transition::{self, Event, RetryAt, Step};
 use super::{chains, column_str as text, events, runs, spec_cache, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
-use sundial_proto::agent::{Assignment, CompleteRequest};
+use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
 use sundial_proto::{ExecutorKind, JobSpec, RunState, Target, Trigger};
 
 /// What the dispatcher keeps in memory for a pending run.
@@ -853,6 +853,56 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
         }
     }
     Ok((requeue, expired.len()))
+}
+
+/// Hands back attempts whose assignment `node` never read (its poll
+/// response was lost, see `crate::receipts`): each one still running there
+/// as that attempt goes back to `pending` as its next attempt at once, as a
+/// daemon's own hand-back does, whatever its retry budget, since it never
+/// started; one whose cancel was requested ends `cancelled`. Attempts that
+/// moved on meanwhile (expired, cancelled, reported) are left alone.
+/// Returns the runs to queue and the number handed back.
+pub fn hand_back_unread(
+    conn: &Connection,
+    node: &str,
+    attempts: &[(i64, u32)],
+    now: i64,
+) -> Result<(Vec<Queued>, usize), StoreError> {
+    let mut requeue = Vec::new();
+    let mut handed = 0;
+    for &(run_id, attempt) in attempts {
+        let Some(row) = run_row(conn, run_id)? else {
+            continue;
+        };
+        if row.attempt != attempt || row.assigned.as_deref() != Some(node) {
+            continue;
+        }
+        let event = Event::Complete {
+            outcome: Outcome::HandedBack,
+            retries_left: true,
+            cancel_requested: row.cancel_requested,
+        };
+        let msg =
+            format!("attempt {attempt} handed back: node {node:?} never received its assignment");
+        match transition::next(row.state, event) {
+            Step::Retry(_) => {
+                conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
+                    .execute(params![run_id, msg])?;
+                requeue.extend(retry(conn, run_id, node, now, now)?);
+            }
+            Step::Finish(state) => requeue.extend(finish(
+                conn,
+                run_id,
+                row.job_pk,
+                state,
+                now,
+                Ending::Reason(&msg),
+            )?),
+            _ => continue,
+        }
+        handed += 1;
+    }
+    Ok((requeue, handed))
 }
 
 /// After a restart or promotion, daemons had no one to heartbeat to: give

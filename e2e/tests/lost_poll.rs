@@ -1,0 +1,220 @@
+//! Acceptance: a poll response lost on its way to the daemon (here a proxy
+//! answers `502` in its place, as a load balancer does when the upstream
+//! connection breaks) does not leave its runs waiting for their lease. The
+//! daemon's next poll acknowledges the last response it did read; the
+//! server sees that the lost batch was never read and hands it back at once:
+//! the run executes exactly once, as its next attempt, well before the
+//! lease (60 s here) could have brought it back. Without receipts it would
+//! have ended `lost` after a minute without ever running (the job has no
+//! retries).
+
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sundial_e2e::{wait_for, DaemonProc, ServerProc};
+
+/// A loopback HTTP/1.1 proxy that forwards each request on its own upstream
+/// connection and replaces the `drop_nth` poll response carrying runs with a
+/// `502`. Stops accepting when dropped; its connection threads end with
+/// their connections (bounded by read timeouts).
+struct LossyProxy {
+    port: u16,
+    dropped: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LossyProxy {
+    fn start(upstream: u16, drop_nth: usize) -> LossyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (flag, lost) = (stop.clone(), dropped.clone());
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (seen, lost) = (seen.clone(), lost.clone());
+                        std::thread::spawn(move || {
+                            serve(client, upstream, drop_nth, &seen, &lost);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        LossyProxy {
+            port,
+            dropped,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request (head and `Content-Length` body); None at EOF.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8(buf).ok()?;
+    let len = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some((head, body))
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    drop_nth: usize,
+    seen: &AtomicUsize,
+    lost: &AtomicUsize,
+) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(90)));
+    // One request per connection: the upstream answers `Connection: close`,
+    // and so does the response passed on.
+    let Some((head, body)) = read_request(&mut client) else {
+        return;
+    };
+    // One upstream connection per request, closed after its response.
+    let mut lines: Vec<&str> = head
+        .trim_end()
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    lines.push("Connection: close");
+    let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let _ = up.set_read_timeout(Some(Duration::from_secs(90)));
+    let request = format!("{}\r\n\r\n", lines.join("\r\n"));
+    if up.write_all(request.as_bytes()).is_err() || up.write_all(&body).is_err() {
+        return;
+    }
+    let mut response = Vec::new();
+    if up.read_to_end(&mut response).is_err() {
+        return;
+    }
+    let is_poll = head.starts_with("POST /v1/agent/poll ");
+    let has_runs = String::from_utf8_lossy(&response).contains("\"run_id\"");
+    let out: &[u8] = if is_poll && has_runs && seen.fetch_add(1, Ordering::SeqCst) + 1 == drop_nth {
+        lost.fetch_add(1, Ordering::SeqCst);
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    } else {
+        &response
+    };
+    let _ = client.write_all(out);
+}
+
+fn run(server: &ServerProc, id: i64) -> Option<serde_json::Value> {
+    let (status, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
+    (status == 200).then_some(r)
+}
+
+#[test]
+fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
+    let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+    // The second poll response with runs in it never reaches the daemon:
+    // the first one gives it a receipt to acknowledge.
+    let proxy = LossyProxy::start(port, 2);
+    let token = server.join_token().unwrap();
+    let mut daemon = DaemonProc::start(
+        &format!("http://127.0.0.1:{}", proxy.port),
+        &token,
+        "n1",
+        &dir.path().join("n1"),
+        &[],
+    )
+    .unwrap();
+    let marks = dir.path().join("marks");
+    let script = format!(
+        "echo \"$SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT\" >> {}",
+        marks.display()
+    );
+    let job = json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "shell", "script": script}});
+    assert_eq!(
+        server.call("PUT", "/v1/jobs/once", Some(&job)).unwrap().0,
+        201
+    );
+
+    let trigger = || {
+        let (status, r) = server.call("POST", "/v1/jobs/once/trigger", None).unwrap();
+        assert_eq!(status, 201, "{r}");
+        r["id"].as_i64().unwrap()
+    };
+    let finished = |id: i64, within: Duration| {
+        wait_for(within, || {
+            let r = run(&server, id)?;
+            (r["state"] != "pending" && r["state"] != "running").then_some(r)
+        })
+    };
+
+    // The first run's response arrives: the daemon now holds a receipt.
+    let first = trigger();
+    let r = finished(first, Duration::from_secs(20)).expect("the first run finished");
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 0);
+
+    // The second run's response is lost on the way.
+    let started = Instant::now();
+    let second = trigger();
+    let r = finished(second, Duration::from_secs(20)).expect("the second run finished");
+    let took = started.elapsed();
+    assert_eq!(
+        proxy.dropped.load(Ordering::SeqCst),
+        1,
+        "the proxy dropped a response"
+    );
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["attempt"], 2, "handed back and run as attempt 2: {r}");
+    assert!(
+        took < Duration::from_secs(15),
+        "handed back in {took:?}, not after the 60 s lease"
+    );
+    println!("lost poll response: run {second} succeeded as attempt 2 after {took:?}");
+
+    // Exactly one execution of each run.
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![format!("{first} 1"), format!("{second} 2")],
+        "{text}"
+    );
+    assert_eq!(
+        server
+            .metric("sundial_runs_unread_handed_back_total")
+            .unwrap(),
+        1.0
+    );
+    daemon.terminate(Duration::from_secs(10)).unwrap();
+    drop(proxy);
+}

@@ -1,0 +1,230 @@
+//! Poll receipts: which assignments a node has not yet confirmed reading.
+//!
+//! A poll's assignment is committed before its response is sent. If the
+//! response is lost on the way (the connection drops, a proxy times out, the
+//! handler is gone by the time the writer commits), the node never starts
+//! those runs and, without this, they wait for their lease to expire, then
+//! retry or end `lost` by the job's retry budget, though nothing ran.
+//!
+//! Every poll response carries a `receipt`; the daemon sends the receipt of
+//! the last response it read as `ack` in its next poll. A node has one poll
+//! in flight at a time, so a batch given to a poll that was sent with ack
+//! `a` is unread exactly when a later poll arrives with the same `a`: that
+//! process has read nothing since. Such a batch is handed back at once. A
+//! batch given to a poll with no ack (a process's first poll, or a daemon
+//! without receipts) is never handed back: its reader cannot be told apart
+//! from a new process, so it keeps the lease as its only way back. Batches
+//! are kept in memory only; after a restart or failover the lease covers
+//! what was in flight.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// One attempt handed to a node: `(run_id, attempt)`.
+pub(crate) type Handed = (i64, u32);
+
+/// A committed batch the node has not confirmed reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Batch {
+    receipt: u64,
+    /// The `ack` its poll was sent with.
+    parent: Option<u64>,
+    issued_at: i64,
+    pub(crate) runs: Vec<Handed>,
+}
+
+/// Receipts issued by this server process and the batches not yet read.
+pub(crate) struct Receipts {
+    next: AtomicU64,
+    /// Unconfirmed batches per node id (an entry per node that was ever
+    /// given runs by this process).
+    unread: Mutex<HashMap<String, Vec<Batch>>>,
+    /// A batch older than this is dropped: its lease has ended by then.
+    keep_ms: i64,
+}
+
+impl Receipts {
+    /// Receipts start from the clock so that a node's ack from before a
+    /// restart is unlikely to match a new one (and a match only means
+    /// falling back to the lease).
+    pub(crate) fn new(now_ms: i64, keep_ms: i64) -> Receipts {
+        Receipts {
+            next: AtomicU64::new((now_ms.max(0) as u64) << 8),
+            unread: Mutex::new(HashMap::new()),
+            keep_ms,
+        }
+    }
+
+    /// A fresh receipt for a poll starting now.
+    pub(crate) fn issue(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Batch>>> {
+        self.unread.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a committed batch for `node` under `receipt`, given to a poll
+    /// that was sent with `parent` as its ack.
+    pub(crate) fn record(
+        &self,
+        node: &str,
+        receipt: u64,
+        parent: Option<u64>,
+        runs: Vec<Handed>,
+        now: i64,
+    ) {
+        if runs.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            receipt,
+            parent,
+            issued_at: now,
+            runs,
+        };
+        let mut unread = self.lock();
+        // A node's entry stays once made (one per node): no key to allocate
+        // on the hot path.
+        match unread.get_mut(node) {
+            Some(batches) => {
+                batches.retain(|b| now - b.issued_at <= self.keep_ms);
+                batches.push(batch);
+            }
+            None => {
+                unread.insert(node.to_owned(), vec![batch]);
+            }
+        }
+    }
+
+    /// A poll with `receipt` arrived from `node` with `ack`: forgets the
+    /// batch the ack confirms and takes out the batches this process never
+    /// read (given to an earlier poll sent with the same ack).
+    pub(crate) fn settle(&self, node: &str, ack: Option<u64>, receipt: u64) -> Vec<Batch> {
+        let Some(ack) = ack else {
+            return Vec::new();
+        };
+        let mut unread = self.lock();
+        let Some(batches) = unread.get_mut(node) else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        let mut i = 0;
+        while i < batches.len() {
+            let b = &batches[i];
+            if b.receipt == ack {
+                batches.swap_remove(i);
+            } else if b.parent == Some(ack) && b.receipt < receipt {
+                lost.push(batches.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        lost
+    }
+
+    /// Puts back batches whose hand-back did not commit (the next poll
+    /// with the same ack tries again).
+    pub(crate) fn restore(&self, node: &str, batches: Vec<Batch>) {
+        if batches.is_empty() {
+            return;
+        }
+        self.lock()
+            .entry(node.to_owned())
+            .or_default()
+            .extend(batches);
+    }
+
+    #[cfg(test)]
+    fn unread_len(&self, node: &str) -> usize {
+        self.lock().get(node).map(Vec::len).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn receipts() -> Receipts {
+        Receipts::new(1_000, 60_000)
+    }
+
+    #[test]
+    fn a_read_batch_is_confirmed_by_the_next_poll() {
+        let r = receipts();
+        let first = r.issue();
+        let second = r.issue();
+        r.record("n1", second, Some(first), vec![(7, 1)], 1_000);
+        let third = r.issue();
+        assert!(r.settle("n1", Some(second), third).is_empty());
+        assert_eq!(r.unread_len("n1"), 0, "confirmed and forgotten");
+    }
+
+    #[test]
+    fn a_batch_whose_response_was_lost_is_taken_out_by_the_same_ack() {
+        let r = receipts();
+        let first = r.issue();
+        let lost_poll = r.issue();
+        r.record("n1", lost_poll, Some(first), vec![(7, 1), (8, 2)], 1_000);
+        // The node read nothing since `first`: it polls again with it.
+        let again = r.issue();
+        let lost = r.settle("n1", Some(first), again);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].runs, vec![(7, 1), (8, 2)]);
+        assert_eq!(r.unread_len("n1"), 0);
+        // Once taken out, it is not handed back twice.
+        assert!(r.settle("n1", Some(first), r.issue()).is_empty());
+    }
+
+    #[test]
+    fn a_first_poll_batch_or_another_process_batch_is_left_to_the_lease() {
+        let r = receipts();
+        // A first poll (no ack) whose response was lost.
+        let p1 = r.issue();
+        r.record("n1", p1, None, vec![(1, 1)], 1_000);
+        assert!(r.settle("n1", None, r.issue()).is_empty());
+        // Another process using the same node id, on its own chain.
+        let other_ack = r.issue();
+        let p2 = r.issue();
+        r.record("n1", p2, Some(other_ack), vec![(2, 1)], 1_000);
+        let mine = r.issue();
+        assert!(r.settle("n1", Some(mine), r.issue()).is_empty());
+        assert_eq!(r.unread_len("n1"), 2, "both wait for their lease");
+    }
+
+    #[test]
+    fn a_batch_committed_after_the_poll_that_settles_is_not_taken() {
+        let r = receipts();
+        let ack = r.issue();
+        let now = r.issue();
+        let later = r.issue();
+        // A batch with a receipt above the settling poll's: not before it.
+        r.record("n1", later, Some(ack), vec![(3, 1)], 1_000);
+        assert!(r.settle("n1", Some(ack), now).is_empty());
+        assert_eq!(r.unread_len("n1"), 1);
+    }
+
+    #[test]
+    fn old_batches_are_dropped_and_nodes_do_not_mix() {
+        let r = receipts();
+        let ack = r.issue();
+        let old = r.issue();
+        r.record("n1", old, Some(ack), vec![(1, 1)], 1_000);
+        r.record("n2", r.issue(), Some(ack), vec![(2, 1)], 1_000);
+        // A batch recorded past the keep time drops the old one.
+        r.record("n1", r.issue(), None, vec![(3, 1)], 1_000 + 60_001);
+        assert!(r.settle("n1", Some(ack), r.issue()).is_empty());
+        assert_eq!(r.settle("n2", Some(ack), r.issue()).len(), 1);
+    }
+
+    #[test]
+    fn a_batch_whose_hand_back_failed_is_found_again() {
+        let r = receipts();
+        let ack = r.issue();
+        r.record("n1", r.issue(), Some(ack), vec![(1, 1)], 1_000);
+        let lost = r.settle("n1", Some(ack), r.issue());
+        r.restore("n1", lost);
+        assert_eq!(r.settle("n1", Some(ack), r.issue()).len(), 1);
+    }
+}

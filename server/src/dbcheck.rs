@@ -1,5 +1,6 @@
 //! Offline inspection of a database file (`sundial-server check`): integrity,
-//! schema version against this build, and what the file holds (jobs, runs by
+//! schema version against this build, consistency between tables (foreign
+//! keys, a counters row per job), and what the file holds (jobs, runs by
 //! state, nodes, epoch). Used after a restore (`scripts/restore.sh`) and by
 //! operators before pointing a server at a file. Opens the file read-only and
 //! never writes it.
@@ -31,6 +32,8 @@ pub enum CheckError {
         found: i64,
         supported: i64,
     },
+    #[error("{path}: inconsistent: {detail}")]
+    Inconsistent { path: String, detail: String },
     #[error("{path}: reading {what}: {source}")]
     Query {
         path: String,
@@ -116,6 +119,13 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
     let count = |sql: &str, what: &'static str| -> Result<i64, CheckError> {
         conn.query_row(sql, [], |r| r.get(0)).map_err(q(what))
     };
+    let inconsistencies = consistency(&conn, version).map_err(q("consistency"))?;
+    if !inconsistencies.is_empty() {
+        return Err(CheckError::Inconsistent {
+            path: name,
+            detail: inconsistencies.join("; "),
+        });
+    }
     let epoch = count("SELECT coalesce(max(epoch), 0) FROM cluster", "epoch")?;
     let jobs = count("SELECT count(*) FROM jobs", "jobs")?;
     let nodes = count("SELECT count(*) FROM nodes", "nodes")?;
@@ -154,6 +164,49 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
         newest_run_scheduled_for,
         newest_run_finished_at,
     })
+}
+
+/// The schema version that moved a job's run counters to `job_stats`.
+const JOB_STATS_SINCE: i64 = 15;
+
+/// What the integrity check cannot see: rows whose parent is gone (the
+/// server enforces foreign keys; an outside edit may not have), and jobs
+/// without their counters row, which the API's reads skip and whose next
+/// run transition fails. Returns one line per kind of problem.
+fn consistency(conn: &Connection, version: i64) -> Result<Vec<String>, rusqlite::Error> {
+    let mut out = Vec::new();
+    let mut orphans: BTreeMap<(String, String), i64> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(2)?)))?;
+        for row in rows {
+            *orphans.entry(row?).or_default() += 1;
+        }
+    }
+    for ((table, parent), n) in orphans {
+        out.push(format!(
+            "{n} row(s) of {table} refer to a missing {parent} row"
+        ));
+    }
+    if version >= JOB_STATS_SINCE {
+        let mut stmt = conn.prepare(
+            "SELECT j.id FROM jobs j LEFT JOIN job_stats s USING (pk)
+             WHERE s.pk IS NULL ORDER BY j.id",
+        )?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        if !ids.is_empty() {
+            let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
+            let more = if ids.len() > shown.len() { ", …" } else { "" };
+            out.push(format!(
+                "{} job(s) have no counters row in job_stats ({}{more})",
+                ids.len(),
+                shown.join(", ")
+            ));
+        }
+    }
+    Ok(out)
 }
 
 impl Report {
@@ -247,6 +300,51 @@ mod tests {
             .expect("bump version");
         let err = check(&path).expect_err("too new");
         assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn a_job_without_counters_or_a_run_without_its_job_is_inconsistent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = fresh_db(dir.path());
+        let spec: sundial_proto::JobSpec = serde_json::from_str(
+            r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .expect("spec");
+        let b_pk = {
+            let c = Connection::open(&path).expect("open");
+            crate::store::test_support::slot_job(&c, "a", &spec);
+            let b = crate::store::test_support::slot_job(&c, "b", &spec).pk;
+            // As an outside edit could leave the file.
+            c.execute("DELETE FROM job_stats WHERE pk = ?1", [b])
+                .expect("drop counters");
+            b
+        };
+        let err = check(&path).expect_err("a job without counters");
+        assert!(matches!(err, CheckError::Inconsistent { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("1 job(s) have no counters row in job_stats (b)"),
+            "{err}"
+        );
+        // Counters back, then the job deleted with foreign keys off.
+        Connection::open(&path)
+            .and_then(|c| {
+                c.execute("INSERT INTO job_stats (pk) VALUES (?1)", [b_pk])?;
+                c.pragma_update(None, "foreign_keys", "OFF")?;
+                c.execute("DELETE FROM jobs WHERE pk = ?1", [b_pk])
+            })
+            .expect("orphan");
+        let err = check(&path).expect_err("counters without a job");
+        assert!(
+            err.to_string()
+                .contains("1 row(s) of job_stats refer to a missing jobs row"),
+            "{err}"
+        );
+        Connection::open(&path)
+            .and_then(|c| c.execute("DELETE FROM job_stats WHERE pk = ?1", [b_pk]))
+            .expect("repair");
+        let r = check(&path).expect("consistent again");
+        assert_eq!(r.jobs, 1);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sundial_proto::agent::Assignment;
 use sundial_proto::time::now_ms;
+use sundial_proto::Trigger;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -227,7 +228,10 @@ impl Dispatcher {
             .await
     }
 
-    /// Adds runs to the queue and wakes eligible waiting nodes.
+    /// Adds runs to the queue and wakes eligible waiting nodes. Every write
+    /// that makes runs pending queues them here once it commits, so this is
+    /// where a chained slot is counted as created (the scheduler and manual
+    /// triggers count their own).
     pub fn enqueue(&self, runs: Vec<Queued>) {
         if runs.is_empty() {
             return;
@@ -235,7 +239,12 @@ impl Dispatcher {
         let mut inner = self.lock();
         let mut wake: Vec<Arc<Notify>> = Vec::new();
         let mut woken: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for q in runs {
+        let mut chained = 0;
+        for mut q in runs {
+            if q.new_chain_slot {
+                chained += 1;
+                q.new_chain_slot = false;
+            }
             // Wake an eligible waiter even for a run that is not ready yet
             // (retry backoff): it re-arms its sleep to the run's ready time.
             // Each run wakes a different node where it can, to spread work.
@@ -264,6 +273,12 @@ impl Dispatcher {
         }
         self.metrics.dispatch_queue.set(inner.queue.len() as i64);
         drop(inner);
+        if chained > 0 {
+            self.metrics
+                .slots_created
+                .with_label_values(&[Trigger::Chain.as_str()])
+                .inc_by(chained);
+        }
         for n in wake {
             n.notify_one();
         }
@@ -689,6 +704,7 @@ mod tests {
             target: Arc::new(Target::default()),
             executor_kind: ExecutorKind::Exec,
             on_time_only,
+            new_chain_slot: false,
         }
     }
 
@@ -893,6 +909,63 @@ mod tests {
         assert_eq!(d.metrics.runs_unread_handed_back.get(), 0);
         assert_eq!(attempt_and_error(&d, first).await.1, 1);
         assert_eq!(attempt_and_error(&d, kept).await.1, 1);
+    }
+
+    #[tokio::test]
+    async fn a_chained_slot_is_counted_once_when_the_write_creating_it_commits() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        let spec = |after: &str| -> JobSpec {
+            serde_json::from_str(&format!(
+                r#"{{"schedule":"@yearly","executor":{{"type":"exec","argv":["true"]}},"after":{after}}}"#
+            ))
+            .unwrap()
+        };
+        let (a, b) = (spec("[]"), spec(r#"[{"job": "a"}]"#));
+        let run = d
+            .store
+            .write(move |c| {
+                let job = slot_job(c, "a", &a);
+                slot_job(c, "b", &b);
+                let q = one_slot(c, &job, 1_000);
+                lifecycle::assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                Ok(q.run_id)
+            })
+            .await
+            .unwrap();
+        let chain = || d.metrics.slots_created.with_label_values(&["chain"]).get();
+        // a's result, recorded as the agent handlers record it: b's slot is
+        // created in the same write and queued once it commits.
+        let release = hold_writer(&d.store);
+        let write = d.write_then_queue_counted(
+            move |c| {
+                let done = crate::store::test_support::result_of(
+                    sundial_proto::agent::Outcome::Succeeded,
+                    1,
+                );
+                match lifecycle::complete(c, "n1", run, &done, 2_000)? {
+                    Ok(lifecycle::Completion::Recorded { requeue, .. }) => Ok(((), requeue)),
+                    other => panic!("{other:?}"),
+                }
+            },
+            |_| {},
+        );
+        // The caller is gone before the commit; the count is not lost.
+        assert!(write.now_or_never().is_none());
+        assert_eq!(chain(), 0, "nothing counted before the commit");
+        drop(release);
+        let id = queued_where(&d, |_| true)
+            .await
+            .expect("b's slot is queued");
+        assert_eq!(chain(), 1);
+        // Claimed and put back (as a refused assignment does): not counted again.
+        let (claimed, _) = take(&d, &node("n1"), 10, 3_000);
+        assert_eq!(
+            claimed.iter().map(|q| q.run_id).collect::<Vec<_>>(),
+            vec![id]
+        );
+        d.enqueue(claimed);
+        assert_eq!(chain(), 1);
     }
 
     #[tokio::test]

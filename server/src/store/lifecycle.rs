@@ -35,6 +35,10 @@ pub struct Queued {
     /// must be judged at the run's own time (a previous run was active when
     /// it was offered early).
     pub on_time_only: bool,
+    /// A chained slot its write just created: counted in
+    /// `slots_created_total{trigger="chain"}` when the dispatcher first
+    /// queues it (after that write committed), then cleared.
+    pub new_chain_slot: bool,
 }
 
 /// Parses a job's stored target (JSON); an error names the job.
@@ -191,6 +195,7 @@ fn insert_slots(
             target: job.target.clone(),
             executor_kind: job.executor_kind,
             on_time_only: false,
+            new_chain_slot: trigger == Trigger::Chain,
         });
     }
     Ok(created)
@@ -290,6 +295,7 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> Result<Queued, StoreError> {
         target: Arc::new(parse_target(&job, &target)?),
         executor_kind: parse_executor_kind(&job, &kind)?,
         on_time_only: false,
+        new_chain_slot: false,
     })
 }
 

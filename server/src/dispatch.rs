@@ -114,12 +114,13 @@ impl Dispatcher {
             term: Mutex::new(cancelled_token()),
             polling: Default::default(),
             // A batch is of no use once its lease has run out.
-            receipts: Arc::new(Receipts::new(now_ms(), 2 * lease_ms)),
+            receipts: Arc::new(Receipts::new(2 * lease_ms)),
         }
     }
 
     /// Starts serving a term as primary.
     pub fn start_term(&self, token: CancellationToken) {
+        self.receipts.new_term();
         *self.term.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 

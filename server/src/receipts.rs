@@ -16,7 +16,13 @@
 //! from a new process, so it keeps the lease as its only way back. Batches
 //! are kept in memory only; after a restart or failover the lease covers
 //! what was in flight.
+//!
+//! Receipts count up from a random start drawn at each term (below 2^52,
+//! so they stay exact as JSON numbers anywhere): an ack a daemon read from
+//! another server or an earlier term matches nothing here, short of a
+//! chance of about one in 2^52 / (polls per term).
 
+use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -44,16 +50,25 @@ pub(crate) struct Receipts {
     keep_ms: i64,
 }
 
+/// A random start for a term's receipts, leaving 2^40 of room below 2^52.
+fn random_start() -> u64 {
+    rand::rng().random_range(0..(1u64 << 52) - (1u64 << 40))
+}
+
 impl Receipts {
-    /// Receipts start from the clock so that a node's ack from before a
-    /// restart is unlikely to match a new one (and a match only means
-    /// falling back to the lease).
-    pub(crate) fn new(now_ms: i64, keep_ms: i64) -> Receipts {
+    pub(crate) fn new(keep_ms: i64) -> Receipts {
         Receipts {
-            next: AtomicU64::new((now_ms.max(0) as u64) << 8),
+            next: AtomicU64::new(random_start()),
             unread: Mutex::new(HashMap::new()),
             keep_ms,
         }
+    }
+
+    /// A new term as primary: receipts from a new random start, and no
+    /// batch of an earlier term (the lease covers those).
+    pub(crate) fn new_term(&self) {
+        self.next.store(random_start(), Ordering::Relaxed);
+        self.lock().clear();
     }
 
     /// A fresh receipt for a poll starting now.
@@ -147,7 +162,7 @@ mod tests {
     use super::*;
 
     fn receipts() -> Receipts {
-        Receipts::new(1_000, 60_000)
+        Receipts::new(60_000)
     }
 
     #[test]
@@ -216,6 +231,17 @@ mod tests {
         r.record("n1", r.issue(), None, vec![(3, 1)], 1_000 + 60_001);
         assert!(r.settle("n1", Some(ack), r.issue()).is_empty());
         assert_eq!(r.settle("n2", Some(ack), r.issue()).len(), 1);
+    }
+
+    #[test]
+    fn a_new_term_forgets_every_batch_and_draws_new_receipts() {
+        let r = receipts();
+        let ack = r.issue();
+        r.record("n1", r.issue(), Some(ack), vec![(1, 1)], 1_000);
+        r.new_term();
+        assert!(r.settle("n1", Some(ack), r.issue()).is_empty());
+        let next = r.issue();
+        assert!(next < 1 << 52, "exact as a JSON number: {next}");
     }
 
     #[test]

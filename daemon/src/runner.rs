@@ -58,7 +58,13 @@ impl Runner {
     }
 
     /// Polls and runs until `drain` is cancelled, then drains within `grace`.
-    pub async fn run(self: Arc<Self>, drain: CancellationToken, grace: Duration) {
+    /// `receipt` is registration's, acknowledged by the first poll.
+    pub async fn run(
+        self: Arc<Self>,
+        drain: CancellationToken,
+        grace: Duration,
+        receipt: Option<u64>,
+    ) {
         let flusher = tokio::spawn(self.clone().flush_loop(drain.clone()));
         // Lives until the process ends: a result queued at any time is answered.
         let _sender = self.results.spawn();
@@ -66,7 +72,7 @@ impl Runner {
         // The receipt of the last poll response read: a poll that gets no
         // answer leaves it as it was, and the server hands back what that
         // lost answer held instead of waiting for its lease.
-        let mut ack: Option<u64> = None;
+        let mut ack: Option<u64> = receipt;
         loop {
             if drain.is_cancelled() {
                 break;

@@ -82,10 +82,11 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
         executors,
     };
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
-    let client = loop {
+    let (client, receipt) = loop {
         let c = Client::new(http.clone(), &args.server, &cred)?;
         match c.register(&register).await {
-            Ok(_) => break c,
+            // A server with poll receipts gives one to acknowledge first.
+            Ok(reply) => break (c, reply.get("receipt").and_then(serde_json::Value::as_u64)),
             Err(CallError::Unauthorized(e)) => {
                 tracing::warn!(error = %e, "credential refused; joining again");
                 let _ = std::fs::remove_file(credential::path(&args.state_dir));
@@ -111,6 +112,6 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
     let spool = Spool::open(&args.state_dir)?;
     let jobs_http = client::job_http_client(args.ca_file.as_deref())?;
     let runner = Arc::new(Runner::new(client, jobs_http, limits, args.capacity, spool));
-    runner.run(stop, args.drain_grace.as_std()).await;
+    runner.run(stop, args.drain_grace.as_std(), receipt).await;
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Acceptance: a poll response lost on its way to the daemon (here a proxy
 //! answers `502` in its place, as a load balancer does when the upstream
 //! connection breaks) does not leave its runs waiting for their lease. The
-//! daemon's next poll acknowledges the last response it did read; the
-//! server sees that the lost batch was never read and hands it back at once:
+//! daemon's next poll acknowledges the last response it did read (for its
+//! first poll, the receipt registration gave it); the server sees that the
+//! lost batch was never read and hands it back at once:
 //! the run executes exactly once, as its next attempt, well before the
 //! lease (60 s here) could have brought it back. Without receipts it would
 //! have ended `lost` after a minute without ever running (the job has no
@@ -142,9 +143,9 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
     let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
-    // The second poll response with runs in it never reaches the daemon:
-    // the first one gives it a receipt to acknowledge.
-    let proxy = LossyProxy::start(port, 2);
+    // The first poll response with runs in it never reaches the daemon:
+    // its receipt to acknowledge comes from registration.
+    let proxy = LossyProxy::start(port, 1);
     let token = server.join_token().unwrap();
     let mut daemon = DaemonProc::start(
         &format!("http://127.0.0.1:{}", proxy.port),
@@ -177,16 +178,11 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
         })
     };
 
-    // The first run's response arrives: the daemon now holds a receipt.
+    // The answer to the daemon's first poll with work in it is lost on the
+    // way: the run is handed back at its next poll and runs as attempt 2.
+    let started = Instant::now();
     let first = trigger();
     let r = finished(first, Duration::from_secs(20)).expect("the first run finished");
-    assert_eq!(r["state"], "succeeded", "{r}");
-    assert_eq!(proxy.dropped.load(Ordering::SeqCst), 0);
-
-    // The second run's response is lost on the way.
-    let started = Instant::now();
-    let second = trigger();
-    let r = finished(second, Duration::from_secs(20)).expect("the second run finished");
     let took = started.elapsed();
     assert_eq!(
         proxy.dropped.load(Ordering::SeqCst),
@@ -199,14 +195,23 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
         took < Duration::from_secs(15),
         "handed back in {took:?}, not after the 60 s lease"
     );
-    println!("lost poll response: run {second} succeeded as attempt 2 after {took:?}");
+    println!("lost poll response: run {first} succeeded as attempt 2 after {took:?}");
+
+    // The next answers arrive: a run the daemon read is not handed back.
+    let second = trigger();
+    let r = finished(second, Duration::from_secs(20)).expect("the second run finished");
+    assert_eq!(
+        (r["state"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(1)),
+        "{r}"
+    );
 
     // Exactly one execution of each run.
     let text = std::fs::read_to_string(&marks).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines,
-        vec![format!("{first} 1"), format!("{second} 2")],
+        vec![format!("{first} 2"), format!("{second} 1")],
         "{text}"
     );
     assert_eq!(

@@ -541,6 +541,12 @@ impl Dispatcher {
         }
     }
 
+    /// A receipt that names no batch: what a registering daemon acknowledges
+    /// in its first poll.
+    pub fn issue_receipt(&self) -> u64 {
+        self.receipts.issue()
+    }
+
     /// Hands back the batches `node` never read (see [`crate::receipts`]);
     /// if that does not commit they are kept for its next poll.
     async fn hand_back_unread(
@@ -886,13 +892,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_the_node_read_or_a_first_poll_run_is_left_to_its_lease() {
+    async fn a_run_the_node_read_or_one_given_to_a_poll_without_ack_is_left_to_its_lease() {
         let (_dir, d) = dispatcher();
         let d = Arc::new(d);
         d.start_term(CancellationToken::new());
         let short = Duration::from_millis(10);
-        // A first poll (no ack) whose response is lost: a new process
-        // cannot be told apart, so only the lease brings it back.
+        // A poll without ack (a daemon without receipts) whose response is
+        // lost: a new process cannot be told apart, so only the lease
+        // brings it back.
         let first = queue_one_slot(&d, "first").await;
         let (runs, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
         assert_eq!(runs.len(), 1);

@@ -10,10 +10,12 @@
 //! the last response it read as `ack` in its next poll. A node has one poll
 //! in flight at a time, so a batch given to a poll that was sent with ack
 //! `a` is unread exactly when a later poll arrives with the same `a`: that
-//! process has read nothing since. Such a batch is handed back at once. A
-//! batch given to a poll with no ack (a process's first poll, or a daemon
-//! without receipts) is never handed back: its reader cannot be told apart
-//! from a new process, so it keeps the lease as its only way back. Batches
+//! process has read nothing since. Such a batch is handed back at once.
+//! Registration answers with a receipt too, which a daemon's first poll
+//! acknowledges, so its first batch is covered as well. A batch given to a
+//! poll with no ack (a daemon without receipts) is never handed back: its
+//! reader cannot be told apart from a new process, so it keeps the lease
+//! as its only way back. Batches
 //! are kept in memory only; after a restart or failover the lease covers
 //! what was in flight.
 //!

@@ -174,9 +174,13 @@ pub async fn register(
         )
         .await?;
     tracing::info!(node = %signed.node.id, "node registered");
-    Ok(Json(
-        serde_json::json!({"node_id": signed.node.id, "lease_ms": queue.dispatcher.lease_ms()}),
-    ))
+    // A receipt for the process's first poll to acknowledge: a lost answer
+    // to that poll is then handed back like any other (crate::receipts).
+    Ok(Json(serde_json::json!({
+        "node_id": signed.node.id,
+        "lease_ms": queue.dispatcher.lease_ms(),
+        "receipt": queue.dispatcher.issue_receipt(),
+    })))
 }
 
 #[utoipa::path(

@@ -267,6 +267,9 @@ pub struct Registered {
     pub node_id: String,
     /// Heartbeat at least this often (ms) or a lease expires.
     pub lease_ms: u64,
+    /// A poll receipt for this process's first poll to acknowledge (see
+    /// `PollRequest.ack`).
+    pub receipt: u64,
 }
 
 /// `GET /v1/audit`: a page of audit rows, newest first.

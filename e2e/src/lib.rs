@@ -499,56 +499,40 @@ pub fn wait_quiet(server: &ServerProc, timeout: Duration) -> Result<Vec<Value>> 
     }
 }
 
-/// A tiny HTTP target for `http` executor jobs: answers every request with
-/// `200` and the request path as the body. Stops when dropped.
-pub struct EchoHttp {
+/// A loopback TCP listener whose connections are each handled by `serve` on
+/// a thread of their own. Stops accepting, and joins its accept thread, when
+/// dropped; connection threads end with their connections (bound them with
+/// read timeouts).
+pub struct LoopbackListener {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl EchoHttp {
-    pub fn start() -> Result<EchoHttp> {
-        use std::io::{BufRead, BufReader, Write};
+impl LoopbackListener {
+    pub fn start(
+        serve: impl Fn(std::net::TcpStream) + Send + Sync + 'static,
+    ) -> Result<LoopbackListener> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let serve = std::sync::Arc::new(serve);
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                        let mut reader = BufReader::new(match stream.try_clone() {
-                            Ok(s) => s,
-                            Err(_) => continue,
-                        });
-                        let mut first = String::new();
-                        if reader.read_line(&mut first).is_err() {
-                            continue;
-                        }
-                        // Skip the headers.
-                        let mut line = String::new();
-                        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                            line.clear();
-                        }
-                        let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-                        let mut out = stream;
-                        let _ = write!(
-                            out,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                            path.len(),
-                            path
-                        );
+                        let serve = serve.clone();
+                        std::thread::spawn(move || serve(stream));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Ok(EchoHttp {
+        Ok(LoopbackListener {
             port,
             stop,
             thread: Some(thread),
@@ -556,12 +540,53 @@ impl EchoHttp {
     }
 }
 
-impl Drop for EchoHttp {
+impl Drop for LoopbackListener {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A tiny HTTP target for `http` executor jobs: answers every request with
+/// `200` and the request path as the body. Stops when dropped.
+pub struct EchoHttp {
+    pub port: u16,
+    _listener: LoopbackListener,
+}
+
+impl EchoHttp {
+    pub fn start() -> Result<EchoHttp> {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = LoopbackListener::start(|stream| {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(read_half) = stream.try_clone() else {
+                return;
+            };
+            let mut reader = BufReader::new(read_half);
+            let mut first = String::new();
+            if reader.read_line(&mut first).is_err() {
+                return;
+            }
+            // Skip the headers.
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                line.clear();
+            }
+            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut out = stream;
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                path.len(),
+                path
+            );
+        })?;
+        Ok(EchoHttp {
+            port: listener.port,
+            _listener: listener,
+        })
     }
 }
 

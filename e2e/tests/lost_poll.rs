@@ -11,59 +11,34 @@
 
 use serde_json::json;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sundial_e2e::{wait_for, DaemonProc, ServerProc};
+use sundial_e2e::{wait_for, DaemonProc, LoopbackListener, ServerProc};
 
 /// A loopback HTTP/1.1 proxy that forwards each request on its own upstream
 /// connection and replaces the `drop_nth` poll response carrying runs with a
-/// `502`. Stops accepting when dropped; its connection threads end with
-/// their connections (bounded by read timeouts).
+/// `502`. Stops accepting when dropped.
 struct LossyProxy {
     port: u16,
     dropped: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _listener: LoopbackListener,
 }
 
 impl LossyProxy {
     fn start(upstream: u16, drop_nth: usize) -> LossyProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(AtomicUsize::new(0));
-        let (flag, lost) = (stop.clone(), dropped.clone());
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let (seen, lost) = (seen.clone(), lost.clone());
-                        std::thread::spawn(move || {
-                            serve(client, upstream, drop_nth, &seen, &lost);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
+        let lost = dropped.clone();
+        let listener = LoopbackListener::start(move |client| {
+            serve(client, upstream, drop_nth, &seen, &lost);
+        })
+        .unwrap();
         LossyProxy {
-            port,
+            port: listener.port,
             dropped,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for LossyProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            _listener: listener,
         }
     }
 }

@@ -901,7 +901,7 @@ mod tests {
         // lost: a new process cannot be told apart, so only the lease
         // brings it back.
         let first = queue_one_slot(&d, "first").await;
-        let (runs, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
+        let (runs, _) = d.poll(node("n1"), 10, short, None).await.unwrap();
         assert_eq!(runs.len(), 1);
         let (_, read_next) = d.poll(node("n1"), 10, short, None).await.unwrap();
         // A run the node read (its receipt comes back as the ack).
@@ -913,7 +913,6 @@ mod tests {
         assert_eq!(runs[0].run_id, kept);
         let (runs, _) = d.poll(node("n1"), 10, short, Some(got)).await.unwrap();
         assert!(runs.is_empty());
-        let _ = read;
         assert_eq!(d.metrics.runs_unread_handed_back.get(), 0);
         assert_eq!(attempt_and_error(&d, first).await.1, 1);
         assert_eq!(attempt_and_error(&d, kept).await.1, 1);

@@ -7,17 +7,24 @@
 //! retry or end `lost` by the job's retry budget, though nothing ran.
 //!
 //! Every poll response carries a `receipt`; the daemon sends the receipt of
-//! the last response it read as `ack` in its next poll. A node has one poll
-//! in flight at a time, so a batch given to a poll that was sent with ack
-//! `a` is unread exactly when a later poll arrives with the same `a`: that
-//! process has read nothing since. Such a batch is handed back at once.
-//! Registration answers with a receipt too, which a daemon's first poll
-//! acknowledges, so its first batch is covered as well. A batch given to a
-//! poll with no ack (a daemon without receipts) is never handed back: its
-//! reader cannot be told apart from a new process, so it keeps the lease
-//! as its only way back. Batches
-//! are kept in memory only; after a restart or failover the lease covers
-//! what was in flight.
+//! the last response it read as `ack` in its next poll. Registration
+//! answers with a receipt too, which a daemon's first poll acknowledges. A
+//! process has one poll in flight at a time and reads at most one response
+//! per ack, so its acks form a chain (each poll's ack names the response
+//! read before it). A batch given to a poll sent with ack `a` is unread
+//! once a poll arrives that was sent with that same `a` (the process read
+//! nothing since), or once the process is seen to have read another
+//! response to a poll sent with `a` (a later poll's chain passes through
+//! it): it moved on without this one. That second case catches a batch
+//! whose write committed only after the daemon had given up on its poll
+//! and polled again. Such a batch is handed back at once.
+//!
+//! A batch given to a poll with no ack (a daemon without receipts) is never
+//! handed back: its reader cannot be told apart from a new process, so it
+//! keeps the lease as its only way back. So do batches of other processes
+//! that use the same node id (their acks are on other chains). Batches are
+//! kept in memory only; after a restart or failover the lease covers what
+//! was in flight.
 //!
 //! Receipts count up from a random start drawn at each term (below 2^52,
 //! so they stay exact as JSON numbers anywhere): an ack a daemon read from
@@ -25,7 +32,7 @@
 //! chance of about one in 2^52 / (polls per term).
 
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -42,12 +49,32 @@ pub(crate) struct Batch {
     pub(crate) runs: Vec<Handed>,
 }
 
+/// Polls of one node remembered to follow its chain of acks.
+const POLLS_KEPT: usize = 8;
+
+/// What is known of one node's recent polls and unread batches.
+#[derive(Default)]
+struct NodeState {
+    batches: Vec<Batch>,
+    /// `(receipt, ack it was sent with)` of its latest polls, oldest first.
+    polls: VecDeque<(u64, Option<u64>)>,
+}
+
+impl NodeState {
+    /// The ack the poll given `receipt` was sent with, if remembered.
+    fn parent_of(&self, receipt: u64) -> Option<u64> {
+        self.polls
+            .iter()
+            .find(|(r, _)| *r == receipt)
+            .and_then(|(_, parent)| *parent)
+    }
+}
+
 /// Receipts issued by this server process and the batches not yet read.
 pub(crate) struct Receipts {
     next: AtomicU64,
-    /// Unconfirmed batches per node id (an entry per node that was ever
-    /// given runs by this process).
-    unread: Mutex<HashMap<String, Vec<Batch>>>,
+    /// Per node id (an entry per node that ever polled this term).
+    nodes: Mutex<HashMap<String, NodeState>>,
     /// A batch older than this is dropped: its lease has ended by then.
     keep_ms: i64,
 }
@@ -61,7 +88,7 @@ impl Receipts {
     pub(crate) fn new(keep_ms: i64) -> Receipts {
         Receipts {
             next: AtomicU64::new(random_start()),
-            unread: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(HashMap::new()),
             keep_ms,
         }
     }
@@ -78,8 +105,16 @@ impl Receipts {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Batch>>> {
-        self.unread.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeState>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node's entry; its key is allocated once per node.
+    fn node<'a>(nodes: &'a mut HashMap<String, NodeState>, node: &str) -> &'a mut NodeState {
+        if !nodes.contains_key(node) {
+            nodes.insert(node.to_owned(), NodeState::default());
+        }
+        nodes.get_mut(node).expect("inserted above")
     }
 
     /// Notes a committed batch for `node` under `receipt`, given to a poll
@@ -95,45 +130,62 @@ impl Receipts {
         if runs.is_empty() {
             return;
         }
-        let batch = Batch {
+        let mut nodes = self.lock();
+        let state = Self::node(&mut nodes, node);
+        state.batches.retain(|b| now - b.issued_at <= self.keep_ms);
+        state.batches.push(Batch {
             receipt,
             parent,
             issued_at: now,
             runs,
-        };
-        let mut unread = self.lock();
-        // A node's entry stays once made (one per node): no key to allocate
-        // on the hot path.
-        match unread.get_mut(node) {
-            Some(batches) => {
-                batches.retain(|b| now - b.issued_at <= self.keep_ms);
-                batches.push(batch);
-            }
-            None => {
-                unread.insert(node.to_owned(), vec![batch]);
-            }
-        }
+        });
     }
 
-    /// A poll with `receipt` arrived from `node` with `ack`: forgets the
-    /// batch the ack confirms and takes out the batches this process never
-    /// read (given to an earlier poll sent with the same ack).
+    /// A poll given `receipt` arrived from `node` with `ack`. The node has
+    /// read `ack`, and through it the chain of responses before it (each
+    /// poll's ack names the response read before). A batch on that chain is
+    /// confirmed and forgotten. A batch given to a poll sent with the same
+    /// ack as a poll on the chain, but not on it, was never read: that
+    /// process moved on without it. It is taken out to be handed back;
+    /// this also catches a batch whose write committed only after the node
+    /// had given up on its poll and polled again.
     pub(crate) fn settle(&self, node: &str, ack: Option<u64>, receipt: u64) -> Vec<Batch> {
+        let mut nodes = self.lock();
+        let state = Self::node(&mut nodes, node);
+        if state.polls.len() == POLLS_KEPT {
+            state.polls.pop_front();
+        }
+        state.polls.push_back((receipt, ack));
         let Some(ack) = ack else {
             return Vec::new();
         };
-        let mut unread = self.lock();
-        let Some(batches) = unread.get_mut(node) else {
+        if state.batches.is_empty() {
             return Vec::new();
-        };
+        }
+        // The chain read, newest first, and the acks its polls were sent
+        // with; this poll itself heads it (its siblings sent earlier with
+        // the same ack were not read).
+        let mut chain = vec![receipt];
+        let mut sent_with = vec![ack];
+        let mut at = ack;
+        while chain.len() <= POLLS_KEPT {
+            chain.push(at);
+            match state.parent_of(at) {
+                Some(parent) => {
+                    sent_with.push(parent);
+                    at = parent;
+                }
+                None => break,
+            }
+        }
         let mut lost = Vec::new();
         let mut i = 0;
-        while i < batches.len() {
-            let b = &batches[i];
-            if b.receipt == ack {
-                batches.swap_remove(i);
-            } else if b.parent == Some(ack) && b.receipt < receipt {
-                lost.push(batches.swap_remove(i));
+        while i < state.batches.len() {
+            let b = &state.batches[i];
+            if chain.contains(&b.receipt) {
+                state.batches.swap_remove(i);
+            } else if b.receipt < receipt && b.parent.is_some_and(|p| sent_with.contains(&p)) {
+                lost.push(state.batches.swap_remove(i));
             } else {
                 i += 1;
             }
@@ -147,15 +199,13 @@ impl Receipts {
         if batches.is_empty() {
             return;
         }
-        self.lock()
-            .entry(node.to_owned())
-            .or_default()
-            .extend(batches);
+        let mut nodes = self.lock();
+        Self::node(&mut nodes, node).batches.extend(batches);
     }
 
     #[cfg(test)]
     fn unread_len(&self, node: &str) -> usize {
-        self.lock().get(node).map(Vec::len).unwrap_or(0)
+        self.lock().get(node).map(|s| s.batches.len()).unwrap_or(0)
     }
 }
 
@@ -192,6 +242,42 @@ mod tests {
         assert_eq!(r.unread_len("n1"), 0);
         // Once taken out, it is not handed back twice.
         assert!(r.settle("n1", Some(first), r.issue()).is_empty());
+    }
+
+    #[test]
+    fn a_batch_committed_after_its_node_gave_up_on_the_poll_is_taken_later() {
+        let r = receipts();
+        let ack = r.issue();
+        // Poll 1 waits on a slow writer; the daemon times out and polls
+        // again (poll 2) with the same ack before poll 1's batch commits.
+        let p1 = r.issue();
+        assert!(r.settle("n1", Some(ack), p1).is_empty());
+        let p2 = r.issue();
+        assert!(r.settle("n1", Some(ack), p2).is_empty());
+        r.record("n1", p1, Some(ack), vec![(5, 1)], 1_000);
+        // Poll 2's answer is read: poll 1's batch, sent with the same ack
+        // as poll 2, was not.
+        let p3 = r.issue();
+        let lost = r.settle("n1", Some(p2), p3);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].runs, vec![(5, 1)]);
+        assert_eq!(r.unread_len("n1"), 0);
+    }
+
+    #[test]
+    fn a_late_batch_is_found_further_down_the_chain() {
+        let r = receipts();
+        let ack = r.issue();
+        let lost_poll = r.issue();
+        assert!(r.settle("n1", Some(ack), lost_poll).is_empty());
+        let p2 = r.issue();
+        assert!(r.settle("n1", Some(ack), p2).is_empty());
+        let p3 = r.issue();
+        assert!(r.settle("n1", Some(p2), p3).is_empty());
+        // The lost poll's batch commits only now, two reads later.
+        r.record("n1", lost_poll, Some(ack), vec![(6, 1)], 1_000);
+        let p4 = r.issue();
+        assert_eq!(r.settle("n1", Some(p3), p4).len(), 1);
     }
 
     #[test]

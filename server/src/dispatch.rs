@@ -892,6 +892,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_whose_assignment_committed_after_its_poll_was_given_up_is_handed_back() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new());
+        let short = Duration::from_millis(10);
+        let (_, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
+        let id = queue_one_slot(&d, "late").await;
+        // The poll claims the run, its write waits for a busy writer, and
+        // the daemon gives up on it (the handler's future is dropped).
+        let release = hold_writer(&d.store);
+        let given_up = d.poll(node("n1"), 10, Duration::from_secs(5), Some(read));
+        assert!(given_up.now_or_never().is_none());
+        // It polls again with the same ack; the write commits meanwhile.
+        let again = d.poll(node("n1"), 10, Duration::from_millis(300), Some(read));
+        tokio::pin!(again);
+        assert!((&mut again).now_or_never().is_none(), "registered, waiting");
+        drop(release);
+        let (runs, next) = again.await.unwrap();
+        assert!(runs.is_empty(), "the run was claimed by the poll given up");
+        assert_eq!(attempt_and_error(&d, id).await.1, 1);
+        // The answer of the second poll was read: the first one's was not.
+        let (runs, _) = d.poll(node("n1"), 10, short, Some(next)).await.unwrap();
+        assert_eq!((runs[0].run_id, runs[0].attempt), (id, 2));
+        assert_eq!(d.metrics.runs_unread_handed_back.get(), 1);
+    }
+
+    #[tokio::test]
     async fn a_run_the_node_read_or_one_given_to_a_poll_without_ack_is_left_to_its_lease() {
         let (_dir, d) = dispatcher();
         let d = Arc::new(d);

@@ -78,8 +78,14 @@ fn ensure_nofile(need: u64) -> Result<(u64, u64)> {
     Ok((soft, hard))
 }
 
-/// Joins and registers simulated daemon `i`; retries a few times.
-async fn connect(http: &reqwest::Client, base: &str, token: &str, i: usize) -> Result<Client> {
+/// Joins and registers simulated daemon `i`; retries a few times. Returns
+/// the client and registration's poll receipt (the first poll's ack).
+async fn connect(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    i: usize,
+) -> Result<(Client, Option<u64>)> {
     let node_id = format!("sim-{i:05}");
     let mut last = None;
     for _ in 0..ATTEMPTS {
@@ -94,7 +100,10 @@ async fn connect(http: &reqwest::Client, base: &str, token: &str, i: usize) -> R
                 };
                 for _ in 0..ATTEMPTS {
                     match client.register(&req).await {
-                        Ok(_) => return Ok(client),
+                        Ok(reply) => {
+                            let receipt = reply.get("receipt").and_then(|r| r.as_u64());
+                            return Ok((client, receipt));
+                        }
                         Err(e) => last = Some(format!("register {node_id}: {e}")),
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -124,7 +133,7 @@ struct Sim {
 async fn simulate(i: usize, sim: Arc<Sim>) {
     let counters = &sim.counters;
     let until = sim.until;
-    let client = {
+    let (client, receipt) = {
         let Ok(_permit) = sim.gate.acquire().await else {
             return;
         };
@@ -140,7 +149,7 @@ async fn simulate(i: usize, sim: Arc<Sim>) {
     counters.joined.fetch_add(1, Ordering::Relaxed);
     let mut first = true;
     // Acknowledged like the real daemon, so the server keeps the same state.
-    let mut ack = None;
+    let mut ack = receipt;
     for _ in 0..MAX_POLLS {
         if tokio::time::Instant::now() >= until {
             break;

@@ -281,9 +281,10 @@ mod tests {
     }
 
     #[test]
-    fn a_first_poll_batch_or_another_process_batch_is_left_to_the_lease() {
+    fn a_batch_given_without_ack_or_to_another_process_is_left_to_the_lease() {
         let r = receipts();
-        // A first poll (no ack) whose response was lost.
+        // A poll without ack (a daemon without receipts) whose response
+        // was lost.
         let p1 = r.issue();
         r.record("n1", p1, None, vec![(1, 1)], 1_000);
         assert!(r.settle("n1", None, r.issue()).is_empty());

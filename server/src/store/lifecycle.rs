@@ -840,25 +840,51 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
             retries_left: *attempt <= spec.retries.max,
             cancel_requested: *cancel_requested,
         };
-        match transition::next(RunState::Running, event) {
-            Step::Retry(_) => {
-                conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
-                    .execute(params![run_id, msg])?;
-                let at = now + backoff_ms(&spec, attempt + 1);
-                requeue.extend(retry(conn, *run_id, &node, now, at)?);
-            }
-            Step::Finish(state) => requeue.extend(finish(
-                conn,
-                *run_id,
-                *job_pk,
-                state,
-                now,
-                Ending::Reason(&msg),
-            )?),
-            other => unreachable!("lease expiry of a running run: {other:?}"),
-        }
+        let step = transition::next(RunState::Running, event);
+        let at = now + backoff_ms(&spec, attempt + 1);
+        let Some(runs) = end_attempt(conn, *run_id, *job_pk, &node, step, &msg, now, at)? else {
+            unreachable!("lease expiry of a running run: {step:?}")
+        };
+        requeue.extend(runs);
     }
     Ok((requeue, expired.len()))
+}
+
+/// Ends a running attempt for the server's own `reason` (its lease expired,
+/// its assignment was never read) as `step` says: retried from `retry_at`
+/// with the reason kept as its error, or finished with it. Returns the runs
+/// to queue, or None for a step that ends nothing.
+#[allow(clippy::too_many_arguments)]
+fn end_attempt(
+    conn: &Connection,
+    run_id: i64,
+    job_pk: i64,
+    node: &str,
+    step: Step,
+    reason: &str,
+    now: i64,
+    retry_at: i64,
+) -> Result<Option<Vec<Queued>>, StoreError> {
+    match step {
+        Step::Retry(_) => {
+            conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
+                .execute(params![run_id, reason])?;
+            Ok(Some(
+                retry(conn, run_id, node, now, retry_at)?
+                    .into_iter()
+                    .collect(),
+            ))
+        }
+        Step::Finish(state) => Ok(Some(finish(
+            conn,
+            run_id,
+            job_pk,
+            state,
+            now,
+            Ending::Reason(reason),
+        )?)),
+        _ => Ok(None),
+    }
 }
 
 /// Hands back attempts whose assignment `node` never read (its poll
@@ -890,23 +916,12 @@ pub fn hand_back_unread(
         };
         let msg =
             format!("attempt {attempt} handed back: node {node:?} never received its assignment");
-        match transition::next(row.state, event) {
-            Step::Retry(_) => {
-                conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
-                    .execute(params![run_id, msg])?;
-                requeue.extend(retry(conn, run_id, node, now, now)?);
-            }
-            Step::Finish(state) => requeue.extend(finish(
-                conn,
-                run_id,
-                row.job_pk,
-                state,
-                now,
-                Ending::Reason(&msg),
-            )?),
-            _ => continue,
+        let step = transition::next(row.state, event);
+        // Retried at once: it never started.
+        if let Some(runs) = end_attempt(conn, run_id, row.job_pk, node, step, &msg, now, now)? {
+            requeue.extend(runs);
+            handed += 1;
         }
-        handed += 1;
     }
     Ok((requeue, handed))
 }

@@ -549,6 +549,21 @@ impl Drop for LoopbackListener {
     }
 }
 
+/// Reads the head of one HTTP/1.1 request from `stream` and returns its
+/// path; a body is left unread (the doubles here answer GETs).
+fn request_path(stream: &std::net::TcpStream) -> Option<String> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut first = String::new();
+    reader.read_line(&mut first).ok()?;
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+        line.clear();
+    }
+    Some(first.split_whitespace().nth(1).unwrap_or("/").to_string())
+}
+
 /// A tiny HTTP target for `http` executor jobs: answers every request with
 /// `200` and the request path as the body. Stops when dropped.
 pub struct EchoHttp {
@@ -558,23 +573,12 @@ pub struct EchoHttp {
 
 impl EchoHttp {
     pub fn start() -> Result<EchoHttp> {
-        use std::io::{BufRead, BufReader, Write};
+        use std::io::Write;
         let listener = LoopbackListener::start(|stream| {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let Ok(read_half) = stream.try_clone() else {
+            let Some(path) = request_path(&stream) else {
                 return;
             };
-            let mut reader = BufReader::new(read_half);
-            let mut first = String::new();
-            if reader.read_line(&mut first).is_err() {
-                return;
-            }
-            // Skip the headers.
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                line.clear();
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
             let mut out = stream;
             let _ = write!(
                 out,
@@ -599,8 +603,9 @@ pub struct LitefsDouble {
     pub dir: PathBuf,
     pub api_port: u16,
     state: std::sync::Arc<(std::sync::Mutex<DoubleState>, std::sync::Condvar)>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Ends the `/events` streams when the double is dropped.
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _listener: LoopbackListener,
 }
 
 #[derive(Clone, Debug)]
@@ -625,13 +630,10 @@ impl DoubleState {
 impl LitefsDouble {
     /// Starts as a replica with no known primary.
     pub fn start(dir: &Path) -> Result<LitefsDouble> {
-        use std::io::{BufRead, BufReader, Write};
+        use std::io::Write;
         use std::sync::atomic::{AtomicBool, Ordering};
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(".primary"), "")?;
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let api_port = listener.local_addr()?.port();
         let state = std::sync::Arc::new((
             std::sync::Mutex::new(DoubleState {
                 version: 0,
@@ -640,86 +642,73 @@ impl LitefsDouble {
             }),
             std::sync::Condvar::new(),
         ));
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let (st, flag) = (state.clone(), stop.clone());
-        let thread = std::thread::spawn(move || {
+        let closing = std::sync::Arc::new(AtomicBool::new(false));
+        let (st, flag) = (state.clone(), closing.clone());
+        let listener = LoopbackListener::start(move |stream| {
+            let Some(path) = request_path(&stream) else {
+                return;
+            };
+            let mut out = stream;
+            let snapshot = || {
+                st.0.lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_else(|p| p.into_inner().clone())
+            };
+            if path == "/info" {
+                let body = snapshot().json(None);
+                let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                return;
+            }
+            if path != "/events" {
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                return;
+            }
+            if write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+            )
+            .is_err()
+            {
+                return;
+            }
+            let mut seen = snapshot();
+            if writeln!(out, "{}", seen.json(Some("init")))
+                .and_then(|_| out.flush())
+                .is_err()
+            {
+                return;
+            }
             while !flag.load(Ordering::Relaxed) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
+                let guard = match st.0.lock() {
+                    Ok(g) => g,
+                    Err(_) => return,
                 };
-                let (st, flag) = (st.clone(), flag.clone());
-                std::thread::spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    let mut reader = BufReader::new(match stream.try_clone() {
-                        Ok(s) => s,
-                        Err(_) => return,
-                    });
-                    let mut first = String::new();
-                    if reader.read_line(&mut first).is_err() {
-                        return;
-                    }
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                        line.clear();
-                    }
-                    let mut out = stream;
-                    let path = first.split_whitespace().nth(1).unwrap_or("/");
-                    let snapshot = || {
-                        st.0.lock()
-                            .map(|s| s.clone())
-                            .unwrap_or_else(|p| p.into_inner().clone())
-                    };
-                    if path == "/info" {
-                        let body = snapshot().json(None);
-                        let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                        return;
-                    }
-                    if path != "/events" {
-                        let _ = write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                        return;
-                    }
-                    if write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n").is_err() {
-                        return;
-                    }
-                    let mut seen = snapshot();
-                    if writeln!(out, "{}", seen.json(Some("init")))
+                let (guard, _) = match st.1.wait_timeout(guard, Duration::from_millis(200)) {
+                    Ok(r) => r,
+                    Err(_) => return,
+                };
+                let now = guard.clone();
+                drop(guard);
+                if now.version != seen.version {
+                    seen = now;
+                    if writeln!(out, "{}", seen.json(Some("primaryChange")))
                         .and_then(|_| out.flush())
                         .is_err()
                     {
                         return;
                     }
-                    while !flag.load(Ordering::Relaxed) {
-                        let guard = match st.0.lock() {
-                            Ok(g) => g,
-                            Err(_) => return,
-                        };
-                        let (guard, _) = match st.1.wait_timeout(guard, Duration::from_millis(200))
-                        {
-                            Ok(r) => r,
-                            Err(_) => return,
-                        };
-                        let now = guard.clone();
-                        drop(guard);
-                        if now.version != seen.version {
-                            seen = now;
-                            if writeln!(out, "{}", seen.json(Some("primaryChange")))
-                                .and_then(|_| out.flush())
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                });
+                }
             }
-        });
+        })?;
         Ok(LitefsDouble {
             dir: dir.to_path_buf(),
-            api_port,
+            api_port: listener.port,
             state,
-            stop,
-            thread: Some(thread),
+            closing,
+            _listener: listener,
         })
     }
 
@@ -762,10 +751,9 @@ impl LitefsDouble {
 
 impl Drop for LitefsDouble {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // The listener stops accepting as it drops, after this.
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

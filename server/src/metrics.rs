@@ -4,8 +4,8 @@
 //! describe stored data (jobs, runs by state) are refreshed at scrape time.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,7 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub is_primary: IntGauge,
     pub dispatch_queue: IntGauge,
+    pub scheduler_lookahead: Gauge,
     pub start_lateness_seconds: Histogram,
     pub runs_dispatched: IntCounter,
     pub runs_completed: IntCounterVec,
@@ -124,6 +125,10 @@ impl Metrics {
         let is_primary = must(IntGauge::new(
             "is_primary",
             "1 when this server is the primary",
+        ));
+        let scheduler_lookahead = must(Gauge::new(
+            "scheduler_lookahead_seconds",
+            "How far ahead of their time the scheduler writes the next fires' slots",
         ));
         let dispatch_queue = must(IntGauge::new(
             "dispatch_queue_depth",
@@ -254,6 +259,7 @@ impl Metrics {
             Box::new(epoch.clone()),
             Box::new(is_primary.clone()),
             Box::new(dispatch_queue.clone()),
+            Box::new(scheduler_lookahead.clone()),
             Box::new(start_lateness_seconds.clone()),
             Box::new(runs_dispatched.clone()),
             Box::new(runs_completed.clone()),
@@ -293,6 +299,7 @@ impl Metrics {
             epoch,
             is_primary,
             dispatch_queue,
+            scheduler_lookahead,
             start_lateness_seconds,
             runs_dispatched,
             runs_completed,

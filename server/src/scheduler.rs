@@ -5,9 +5,10 @@
 //! the writer to take the due jobs, plan their slots (see [`crate::misfire`]),
 //! insert them with `ON CONFLICT DO NOTHING` and advance `next_fire_at` — all
 //! in one transaction, so a crash or failover can neither lose nor repeat a
-//! slot. Ticks run [`LOOKAHEAD_MS`] ahead, so a slot is committed before its
-//! time and released by the dispatcher exactly at it. The loop then sleeps until the earliest remaining fire, or until an
-//! API write hints that something earlier exists.
+//! slot. Ticks run [`LOOKAHEAD_MS`] ahead — more before a busy second, see
+//! [`lookahead_ms`] — so a slot is committed before its time and released by
+//! the dispatcher exactly at it. The loop then sleeps until the earliest
+//! remaining fire, or until an API write hints that something earlier exists.
 
 use crate::dispatch::Dispatcher;
 use crate::loops::{self, Loop, Loops};
@@ -32,12 +33,37 @@ use tokio_util::sync::CancellationToken;
 /// transactions. Small enough that the first slots of a big second are
 /// committed (visible, dispatchable) within milliseconds.
 const FIRE_BATCH: usize = 250;
-/// Slots are written this long before their scheduled time, so they are
-/// committed, and handed to daemons (see [`crate::dispatch::DISPATCH_AHEAD_MS`]),
-/// before it arrives: daemons start them on the dot. Longer than the dispatch
-/// lookahead plus the time a big second's inserts take. Misfire grace is
+/// Slots are written at least this long before their scheduled time, so
+/// they are committed, and handed to daemons (see
+/// [`crate::dispatch::DISPATCH_AHEAD_MS`]), before it arrives: daemons start
+/// them on the dot. Longer than the dispatch lookahead plus a small second's
+/// inserts; a busy second gets more ([`lookahead_ms`]). Misfire grace is
 /// still judged against the real time.
 pub const LOOKAHEAD_MS: i64 = 250;
+/// Extra lookahead per job due in the second that starts at the next fire: a
+/// generous bound on the writer's time to create one slot while it also
+/// assigns and completes runs (25–40 µs alone, up to ~120 µs under a busy
+/// second on a slow 2-core machine: docs/benchmarks.md §20).
+const LEAD_PER_FIRE_US: i64 = 100;
+/// Most extra lookahead. A pause, edit or delete this close to a very busy
+/// second may not stop its slots (docs/scheduling.md, "Slots").
+pub const MAX_LEAD_MS: i64 = 2_000;
+/// The window, from the next fire, whose fires size the extra lookahead.
+const BUSY_WINDOW_MS: i64 = 1_000;
+/// Fires counted at most: enough for [`MAX_LEAD_MS`].
+const BUSY_COUNT_CAP: usize = (MAX_LEAD_MS * 1000 / LEAD_PER_FIRE_US) as usize;
+
+/// How far ahead the next tick writes slots when `fires` jobs fall due in
+/// the second from the next fire: [`LOOKAHEAD_MS`], plus enough for the
+/// writer to create them all before that second starts. 10,000 jobs due
+/// on one second are fired from 1.25 s before it, one job from 250 ms.
+pub fn lookahead_ms(fires: usize) -> i64 {
+    let lead = i64::try_from(fires)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(LEAD_PER_FIRE_US)
+        / 1000;
+    LOOKAHEAD_MS + lead.min(MAX_LEAD_MS)
+}
 /// Longest sleep when nothing is scheduled (a safety net, not a poll).
 const IDLE_WAKE_MS: i64 = 60_000;
 /// Parsed schedules kept between fires.
@@ -110,6 +136,9 @@ pub struct Tick {
     pub jobs_fired: usize,
     /// Earliest fire still pending after this tick.
     pub next_fire: Option<i64>,
+    /// Jobs due in the second from `next_fire` (at most [`BUSY_COUNT_CAP`]),
+    /// counted by the tick's last write: sizes the next lookahead.
+    pub fires_next: usize,
 }
 
 pub struct Scheduler {
@@ -186,6 +215,7 @@ impl Scheduler {
             total.slots_created += tick.slots_created;
             total.jobs_fired += tick.jobs_fired;
             total.next_fire = tick.next_fire;
+            total.fires_next = tick.fires_next;
             if tick.jobs_fired < FIRE_BATCH {
                 return Ok(total);
             }
@@ -201,14 +231,19 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!("scheduler started");
         let mut backoff = loops::retry_backoff();
+        let mut lookahead = LOOKAHEAD_MS;
         while !shutdown.is_cancelled() {
             let now = now_ms();
             // Claim the wake slot before reading, so a hint racing this tick is not lost.
             self.wake_at.store(i64::MAX, Ordering::Release);
             self.loops.begin(Loop::Scheduler);
-            let sleep_ms = match self.tick(LOOKAHEAD_MS).await {
+            let sleep_ms = match self.tick(lookahead).await {
                 Ok(tick) => {
                     backoff.reset();
+                    lookahead = lookahead_ms(tick.fires_next);
+                    self.metrics
+                        .scheduler_lookahead
+                        .set(lookahead as f64 / 1000.0);
                     self.loops.ok(Loop::Scheduler);
                     if tick.slots_created > 0 {
                         tracing::debug!(
@@ -219,8 +254,17 @@ impl Scheduler {
                     }
                     let target = tick.next_fire.unwrap_or(now + IDLE_WAKE_MS);
                     self.wake_at.fetch_min(target, Ordering::AcqRel);
-                    (self.wake_at.load(Ordering::Acquire) - LOOKAHEAD_MS - now_ms())
-                        .clamp(0, IDLE_WAKE_MS)
+                    let until = self.wake_at.load(Ordering::Acquire) - now_ms();
+                    // Jobs may still be added for that instant (a bulk
+                    // apply; their hints do not wake a loop already waiting
+                    // for it): look again once the longest lookahead begins,
+                    // so a second that became busy meanwhile is sized anew.
+                    let recount = until - (LOOKAHEAD_MS + MAX_LEAD_MS);
+                    if recount > 0 {
+                        recount.min(IDLE_WAKE_MS)
+                    } else {
+                        (until - lookahead).clamp(0, IDLE_WAKE_MS)
+                    }
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -343,6 +387,18 @@ fn fire_due(
         tick.created.append(&mut fired.queued);
     }
     tick.next_fire = jobs::earliest_fire(conn)?;
+    if due.len() < limit {
+        // The tick's last write: size the next lookahead (a bounded walk of
+        // the index, at most once per tick, not per batch).
+        if let Some(next) = tick.next_fire {
+            tick.fires_next = jobs::fires_between(
+                conn,
+                next,
+                next.saturating_add(BUSY_WINDOW_MS),
+                BUSY_COUNT_CAP,
+            )?;
+        }
+    }
     Ok(tick)
 }
 
@@ -360,11 +416,7 @@ mod tests {
             .sum()
     }
 
-    #[tokio::test]
-    async fn a_tick_that_does_not_commit_counts_no_slot() {
-        let (_dir, store) = temp_store();
-        let store = Arc::new(store);
-        let metrics = Arc::new(Metrics::new());
+    fn scheduler(store: &Arc<Store>, metrics: &Arc<Metrics>) -> Arc<Scheduler> {
         let registry = Arc::new(Registry::default());
         let loops = Arc::new(Loops::new(metrics.clone()));
         let dispatcher = Arc::new(Dispatcher::new(
@@ -375,7 +427,144 @@ mod tests {
             30_000,
             CancellationToken::new(),
         ));
-        let s = Scheduler::new(store.clone(), metrics.clone(), registry, dispatcher, loops);
+        Arc::new(Scheduler::new(
+            store.clone(),
+            metrics.clone(),
+            registry,
+            dispatcher,
+            loops,
+        ))
+    }
+
+    /// Stores `n` jobs firing every second, their next fire at `at`.
+    async fn every_second_jobs(store: &Store, prefix: &str, n: usize, at: i64) {
+        let spec: JobSpec = serde_json::from_str(
+            r#"{"schedule":"@every 1s","executor":{"type":"exec","argv":["true"]}}"#,
+        )
+        .unwrap();
+        let prefix = prefix.to_string();
+        store
+            .write(move |c| {
+                for i in 0..n {
+                    jobs::upsert(c, &format!("{prefix}-{i}"), &spec, 0, |_| Some(at))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn the_lookahead_grows_with_the_fires_of_the_next_second_up_to_a_bound() {
+        assert_eq!(lookahead_ms(0), LOOKAHEAD_MS);
+        assert_eq!(lookahead_ms(1), LOOKAHEAD_MS);
+        assert_eq!(lookahead_ms(1_000), LOOKAHEAD_MS + 100);
+        assert_eq!(lookahead_ms(10_000), LOOKAHEAD_MS + 1_000);
+        assert_eq!(lookahead_ms(BUSY_COUNT_CAP), LOOKAHEAD_MS + MAX_LEAD_MS);
+        assert_eq!(lookahead_ms(usize::MAX), LOOKAHEAD_MS + MAX_LEAD_MS);
+    }
+
+    #[tokio::test]
+    async fn a_tick_counts_the_fires_in_the_second_from_the_next_one() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let s = scheduler(&store, &Arc::new(Metrics::new()));
+        let at = now_ms() + 600_000;
+        every_second_jobs(&store, "busy", 300, at).await;
+        every_second_jobs(&store, "edge", 1, at + BUSY_WINDOW_MS - 1).await;
+        every_second_jobs(&store, "after", 5, at + BUSY_WINDOW_MS).await;
+        store
+            .write(|c| Ok(c.execute_batch("UPDATE jobs SET paused = 1 WHERE id = 'busy-0'")?))
+            .await
+            .unwrap();
+        let tick = s.tick(LOOKAHEAD_MS).await.unwrap();
+        assert_eq!(tick.slots_created, 0, "{tick:?}");
+        assert_eq!(tick.next_fire, Some(at));
+        // 299 active jobs at `at`, one at its last millisecond; not the
+        // paused one, nor those a second later.
+        assert_eq!(tick.fires_next, 300);
+    }
+
+    /// 3,000 jobs due on one second are fired 550 ms ahead (250 + 300):
+    /// their first slots exist before the plain lookahead would have fired
+    /// any, and every slot is created once. All but one are set to fire
+    /// there while the loop already waits for that instant (their hints do
+    /// not wake it): it counts again before the longest lookahead begins.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_second_is_fired_early_enough_and_once() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let s = scheduler(&store, &metrics);
+        let n = 3_000;
+        let far = now_ms() + 600_000;
+        every_second_jobs(&store, "busy", n, far).await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(s.clone().run(shutdown.clone()));
+        let at = now_ms() + LOOKAHEAD_MS + MAX_LEAD_MS + 1_000;
+        let move_fires = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |c| Ok(c.execute(sql, [at])?))
+                    .await
+                    .unwrap()
+            }
+        };
+        move_fires("UPDATE jobs SET next_fire_at = ?1 WHERE id = 'busy-0'").await;
+        s.hint(Some(at));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            metrics.scheduler_lookahead.get(),
+            lookahead_ms(1) as f64 / 1000.0
+        );
+        assert_eq!(
+            move_fires("UPDATE jobs SET next_fire_at = ?1 WHERE id != 'busy-0'").await,
+            n - 1
+        );
+        s.hint(Some(at));
+        let slots_at = |t: i64| {
+            let store = store.clone();
+            async move {
+                store
+                    .read(move |c| {
+                        Ok(c.query_row(
+                            "SELECT count(*), count(DISTINCT job) FROM runs WHERE scheduled_for = ?1",
+                            [t],
+                            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                        )?)
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        tokio::time::sleep(Duration::from_millis((at - 300 - now_ms()).max(0) as u64)).await;
+        let (early, _) = slots_at(at).await;
+        assert!(
+            now_ms() < at - LOOKAHEAD_MS,
+            "the test itself was too slow to look before the plain lookahead"
+        );
+        assert!(
+            early > 0,
+            "no slot of the busy second existed {} ms before it",
+            at - now_ms()
+        );
+        assert_eq!(
+            metrics.scheduler_lookahead.get(),
+            lookahead_ms(n) as f64 / 1000.0
+        );
+        tokio::time::sleep(Duration::from_millis((at + 500 - now_ms()).max(0) as u64)).await;
+        assert_eq!(slots_at(at).await, (n as i64, n as i64));
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_tick_that_does_not_commit_counts_no_slot() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let s = scheduler(&store, &metrics);
         let spec: JobSpec = serde_json::from_str(
             r#"{"schedule":"@every 1s","executor":{"type":"exec","argv":["true"]}}"#,
         )

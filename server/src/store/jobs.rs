@@ -391,6 +391,24 @@ pub fn earliest_fire(conn: &Connection) -> Result<Option<i64>, StoreError> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// How many active jobs fire in `[from, until)`, counting at most `cap`
+/// (a bounded walk of the `jobs_due` index).
+pub fn fires_between(
+    conn: &Connection,
+    from: i64,
+    until: i64,
+    cap: usize,
+) -> Result<usize, StoreError> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM jobs
+             WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0
+               AND next_fire_at >= ?1 AND next_fire_at < ?2 LIMIT ?3)",
+        )?
+        .query_row(params![from, until, cap as i64], |r| r.get(0))?;
+    Ok(n as usize)
+}
+
 /// Moves a job's next fire (None: it never fires again).
 pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<(), StoreError> {
     conn.prepare_cached("UPDATE jobs SET next_fire_at = ?2 WHERE pk = ?1")?

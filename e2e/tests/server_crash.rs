@@ -42,8 +42,15 @@ fn server_kill9_under_load_loses_no_result_and_repeats_no_slot() {
             201
         );
     }
-    std::thread::sleep(Duration::from_millis(3300));
-    // Mid-second, with runs in flight on every daemon.
+    std::thread::sleep(Duration::from_millis(3000));
+    // Mid-second, with runs in flight on every daemon: each second's runs
+    // start on the second and sleep 0.7 s, so a kill between 0.7 s and the
+    // next hand-out (0.9 s) would find none running and spool nothing.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_second = u64::from(now.subsec_millis());
+    std::thread::sleep(Duration::from_millis((1_350 - into_second) % 1_000));
     server.kill9().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let spooled: usize = daemons.iter().map(DaemonProc::spooled).sum();

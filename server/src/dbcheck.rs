@@ -1,6 +1,6 @@
 //! Offline inspection of a database file (`sundial-server check`): integrity,
 //! schema version against this build, consistency between tables (foreign
-//! keys, a counters row per job), and what the file holds (jobs, runs by
+//! keys, a `job_stats` row per job), and what the file holds (jobs, runs by
 //! state, nodes, epoch). Used after a restore (`scripts/restore.sh`) and by
 //! operators before pointing a server at a file. Opens the file read-only and
 //! never writes it.
@@ -166,13 +166,14 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
     })
 }
 
-/// The schema version that moved a job's run counters to `job_stats`.
+/// The schema version that moved a job's run counters to `job_stats`
+/// (its next fire followed in 16).
 const JOB_STATS_SINCE: i64 = 15;
 
 /// What the integrity check cannot see: rows whose parent is gone (the
 /// server enforces foreign keys; an outside edit may not have), and jobs
-/// without their counters row, which the API's reads skip and whose next
-/// run transition fails. Returns one line per kind of problem.
+/// without their `job_stats` row (next fire, flags, counters), which never
+/// fire, which the API's reads skip and whose next run transition fails. Returns one line per kind of problem.
 fn consistency(conn: &Connection, version: i64) -> Result<Vec<String>, rusqlite::Error> {
     let mut out = Vec::new();
     let mut orphans: BTreeMap<(String, String), i64> = BTreeMap::new();
@@ -200,7 +201,7 @@ fn consistency(conn: &Connection, version: i64) -> Result<Vec<String>, rusqlite:
             let shown: Vec<&str> = ids.iter().take(5).map(String::as_str).collect();
             let more = if ids.len() > shown.len() { ", …" } else { "" };
             out.push(format!(
-                "{} job(s) have no counters row in job_stats ({}{more})",
+                "{} job(s) have no row in job_stats (next fire, counters) ({}{more})",
                 ids.len(),
                 shown.join(", ")
             ));
@@ -323,7 +324,7 @@ mod tests {
         assert!(matches!(err, CheckError::Inconsistent { .. }), "{err}");
         assert!(
             err.to_string()
-                .contains("1 job(s) have no counters row in job_stats (b)"),
+                .contains("1 job(s) have no row in job_stats (next fire, counters) (b)"),
             "{err}"
         );
         // Counters back, then the job deleted with foreign keys off.

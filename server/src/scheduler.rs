@@ -1,8 +1,9 @@
 //! The scheduler (primary only): turns due `next_fire_at` values into run
 //! slots.
 //!
-//! The `jobs_due` index on `next_fire_at` is the priority queue: each tick asks
-//! the writer to take the due jobs, plan their slots (see [`crate::misfire`]),
+//! The `jobs_due` index on `job_stats.next_fire_at` is the priority queue:
+//! each tick asks the writer to take the due jobs, plan their slots (see
+//! [`crate::misfire`]),
 //! insert them with `ON CONFLICT DO NOTHING` and advance `next_fire_at` — all
 //! in one transaction, so a crash or failover can neither lose nor repeat a
 //! slot. Ticks run [`LOOKAHEAD_MS`] ahead — more before a busy second, see
@@ -474,7 +475,7 @@ mod tests {
         every_second_jobs(&store, "edge", 1, at + BUSY_WINDOW_MS - 1).await;
         every_second_jobs(&store, "after", 5, at + BUSY_WINDOW_MS).await;
         store
-            .write(|c| Ok(c.execute_batch("UPDATE jobs SET paused = 1 WHERE id = 'busy-0'")?))
+            .write(|c| Ok(c.execute_batch("UPDATE job_stats SET paused = 1 WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')")?))
             .await
             .unwrap();
         let tick = s.tick(LOOKAHEAD_MS).await.unwrap();
@@ -511,7 +512,9 @@ mod tests {
                     .unwrap()
             }
         };
-        move_fires("UPDATE jobs SET next_fire_at = ?1 WHERE id = 'busy-0'").await;
+        move_fires(
+            "UPDATE job_stats SET next_fire_at = ?1 WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')",
+        ).await;
         s.hint(Some(at));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -519,7 +522,9 @@ mod tests {
             lookahead_ms(1) as f64 / 1000.0
         );
         assert_eq!(
-            move_fires("UPDATE jobs SET next_fire_at = ?1 WHERE id != 'busy-0'").await,
+            move_fires(
+                "UPDATE job_stats SET next_fire_at = ?1 WHERE pk != (SELECT pk FROM jobs WHERE id = 'busy-0')"
+            ).await,
             n - 1
         );
         s.hint(Some(at));
@@ -585,7 +590,7 @@ mod tests {
                 // Refuses the job's next fire, which the tick writes after
                 // its slot: the slot's insert is rolled back with it.
                 c.execute_batch(
-                    "CREATE TEMP TRIGGER refuse BEFORE UPDATE OF next_fire_at ON jobs
+                    "CREATE TEMP TRIGGER refuse BEFORE UPDATE OF next_fire_at ON job_stats
                      BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
                 )?;
                 Ok(())

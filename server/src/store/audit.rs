@@ -355,7 +355,10 @@ fn corrupt(what: &str, e: impl fmt::Display) -> StoreError {
 /// What an audit row digests of a job: its stored spec and paused flag.
 pub fn job_state(conn: &Connection, id: &str) -> Result<Option<Value>, StoreError> {
     let row: Option<(String, bool)> = conn
-        .prepare_cached("SELECT spec, paused FROM jobs WHERE id = ?1")?
+        .prepare_cached(&format!(
+            "SELECT spec, paused FROM {} WHERE id = ?1",
+            super::jobs::WITH_STATS
+        ))?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     row.map(|(spec, paused)| {

@@ -191,8 +191,10 @@ pub fn fire(
     };
     let followers: Vec<(i64, String, String, bool)> = conn
         .prepare_cached(
-            "SELECT j.pk, j.spec, a.states, (j.enabled = 1 AND j.paused = 0)
-             FROM job_after a JOIN jobs j ON j.pk = a.downstream WHERE a.upstream = ?1",
+            "SELECT j.pk, j.spec, a.states, (s.enabled = 1 AND s.paused = 0)
+             FROM job_after a JOIN jobs j ON j.pk = a.downstream
+                 JOIN job_stats s ON s.pk = a.downstream
+             WHERE a.upstream = ?1",
         )?
         .query_map([&upstream], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

@@ -1,14 +1,18 @@
 //! The `jobs` table: upserts, reads, pause/resume, deletion and the queries the
 //! scheduler uses to find due jobs. The full spec is stored as canonical JSON;
 //! the fields the scheduler needs are also columns so due-job scans never parse JSON.
+//! What changes with every fire (the next fire, with the `enabled` and
+//! `paused` flags its due index filters on) lives in the job's narrow
+//! `job_stats` row beside its run counters, not in the wide spec row.
 
 use super::events::{self, EventType};
 use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sundial_proto::{ExecutorKind, Job, JobCounters, JobSpec, MisfirePolicy};
 
-/// The jobs joined with their run counters (`job_stats`, one row per job,
-/// written with it): `FROM {WITH_STATS}` for a read that needs both.
+/// The jobs joined with their narrow rows (`job_stats`, one row per job,
+/// written with it: next fire, `enabled`, `paused` and run counters):
+/// `FROM {WITH_STATS}` for a read that needs both.
 /// `USING (pk)` keeps `pk` and every other column name unqualified.
 pub(crate) const WITH_STATS: &str = "jobs JOIN job_stats USING (pk)";
 
@@ -147,17 +151,26 @@ pub fn write_spec(
         .map_err(|e| StoreError::Corrupt(format!("encoding spec: {e}")))?;
     let target_text = serde_json::to_string(&spec.target)
         .map_err(|e| StoreError::Corrupt(format!("encoding target: {e}")))?;
-    let existing: Option<(String, String, String, bool, Option<i64>)> = conn
-        .prepare_cached(
-            "SELECT spec, schedule, timezone, enabled, next_fire_at FROM jobs WHERE id = ?1",
-        )?
+    type Existing = (i64, String, String, String, bool, Option<i64>);
+    let existing: Option<Existing> = conn
+        .prepare_cached(&format!(
+            "SELECT pk, spec, schedule, timezone, enabled, next_fire_at FROM {WITH_STATS}
+             WHERE id = ?1"
+        ))?
         .query_row([id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
     let outcome = match existing {
-        Some((old_text, ..)) if old_text == spec_text => Upserted::Unchanged,
-        Some((_, schedule, timezone, enabled, next_fire_at)) => {
+        Some((_, old_text, ..)) if old_text == spec_text => Upserted::Unchanged,
+        Some((pk, _, schedule, timezone, enabled, next_fire_at)) => {
             let timing_changed =
                 schedule != spec.schedule || timezone != spec.timezone || enabled != spec.enabled;
             let next = if timing_changed {
@@ -167,14 +180,14 @@ pub fn write_spec(
             };
             conn.prepare_cached(
                 "UPDATE jobs SET spec = ?2, schedule = ?3, timezone = ?4, misfire = ?5, grace_ms = ?6,
-                    max_catch_up = ?7, concurrency = ?8, enabled = ?9, next_fire_at = ?10,
-                    keep_runs = ?11, max_age_ms = ?12, updated_at = ?13, target = ?14,
-                    executor_kind = ?15, labels = ?16, overdue_after_ms = ?17,
-                    overdue_since = CASE WHEN ?17 IS NULL THEN NULL ELSE overdue_since END
-                 WHERE id = ?1",
+                    max_catch_up = ?7, concurrency = ?8, keep_runs = ?9, max_age_ms = ?10,
+                    updated_at = ?11, target = ?12, executor_kind = ?13, labels = ?14,
+                    overdue_after_ms = ?15,
+                    overdue_since = CASE WHEN ?15 IS NULL THEN NULL ELSE overdue_since END
+                 WHERE pk = ?1",
             )?
             .execute(params![
-                id,
+                pk,
                 spec_text,
                 spec.schedule,
                 spec.timezone,
@@ -182,8 +195,6 @@ pub fn write_spec(
                 spec.misfire.grace.as_millis_i64(),
                 spec.misfire.max_catch_up,
                 spec.concurrency.as_str(),
-                spec.enabled,
-                next,
                 spec.history.keep,
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
@@ -192,14 +203,20 @@ pub fn write_spec(
                 labels_text,
                 overdue_after_ms,
             ])?;
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE job_stats SET enabled = ?2, next_fire_at = ?3 WHERE pk = ?1",
+                )?
+                .execute(params![pk, spec.enabled, next])?;
+            super::lifecycle::stats_written(changed, pk)?;
             Upserted::Updated
         }
         None => {
             conn.prepare_cached(
                 "INSERT INTO jobs (id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
-                    concurrency, enabled, next_fire_at, keep_runs, max_age_ms, created_at, updated_at,
+                    concurrency, keep_runs, max_age_ms, created_at, updated_at,
                     target, executor_kind, labels, overdue_after_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14, ?15, ?16, ?17)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 id,
@@ -210,8 +227,6 @@ pub fn write_spec(
                 spec.misfire.grace.as_millis_i64(),
                 spec.misfire.max_catch_up,
                 spec.concurrency.as_str(),
-                spec.enabled,
-                next_fire(now),
                 spec.history.keep,
                 spec.history.max_age.map(|d| d.as_millis_i64()),
                 now,
@@ -220,8 +235,14 @@ pub fn write_spec(
                 labels_text,
                 overdue_after_ms,
             ])?;
-            conn.prepare_cached("INSERT INTO job_stats (pk) VALUES (?1)")?
-                .execute([conn.last_insert_rowid()])?;
+            conn.prepare_cached(
+                "INSERT INTO job_stats (pk, enabled, next_fire_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![
+                conn.last_insert_rowid(),
+                spec.enabled,
+                next_fire(now)
+            ])?;
             Upserted::Created
         }
     };
@@ -282,10 +303,13 @@ pub fn set_paused(
     } else {
         next_fire(&current.spec, now)
     };
+    conn.prepare_cached("UPDATE jobs SET updated_at = ?2 WHERE id = ?1")?
+        .execute(params![id, now])?;
     conn.prepare_cached(
-        "UPDATE jobs SET paused = ?2, next_fire_at = ?3, updated_at = ?4 WHERE id = ?1",
+        "UPDATE job_stats SET paused = ?2, next_fire_at = ?3
+         WHERE pk = (SELECT pk FROM jobs WHERE id = ?1)",
     )?
-    .execute(params![id, paused, next, now])?;
+    .execute(params![id, paused, next])?;
     let kind = if paused {
         EventType::JobPaused
     } else {
@@ -339,7 +363,7 @@ pub fn due(
     let mut stmt = conn.prepare_cached(
         "SELECT pk, id, schedule, timezone, misfire, grace_ms, max_catch_up, next_fire_at,
                 target, executor_kind
-         FROM jobs
+         FROM job_stats JOIN jobs USING (pk)
          WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at <= ?1
          ORDER BY next_fire_at LIMIT ?2",
     )?;
@@ -385,7 +409,7 @@ pub fn due(
 pub fn earliest_fire(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT min(next_fire_at) FROM jobs
+            "SELECT min(next_fire_at) FROM job_stats
              WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0",
         )?
         .query_row([], |r| r.get(0))?)
@@ -401,7 +425,7 @@ pub fn fires_between(
 ) -> Result<usize, StoreError> {
     let n: i64 = conn
         .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM jobs
+            "SELECT count(*) FROM (SELECT 1 FROM job_stats
              WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0
                AND next_fire_at >= ?1 AND next_fire_at < ?2 LIMIT ?3)",
         )?
@@ -411,7 +435,7 @@ pub fn fires_between(
 
 /// Moves a job's next fire (None: it never fires again).
 pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE jobs SET next_fire_at = ?2 WHERE pk = ?1")?
+    conn.prepare_cached("UPDATE job_stats SET next_fire_at = ?2 WHERE pk = ?1")?
         .execute(params![pk, next])?;
     Ok(())
 }

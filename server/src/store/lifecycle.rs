@@ -5,7 +5,8 @@
 //! handed back, cancelled or expired — each as [`transition::next`] decides
 //! — and the job's counters (its `job_stats` row: `runs_total`,
 //! `runs_succeeded`, `runs_failed`, `last_run_*`, `last_state`,
-//! `last_success_at`) move with them, and each
+//! `last_success_at`; a scheduled fire moves the row's `next_fire_at` in
+//! the same statement) move with them, and each
 //! transition appends its event (`run.started`, `run.retrying`, `run.<end
 //! state>`) to the outbox. Each function runs inside a writer batch, so a
 //! transition, its counters and its event commit together.
@@ -218,26 +219,35 @@ pub fn record_slots(
     next: NextFire,
     fired: &Fired,
 ) -> Result<(), StoreError> {
-    if let NextFire::Set(next) = next {
-        conn.prepare_cached("UPDATE jobs SET next_fire_at = ?2 WHERE pk = ?1")?
-            .execute(params![job_pk, next])?;
-    }
-    if let Some((run_id, at)) = fired.last {
-        let changed = conn
+    // One statement for the job's row in each case: a scheduled fire that
+    // created slots (the hot path) moves the next fire and the counters
+    // together.
+    let changed = match (next, fired.last) {
+        (NextFire::Set(next), Some((run_id, at))) => conn
+            .prepare_cached(
+                "UPDATE job_stats SET next_fire_at = ?2, runs_total = runs_total + ?3,
+                     last_run_id = ?4, last_run_at = ?5, last_state = 'pending'
+                 WHERE pk = ?1",
+            )?
+            .execute(params![job_pk, next, fired.queued.len() as i64, run_id, at])?,
+        (NextFire::Set(next), None) => conn
+            .prepare_cached("UPDATE job_stats SET next_fire_at = ?2 WHERE pk = ?1")?
+            .execute(params![job_pk, next])?,
+        (NextFire::Keep, Some((run_id, at))) => conn
             .prepare_cached(
                 "UPDATE job_stats SET runs_total = runs_total + ?2, last_run_id = ?3,
                      last_run_at = ?4, last_state = 'pending'
                  WHERE pk = ?1",
             )?
-            .execute(params![job_pk, fired.queued.len() as i64, run_id, at])?;
-        stats_written(changed, job_pk)?;
-    }
-    Ok(())
+            .execute(params![job_pk, fired.queued.len() as i64, run_id, at])?,
+        (NextFire::Keep, None) => return Ok(()),
+    };
+    stats_written(changed, job_pk)
 }
 
-/// A job's counters row is written with the job: an update that finds none
-/// is a damaged database, not something to skip.
-fn stats_written(changed: usize, job_pk: i64) -> Result<(), StoreError> {
+/// A job's row in `job_stats` is written with the job: an update that
+/// finds none is a damaged database, not something to skip.
+pub(super) fn stats_written(changed: usize, job_pk: i64) -> Result<(), StoreError> {
     if changed == 0 {
         return Err(StoreError::Corrupt(format!(
             "job {job_pk}: no row in job_stats"

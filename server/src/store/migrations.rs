@@ -351,6 +351,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs DROP COLUMN last_state;
     ALTER TABLE jobs DROP COLUMN last_success_at;
     "#,
+    // 16: what the scheduler writes and reads per job moves to the narrow
+    // row too: the next fire, and the two flags that say whether it fires
+    // (`enabled`, a copy of the spec's, and `paused`), with the due index
+    // on them. Each fire moved the next fire in `jobs`: one rewritten
+    // page per ~10 jobs (the rows carry the spec), which was half of a
+    // slot's writer time; the same fire now updates the counters row it
+    // already wrote.
+    r#"
+    ALTER TABLE job_stats ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE job_stats ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job_stats ADD COLUMN next_fire_at INTEGER;
+    UPDATE job_stats SET (enabled, paused, next_fire_at) =
+        (SELECT enabled, paused, next_fire_at FROM jobs WHERE jobs.pk = job_stats.pk);
+    DROP INDEX jobs_due;
+    ALTER TABLE jobs DROP COLUMN enabled;
+    ALTER TABLE jobs DROP COLUMN paused;
+    ALTER TABLE jobs DROP COLUMN next_fire_at;
+    CREATE INDEX jobs_due ON job_stats (next_fire_at)
+        WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0;
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -668,6 +688,86 @@ mod tests {
             .query_row("SELECT count(*) FROM job_stats", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 1);
+    }
+
+    #[test]
+    fn v16_moves_the_next_fire_and_the_flags_to_job_stats() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..15] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 15).unwrap();
+        // Active, paused and disabled, each with a next fire; one that
+        // never fires again.
+        conn.execute_batch(
+            "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                 concurrency, enabled, paused, next_fire_at, created_at, updated_at)
+             VALUES (1, 'active', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, 3000, 0, 0),
+                    (2, 'paused', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 1, 1000, 0, 0),
+                    (3, 'disabled', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 0, 0, 2000, 0, 0),
+                    (4, 'done', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 1, 0, NULL, 0, 0);
+             INSERT INTO job_stats (pk, runs_total) VALUES (1, 7), (2, 0), (3, 0), (4, 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(i64, bool, bool, Option<i64>, i64)> = conn
+            .prepare(
+                "SELECT pk, enabled, paused, next_fire_at, runs_total FROM job_stats ORDER BY pk",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (1, true, false, Some(3000), 7),
+                (2, true, true, Some(1000), 0),
+                (3, false, false, Some(2000), 0),
+                (4, true, false, None, 1),
+            ]
+        );
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'jobs'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            !sql.contains("next_fire_at") && !sql.contains("paused") && !sql.contains("enabled"),
+            "{sql}"
+        );
+        // The due index holds the active job only, and the scheduler's
+        // query walks it.
+        let plan: String = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT pk FROM job_stats
+                 WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0
+                   AND next_fire_at <= 5000 ORDER BY next_fire_at",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ");
+        assert!(plan.contains("USING INDEX jobs_due"), "{plan}");
+        let due: Vec<i64> = conn
+            .prepare(
+                "SELECT pk FROM job_stats INDEXED BY jobs_due
+                 WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(due, vec![1]);
     }
 
     #[test]

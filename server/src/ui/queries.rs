@@ -83,9 +83,12 @@ pub fn overdue_jobs(
 ) -> Result<Vec<Job>, StoreError> {
     ids_to_jobs(
         conn,
-        "SELECT id FROM jobs
-         WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at < ?1
-         ORDER BY next_fire_at LIMIT ?2",
+        &format!(
+            "SELECT id FROM {}
+             WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0 AND next_fire_at < ?1
+             ORDER BY next_fire_at LIMIT ?2",
+            jobs::WITH_STATS
+        ),
         params![now - late_ms, limit as i64],
     )
 }
@@ -97,19 +100,20 @@ pub fn next_fires(
     to: i64,
     limit: usize,
 ) -> Result<(Vec<(String, i64)>, u64), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, next_fire_at FROM jobs
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT id, next_fire_at FROM {}
          WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0
            AND next_fire_at >= ?1 AND next_fire_at < ?2
          ORDER BY next_fire_at LIMIT ?3",
-    )?;
+        jobs::WITH_STATS
+    ))?;
     let rows = stmt.query_map(params![from, to, limit as i64], |r| {
         Ok((r.get(0)?, r.get(1)?))
     })?;
     let items = rows.collect::<Result<Vec<_>, _>>()?;
     let total: i64 = conn
         .prepare_cached(
-            "SELECT count(*) FROM jobs
+            "SELECT count(*) FROM job_stats
              WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0
                AND next_fire_at >= ?1 AND next_fire_at < ?2",
         )?
@@ -214,15 +218,21 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     let (cond, label_args) = jobs::label_condition(&q.labels, args.len() + 1);
     filter.push_str(&cond);
     args.extend(label_args.into_iter().map(Value::Text));
-    // The counters' table only when the filter or the order reads it: a
-    // join over every job costs the plain pages more than it saves them.
-    let from = if q.state == LastState::Any && q.sort != Sort::LastRun {
+    // The narrow rows' table (counters, next fire, paused) only when the
+    // filter or the order reads it: a join over every job costs the plain
+    // pages more than it saves them.
+    let filter_from = if q.state == LastState::Any && q.paused.is_none() {
         "jobs"
     } else {
         jobs::WITH_STATS
     };
+    let from = if q.sort == Sort::Id {
+        filter_from
+    } else {
+        jobs::WITH_STATS
+    };
     let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM {from}{filter}"))?
+        .prepare_cached(&format!("SELECT count(*) FROM {filter_from}{filter}"))?
         .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
     let n = args.len();
     let mut page_args = args;

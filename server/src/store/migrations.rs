@@ -417,6 +417,17 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, MigrationError> {
 mod tests {
     use super::*;
 
+    /// An in-memory database brought to `version` (no later migration).
+    fn at_version(version: usize) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        conn
+    }
+
     #[test]
     fn migrates_fresh_and_is_idempotent() {
         let mut conn = Connection::open_in_memory().unwrap();
@@ -482,11 +493,7 @@ mod tests {
 
     #[test]
     fn v13_keeps_every_run_and_its_checks() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        for sql in &MIGRATIONS[..12] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 12).unwrap();
+        let mut conn = at_version(12);
         conn.execute_batch(
             "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
                  concurrency, enabled, created_at, updated_at)
@@ -557,11 +564,7 @@ mod tests {
 
     #[test]
     fn v14_drops_the_event_indexes_and_keeps_every_event() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        for sql in &MIGRATIONS[..13] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 13).unwrap();
+        let mut conn = at_version(13);
         conn.execute_batch(
             "INSERT INTO events (id, at, type, job_id, data) VALUES
                  (3, 10, 'job.created', 'a', '{}'), (8, 20, 'run.started', 'b', '{}');",
@@ -600,12 +603,8 @@ mod tests {
 
     #[test]
     fn v15_moves_the_run_counters_to_job_stats() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = at_version(14);
         conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        for sql in &MIGRATIONS[..14] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 14).unwrap();
         conn.execute_batch(
             "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
                  concurrency, enabled, created_at, updated_at, runs_total, runs_succeeded,
@@ -692,12 +691,8 @@ mod tests {
 
     #[test]
     fn v16_moves_the_next_fire_and_the_flags_to_job_stats() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let mut conn = at_version(15);
         conn.pragma_update(None, "foreign_keys", "ON").unwrap();
-        for sql in &MIGRATIONS[..15] {
-            conn.execute_batch(sql).unwrap();
-        }
-        conn.pragma_update(None, "user_version", 15).unwrap();
         // Active, paused and disabled, each with a next fire; one that
         // never fires again.
         conn.execute_batch(

@@ -218,21 +218,29 @@ pub fn search_jobs(conn: &Connection, q: &JobSearch) -> Result<(Vec<Job>, u64), 
     let (cond, label_args) = jobs::label_condition(&q.labels, args.len() + 1);
     filter.push_str(&cond);
     args.extend(label_args.into_iter().map(Value::Text));
-    // The narrow rows' table (counters, next fire, paused) only when the
-    // filter or the order reads it: a join over every job costs the plain
-    // pages more than it saves them.
-    let filter_from = if q.state == LastState::Any && q.paused.is_none() {
-        "jobs"
-    } else {
-        jobs::WITH_STATS
+    // The narrow rows (counters, next fire, paused) only when the filter or
+    // the order reads them: a join over every job costs the plain pages
+    // more than it saves them. The count reads only the table(s) its filter
+    // needs (every job has its narrow row). A page that joins walks `jobs`
+    // first (`CROSS JOIN` fixes the order): by id it then stops after its
+    // page instead of sorting every match, which the planner, left alone,
+    // chose when both filters were on the narrow row (30 → 70 ms in the
+    // console bench).
+    const JOBS_THEN_STATS: &str = "jobs CROSS JOIN job_stats USING (pk)";
+    let reads_jobs = !q.text.is_empty() || !q.labels.is_empty();
+    let reads_stats = q.state != LastState::Any || q.paused.is_some();
+    let count_from = match (reads_jobs, reads_stats) {
+        (_, false) => "jobs",
+        (false, true) => "job_stats",
+        (true, true) => JOBS_THEN_STATS,
     };
-    let from = if q.sort == Sort::Id {
-        filter_from
+    let from = if reads_stats || q.sort != Sort::Id {
+        JOBS_THEN_STATS
     } else {
-        jobs::WITH_STATS
+        "jobs"
     };
     let total: i64 = conn
-        .prepare_cached(&format!("SELECT count(*) FROM {filter_from}{filter}"))?
+        .prepare_cached(&format!("SELECT count(*) FROM {count_from}{filter}"))?
         .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
     let n = args.len();
     let mut page_args = args;

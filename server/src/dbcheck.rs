@@ -172,8 +172,9 @@ const JOB_STATS_SINCE: i64 = 15;
 
 /// What the integrity check cannot see: rows whose parent is gone (the
 /// server enforces foreign keys; an outside edit may not have), and jobs
-/// without their `job_stats` row (next fire, flags, counters), which never
-/// fire, which the API's reads skip and whose next run transition fails. Returns one line per kind of problem.
+/// without their `job_stats` row (next fire, flags, counters): such a job
+/// never fires, the API's reads skip it and its next run transition
+/// fails. Returns one line per kind of problem.
 fn consistency(conn: &Connection, version: i64) -> Result<Vec<String>, rusqlite::Error> {
     let mut out = Vec::new();
     let mut orphans: BTreeMap<(String, String), i64> = BTreeMap::new();

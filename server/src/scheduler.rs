@@ -3,13 +3,13 @@
 //!
 //! The `jobs_due` index on `job_stats.next_fire_at` is the priority queue:
 //! each tick asks the writer to take the due jobs, plan their slots (see
-//! [`crate::misfire`]),
-//! insert them with `ON CONFLICT DO NOTHING` and advance `next_fire_at` — all
-//! in one transaction, so a crash or failover can neither lose nor repeat a
-//! slot. Ticks run [`LOOKAHEAD_MS`] ahead — more before a busy second, see
-//! [`lookahead_ms`] — so a slot is committed before its time and released by
-//! the dispatcher exactly at it. The loop then sleeps until the earliest
-//! remaining fire, or until an API write hints that something earlier exists.
+//! [`crate::misfire`]), insert them with `ON CONFLICT DO NOTHING` and
+//! advance `next_fire_at` — all in one transaction, so a crash or failover
+//! can neither lose nor repeat a slot. Ticks run [`LOOKAHEAD_MS`] ahead —
+//! more before a busy second, see [`lookahead_ms`] — so a slot is committed
+//! before its time and released by the dispatcher exactly at it. The loop
+//! then sleeps until the earliest remaining fire, or until an API write
+//! hints that something earlier exists.
 
 use crate::dispatch::Dispatcher;
 use crate::loops::{self, Loop, Loops};

@@ -475,7 +475,12 @@ mod tests {
         every_second_jobs(&store, "edge", 1, at + BUSY_WINDOW_MS - 1).await;
         every_second_jobs(&store, "after", 5, at + BUSY_WINDOW_MS).await;
         store
-            .write(|c| Ok(c.execute_batch("UPDATE job_stats SET paused = 1 WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')")?))
+            .write(|c| {
+                Ok(c.execute_batch(
+                    "UPDATE job_stats SET paused = 1
+                     WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')",
+                )?)
+            })
             .await
             .unwrap();
         let tick = s.tick(LOOKAHEAD_MS).await.unwrap();
@@ -513,8 +518,10 @@ mod tests {
             }
         };
         move_fires(
-            "UPDATE job_stats SET next_fire_at = ?1 WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')",
-        ).await;
+            "UPDATE job_stats SET next_fire_at = ?1
+             WHERE pk = (SELECT pk FROM jobs WHERE id = 'busy-0')",
+        )
+        .await;
         s.hint(Some(at));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
@@ -523,8 +530,10 @@ mod tests {
         );
         assert_eq!(
             move_fires(
-                "UPDATE job_stats SET next_fire_at = ?1 WHERE pk != (SELECT pk FROM jobs WHERE id = 'busy-0')"
-            ).await,
+                "UPDATE job_stats SET next_fire_at = ?1
+                 WHERE pk != (SELECT pk FROM jobs WHERE id = 'busy-0')",
+            )
+            .await,
             n - 1
         );
         s.hint(Some(at));

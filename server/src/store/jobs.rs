@@ -435,9 +435,10 @@ pub fn fires_between(
 
 /// Moves a job's next fire (None: it never fires again).
 pub fn set_next_fire(conn: &Connection, pk: i64, next: Option<i64>) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE job_stats SET next_fire_at = ?2 WHERE pk = ?1")?
+    let changed = conn
+        .prepare_cached("UPDATE job_stats SET next_fire_at = ?2 WHERE pk = ?1")?
         .execute(params![pk, next])?;
-    Ok(())
+    super::lifecycle::stats_written(changed, pk)
 }
 
 /// The internal key of a job, for run queries.

@@ -230,9 +230,7 @@ pub fn record_slots(
                  WHERE pk = ?1",
             )?
             .execute(params![job_pk, next, fired.queued.len() as i64, run_id, at])?,
-        (NextFire::Set(next), None) => conn
-            .prepare_cached("UPDATE job_stats SET next_fire_at = ?2 WHERE pk = ?1")?
-            .execute(params![job_pk, next])?,
+        (NextFire::Set(next), None) => return super::jobs::set_next_fire(conn, job_pk, next),
         (NextFire::Keep, Some((run_id, at))) => conn
             .prepare_cached(
                 "UPDATE job_stats SET runs_total = runs_total + ?2, last_run_id = ?3,

@@ -99,8 +99,9 @@ pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
 /// A run's details as its events carry them (`data`): `{"attempt",
 /// "trigger", "scheduled_for", "exit_code", "error", "not_before"}`, from
 /// the run's row as the transition leaves it. Assignment builds this from
-/// what it read and wrote; other transitions read it back with
-/// [`stored_run`]. Either way the JSON is built here, not in SQL.
+/// what it read and wrote, an ending from what it read before it wrote
+/// (`lifecycle::finish`); a retry reads it back with [`stored_run`]. Either
+/// way the JSON is built here, not in SQL.
 #[derive(Debug, Clone)]
 pub struct RunDetails {
     pub job_id: String,
@@ -154,31 +155,52 @@ pub fn append_run_details(
     )
 }
 
+/// The columns [`details_at`] reads, for a caller's own `SELECT` over
+/// `runs r JOIN jobs j ON j.pk = r.job`.
+macro_rules! run_details_columns {
+    () => {
+        "j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')), r.attempt,
+         r.trigger, r.scheduled_for, r.exit_code, r.error"
+    };
+}
+pub(crate) use run_details_columns;
+
+/// A run's details from [`run_details_columns`] read at column `at` onwards
+/// (`not_before` unset: only a pending run has one).
+pub(crate) fn details_at(r: &Row<'_>, at: usize, run_id: i64) -> Result<RunDetails, StoreError> {
+    let trigger: Trigger = super::column_str(r, at + 3)?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+    Ok(RunDetails {
+        job_id: r.get(at)?,
+        node: r.get(at + 1)?,
+        attempt: r.get(at + 2)?,
+        trigger,
+        scheduled_for: r.get(at + 4)?,
+        exit_code: r.get(at + 5)?,
+        error: r.get(at + 6)?,
+        not_before: None,
+    })
+}
+
 /// Reads a run's event details from its row (None: the run is gone).
 pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<RunDetails>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT j.id, coalesce(r.assigned_node, r.last_node, nullif(r.node, '')),
-            r.attempt, r.trigger, r.scheduled_for, r.exit_code, r.error, r.state, r.not_before
-         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        run_details_columns!(),
+        ", r.state, r.not_before FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1"
+    ))?;
     let mut rows = stmt.query([run_id])?;
     let Some(r) = rows.next()? else {
         return Ok(None);
     };
-    let corrupt = |e: String| StoreError::Corrupt(format!("run {run_id}: {e}"));
-    let text = |i: usize| super::column_str(r, i);
-    let state: RunState = text(7)?.parse().map_err(corrupt)?;
+    let mut details = details_at(r, 0, run_id)?;
+    let state: RunState = super::column_str(r, 7)?
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
     let not_before: i64 = r.get(8)?;
-    Ok(Some(RunDetails {
-        job_id: r.get(0)?,
-        node: r.get(1)?,
-        attempt: r.get(2)?,
-        trigger: text(3)?.parse().map_err(corrupt)?,
-        scheduled_for: r.get(4)?,
-        exit_code: r.get(5)?,
-        error: r.get(6)?,
-        not_before: (state == RunState::Pending && not_before > 0).then_some(not_before),
-    }))
+    details.not_before = (state == RunState::Pending && not_before > 0).then_some(not_before);
+    Ok(Some(details))
 }
 
 /// Appends an event about a run, its details read from the run's row (see

@@ -385,15 +385,52 @@ fn run_row(conn: &Connection, run_id: i64) -> Result<Option<RunRow>, StoreError>
     .transpose()
 }
 
-/// A run's row and its job's spec, in one read (completion needs both).
+/// What [`finish`] needs of a run as it was before it ended: its event's
+/// details and its job's overdue mark. Read with the row a transition
+/// decides on, so that ending a run reads it once.
+struct Before {
+    details: events::RunDetails,
+    overdue_since: Option<i64>,
+}
+
+/// The columns of [`Before`], in [`before_at`]'s order (`r`: the run, `j`:
+/// its job).
+macro_rules! before_columns {
+    () => {
+        concat!(events::run_details_columns!(), ", j.overdue_since")
+    };
+}
+
+/// [`Before`] from [`before_columns`] read at column `at` onwards.
+fn before_at(r: &rusqlite::Row<'_>, at: usize, run_id: i64) -> Result<Before, StoreError> {
+    Ok(Before {
+        details: events::details_at(r, at, run_id)?,
+        overdue_since: r.get(at + 7)?,
+    })
+}
+
+/// A run as [`finish`] needs it (None: the run is gone).
+fn before(conn: &Connection, run_id: i64) -> Result<Option<Before>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        before_columns!(),
+        " FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1"
+    ))?;
+    let mut rows = stmt.query([run_id])?;
+    rows.next()?.map(|r| before_at(r, 0, run_id)).transpose()
+}
+
+/// A run's row, its job's spec and what ending it needs, in one read
+/// (completion needs all three).
 fn run_row_and_spec(
     conn: &Connection,
     run_id: i64,
-) -> Result<Option<(RunRow, Arc<JobSpec>)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.state, r.attempt, r.assigned_node, r.job, r.cancel_requested, j.spec
-         FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
-    )?;
+) -> Result<Option<(RunRow, Arc<JobSpec>, Before)>, StoreError> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT r.state, r.attempt, r.assigned_node, r.job, r.cancel_requested, j.spec, ",
+        before_columns!(),
+        " FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1"
+    ))?;
     let mut rows = stmt.query([run_id])?;
     let Some(r) = rows.next()? else {
         return Ok(None);
@@ -406,7 +443,8 @@ fn run_row_and_spec(
         job_pk,
         cancel_requested: r.get(4)?,
     };
-    Ok(Some((row, spec_cache::of_text(job_pk, r.get_ref(5)?)?)))
+    let spec = spec_cache::of_text(job_pk, r.get_ref(5)?)?;
+    Ok(Some((row, spec, before_at(r, 6, run_id)?)))
 }
 
 /// Notes a running run as its job's latest state (when it is the latest run).
@@ -429,7 +467,9 @@ enum Ending<'a> {
 
 /// Moves a run to a terminal state and its job's counters with it, writes
 /// its event, and starts the jobs chained to its slot (returned for the
-/// dispatch queue). One write of the run row, one of the job row.
+/// dispatch queue). One write of the run row, one of the job row. `before`
+/// is the run as read before this (its event's details follow from it and
+/// `ending`, so the row is not read back).
 fn finish(
     conn: &Connection,
     run_id: i64,
@@ -437,6 +477,7 @@ fn finish(
     state: RunState,
     at: i64,
     ending: Ending<'_>,
+    before: Before,
 ) -> Result<Vec<Queued>, StoreError> {
     debug_assert!(state.is_terminal());
     // No `RETURNING`: it gives the statement a journal to truncate, which
@@ -468,18 +509,19 @@ fn finish(
     if changed == 0 {
         return Ok(Vec::new()); // deleted with its job
     }
-    let run = events::stored_run(conn, run_id)?
-        .ok_or_else(|| StoreError::Corrupt(format!("run {run_id}: gone after its update")))?;
+    // The row as the update left it: the ending's result or reason replaces
+    // the last attempt's (a terminal run waits for no backoff).
+    let mut run = before.details;
+    match ending {
+        Ending::Result(req) => {
+            run.exit_code = req.exit_code;
+            run.error.clone_from(&req.error);
+        }
+        Ending::Reason(error) => run.error = Some(error.to_owned()),
+    }
     let (succeeded, failed) = transition::counts(state);
     // A success of an overdue job recovers it (one `job.recovered`).
-    let overdue_since: Option<i64> = if succeeded > 0 {
-        conn.prepare_cached("SELECT overdue_since FROM jobs WHERE pk = ?1")?
-            .query_row([job_pk], |r| r.get(0))
-            .optional()?
-            .flatten()
-    } else {
-        None
-    };
+    let overdue_since = before.overdue_since.filter(|_| succeeded > 0);
     let changed = conn
         .prepare_cached(
             "UPDATE job_stats SET runs_succeeded = runs_succeeded + ?1,
@@ -512,6 +554,22 @@ fn finish(
         )?;
     }
     chains::fire(conn, run_id, &run.job_id, at)
+}
+
+/// [`finish`] for the server's own reason, reading the run first: the paths
+/// off the hot one (skip, expiry, hand-back, cancel).
+fn finish_for_reason(
+    conn: &Connection,
+    run_id: i64,
+    job_pk: i64,
+    state: RunState,
+    at: i64,
+    reason: &str,
+) -> Result<Vec<Queued>, StoreError> {
+    match before(conn, run_id)? {
+        Some(run) => finish(conn, run_id, job_pk, state, at, Ending::Reason(reason), run),
+        None => Ok(Vec::new()), // deleted with its job
+    }
 }
 
 /// Puts a run back in the queue as its next attempt.
@@ -605,15 +663,13 @@ pub fn assign(
                 .execute([c.job_pk])?;
             }
             Step::Skip => {
-                let chained = finish(
+                let chained = finish_for_reason(
                     conn,
                     c.run_id,
                     c.job_pk,
                     RunState::Skipped,
                     now,
-                    Ending::Reason(
-                        "skipped: concurrency is forbid and a previous run is still active",
-                    ),
+                    "skipped: concurrency is forbid and a previous run is still active",
                 )?;
                 out.later.extend(chained);
                 out.skipped += 1;
@@ -765,7 +821,7 @@ pub fn complete(
     req: &CompleteRequest,
     now: i64,
 ) -> Result<Result<Completion, RunCall>, StoreError> {
-    let Some((row, spec)) = run_row_and_spec(conn, run_id)? else {
+    let Some((row, spec, before)) = run_row_and_spec(conn, run_id)? else {
         return Ok(Err(RunCall::Unknown));
     };
     let current = req.attempt == row.attempt && row.assigned.as_deref() == Some(node);
@@ -816,6 +872,7 @@ pub fn complete(
                 state,
                 req.finished_at,
                 Ending::Result(req),
+                before,
             )?;
             Ok(Ok(Completion::Recorded {
                 requeue: chained,
@@ -883,13 +940,8 @@ fn end_attempt(
                     .collect(),
             ))
         }
-        Step::Finish(state) => Ok(Some(finish(
-            conn,
-            run_id,
-            job_pk,
-            state,
-            now,
-            Ending::Reason(reason),
+        Step::Finish(state) => Ok(Some(finish_for_reason(
+            conn, run_id, job_pk, state, now, reason,
         )?)),
         _ => Ok(None),
     }
@@ -962,13 +1014,13 @@ pub fn cancel(
                 .execute([run_id])?;
             Vec::new()
         }
-        Step::Finish(state) => finish(
+        Step::Finish(state) => finish_for_reason(
             conn,
             run_id,
             row.job_pk,
             state,
             now,
-            Ending::Reason("cancelled by operator"),
+            "cancelled by operator",
         )?,
         Step::AlreadyFinished(state) => {
             return Err(StoreError::Conflict(format!(
@@ -1218,6 +1270,69 @@ mod tests {
                 assert_eq!(kind, "run.cancelled");
                 assert!(data.contains(r#""error":"cancelled by operator""#), "{data}");
                 assert_event_matches_row(c, q2.run_id);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_expiry_and_a_recovery_carry_the_row_as_the_transition_left_it() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "ex", &spec(""));
+                // A lease that expires with no retries left: lost, on its node.
+                let q = one_slot(c, &job, 1_000);
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                let (requeue, expired) = expire_leases(c, 40_000)?;
+                assert_eq!((requeue.len(), expired), (0, 1));
+                let (kind, job_id, _, node, data) = last_event(c);
+                assert_eq!(
+                    (kind.as_str(), job_id.as_deref(), node.as_deref()),
+                    ("run.lost", Some("ex"), Some("n1"))
+                );
+                assert!(data.contains("lease"), "{data}");
+                assert_event_matches_row(c, q.run_id);
+                // A success of an overdue job: its run's event, then the
+                // job's recovery, and the mark is cleared.
+                c.execute(
+                    "UPDATE jobs SET overdue_since = 500 WHERE pk = ?1",
+                    [job.pk],
+                )?;
+                let q2 = one_slot(c, &job, 50_000);
+                assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000)?;
+                let r = complete(c, "n2", q2.run_id, &done(Outcome::Succeeded, 1), 51_000)?;
+                assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
+                let (kind, .., data) = last_event(c);
+                assert_eq!(kind, "job.recovered");
+                assert!(
+                    data.contains(r#""overdue_since":"1970-01-01T00:00:00.500Z""#),
+                    "{data}"
+                );
+                let (kind, run_id): (String, i64) = c.query_row(
+                    "SELECT type, run_id FROM events ORDER BY id DESC LIMIT 1 OFFSET 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                assert_eq!((kind.as_str(), run_id), ("run.succeeded", q2.run_id));
+                let mark: Option<i64> = c.query_row(
+                    "SELECT overdue_since FROM jobs WHERE pk = ?1",
+                    [job.pk],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(mark, None);
+                // A failure does not recover it.
+                c.execute(
+                    "UPDATE jobs SET overdue_since = 500 WHERE pk = ?1",
+                    [job.pk],
+                )?;
+                let q3 = one_slot(c, &job, 60_000);
+                assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000)?;
+                complete(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
+                assert_eq!(last_event(c).0, "run.failed");
+                assert_event_matches_row(c, q3.run_id);
                 Ok(())
             })
             .await

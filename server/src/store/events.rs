@@ -164,6 +164,9 @@ macro_rules! run_details_columns {
     };
 }
 pub(crate) use run_details_columns;
+/// How many columns [`run_details_columns`] names: a caller's own columns
+/// after them start at `at +` this.
+pub(crate) const RUN_DETAILS_WIDTH: usize = 7;
 
 /// A run's details from [`run_details_columns`] read at column `at` onwards
 /// (`not_before` unset: only a pending run has one).
@@ -195,10 +198,10 @@ pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<RunDetails>, 
         return Ok(None);
     };
     let mut details = details_at(r, 0, run_id)?;
-    let state: RunState = super::column_str(r, 7)?
+    let state: RunState = super::column_str(r, RUN_DETAILS_WIDTH)?
         .parse()
         .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
-    let not_before: i64 = r.get(8)?;
+    let not_before: i64 = r.get(RUN_DETAILS_WIDTH + 1)?;
     details.not_before = (state == RunState::Pending && not_before > 0).then_some(not_before);
     Ok(Some(details))
 }
@@ -354,6 +357,24 @@ mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn the_run_details_width_counts_its_columns() {
+        let (_dir, store) = temp_store();
+        let n = store
+            .read(|c| {
+                let stmt = c.prepare(concat!(
+                    "SELECT ",
+                    run_details_columns!(),
+                    " FROM runs r JOIN jobs j ON j.pk = r.job"
+                ))?;
+                Ok(stmt.column_count())
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, RUN_DETAILS_WIDTH);
+        store.close().await;
+    }
 
     #[tokio::test]
     async fn ids_grow_filters_apply_and_pruning_keeps_the_cursor_valid() {

@@ -405,7 +405,7 @@ macro_rules! before_columns {
 fn before_at(r: &rusqlite::Row<'_>, at: usize, run_id: i64) -> Result<Before, StoreError> {
     Ok(Before {
         details: events::details_at(r, at, run_id)?,
-        overdue_since: r.get(at + 7)?,
+        overdue_since: r.get(at + events::RUN_DETAILS_WIDTH)?,
     })
 }
 
@@ -1333,6 +1333,12 @@ mod tests {
                 complete(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
                 assert_eq!(last_event(c).0, "run.failed");
                 assert_event_matches_row(c, q3.run_id);
+                let mark: Option<i64> = c.query_row(
+                    "SELECT overdue_since FROM jobs WHERE pk = ?1",
+                    [job.pk],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(mark, Some(500));
                 Ok(())
             })
             .await

@@ -171,9 +171,7 @@ pub(crate) const RUN_DETAILS_WIDTH: usize = 7;
 /// A run's details from [`run_details_columns`] read at column `at` onwards
 /// (`not_before` unset: only a pending run has one).
 pub(crate) fn details_at(r: &Row<'_>, at: usize, run_id: i64) -> Result<RunDetails, StoreError> {
-    let trigger: Trigger = super::column_str(r, at + 3)?
-        .parse()
-        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+    let trigger: Trigger = super::run_value(run_id, super::column_str(r, at + 3)?)?;
     Ok(RunDetails {
         job_id: r.get(at)?,
         node: r.get(at + 1)?,
@@ -198,9 +196,7 @@ pub fn stored_run(conn: &Connection, run_id: i64) -> Result<Option<RunDetails>, 
         return Ok(None);
     };
     let mut details = details_at(r, 0, run_id)?;
-    let state: RunState = super::column_str(r, RUN_DETAILS_WIDTH)?
-        .parse()
-        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))?;
+    let state: RunState = super::run_value(run_id, super::column_str(r, RUN_DETAILS_WIDTH)?)?;
     let not_before: i64 = r.get(RUN_DETAILS_WIDTH + 1)?;
     details.not_before = (state == RunState::Pending && not_before > 0).then_some(not_before);
     Ok(Some(details))

@@ -15,7 +15,7 @@
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
 use super::transition::{self, Event, RetryAt, Step};
-use super::{chains, column_str as text, events, runs, spec_cache, StoreError};
+use super::{chains, column_str as text, events, run_value, runs, spec_cache, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
@@ -52,16 +52,6 @@ pub fn parse_target(job: &str, text: &str) -> Result<Target, StoreError> {
 pub fn parse_executor_kind(job: &str, text: &str) -> Result<ExecutorKind, StoreError> {
     text.parse()
         .map_err(|e: String| StoreError::Corrupt(format!("job {job}: {e}")))
-}
-
-fn parse_state(run_id: i64, text: &str) -> Result<RunState, StoreError> {
-    text.parse()
-        .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
-}
-
-fn parse_trigger(run_id: i64, text: &str) -> Result<Trigger, StoreError> {
-    text.parse()
-        .map_err(|e: String| StoreError::Corrupt(format!("run {run_id}: {e}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -375,7 +365,7 @@ fn run_row(conn: &Connection, run_id: i64) -> Result<Option<RunRow>, StoreError>
         .optional()?;
     row.map(|(state, attempt, assigned, job_pk, cancel_requested)| {
         Ok(RunRow {
-            state: parse_state(run_id, &state)?,
+            state: run_value(run_id, &state)?,
             attempt,
             assigned,
             job_pk,
@@ -437,7 +427,7 @@ fn run_row_and_spec(
     };
     let job_pk: i64 = r.get(3)?;
     let row = RunRow {
-        state: parse_state(run_id, text(r, 0)?)?,
+        state: run_value(run_id, text(r, 0)?)?,
         attempt: r.get(1)?,
         assigned: r.get(2)?,
         job_pk,
@@ -622,7 +612,7 @@ pub fn assign(
         let Some(row) = rows.next()? else {
             continue; // deleted with its job
         };
-        let state = parse_state(c.run_id, text(row, 0)?)?;
+        let state: RunState = run_value(c.run_id, text(row, 0)?)?;
         if state != RunState::Pending {
             continue; // cancelled meanwhile: the table would only say Ignore/AlreadyFinished
         }
@@ -630,7 +620,7 @@ pub fn assign(
         let scheduled_for: i64 = row.get(2)?;
         let job_id: String = row.get(3)?;
         let upstream_run_id: Option<i64> = row.get(4)?;
-        let trigger = parse_trigger(c.run_id, text(row, 5)?)?;
+        let trigger: Trigger = run_value(c.run_id, text(row, 5)?)?;
         let exit_code: Option<i32> = row.get(6)?;
         let error: Option<String> = row.get(7)?;
         let spec = spec_cache::of_text(c.job_pk, row.get_ref(8)?)?;
@@ -1283,6 +1273,19 @@ mod tests {
         store
             .write(|c| {
                 let job = slot_job(c, "ex", &spec(""));
+                let mark_overdue = |c: &Connection| {
+                    c.execute(
+                        "UPDATE jobs SET overdue_since = 500 WHERE pk = ?1",
+                        [job.pk],
+                    )
+                };
+                let overdue_mark = |c: &Connection| {
+                    c.query_row(
+                        "SELECT overdue_since FROM jobs WHERE pk = ?1",
+                        [job.pk],
+                        |r| r.get::<_, Option<i64>>(0),
+                    )
+                };
                 // A lease that expires with no retries left: lost, on its node.
                 let q = one_slot(c, &job, 1_000);
                 assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
@@ -1297,10 +1300,7 @@ mod tests {
                 assert_event_matches_row(c, q.run_id);
                 // A success of an overdue job: its run's event, then the
                 // job's recovery, and the mark is cleared.
-                c.execute(
-                    "UPDATE jobs SET overdue_since = 500 WHERE pk = ?1",
-                    [job.pk],
-                )?;
+                mark_overdue(c)?;
                 let q2 = one_slot(c, &job, 50_000);
                 assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000)?;
                 let r = complete(c, "n2", q2.run_id, &done(Outcome::Succeeded, 1), 51_000)?;
@@ -1317,27 +1317,16 @@ mod tests {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 assert_eq!((kind.as_str(), run_id), ("run.succeeded", q2.run_id));
-                let mark: Option<i64> = c.query_row(
-                    "SELECT overdue_since FROM jobs WHERE pk = ?1",
-                    [job.pk],
-                    |r| r.get(0),
-                )?;
+                let mark: Option<i64> = overdue_mark(c)?;
                 assert_eq!(mark, None);
                 // A failure does not recover it.
-                c.execute(
-                    "UPDATE jobs SET overdue_since = 500 WHERE pk = ?1",
-                    [job.pk],
-                )?;
+                mark_overdue(c)?;
                 let q3 = one_slot(c, &job, 60_000);
                 assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000)?;
                 complete(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
                 assert_eq!(last_event(c).0, "run.failed");
                 assert_event_matches_row(c, q3.run_id);
-                let mark: Option<i64> = c.query_row(
-                    "SELECT overdue_since FROM jobs WHERE pk = ?1",
-                    [job.pk],
-                    |r| r.get(0),
-                )?;
+                let mark: Option<i64> = overdue_mark(c)?;
                 assert_eq!(mark, Some(500));
                 Ok(())
             })

@@ -400,6 +400,16 @@ pub fn epoch(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT epoch FROM cluster WHERE id = 1", [], |r| r.get(0))?)
 }
 
+/// A run's stored state or trigger as its type: a value that does not parse
+/// is corrupt, and the error names the run.
+pub(crate) fn run_value<T: std::str::FromStr<Err = String>>(
+    run_id: i64,
+    text: &str,
+) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|e| StoreError::Corrupt(format!("run {run_id}: {e}")))
+}
+
 /// Column `i` of a row as text, borrowed (a non-text value is an error).
 pub(crate) fn column_str<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> Result<&'r str, StoreError> {
     Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?)

@@ -15,6 +15,11 @@ use sundial_bench::{
 };
 use sundial_e2e::{ServerProc, ADMIN_KEY};
 
+/// The server's allocator: `run-path` runs the server's writer in this
+/// process, and its allocations should cost what they cost in the server.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod burst_dispatch;
 mod console;
 mod dispatch;
@@ -30,7 +35,8 @@ struct Cli {
     /// Keep the temporary data directory (and server log) and print its path.
     #[arg(long, global = true)]
     keep: bool,
-    /// Record a `perf` profile of the server during the measured phase into this file.
+    /// Record a `perf` profile of the server during the measured phase into this file
+    /// (`run-path` has no server process: it profiles its own, warm-up included).
     #[arg(long, global = true)]
     perf: Option<PathBuf>,
     /// With --perf: unwind with DWARF (`--call-graph dwarf`) instead of frame pointers.
@@ -187,6 +193,14 @@ enum Scenario {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.perf.is_some()
+        && matches!(
+            cli.scenario,
+            Scenario::BurstDispatch { .. } | Scenario::Console { .. } | Scenario::Slowloris { .. }
+        )
+    {
+        bail!("--perf is not supported by this scenario (it is by startup, upsert, burst, lateness, dispatch, idle-daemons and run-path)");
+    }
     println!("{}", machine());
     let left = sundial_bench::wait_time_wait_drained(1_000, Duration::from_secs(70));
     println!("TCP sockets in TIME_WAIT at start: {left}");
@@ -300,6 +314,7 @@ fn main() -> Result<()> {
             batch,
         } => run_path::run(
             &data,
+            &opts,
             &run_path::Args {
                 jobs: jobs.max(1),
                 seconds: seconds.max(1),

@@ -12,6 +12,8 @@ use std::time::Duration;
 use sundial_server::metrics::Metrics;
 use sundial_server::store::{path_bench, Store};
 
+use super::{Opts, Perf};
+
 pub struct Args {
     pub jobs: usize,
     pub seconds: usize,
@@ -22,7 +24,7 @@ fn us_per_run(d: Duration, runs: usize) -> f64 {
     d.as_secs_f64() * 1e6 / runs as f64
 }
 
-pub fn run(data: &Path, args: &Args) -> Result<()> {
+pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -31,7 +33,10 @@ pub fn run(data: &Path, args: &Args) -> Result<()> {
     let db = data.join("sundial.db");
     let seconds = rt.block_on(async {
         let store = Store::open(&db, Arc::new(Metrics::new())).context("opening the store")?;
+        // The writer runs in this process, so `--perf` attaches here.
+        let perf = Perf::start(opts, std::process::id())?;
         let out = path_bench::run(&store, args.jobs, args.seconds, args.batch).await;
+        perf.stop()?;
         store.close().await;
         out.context("running the path")
     })?;

@@ -672,6 +672,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::prepared::Prepared;
     use crate::store::test_support::{hold_writer, one_slot, slot_job, temp_store};
     use futures_util::FutureExt;
     use sundial_proto::{ExecutorKind, JobSpec, Target};
@@ -977,7 +978,7 @@ mod tests {
                     sundial_proto::agent::Outcome::Succeeded,
                     1,
                 );
-                match lifecycle::complete(c, "n1", run, &done, 2_000)? {
+                match lifecycle::complete(&mut Prepared::new(c), "n1", run, &done, 2_000)? {
                     Ok(lifecycle::Completion::Recorded { requeue, .. }) => Ok(((), requeue)),
                     other => panic!("{other:?}"),
                 }

@@ -19,6 +19,7 @@ use crate::registry::Registry;
 use crate::schedule::Schedule;
 use crate::store::events::{self, EventType};
 use crate::store::lifecycle::{self, NextFire, Queued};
+use crate::store::prepared::Prepared;
 use crate::store::{jobs, Store, StoreError};
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -317,6 +318,8 @@ fn fire_due(
     let mut cache = cache
         .lock()
         .map_err(|_| StoreError::Io("schedule cache poisoned".into()))?;
+    // Each job's slot insert and counters: prepared once for the batch.
+    let mut p = Prepared::new(conn);
     for job in &due {
         let (job, parsed) = match job {
             Err(bad) => {
@@ -350,7 +353,7 @@ fn fire_due(
         let mut fired = lifecycle::Fired::default();
         for (at, trigger) in &plan.slots {
             let new = lifecycle::create_slots(
-                conn,
+                &mut p,
                 &slot_job,
                 *trigger,
                 *at,
@@ -383,7 +386,7 @@ fn fire_due(
                 &serde_json::json!({"missed": plan.skipped, "policy": job.misfire.as_str()}),
             )?;
         }
-        lifecycle::record_slots(conn, job.pk, NextFire::Set(plan.next), &fired)?;
+        lifecycle::record_slots(&mut p, job.pk, NextFire::Set(plan.next), &fired)?;
         tick.slots_created += fired.queued.len();
         tick.created.append(&mut fired.queued);
     }

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::registry::NodeInfo;
 use crate::secrets::ClusterSecrets;
 use crate::store::lifecycle::{self, Completion, Queued, RunCall};
+use crate::store::prepared::Prepared;
 use crate::store::{nodes, tokens, StoreError};
 use crate::validate;
 use axum::extract::{Path, State};
@@ -309,7 +310,7 @@ pub async fn complete(
         .dispatcher
         .write_then_queue_counted(
             move |c| {
-                let mut r = lifecycle::complete(c, &node, id, &req, now_ms())?;
+                let mut r = lifecycle::complete(&mut Prepared::new(c), &node, id, &req, now_ms())?;
                 let requeue = take_requeue(&mut r);
                 Ok((r, requeue))
             },
@@ -393,10 +394,13 @@ pub async fn complete_many(
             move |c| {
                 let now = now_ms();
                 let mut requeue = Vec::new();
+                // The batch's statements are prepared once for all its results.
+                let mut p = Prepared::new(c);
                 let answers = results
                     .iter()
                     .map(|item| {
-                        let mut r = lifecycle::complete(c, &node, item.run_id, &item.result, now)?;
+                        let mut r =
+                            lifecycle::complete(&mut p, &node, item.run_id, &item.result, now)?;
                         requeue.append(&mut take_requeue(&mut r));
                         Ok((item.run_id, item.result.outcome, r))
                     })

@@ -11,6 +11,7 @@
 //! `failed`, `timed_out`, `lost`, `cancelled`, `skipped` among its runs.
 
 use super::lifecycle::{self, Fired, NextFire, Queued, SlotJob};
+use super::prepared::Prepared;
 use super::{nodes, StoreError};
 use crate::registry::{self, NodeInfo};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -173,16 +174,18 @@ fn ended_slot(
 /// runs of every job that follows its slot's end state. Returns them for the
 /// dispatch queue.
 pub fn fire(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
     job_id: &str,
     now: i64,
 ) -> Result<Vec<Queued>, StoreError> {
     let mut out = Vec::new();
-    // Most jobs have no followers: one probe of the primary key.
-    let has_followers: bool = conn
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM job_after WHERE upstream = ?1)")?
+    // Most jobs have no followers: one probe of the primary key, held for
+    // the batch (every ending asks).
+    let has_followers: bool = p
+        .stmt("SELECT EXISTS (SELECT 1 FROM job_after WHERE upstream = ?1)")?
         .query_row([job_id], |r| r.get(0))?;
+    let conn = p.conn();
     if !has_followers {
         return Ok(out);
     }
@@ -224,7 +227,7 @@ pub fn fire(
         for offset in 0..1000 {
             let mut fired = Fired::default();
             let created = lifecycle::create_chain_slots(
-                conn,
+                p,
                 &job,
                 now + offset,
                 &nodes,
@@ -234,7 +237,7 @@ pub fn fire(
             )?;
             match created {
                 lifecycle::ChainSlot::Created => {
-                    lifecycle::record_slots(conn, pk, NextFire::Keep, &fired)?;
+                    lifecycle::record_slots(p, pk, NextFire::Keep, &fired)?;
                     out.append(&mut fired.queued);
                     break;
                 }
@@ -277,7 +280,10 @@ mod tests {
         let q = queued(c, run).unwrap().unwrap();
         assign(c, "n", &[q], 1, 30_000).unwrap();
         let req = result_of(outcome, 1);
-        match complete(c, "n", run, &req, 2).unwrap().unwrap() {
+        match complete(&mut Prepared::new(c), "n", run, &req, 2)
+            .unwrap()
+            .unwrap()
+        {
             Completion::Recorded { requeue, .. } => requeue,
             other => panic!("{other:?}"),
         }
@@ -328,7 +334,7 @@ mod tests {
                     ("b", sundial_proto::Trigger::Chain, Some(a_run))
                 );
                 // Firing again for the same upstream slot creates nothing.
-                assert!(fire(c, a_run, "a", 20)?.is_empty());
+                assert!(fire(&mut Prepared::new(c), a_run, "a", 20)?.is_empty());
                 // b fails → c (on failed) runs; a failing → no b (on succeeded only).
                 assert_eq!(end(c, b_run, Outcome::Failed).len(), 1);
                 let (a2, _) = lifecycle::trigger_manual(c, &job, &[String::new()], 30)?;

@@ -14,6 +14,7 @@
 //! Rows become types here: a state, trigger, target or executor kind that
 //! does not parse is a [`StoreError::Corrupt`] naming the row, never a default.
 
+use super::prepared::Prepared;
 use super::transition::{self, Event, RetryAt, Step};
 use super::{chains, column_str as text, events, run_value, runs, spec_cache, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -87,7 +88,7 @@ pub struct Fired {
 /// unless they exist (the UNIQUE key, never timing, decides). Appends the
 /// new ones to `fired`; returns how many were new.
 pub fn create_slots(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     job: &SlotJob,
     trigger: Trigger,
     at: i64,
@@ -95,7 +96,7 @@ pub fn create_slots(
     now: i64,
     fired: &mut Fired,
 ) -> Result<usize, StoreError> {
-    insert_slots(conn, job, trigger, at, nodes, None, now, fired)
+    insert_slots(p, job, trigger, at, nodes, None, now, fired)
 }
 
 /// Whether a chained slot was made.
@@ -111,7 +112,7 @@ pub enum ChainSlot {
 /// The slot a chain creates for `job` after the upstream slot whose first
 /// run is `upstream_run` (one per upstream slot, by a UNIQUE index).
 pub fn create_chain_slots(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     job: &SlotJob,
     at: i64,
     nodes: &[String],
@@ -119,6 +120,7 @@ pub fn create_chain_slots(
     now: i64,
     fired: &mut Fired,
 ) -> Result<ChainSlot, StoreError> {
+    let conn = p.conn();
     let exists: bool = conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM runs WHERE job = ?1 AND upstream_run = ?2)")?
         .query_row(params![job.pk, upstream_run], |r| r.get(0))?;
@@ -134,7 +136,7 @@ pub fn create_chain_slots(
         return Ok(ChainSlot::Collides);
     }
     insert_slots(
-        conn,
+        p,
         job,
         Trigger::Chain,
         at,
@@ -148,7 +150,7 @@ pub fn create_chain_slots(
 
 #[allow(clippy::too_many_arguments)]
 fn insert_slots(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     job: &SlotJob,
     trigger: Trigger,
     at: i64,
@@ -157,7 +159,8 @@ fn insert_slots(
     now: i64,
     fired: &mut Fired,
 ) -> Result<usize, StoreError> {
-    let mut insert = conn.prepare_cached(
+    let conn = p.conn();
+    let insert = p.stmt(
         "INSERT INTO runs (job, trigger, scheduled_for, node, state, created_at, upstream_run)
          VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)
          ON CONFLICT (job, trigger, scheduled_for, node) DO NOTHING",
@@ -204,7 +207,7 @@ pub enum NextFire {
 /// The job after a fire: next fire moved (a scheduled fire), and, when
 /// slots were created, their count and the newest noted in its counters.
 pub fn record_slots(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     job_pk: i64,
     next: NextFire,
     fired: &Fired,
@@ -213,16 +216,16 @@ pub fn record_slots(
     // created slots (the hot path) moves the next fire and the counters
     // together.
     let changed = match (next, fired.last) {
-        (NextFire::Set(next), Some((run_id, at))) => conn
-            .prepare_cached(
+        (NextFire::Set(next), Some((run_id, at))) => p
+            .stmt(
                 "UPDATE job_stats SET next_fire_at = ?2, runs_total = runs_total + ?3,
                      last_run_id = ?4, last_run_at = ?5, last_state = 'pending'
                  WHERE pk = ?1",
             )?
             .execute(params![job_pk, next, fired.queued.len() as i64, run_id, at])?,
-        (NextFire::Set(next), None) => return super::jobs::set_next_fire(conn, job_pk, next),
-        (NextFire::Keep, Some((run_id, at))) => conn
-            .prepare_cached(
+        (NextFire::Set(next), None) => return super::jobs::set_next_fire(p.conn(), job_pk, next),
+        (NextFire::Keep, Some((run_id, at))) => p
+            .stmt(
                 "UPDATE job_stats SET runs_total = runs_total + ?2, last_run_id = ?3,
                      last_run_at = ?4, last_state = 'pending'
                  WHERE pk = ?1",
@@ -253,10 +256,11 @@ pub fn trigger_manual(
     nodes: &[String],
     now: i64,
 ) -> Result<(i64, Vec<Queued>), StoreError> {
+    let mut p = Prepared::new(conn);
     for offset in 0..1000 {
         let mut fired = Fired::default();
         create_slots(
-            conn,
+            &mut p,
             job,
             Trigger::Manual,
             now + offset,
@@ -265,7 +269,7 @@ pub fn trigger_manual(
             &mut fired,
         )?;
         if let Some(first) = fired.queued.first().map(|q| q.run_id) {
-            record_slots(conn, job.pk, NextFire::Keep, &fired)?;
+            record_slots(&mut p, job.pk, NextFire::Keep, &fired)?;
             return Ok((first, fired.queued));
         }
     }
@@ -413,10 +417,10 @@ fn before(conn: &Connection, run_id: i64) -> Result<Option<Before>, StoreError> 
 /// A run's row, its job's spec and what ending it needs, in one read
 /// (completion needs all three).
 fn run_row_and_spec(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
 ) -> Result<Option<(RunRow, Arc<JobSpec>, Before)>, StoreError> {
-    let mut stmt = conn.prepare_cached(concat!(
+    let stmt = p.stmt(concat!(
         "SELECT r.state, r.attempt, r.assigned_node, r.job, r.cancel_requested, j.spec, ",
         before_columns!(),
         " FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1"
@@ -438,11 +442,9 @@ fn run_row_and_spec(
 }
 
 /// Notes a running run as its job's latest state (when it is the latest run).
-fn note_running(conn: &Connection, job_pk: i64, run_id: i64) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE job_stats SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2",
-    )?
-    .execute(params![job_pk, run_id])?;
+fn note_running(p: &mut Prepared<'_>, job_pk: i64, run_id: i64) -> Result<(), StoreError> {
+    p.stmt("UPDATE job_stats SET last_state = 'running' WHERE pk = ?1 AND last_run_id = ?2")?
+        .execute(params![job_pk, run_id])?;
     Ok(())
 }
 
@@ -461,7 +463,7 @@ enum Ending<'a> {
 /// is the run as read before this (its event's details follow from it and
 /// `ending`, so the row is not read back).
 fn finish(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
     job_pk: i64,
     state: RunState,
@@ -473,8 +475,8 @@ fn finish(
     // No `RETURNING`: it gives the statement a journal to truncate, which
     // costs more than reading the row back.
     let changed = match ending {
-        Ending::Result(req) => conn
-            .prepare_cached(
+        Ending::Result(req) => p
+            .stmt(
                 "UPDATE runs SET state = ?2, finished_at = ?3, error = ?4, exit_code = ?5,
                      output = ?6, truncated = ?7, started_at = ?8, lease_expires_at = NULL
                  WHERE id = ?1",
@@ -489,8 +491,8 @@ fn finish(
                 req.truncated,
                 req.started_at
             ])?,
-        Ending::Reason(error) => conn
-            .prepare_cached(
+        Ending::Reason(error) => p
+            .stmt(
                 "UPDATE runs SET state = ?2, finished_at = ?3, error = ?4, lease_expires_at = NULL
                  WHERE id = ?1",
             )?
@@ -512,8 +514,8 @@ fn finish(
     let (succeeded, failed) = transition::counts(state);
     // A success of an overdue job recovers it (one `job.recovered`).
     let overdue_since = before.overdue_since.filter(|_| succeeded > 0);
-    let changed = conn
-        .prepare_cached(
+    let changed = p
+        .stmt(
             "UPDATE job_stats SET runs_succeeded = runs_succeeded + ?1,
                  runs_failed = runs_failed + ?2,
                  last_state = CASE WHEN last_run_id = ?3 THEN ?4 ELSE last_state END,
@@ -530,54 +532,55 @@ fn finish(
         ])?;
     stats_written(changed, job_pk)?;
     if overdue_since.is_some() {
-        conn.prepare_cached("UPDATE jobs SET overdue_since = NULL WHERE pk = ?1")?
+        p.conn()
+            .prepare_cached("UPDATE jobs SET overdue_since = NULL WHERE pk = ?1")?
             .execute([job_pk])?;
     }
-    events::append_run_details(conn, at, events::for_state(state), run_id, &run)?;
+    events::append_run_details(p, at, events::for_state(state), run_id, &run)?;
     if let Some(since) = overdue_since {
         events::append_job(
-            conn,
+            p.conn(),
             at,
             events::EventType::JobRecovered,
             job_pk,
             &serde_json::json!({ "overdue_since": sundial_proto::time::format_ms(since), "run_id": run_id }),
         )?;
     }
-    chains::fire(conn, run_id, &run.job_id, at)
+    chains::fire(p, run_id, &run.job_id, at)
 }
 
 /// [`finish`] for the server's own reason, reading the run first: the paths
 /// off the hot one (skip, expiry, hand-back, cancel).
 fn finish_for_reason(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
     job_pk: i64,
     state: RunState,
     at: i64,
     reason: &str,
 ) -> Result<Vec<Queued>, StoreError> {
-    match before(conn, run_id)? {
-        Some(run) => finish(conn, run_id, job_pk, state, at, Ending::Reason(reason), run),
+    match before(p.conn(), run_id)? {
+        Some(run) => finish(p, run_id, job_pk, state, at, Ending::Reason(reason), run),
         None => Ok(Vec::new()), // deleted with its job
     }
 }
 
 /// Puts a run back in the queue as its next attempt.
 fn retry(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
     last_node: &str,
     now: i64,
     not_before: i64,
 ) -> Result<Option<Queued>, StoreError> {
-    conn.prepare_cached(
+    p.stmt(
         "UPDATE runs SET state = 'pending', attempt = attempt + 1, assigned_node = NULL,
              last_node = ?2, not_before = ?3, lease_expires_at = NULL
          WHERE id = ?1",
     )?
     .execute(params![run_id, last_node, not_before])?;
-    events::append_run(conn, now, events::EventType::RunRetrying, run_id)?;
-    queued(conn, run_id)
+    events::append_run(p, now, events::EventType::RunRetrying, run_id)?;
+    queued(p.conn(), run_id)
 }
 
 /// Result of trying to assign queued runs to a node.
@@ -600,9 +603,10 @@ pub fn assign(
     lease_ms: i64,
 ) -> Result<Assigned, StoreError> {
     let mut out = Assigned::default();
+    let mut p = Prepared::new(conn);
     for c in candidates {
         // The run, its job and whether another of its runs is active: one read.
-        let mut stmt = conn.prepare_cached(
+        let stmt = p.stmt(
             "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run, r.trigger,
                  r.exit_code, r.error, j.spec,
                  EXISTS (SELECT 1 FROM runs WHERE job = r.job AND state = 'running')
@@ -647,14 +651,15 @@ pub fn assign(
         match step {
             Step::Start => {}
             Step::StartReplacing => {
-                conn.prepare_cached(
-                    "UPDATE runs SET cancel_requested = 1 WHERE job = ?1 AND state = 'running'",
-                )?
-                .execute([c.job_pk])?;
+                p.conn()
+                    .prepare_cached(
+                        "UPDATE runs SET cancel_requested = 1 WHERE job = ?1 AND state = 'running'",
+                    )?
+                    .execute([c.job_pk])?;
             }
             Step::Skip => {
                 let chained = finish_for_reason(
-                    conn,
+                    &mut p,
                     c.run_id,
                     c.job_pk,
                     RunState::Skipped,
@@ -676,13 +681,13 @@ pub fn assign(
         }
         // A new attempt starts with no output: live output fills it, the
         // attempt's result replaces it.
-        conn.prepare_cached(
+        p.stmt(
             "UPDATE runs SET state = 'running', assigned_node = ?2, lease_expires_at = ?3,
                  started_at = ?4, cancel_requested = 0, output = NULL, truncated = 0
              WHERE id = ?1 AND state = 'pending'",
         )?
         .execute(params![c.run_id, node, starts_at + lease_ms, starts_at])?;
-        note_running(conn, c.job_pk, c.run_id)?;
+        note_running(&mut p, c.job_pk, c.run_id)?;
         let details = events::RunDetails {
             job_id,
             node: Some(node.to_owned()),
@@ -694,7 +699,7 @@ pub fn assign(
             not_before: None,
         };
         events::append_run_details(
-            conn,
+            &mut p,
             starts_at,
             events::EventType::RunStarted,
             c.run_id,
@@ -805,13 +810,13 @@ pub enum Completion {
 
 /// Records an attempt's result. Idempotent: a repeated delivery is `Duplicate`.
 pub fn complete(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     node: &str,
     run_id: i64,
     req: &CompleteRequest,
     now: i64,
 ) -> Result<Result<Completion, RunCall>, StoreError> {
-    let Some((row, spec, before)) = run_row_and_spec(conn, run_id)? else {
+    let Some((row, spec, before)) = run_row_and_spec(p, run_id)? else {
         return Ok(Err(RunCall::Unknown));
     };
     let current = req.attempt == row.attempt && row.assigned.as_deref() == Some(node);
@@ -831,7 +836,7 @@ pub fn complete(
     }
     match step {
         Step::Retry(at) => {
-            conn.prepare_cached(
+            p.stmt(
                 "UPDATE runs SET exit_code = ?2, output = ?3, truncated = ?4, error = ?5,
                      started_at = ?6, lease_expires_at = NULL
                  WHERE id = ?1",
@@ -848,7 +853,7 @@ pub fn complete(
                 RetryAt::Now => 0,
                 RetryAt::Backoff => backoff_ms(&spec, row.attempt + 1),
             };
-            let requeue = retry(conn, run_id, node, now, now + delay)?;
+            let requeue = retry(p, run_id, node, now, now + delay)?;
             Ok(Ok(Completion::Recorded {
                 requeue: requeue.into_iter().collect(),
                 state: RunState::Pending,
@@ -856,7 +861,7 @@ pub fn complete(
         }
         Step::Finish(state) => {
             let chained = finish(
-                conn,
+                p,
                 run_id,
                 row.job_pk,
                 state,
@@ -887,6 +892,7 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
         })?
         .collect::<Result<_, _>>()?;
     let mut requeue = Vec::new();
+    let mut p = Prepared::new(conn);
     for (run_id, attempt, node, job_pk, cancel_requested) in &expired {
         let node = node.clone().unwrap_or_default();
         let spec = job_spec(conn, *job_pk)?;
@@ -897,7 +903,7 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
         };
         let step = transition::next(RunState::Running, event);
         let at = now + backoff_ms(&spec, attempt + 1);
-        let Some(runs) = end_attempt(conn, *run_id, *job_pk, &node, step, &msg, now, at)? else {
+        let Some(runs) = end_attempt(&mut p, *run_id, *job_pk, &node, step, &msg, now, at)? else {
             unreachable!("lease expiry of a running run: {step:?}")
         };
         requeue.extend(runs);
@@ -911,7 +917,7 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
 /// to queue, or None for a step that ends nothing.
 #[allow(clippy::too_many_arguments)]
 fn end_attempt(
-    conn: &Connection,
+    p: &mut Prepared<'_>,
     run_id: i64,
     job_pk: i64,
     node: &str,
@@ -922,16 +928,14 @@ fn end_attempt(
 ) -> Result<Option<Vec<Queued>>, StoreError> {
     match step {
         Step::Retry(_) => {
-            conn.prepare_cached("UPDATE runs SET error = ?2 WHERE id = ?1")?
+            p.stmt("UPDATE runs SET error = ?2 WHERE id = ?1")?
                 .execute(params![run_id, reason])?;
             Ok(Some(
-                retry(conn, run_id, node, now, retry_at)?
-                    .into_iter()
-                    .collect(),
+                retry(p, run_id, node, now, retry_at)?.into_iter().collect(),
             ))
         }
         Step::Finish(state) => Ok(Some(finish_for_reason(
-            conn, run_id, job_pk, state, now, reason,
+            p, run_id, job_pk, state, now, reason,
         )?)),
         _ => Ok(None),
     }
@@ -952,6 +956,7 @@ pub fn hand_back_unread(
 ) -> Result<(Vec<Queued>, usize), StoreError> {
     let mut requeue = Vec::new();
     let mut handed = 0;
+    let mut p = Prepared::new(conn);
     for &(run_id, attempt) in attempts {
         let Some(row) = run_row(conn, run_id)? else {
             continue;
@@ -968,7 +973,7 @@ pub fn hand_back_unread(
             format!("attempt {attempt} handed back: node {node:?} never received its assignment");
         let step = transition::next(row.state, event);
         // Retried at once: it never started.
-        if let Some(runs) = end_attempt(conn, run_id, row.job_pk, node, step, &msg, now, now)? {
+        if let Some(runs) = end_attempt(&mut p, run_id, row.job_pk, node, step, &msg, now, now)? {
             requeue.extend(runs);
             handed += 1;
         }
@@ -1005,7 +1010,7 @@ pub fn cancel(
             Vec::new()
         }
         Step::Finish(state) => finish_for_reason(
-            conn,
+            &mut Prepared::new(conn),
             run_id,
             row.job_pk,
             state,
@@ -1044,8 +1049,9 @@ mod tests {
                 let job = slot_job(c, "j", &spec(""));
                 c.execute("DELETE FROM job_stats WHERE pk = ?1", [job.pk])?;
                 let mut fired = Fired::default();
+                let mut p = Prepared::new(c);
                 create_slots(
-                    c,
+                    &mut p,
                     &job,
                     Trigger::Schedule,
                     1_000,
@@ -1053,7 +1059,7 @@ mod tests {
                     0,
                     &mut fired,
                 )?;
-                record_slots(c, job.pk, NextFire::Set(Some(2_000)), &fired)
+                record_slots(&mut p, job.pk, NextFire::Set(Some(2_000)), &fired)
             })
             .await
             .unwrap_err();
@@ -1088,7 +1094,7 @@ mod tests {
                     Ok((true, 32_100))
                 );
                 // …and a hand-back of it ends it as cancelled, not requeued.
-                let r = complete(c, "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
+                let r = complete(&mut Prepared::new(c), "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
                 assert!(
                     matches!(&r, Ok(Completion::Recorded { requeue, state: RunState::Cancelled }) if requeue.is_empty()),
                     "{r:?}"
@@ -1153,7 +1159,13 @@ mod tests {
                 let job = slot_job(c, "h", &spec(r#","retries":{"max":0}"#));
                 let q = one_slot(c, &job, 1_000);
                 assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
-                let r = complete(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
+                let r = complete(
+                    &mut Prepared::new(c),
+                    "n1",
+                    q.run_id,
+                    &done(Outcome::HandedBack, 1),
+                    5_000,
+                )?;
                 let Ok(Completion::Recorded {
                     requeue: mut again,
                     state: RunState::Pending,
@@ -1166,11 +1178,23 @@ mod tests {
                 assert_eq!(again.ready_at, 5_000);
                 assert_eq!(state(c, q.run_id), (RunState::Pending, 2, false));
                 // The old attempt's late result is stale; the new one runs elsewhere.
-                let stale = complete(c, "n1", q.run_id, &done(Outcome::Succeeded, 1), 5_100)?;
+                let stale = complete(
+                    &mut Prepared::new(c),
+                    "n1",
+                    q.run_id,
+                    &done(Outcome::Succeeded, 1),
+                    5_100,
+                )?;
                 assert!(matches!(stale, Ok(Completion::Stale)));
                 let b = assign(c, "n2", &[again], 5_200, 30_000)?;
                 assert_eq!(b.runs[0].attempt, 2);
-                let ok = complete(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_000)?;
+                let ok = complete(
+                    &mut Prepared::new(c),
+                    "n2",
+                    q.run_id,
+                    &done(Outcome::Succeeded, 2),
+                    6_000,
+                )?;
                 assert!(matches!(
                     ok,
                     Ok(Completion::Recorded {
@@ -1178,11 +1202,75 @@ mod tests {
                         ..
                     })
                 ));
-                let dup = complete(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_001)?;
+                let dup = complete(
+                    &mut Prepared::new(c),
+                    "n2",
+                    q.run_id,
+                    &done(Outcome::Succeeded, 2),
+                    6_001,
+                )?;
                 assert!(matches!(dup, Ok(Completion::Duplicate)));
                 let j = jobs::require(c, "h")?;
                 assert_eq!((j.counters.total, j.counters.succeeded), (1, 1));
                 assert_eq!(j.counters.last_state.as_deref(), Some("succeeded"));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    /// One batch's statements serve every kind of result in it: a retry, a
+    /// success, a repeat and an unknown run, through one [`Prepared`], with
+    /// the same rows and events as one call each.
+    #[tokio::test]
+    async fn one_batch_of_mixed_results_shares_its_statements() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let flaky = slot_job(c, "flaky", &spec(r#","retries":{"max":1,"backoff":"1s"}"#));
+                let steady = slot_job(c, "steady", &spec(""));
+                let (a, b) = (one_slot(c, &flaky, 1_000), one_slot(c, &steady, 1_000));
+                assign(c, "n1", &[a.clone(), b.clone()], 1_000, 30_000)?;
+                let mut p = Prepared::new(c);
+                let failed = complete(&mut p, "n1", a.run_id, &done(Outcome::Failed, 1), 2_000)?;
+                let ok = complete(&mut p, "n1", b.run_id, &done(Outcome::Succeeded, 1), 2_000)?;
+                let dup = complete(&mut p, "n1", b.run_id, &done(Outcome::Succeeded, 1), 2_001)?;
+                let gone = complete(&mut p, "n1", 999_999, &done(Outcome::Succeeded, 1), 2_002)?;
+                drop(p);
+                assert!(
+                    matches!(&failed, Ok(Completion::Recorded { state: RunState::Pending, requeue }) if requeue.len() == 1),
+                    "{failed:?}"
+                );
+                assert!(
+                    matches!(ok, Ok(Completion::Recorded { state: RunState::Succeeded, .. })),
+                    "{ok:?}"
+                );
+                assert!(matches!(dup, Ok(Completion::Duplicate)), "{dup:?}");
+                assert!(matches!(gone, Err(RunCall::Unknown)), "{gone:?}");
+                assert_eq!(state(c, a.run_id), (RunState::Pending, 2, false));
+                assert_eq!(state(c, b.run_id).0, RunState::Succeeded);
+                let kinds: Vec<(String, i64)> = c
+                    .prepare("SELECT type, run_id FROM events WHERE run_id IS NOT NULL ORDER BY id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let want = [
+                    ("run.started", a.run_id),
+                    ("run.started", b.run_id),
+                    ("run.retrying", a.run_id),
+                    ("run.succeeded", b.run_id),
+                ];
+                assert_eq!(
+                    kinds,
+                    want.map(|(k, r)| (k.to_owned(), r)).to_vec(),
+                    "one event per transition, none for the repeat"
+                );
+                let (succeeded, failed): (i64, i64) = c.query_row(
+                    "SELECT sum(runs_succeeded), sum(runs_failed) FROM job_stats",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                assert_eq!((succeeded, failed), (1, 0), "a retry is not a failure yet");
                 Ok(())
             })
             .await
@@ -1205,7 +1293,7 @@ mod tests {
     fn assert_event_matches_row(c: &Connection, run_id: i64) {
         let fast = last_event(c);
         let kind: events::EventType = fast.0.parse().unwrap();
-        events::append_run(c, 0, kind, run_id).unwrap();
+        events::append_run(&mut Prepared::new(c), 0, kind, run_id).unwrap();
         assert_eq!(fast, last_event(c));
     }
 
@@ -1224,7 +1312,7 @@ mod tests {
                     output: "boom".into(),
                     ..done(Outcome::Failed, 1)
                 };
-                let r = complete(c, "n1", q.run_id, &failed, 2_000)?;
+                let r = complete(&mut Prepared::new(c), "n1", q.run_id, &failed, 2_000)?;
                 let Ok(Completion::Recorded { mut requeue, .. }) = r else {
                     panic!("{r:?}");
                 };
@@ -1241,7 +1329,7 @@ mod tests {
                     exit_code: Some(0),
                     ..done(Outcome::Succeeded, 2)
                 };
-                let r = complete(c, "n2", q.run_id, &ok, 4_000)?;
+                let r = complete(&mut Prepared::new(c), "n2", q.run_id, &ok, 4_000)?;
                 assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
                 let (kind, job_id, run, node, data) = last_event(c);
                 assert_eq!(
@@ -1303,7 +1391,13 @@ mod tests {
                 mark_overdue(c)?;
                 let q2 = one_slot(c, &job, 50_000);
                 assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000)?;
-                let r = complete(c, "n2", q2.run_id, &done(Outcome::Succeeded, 1), 51_000)?;
+                let r = complete(
+                    &mut Prepared::new(c),
+                    "n2",
+                    q2.run_id,
+                    &done(Outcome::Succeeded, 1),
+                    51_000,
+                )?;
                 assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
                 let (kind, .., data) = last_event(c);
                 assert_eq!(kind, "job.recovered");
@@ -1323,7 +1417,14 @@ mod tests {
                 mark_overdue(c)?;
                 let q3 = one_slot(c, &job, 60_000);
                 assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000)?;
-                complete(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
+                complete(
+                    &mut Prepared::new(c),
+                    "n2",
+                    q3.run_id,
+                    &done(Outcome::Failed, 1),
+                    61_000,
+                )?
+                .unwrap();
                 assert_eq!(last_event(c).0, "run.failed");
                 assert_event_matches_row(c, q3.run_id);
                 let mark: Option<i64> = overdue_mark(c)?;

@@ -1,14 +1,18 @@
 //! The SQLite store: opening the database with Sundial's pragmas, migrations,
 //! the single writer ([`writer`]) and a pool of read-only connections.
 //!
-//! Domain queries live beside this file, one per table: [`jobs`], [`runs`]
-//! (reads and pruning), [`nodes`], [`keys`], [`tokens`]. Every change of a
+//! Domain queries live beside this file, one per table: [`jobs`] (and
+//! [`apply`], a whole directory of them at once), [`runs`] (reads and
+//! pruning), [`nodes`], [`keys`], [`tokens`], [`nonces`], [`webhooks`],
+//! [`chains`] (`job_after`), [`events`] (the outbox) and [`audit`]. Every change of a
 //! run — slot creation, assignment, heartbeat, completion, retry, hand-back,
 //! cancel, lease expiry — and the job counters that follow it belong to
 //! [`lifecycle`], which asks the pure state table in [`transition`] what
 //! each event does. [`migrations`] versions the schema. They take a
 //! `&Connection` so the same code serves reads (pool) and writes (inside a
-//! [`writer`] batch). [`path_bench`] drives the run path through the
+//! [`writer`] batch); the run path's writes take the batch's [`prepared`]
+//! statements instead, prepared once for all its runs. [`spec_cache`] keeps
+//! parsed job specs for it. [`path_bench`] drives the run path through the
 //! writer for `sundial-bench run-path`.
 
 pub(crate) mod apply;
@@ -22,6 +26,7 @@ pub(crate) mod migrations;
 pub(crate) mod nodes;
 pub(crate) mod nonces;
 pub mod path_bench;
+pub(crate) mod prepared;
 pub(crate) mod runs;
 pub(crate) mod spec_cache;
 pub(crate) mod tokens;
@@ -473,8 +478,9 @@ pub(crate) mod test_support {
     /// Creates `job`'s scheduled slot at `at`; returns its queue entry.
     pub fn one_slot(c: &Connection, job: &lifecycle::SlotJob, at: i64) -> lifecycle::Queued {
         let mut fired = lifecycle::Fired::default();
+        let mut p = super::prepared::Prepared::new(c);
         lifecycle::create_slots(
-            c,
+            &mut p,
             job,
             sundial_proto::Trigger::Schedule,
             at,
@@ -483,7 +489,7 @@ pub(crate) mod test_support {
             &mut fired,
         )
         .unwrap();
-        lifecycle::record_slots(c, job.pk, lifecycle::NextFire::Keep, &fired).unwrap();
+        lifecycle::record_slots(&mut p, job.pk, lifecycle::NextFire::Keep, &fired).unwrap();
         fired.queued.pop().unwrap()
     }
 }

@@ -7,6 +7,7 @@
 //! bench crate.
 
 use super::lifecycle::{self, Fired, NextFire, Queued, SlotJob};
+use super::prepared::Prepared;
 use super::{jobs, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +71,11 @@ pub async fn run(
         let queued: Vec<Queued> = store
             .write(move |c| {
                 let mut all = Vec::with_capacity(js.len());
+                let mut p = Prepared::new(c);
                 for job in js.iter() {
                     let mut fired = Fired::default();
                     lifecycle::create_slots(
-                        c,
+                        &mut p,
                         job,
                         Trigger::Schedule,
                         at,
@@ -81,7 +83,12 @@ pub async fn run(
                         at,
                         &mut fired,
                     )?;
-                    lifecycle::record_slots(c, job.pk, NextFire::Set(Some(at + 1000)), &fired)?;
+                    lifecycle::record_slots(
+                        &mut p,
+                        job.pk,
+                        NextFire::Set(Some(at + 1000)),
+                        &fired,
+                    )?;
                     all.append(&mut fired.queued);
                 }
                 Ok(all)
@@ -114,6 +121,7 @@ pub async fn run(
                 .collect();
             store
                 .write(move |c| {
+                    let mut p = Prepared::new(c);
                     for (node, run_id, attempt) in &chunk {
                         let req = CompleteRequest {
                             attempt: *attempt,
@@ -125,7 +133,7 @@ pub async fn run(
                             started_at: at,
                             finished_at: at + 1,
                         };
-                        match lifecycle::complete(c, node, *run_id, &req, at + 1)? {
+                        match lifecycle::complete(&mut p, node, *run_id, &req, at + 1)? {
                             Ok(lifecycle::Completion::Recorded { .. }) => {}
                             other => {
                                 return Err(StoreError::Corrupt(format!(

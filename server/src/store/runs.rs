@@ -202,6 +202,7 @@ mod tests {
     use super::*;
     use crate::store::jobs;
     use crate::store::lifecycle::{self, Fired, NextFire, SlotJob};
+    use crate::store::prepared::Prepared;
     use crate::store::test_support::temp_store;
     use std::sync::Arc;
     use sundial_proto::agent::{CompleteRequest, Outcome};
@@ -227,8 +228,9 @@ mod tests {
     /// Creates one slot; None when it already existed.
     fn slot(c: &Connection, job: &SlotJob, trigger: Trigger, at: i64) -> Option<i64> {
         let mut fired = Fired::default();
-        lifecycle::create_slots(c, job, trigger, at, &[String::new()], 1, &mut fired).unwrap();
-        lifecycle::record_slots(c, job.pk, NextFire::Keep, &fired).unwrap();
+        let mut p = Prepared::new(c);
+        lifecycle::create_slots(&mut p, job, trigger, at, &[String::new()], 1, &mut fired).unwrap();
+        lifecycle::record_slots(&mut p, job.pk, NextFire::Keep, &fired).unwrap();
         fired.queued.first().map(|q| q.run_id)
     }
 
@@ -246,7 +248,9 @@ mod tests {
             started_at: 2,
             finished_at: 5,
         };
-        lifecycle::complete(c, "n", id, &req, 5).unwrap().unwrap();
+        lifecycle::complete(&mut Prepared::new(c), "n", id, &req, 5)
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -1069,6 +1069,17 @@ mod tests {
         );
     }
 
+    /// One result in a batch of its own.
+    fn complete_one(
+        c: &Connection,
+        node: &str,
+        run_id: i64,
+        req: &CompleteRequest,
+        now: i64,
+    ) -> Result<Result<Completion, RunCall>, StoreError> {
+        complete(&mut Prepared::new(c), node, run_id, req, now)
+    }
+
     fn state(c: &Connection, run: i64) -> (RunState, u32, bool) {
         let r = run_row(c, run).unwrap().unwrap();
         (r.state, r.attempt, r.cancel_requested)
@@ -1094,7 +1105,7 @@ mod tests {
                     Ok((true, 32_100))
                 );
                 // …and a hand-back of it ends it as cancelled, not requeued.
-                let r = complete(&mut Prepared::new(c), "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
+                let r = complete_one(c, "n1", first.run_id, &done(Outcome::HandedBack, 1), 2_200)?;
                 assert!(
                     matches!(&r, Ok(Completion::Recorded { requeue, state: RunState::Cancelled }) if requeue.is_empty()),
                     "{r:?}"
@@ -1159,13 +1170,7 @@ mod tests {
                 let job = slot_job(c, "h", &spec(r#","retries":{"max":0}"#));
                 let q = one_slot(c, &job, 1_000);
                 assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
-                let r = complete(
-                    &mut Prepared::new(c),
-                    "n1",
-                    q.run_id,
-                    &done(Outcome::HandedBack, 1),
-                    5_000,
-                )?;
+                let r = complete_one(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
                 let Ok(Completion::Recorded {
                     requeue: mut again,
                     state: RunState::Pending,
@@ -1178,23 +1183,11 @@ mod tests {
                 assert_eq!(again.ready_at, 5_000);
                 assert_eq!(state(c, q.run_id), (RunState::Pending, 2, false));
                 // The old attempt's late result is stale; the new one runs elsewhere.
-                let stale = complete(
-                    &mut Prepared::new(c),
-                    "n1",
-                    q.run_id,
-                    &done(Outcome::Succeeded, 1),
-                    5_100,
-                )?;
+                let stale = complete_one(c, "n1", q.run_id, &done(Outcome::Succeeded, 1), 5_100)?;
                 assert!(matches!(stale, Ok(Completion::Stale)));
                 let b = assign(c, "n2", &[again], 5_200, 30_000)?;
                 assert_eq!(b.runs[0].attempt, 2);
-                let ok = complete(
-                    &mut Prepared::new(c),
-                    "n2",
-                    q.run_id,
-                    &done(Outcome::Succeeded, 2),
-                    6_000,
-                )?;
+                let ok = complete_one(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_000)?;
                 assert!(matches!(
                     ok,
                     Ok(Completion::Recorded {
@@ -1202,13 +1195,7 @@ mod tests {
                         ..
                     })
                 ));
-                let dup = complete(
-                    &mut Prepared::new(c),
-                    "n2",
-                    q.run_id,
-                    &done(Outcome::Succeeded, 2),
-                    6_001,
-                )?;
+                let dup = complete_one(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_001)?;
                 assert!(matches!(dup, Ok(Completion::Duplicate)));
                 let j = jobs::require(c, "h")?;
                 assert_eq!((j.counters.total, j.counters.succeeded), (1, 1));
@@ -1312,7 +1299,7 @@ mod tests {
                     output: "boom".into(),
                     ..done(Outcome::Failed, 1)
                 };
-                let r = complete(&mut Prepared::new(c), "n1", q.run_id, &failed, 2_000)?;
+                let r = complete_one(c, "n1", q.run_id, &failed, 2_000)?;
                 let Ok(Completion::Recorded { mut requeue, .. }) = r else {
                     panic!("{r:?}");
                 };
@@ -1329,7 +1316,7 @@ mod tests {
                     exit_code: Some(0),
                     ..done(Outcome::Succeeded, 2)
                 };
-                let r = complete(&mut Prepared::new(c), "n2", q.run_id, &ok, 4_000)?;
+                let r = complete_one(c, "n2", q.run_id, &ok, 4_000)?;
                 assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
                 let (kind, job_id, run, node, data) = last_event(c);
                 assert_eq!(
@@ -1391,13 +1378,7 @@ mod tests {
                 mark_overdue(c)?;
                 let q2 = one_slot(c, &job, 50_000);
                 assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000)?;
-                let r = complete(
-                    &mut Prepared::new(c),
-                    "n2",
-                    q2.run_id,
-                    &done(Outcome::Succeeded, 1),
-                    51_000,
-                )?;
+                let r = complete_one(c, "n2", q2.run_id, &done(Outcome::Succeeded, 1), 51_000)?;
                 assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
                 let (kind, .., data) = last_event(c);
                 assert_eq!(kind, "job.recovered");
@@ -1417,14 +1398,7 @@ mod tests {
                 mark_overdue(c)?;
                 let q3 = one_slot(c, &job, 60_000);
                 assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000)?;
-                complete(
-                    &mut Prepared::new(c),
-                    "n2",
-                    q3.run_id,
-                    &done(Outcome::Failed, 1),
-                    61_000,
-                )?
-                .unwrap();
+                complete_one(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
                 assert_eq!(last_event(c).0, "run.failed");
                 assert_event_matches_row(c, q3.run_id);
                 let mark: Option<i64> = overdue_mark(c)?;

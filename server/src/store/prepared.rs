@@ -2,7 +2,7 @@
 //!
 //! rusqlite's `prepare_cached` trims and hashes the SQL, moves the entry
 //! out of and back into its LRU (a second hash) and allocates an
-//! `Arc<str>` key on every use: about 5 % of the writer's time on the run
+//! `Arc<str>` key on every use: ~6.5 % of the writer's time on the run
 //! path, where a batch runs the same few statements for each of hundreds of
 //! runs (docs/benchmarks.md §23). A [`Prepared`] takes each statement from
 //! that cache on its first use in the batch, keeps it, and finds it again by

@@ -4,9 +4,9 @@
 //! Processes run in their own process group. A timeout or cancel sends
 //! SIGTERM to the whole group, waits the kill grace, then SIGKILLs the group;
 //! when the main process exits, whatever is left of its group is killed too,
-//! so no orphan outlives its run. stdout and stderr are captured together up
-//! to the output cap; beyond it output is drained and dropped and the run is
-//! flagged `truncated`.
+//! so no orphan outlives its run. stdout and stderr share one pipe, so they
+//! are captured together in the order written, up to the output cap; beyond
+//! it output is drained and dropped and the run is flagged `truncated`.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -142,6 +142,28 @@ async fn drain(mut r: impl AsyncRead + Unpin, cap: usize, into: Arc<Mutex<Captur
     }
 }
 
+/// One pipe for a job's stdout and stderr: the two write ends go to the
+/// child, the read end stays with the daemon.
+struct OutputPipe {
+    read: tokio::net::unix::pipe::Receiver,
+    stdout: Stdio,
+    stderr: Stdio,
+}
+
+impl OutputPipe {
+    fn open() -> std::io::Result<OutputPipe> {
+        // Close-on-exec: the child gets the write end as fds 1 and 2 only,
+        // and no other job's process inherits it.
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let stderr = write.try_clone()?;
+        Ok(OutputPipe {
+            read: tokio::net::unix::pipe::Receiver::from_owned_fd(read)?,
+            stdout: Stdio::from(write),
+            stderr: Stdio::from(stderr),
+        })
+    }
+}
+
 fn signal_group(pgid: i32, sig: Signal) {
     // ESRCH (group already gone) is the normal case after a clean exit.
     let _ = killpg(Pid::from_raw(pgid), sig);
@@ -215,11 +237,20 @@ async fn run_process(
                 .map(|id| ("SUNDIAL_UPSTREAM_RUN_ID", id.to_string())),
         )
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    // stdout and stderr share one pipe: the output keeps the order the job
+    // wrote it in, and a run costs one pipe and one reader, not two.
+    let output = match OutputPipe::open() {
+        Ok(pipe) => pipe,
+        Err(e) => return Finished::failed(format!("creating the output pipe: {e}")),
+    };
+    cmd.stdout(output.stdout).stderr(output.stderr);
+    let spawned = cmd.spawn();
+    // The parent's write ends live in the command: close them now, so the
+    // reader sees the end of the output when the job's side closes.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => return Finished::failed(format!("starting the process: {e}")),
     };
@@ -228,13 +259,7 @@ async fn run_process(
     };
     let pgid = pid as i32;
     let capture = stop.output.clone();
-    let mut readers = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        readers.push(tokio::spawn(drain(out, limits.output_cap, capture.clone())));
-    }
-    if let Some(err) = child.stderr.take() {
-        readers.push(tokio::spawn(drain(err, limits.output_cap, capture.clone())));
-    }
+    let reader = tokio::spawn(drain(output.read, limits.output_cap, capture.clone()));
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let timed = async {
         match deadline {
@@ -256,9 +281,7 @@ async fn run_process(
     };
     // Nothing of the job's process group outlives the job.
     signal_group(pgid, Signal::SIGKILL);
-    for r in readers {
-        let _ = tokio::time::timeout(Duration::from_secs(2), r).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
     let (output, truncated) = match capture.lock() {
         Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
         Err(_) => (String::new(), false),
@@ -460,6 +483,42 @@ mod tests {
         .await;
         assert_eq!(missing.outcome, Outcome::Failed);
         assert!(missing.error.unwrap().contains("starting"));
+    }
+
+    #[tokio::test]
+    async fn stdout_and_stderr_keep_the_order_they_were_written_in() {
+        let script = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done";
+        let f = execute(
+            &assignment(shell(script), None),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::Succeeded, "{:?}", f.error);
+        let expected: String = (1..=5).map(|i| format!("out{i}\nerr{i}\n")).collect();
+        assert_eq!(f.output, expected);
+    }
+
+    #[tokio::test]
+    async fn a_job_ends_when_its_process_does() {
+        // The daemon closes its copies of the output pipe's write ends at
+        // the spawn: otherwise the reader would wait for them (up to 2 s)
+        // after the job had exited.
+        let started = std::time::Instant::now();
+        let f = execute(
+            &assignment(shell("echo quick"), None),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(
+            (f.outcome, f.output.as_str()),
+            (Outcome::Succeeded, "quick\n")
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
     }
 
     #[tokio::test]

@@ -578,6 +578,157 @@ mod tests {
         assert!(gone, "grandchild {pid} survived the timeout");
     }
 
+    /// A loopback HTTP/1.1 responder for `http` jobs, one request per
+    /// connection: `/go` redirects to `/final` ("done"), `/teapot` answers
+    /// 418, `/echo` answers with the request's method, `x-t` header and body.
+    async fn responder() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    // The head, then as much body as Content-Length says.
+                    let (head, mut body) = loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..i]).to_lowercase();
+                            break (head, buf[i + 4..].to_vec());
+                        }
+                    };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while body.len() < length {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        body.extend_from_slice(&chunk[..n]);
+                    }
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let header = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-t:"))
+                        .unwrap_or("")
+                        .trim();
+                    let (status, extra, text) = match path {
+                        "/go" => ("302 Found", "location: /final\r\n", String::new()),
+                        "/final" => ("200 OK", "", "done".to_string()),
+                        "/teapot" => ("418 I'm a teapot", "", "no".to_string()),
+                        "/echo" => (
+                            "200 OK",
+                            "",
+                            format!("{method} {header} {}", String::from_utf8_lossy(&body)),
+                        ),
+                        _ => ("404 Not Found", "", String::new()),
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{text}",
+                        text.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        base
+    }
+
+    /// The client `http` jobs run with in the daemon.
+    fn jobs_client() -> reqwest::Client {
+        crate::client::job_http_client(None).unwrap()
+    }
+
+    fn http(method: &str, url: String, expect: &[u16]) -> Executor {
+        Executor::Http {
+            method: method.into(),
+            url,
+            headers: Default::default(),
+            body: None,
+            expect_status: expect.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http_job_follows_redirects_and_keeps_the_body() {
+        let base = responder().await;
+        let f = execute(
+            &assignment(http("GET", format!("{base}/go"), &[200]), Some(5_000)),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        // The status is the final response's, after the redirect.
+        assert_eq!(f.outcome, Outcome::Succeeded, "{:?}", f.error);
+        assert_eq!(f.exit_code, Some(200));
+        assert_eq!(f.output, "done");
+    }
+
+    #[tokio::test]
+    async fn an_http_job_sends_its_method_headers_and_body() {
+        let base = responder().await;
+        let mut executor = http("POST", format!("{base}/echo"), &[200]);
+        if let Executor::Http { headers, body, .. } = &mut executor {
+            headers.insert("X-T".into(), "v1".into());
+            *body = Some("payload".into());
+        }
+        let f = execute(
+            &assignment(executor, Some(5_000)),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::Succeeded, "{:?}", f.error);
+        assert_eq!(f.output, "post v1 payload");
+    }
+
+    #[tokio::test]
+    async fn an_http_status_outside_expect_status_fails_the_run() {
+        let base = responder().await;
+        let f = execute(
+            &assignment(
+                http("GET", format!("{base}/teapot"), &[200, 204]),
+                Some(5_000),
+            ),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::Failed);
+        assert_eq!(f.exit_code, Some(418));
+        assert_eq!(f.output, "no");
+        let error = f.error.unwrap_or_default();
+        assert!(error.contains("unexpected HTTP status 418"), "{error}");
+        let bad = execute(
+            &assignment(http("NOT A METHOD", format!("{base}/final"), &[200]), None),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        assert_eq!(bad.outcome, Outcome::Failed);
+        assert!(bad
+            .error
+            .unwrap_or_default()
+            .contains("is not an HTTP method"));
+    }
+
     #[tokio::test]
     async fn stop_reports_its_reason() {
         let stop = Arc::new(Stop::default());

@@ -25,6 +25,10 @@ pub fn start_litefs_server(shared: &Path, double: &LitefsDouble, secret: &Path) 
             secret.to_str().unwrap(),
             "--lease",
             "3s",
+            // As deployed (k8s/configmap.yaml): the pair's database is
+            // replicated by Litestream, which then owns the checkpoints.
+            "--wal-autocheckpoint",
+            "0",
         ],
     )
     .unwrap()

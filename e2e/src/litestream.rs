@@ -18,6 +18,10 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
+/// The server's flags wherever Litestream replicates its database, as the
+/// deployment kit sets them: Litestream owns the checkpoints (docs/dr.md).
+pub const SERVER_FLAGS: &[&str] = &["--wal-autocheckpoint", "0"];
+
 /// Credentials moto accepts (it checks none); never real ones.
 const MOTO_KEY_ID: &str = "sundial-test";
 const MOTO_SECRET: &str = "sundial-test-secret";

@@ -799,8 +799,9 @@ fn chaos_soak_keeps_every_invariant() {
             let hint = if live_sound && crashes > 0 && e.contains("failed its check") {
                 format!(
                     "\n(the live database passes its check and Litestream was killed {crashes} time(s): \
-                     the known Litestream 0.5 replica corruption after a crash, \
-                     benbjohnson/litestream#1164; see docs/dr.md)"
+                     a Litestream 0.5 replica restores corrupt when the server checkpointed while \
+                     Litestream was down, benbjohnson/litestream#1164; the servers here run with \
+                     --wal-autocheckpoint 0 to prevent it: see docs/dr.md)"
                 )
             } else {
                 String::new()

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sundial_e2e::litestream::{dump, restore_sh, LitestreamProc, MotoProc, Replica, Restore};
+use sundial_e2e::litestream::{
+    dump, restore_sh, LitestreamProc, MotoProc, Replica, Restore, SERVER_FLAGS,
+};
 use sundial_e2e::misfire::Gap;
 use sundial_e2e::{admin_call, ms, skip_without, wait_for, DaemonProc, ServerProc};
 use sundial_proto::time::{format_ms, now_ms};
@@ -159,7 +161,7 @@ fn crash_restore(kind: &str) {
         rig.db.clone(),
         rig.config.clone(),
     );
-    let mut server = ServerProc::start(&data).unwrap();
+    let mut server = ServerProc::start_args(&data, SERVER_FLAGS).unwrap();
     let mut litestream = rig.litestream();
 
     let token = server.join_token().unwrap();
@@ -417,7 +419,7 @@ fn point_in_time(kind: &str) {
         rig.db.clone(),
         rig.config.clone(),
     );
-    let mut server = ServerProc::start(&data).unwrap();
+    let mut server = ServerProc::start_args(&data, SERVER_FLAGS).unwrap();
     let mut litestream = rig.litestream();
     let scratch = dir.path().join("scratch.db");
 
@@ -647,7 +649,7 @@ fn restore_refusals_are_clear_and_replace_nothing() {
     }
 
     // With a backup: an existing file is not overwritten without --force…
-    let mut server = ServerProc::start(&data).unwrap();
+    let mut server = ServerProc::start_args(&data, SERVER_FLAGS).unwrap();
     let (s, _) = server
         .call(
             "PUT",
@@ -736,7 +738,7 @@ fn litestream_runs_only_on_the_litefs_primary() {
     let (replica, _moto) = backend(dir.path(), "file");
     let litefs = dir.path().join("litefs");
     let db = litefs.join("sundial.db");
-    let mut server = ServerProc::start(&litefs).unwrap();
+    let mut server = ServerProc::start_args(&litefs, SERVER_FLAGS).unwrap();
     let config = replica.config(dir.path()).unwrap();
     let log = dir.path().join("wrapper.log");
     let out = std::fs::File::create(&log).unwrap();

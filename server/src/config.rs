@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// with "database busy" and is retried [default: 5s].
     #[arg(long, env = "SUNDIAL_BUSY_TIMEOUT")]
     pub busy_timeout: Option<Duration>,
+    /// WAL pages after which the server checkpoints the database itself;
+    /// 0 leaves checkpoints to Litestream (set 0 wherever Litestream
+    /// replicates the database) [default: 1000].
+    #[arg(long, env = "SUNDIAL_WAL_AUTOCHECKPOINT", value_name = "PAGES")]
+    pub wal_autocheckpoint: Option<u32>,
     /// `/readyz` answers 503 once the scheduler or the lease reaper has been
     /// failing for this long [default: 10s].
     #[arg(long, env = "SUNDIAL_STALL_AFTER")]
@@ -182,6 +187,7 @@ struct FileConfig {
     cluster_secret_file: Option<PathBuf>,
     lease: Option<Duration>,
     busy_timeout: Option<Duration>,
+    wal_autocheckpoint: Option<u32>,
     stall_after: Option<Duration>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -221,6 +227,9 @@ pub struct Settings {
     pub lease: Duration,
     /// SQLite busy timeout of every connection.
     pub busy_timeout: Duration,
+    /// WAL pages after which the writer checkpoints; 0: never (Litestream
+    /// owns checkpoints, see docs/dr.md).
+    pub wal_autocheckpoint: u32,
     /// How long a critical loop may fail before `/readyz` answers 503.
     pub stall_after: Duration,
     /// (certificate chain, private key) when serving HTTPS.
@@ -250,6 +259,7 @@ impl Default for Settings {
             cluster_secret_file: None,
             lease: Duration::from_secs_const(30),
             busy_timeout: Duration::from_secs_const(5),
+            wal_autocheckpoint: crate::store::DEFAULT_WAL_AUTOCHECKPOINT,
             stall_after: Duration::from_secs_const(10),
             tls: None,
             limits: crate::overload::Limits::default(),
@@ -348,6 +358,10 @@ impl ServeArgs {
                 .busy_timeout
                 .or(file.busy_timeout)
                 .unwrap_or(d.busy_timeout),
+            wal_autocheckpoint: self
+                .wal_autocheckpoint
+                .or(file.wal_autocheckpoint)
+                .unwrap_or(d.wal_autocheckpoint),
             stall_after: self
                 .stall_after
                 .or(file.stall_after)
@@ -452,6 +466,30 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("audit_keep"), "{err:#}");
+    }
+
+    #[test]
+    fn wal_autocheckpoint_defaults_to_sqlites_and_reads_0_and_refuses_negatives() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.wal_autocheckpoint, 1000);
+        let file = |text: &str| {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            writeln!(f, "{text}").unwrap();
+            f
+        };
+        let f = file("wal_autocheckpoint = 0");
+        let from_file = |f: &tempfile::NamedTempFile, flag: Option<u32>| {
+            ServeArgs {
+                config: Some(f.path().to_path_buf()),
+                wal_autocheckpoint: flag,
+                ..ServeArgs::default()
+            }
+            .resolve()
+        };
+        assert_eq!(from_file(&f, None).unwrap().wal_autocheckpoint, 0);
+        assert_eq!(from_file(&f, Some(500)).unwrap().wal_autocheckpoint, 500);
+        let err = from_file(&file("wal_autocheckpoint = -1"), None).unwrap_err();
+        assert!(format!("{err:#}").contains("wal_autocheckpoint"), "{err:#}");
     }
 
     #[test]

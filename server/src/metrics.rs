@@ -38,6 +38,7 @@ pub struct Metrics {
     pub loop_failing: IntGaugeVec,
     pub events_pruned: IntCounter,
     pub events_stored: IntGauge,
+    pub db_wal_bytes: IntGauge,
     pub events_last_id: IntGauge,
     pub webhooks: IntGauge,
     pub webhook_deliveries: IntCounterVec,
@@ -210,6 +211,10 @@ impl Metrics {
             "Events deleted by retention",
         ));
         let events_stored = must(IntGauge::new("events", "Events stored"));
+        let db_wal_bytes = must(IntGauge::new(
+            "db_wal_bytes",
+            "Size of the database's WAL file (grows while nothing checkpoints)",
+        ));
         let events_last_id = must(IntGauge::new(
             "events_last_id",
             "Id of the newest event (the stream's head)",
@@ -274,6 +279,7 @@ impl Metrics {
             Box::new(loop_failing.clone()),
             Box::new(events_pruned.clone()),
             Box::new(events_stored.clone()),
+            Box::new(db_wal_bytes.clone()),
             Box::new(events_last_id.clone()),
             Box::new(webhooks.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -314,6 +320,7 @@ impl Metrics {
             loop_failing,
             events_pruned,
             events_stored,
+            db_wal_bytes,
             events_last_id,
             webhooks,
             webhook_deliveries,

@@ -244,7 +244,8 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
             metrics.clone(),
             Duration::from_millis(settings.busy_timeout.as_millis()),
         )
-        .with_context(|| format!("opening database {}", db_path.display()))?,
+        .with_context(|| format!("opening database {}", db_path.display()))?
+        .with_wal_autocheckpoint(settings.wal_autocheckpoint),
     );
     let secrets =
         ClusterSecrets::load(settings.cluster_secret_file.as_deref(), &settings.data_dir)?;

@@ -112,6 +112,9 @@ pub async fn metrics(
         }
         Err(e) => tracing::warn!(error = %e, "refreshing metrics gauges"),
     }
+    metrics
+        .db_wal_bytes
+        .set(i64::try_from(store.wal_bytes()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

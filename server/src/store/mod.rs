@@ -152,6 +152,8 @@ pub struct Store {
     path: PathBuf,
     metrics: Arc<Metrics>,
     busy_timeout: Duration,
+    /// WAL pages after which the writer checkpoints (0: never).
+    wal_autocheckpoint: u32,
     /// Bumped after every committed write batch (see [`Store::commits`]).
     commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -159,6 +161,10 @@ pub struct Store {
 /// How long a connection waits for another's lock before giving up with
 /// "busy" (the server's `--busy-timeout`).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WAL pages after which the writer checkpoints by default (SQLite's own
+/// default; the server's `--wal-autocheckpoint`).
+pub const DEFAULT_WAL_AUTOCHECKPOINT: u32 = 1000;
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 256;
@@ -175,7 +181,19 @@ fn configure(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> 
 }
 
 /// Opens the read-write connection: WAL, pragmas, migrations, cluster row.
-fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+///
+/// `wal_autocheckpoint` 0 turns the writer's checkpoints off. Litestream
+/// then owns them: it checkpoints only what it has copied, and while it is
+/// down (crashed, restarting) the WAL only grows, so a restarted Litestream
+/// finds every frame it missed. A checkpoint by the server in that window
+/// lets SQLite restart the WAL over frames Litestream never read, and
+/// Litestream 0.5 can miss that and keep a replica that restores corrupt
+/// (docs/dr.md).
+fn open_rw(
+    path: &Path,
+    busy_timeout: Duration,
+    wal_autocheckpoint: u32,
+) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path)?;
     // WAL first: it is persistent and shared by every later connection.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -188,6 +206,7 @@ fn open_rw(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
     configure(&conn, busy_timeout)?;
     // Savepoints and sorts stay in memory: no temp-file writes on the hot path.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.pragma_update(None, "wal_autocheckpoint", wal_autocheckpoint)?;
     migrations::migrate(&mut conn)?;
     ensure_cluster_row(&conn)?;
     Ok(conn)
@@ -224,6 +243,7 @@ impl Store {
             path: path.to_path_buf(),
             metrics,
             busy_timeout,
+            wal_autocheckpoint: DEFAULT_WAL_AUTOCHECKPOINT,
             commits: Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
@@ -241,16 +261,24 @@ impl Store {
         busy_timeout: Duration,
     ) -> Result<Store, StoreError> {
         // Create and migrate before the read pool connects.
-        drop(open_rw(path, busy_timeout)?);
+        drop(open_rw(path, busy_timeout, DEFAULT_WAL_AUTOCHECKPOINT)?);
         let store = Store::open_replica_with(path, metrics, busy_timeout)?;
         store.promote_blocking(Box::new(|_| {}))?;
         Ok(store)
     }
 
+    /// Sets the WAL pages after which this store's writer checkpoints (0:
+    /// never, Litestream owns checkpoints); takes effect at the next
+    /// promotion.
+    pub fn with_wal_autocheckpoint(mut self, pages: u32) -> Store {
+        self.wal_autocheckpoint = pages;
+        self
+    }
+
     /// Becomes the writer: opens read-write, migrates, bumps the epoch and
     /// starts the writer thread for the new term. Returns the new epoch.
     pub fn promote_blocking(&self, on_fenced: writer::OnFenced) -> Result<i64, StoreError> {
-        let conn = open_rw(&self.path, self.busy_timeout)?;
+        let conn = open_rw(&self.path, self.busy_timeout, self.wal_autocheckpoint)?;
         let epoch = bump_epoch(&conn)?;
         let writer = Writer::spawn(
             conn,
@@ -289,6 +317,15 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Size of the database's WAL file in bytes (0 when there is none). It
+    /// only grows while nothing checkpoints: with `--wal-autocheckpoint 0`
+    /// and Litestream down.
+    pub fn wal_bytes(&self) -> u64 {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map_or(0, |m| m.len())
     }
 
     /// Changes after every write batch this server commits. A replica never
@@ -497,6 +534,8 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::test_support::temp_store;
+    use super::{Metrics, Store, DB_FILE};
+    use std::sync::Arc;
 
     #[tokio::test]
     async fn pragmas_and_group_commit() {
@@ -529,6 +568,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 200);
+        store.close().await;
+    }
+
+    /// The writer's `PRAGMA wal_autocheckpoint`.
+    async fn writer_wal_autocheckpoint(store: &Store) -> i64 {
+        store
+            .write(|c| Ok(c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    /// SQLite's 1,000 pages by default, what [`Store::with_wal_autocheckpoint`]
+    /// set after a promotion. (What that does to the WAL:
+    /// `server/tests/wal_checkpoints.rs`.)
+    #[tokio::test]
+    async fn the_writer_takes_its_wal_autocheckpoint_from_the_store() {
+        let (_dir, store) = temp_store();
+        assert_eq!(writer_wal_autocheckpoint(&store).await, 1000);
+        store.close().await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_replica(&dir.path().join(DB_FILE), Arc::new(Metrics::new()))
+            .unwrap()
+            .with_wal_autocheckpoint(0);
+        store.promote_blocking(Box::new(|_| {})).unwrap();
+        assert_eq!(writer_wal_autocheckpoint(&store).await, 0);
         store.close().await;
     }
 

@@ -20,13 +20,19 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// [`TestServer::start`] with settings changed by `change`.
+    pub async fn start_with(change: impl FnOnce(&mut Settings)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().to_path_buf(),
             max_body_bytes: 64 * 1024,
             ..Settings::default()
         };
+        change(&mut settings);
         let running = server::start(settings, Some(ADMIN_KEY.into()))
             .await
             .unwrap();

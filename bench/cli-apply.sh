@@ -71,6 +71,6 @@ step create 0 "$dir/jobs.yaml"
 step unchanged 0 "$dir/jobs.yaml"
 step update 0 "$dir/jobs-updated.yaml"
 step invalid 1 "$dir/jobs-bad.yaml"
-stored=$(SUNDIAL_TIMING= "$bin/sundial" jobs ls -l bench=cli -o json | grep -c '"id"')
-changed=$(SUNDIAL_TIMING= "$bin/sundial" diff -f "$dir/jobs-updated.yaml" | tail -n1)
+stored=$(SUNDIAL_TIMING='' "$bin/sundial" jobs ls -l bench=cli -o json | grep -c '"id"')
+changed=$(SUNDIAL_TIMING='' "$bin/sundial" diff -f "$dir/jobs-updated.yaml" | tail -n1)
 echo "stored jobs after the refused apply: $stored; diff against the step-3 file: $changed"

@@ -559,11 +559,11 @@ fn shell_scripts_pass_shellcheck() {
         return;
     }
     let mut scripts = Vec::new();
-    for dir in ["scripts", "docker", "systemd"] {
+    for dir in ["scripts", "bench", "docker", "systemd"] {
         let mut all = Vec::new();
         walk(&repo().join(dir), &mut all);
         scripts.extend(all.into_iter().filter(|p| {
-            if dir == "scripts" {
+            if dir == "scripts" || dir == "bench" {
                 p.extension().is_some_and(|e| e == "sh")
             } else {
                 is_shell_script(p)

@@ -320,8 +320,9 @@ impl Store {
     }
 
     /// Size of the database's WAL file in bytes (0 when there is none). It
-    /// only grows while nothing checkpoints: with `--wal-autocheckpoint 0`
-    /// and Litestream down.
+    /// levels off once checkpoints reuse the file, and grows without bound
+    /// while nothing checkpoints (`--wal-autocheckpoint 0` and Litestream
+    /// down).
     pub fn wal_bytes(&self) -> u64 {
         let mut wal = self.path.as_os_str().to_owned();
         wal.push("-wal");

@@ -10,28 +10,25 @@ use std::time::Duration;
 /// A server over the shared database file `shared`, its role from `double`
 /// (`--ha-mode litefs`), with the shared cluster secret and a 3 s lease.
 pub fn start_litefs_server(shared: &Path, double: &LitefsDouble, secret: &Path) -> ServerProc {
-    ServerProc::start_args(
-        shared,
-        &[
-            "--ha-mode",
-            "litefs",
-            "--litefs-dir",
-            double.dir.to_str().unwrap(),
-            "--litefs-api",
-            &double.api_url(),
-            "--peer-url-template",
-            "http://{hostname}",
-            "--cluster-secret-file",
-            secret.to_str().unwrap(),
-            "--lease",
-            "3s",
-            // As deployed (k8s/configmap.yaml): the pair's database is
-            // replicated by Litestream, which then owns the checkpoints.
-            "--wal-autocheckpoint",
-            "0",
-        ],
-    )
-    .unwrap()
+    let api = double.api_url();
+    let mut args = vec![
+        "--ha-mode",
+        "litefs",
+        "--litefs-dir",
+        double.dir.to_str().unwrap(),
+        "--litefs-api",
+        &api,
+        "--peer-url-template",
+        "http://{hostname}",
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+        "--lease",
+        "3s",
+    ];
+    // As deployed (k8s/configmap.yaml): the pair's database is replicated by
+    // Litestream, so the servers take the flags they run with beside it.
+    args.extend_from_slice(crate::litestream::SERVER_FLAGS);
+    ServerProc::start_args(shared, &args).unwrap()
 }
 
 /// The server's `host:port` (what a replica's `.primary` file holds).

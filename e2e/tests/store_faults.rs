@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -246,7 +246,10 @@ fn a_write_lock_held_past_the_busy_timeout_stops_nothing() {
     assert!(log.contains("background loop recovered"), "{log}");
 }
 
-/// A tmpfs of a few MB mounted for one test; unmounted on drop.
+/// A tmpfs of a few MB mounted for one test at `<tempdir>/fs`; unmounted
+/// on drop. The mount point sits one level down so that what the harness
+/// writes beside it (the server's log, `<data dir>.<port>.log`) lands in the
+/// temporary directory, off the full file system, and goes with it.
 struct SmallFs {
     dir: tempfile::TempDir,
     mounted: bool,
@@ -257,6 +260,7 @@ impl SmallFs {
     /// not allowed here, which fails the test under `CI=true`.
     fn mount(size: &str) -> Option<SmallFs> {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("fs")).unwrap();
         let out = Command::new("mount")
             .args([
                 "-t",
@@ -265,7 +269,7 @@ impl SmallFs {
                 &format!("size={size},mode=0700"),
                 "tmpfs",
             ])
-            .arg(dir.path())
+            .arg(dir.path().join("fs"))
             .output();
         match out {
             Ok(o) if o.status.success() => Some(SmallFs { dir, mounted: true }),
@@ -280,18 +284,15 @@ impl SmallFs {
         }
     }
 
-    fn path(&self) -> &Path {
-        self.dir.path()
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("fs")
     }
 }
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
         }
     }
 }
@@ -318,7 +319,7 @@ fn a_full_disk_gives_clear_errors_and_the_server_recovers_by_itself() {
         return;
     };
     // The data directory is the mount itself; the server's log lives beside it.
-    let server = ServerProc::start_args(fs.path(), &["--stall-after", "500ms"]).unwrap();
+    let server = ServerProc::start_args(&fs.path(), &["--stall-after", "500ms"]).unwrap();
     for (id, policy, cap) in JOBS {
         let (status, body) = server
             .call(

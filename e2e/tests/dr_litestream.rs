@@ -833,3 +833,46 @@ impl Drop for TermOnDrop {
         self.terminate();
     }
 }
+
+/// The server tells when it checkpoints a database that the real Litestream
+/// replicates: once Litestream has synced (its `_litestream_*` tables are in
+/// the database) `sundial_db_litestream_checkpoint_conflict` is 1 and every
+/// promotion logs the advice; with `SERVER_FLAGS` (`--wal-autocheckpoint
+/// 0`, the kit's setting) the gauge is 0 and nothing is logged.
+#[test]
+fn checkpoints_beside_a_real_litestream_are_flagged() {
+    const CONFLICT: &str = "sundial_db_litestream_checkpoint_conflict";
+    const ADVICE: &str = "while this server checkpoints the WAL itself";
+    let Some(rig) = Rig::new("file") else {
+        return;
+    };
+    let mut server = ServerProc::start(&rig.data).unwrap();
+    let mut litestream = rig.litestream();
+    wait_for(Duration::from_secs(30), || {
+        (server.metric(CONFLICT).ok()? == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{CONFLICT} never went to 1 beside Litestream; its log:\n{}",
+            litestream.log_text()
+        )
+    });
+    assert!(
+        !server.log_text().contains(ADVICE),
+        "no advice before Litestream's first sync"
+    );
+    server.terminate(Duration::from_secs(10)).unwrap();
+    server.restart().unwrap();
+    assert!(
+        server.log_text().contains(ADVICE),
+        "the promotion after Litestream's first sync logs the advice:\n{}",
+        server.log_text()
+    );
+    server.terminate(Duration::from_secs(10)).unwrap();
+
+    let mut server = ServerProc::start_args(&rig.data, SERVER_FLAGS).unwrap();
+    assert_eq!(server.metric(CONFLICT).unwrap(), 0.0);
+    assert!(!server.log_text().contains(ADVICE), "{}", server.log_text());
+    server.terminate(Duration::from_secs(10)).unwrap();
+    litestream.terminate(Duration::from_secs(10)).unwrap();
+}

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub events_pruned: IntCounter,
     pub events_stored: IntGauge,
     pub db_wal_bytes: IntGauge,
+    pub db_litestream_checkpoint_conflict: IntGauge,
     pub events_last_id: IntGauge,
     pub webhooks: IntGauge,
     pub webhook_deliveries: IntCounterVec,
@@ -215,6 +216,12 @@ impl Metrics {
             "db_wal_bytes",
             "Size of the database's WAL file (grows while nothing checkpoints)",
         ));
+        let db_litestream_checkpoint_conflict = must(IntGauge::new(
+            "db_litestream_checkpoint_conflict",
+            "1 while Litestream replicates the database (its tables are in it) and this server \
+             checkpoints the WAL itself (--wal-autocheckpoint above 0): a Litestream crash can \
+             then leave a replica that restores corrupt",
+        ));
         let events_last_id = must(IntGauge::new(
             "events_last_id",
             "Id of the newest event (the stream's head)",
@@ -280,6 +287,7 @@ impl Metrics {
             Box::new(events_pruned.clone()),
             Box::new(events_stored.clone()),
             Box::new(db_wal_bytes.clone()),
+            Box::new(db_litestream_checkpoint_conflict.clone()),
             Box::new(events_last_id.clone()),
             Box::new(webhooks.clone()),
             Box::new(webhook_deliveries.clone()),
@@ -321,6 +329,7 @@ impl Metrics {
             events_pruned,
             events_stored,
             db_wal_bytes,
+            db_litestream_checkpoint_conflict,
             events_last_id,
             webhooks,
             webhook_deliveries,

@@ -6,7 +6,7 @@ use super::extract::Reader;
 use super::state::Health;
 use crate::ha::{Role, RoleCell};
 use crate::metrics::Metrics;
-use crate::store::{self, events, jobs, runs, webhooks, Store};
+use crate::store::{self, events, jobs, litestream, runs, webhooks, Store};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -82,19 +82,24 @@ pub async fn metrics(
     State(store): State<Arc<Store>>,
     State(metrics): State<Arc<Metrics>>,
 ) -> impl IntoResponse {
+    let checkpoints = store.wal_autocheckpoint();
     let snapshot = store
-        .read(|c| {
+        .read(move |c| {
             Ok((
                 jobs::count(c)?,
                 runs::count_by_state(c)?,
                 store::epoch(c)?,
                 events::stats(c)?,
                 webhooks::min_cursor(c)?,
+                litestream::checkpoint_conflict(c, checkpoints)?,
             ))
         })
         .await;
     match snapshot {
-        Ok((jobs, by_state, epoch, (last_event, events), min_cursor)) => {
+        Ok((jobs, by_state, epoch, (last_event, events), min_cursor, conflict)) => {
+            metrics
+                .db_litestream_checkpoint_conflict
+                .set(i64::from(conflict));
             metrics.events_stored.set(events);
             metrics.events_last_id.set(last_event);
             metrics

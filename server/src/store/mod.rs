@@ -13,7 +13,9 @@
 //! [`writer`] batch); the run path's writes take the batch's [`prepared`]
 //! statements instead, prepared once for all its runs. [`spec_cache`] keeps
 //! parsed job specs for it. [`path_bench`] drives the run path through the
-//! writer for `sundial-bench run-path`.
+//! writer for `sundial-bench run-path`. [`litestream`] tells from the
+//! database whether Litestream replicates it (the server's checkpoints must
+//! then be off).
 
 pub(crate) mod apply;
 pub(crate) mod audit;
@@ -22,6 +24,7 @@ pub(crate) mod events;
 pub mod jobs;
 pub(crate) mod keys;
 pub(crate) mod lifecycle;
+pub(crate) mod litestream;
 pub(crate) mod migrations;
 pub(crate) mod nodes;
 pub(crate) mod nonces;
@@ -209,6 +212,12 @@ fn open_rw(
     conn.pragma_update(None, "wal_autocheckpoint", wal_autocheckpoint)?;
     migrations::migrate(&mut conn)?;
     ensure_cluster_row(&conn)?;
+    // Advice only: a failed look is logged, never a failed promotion.
+    match litestream::checkpoint_conflict(&conn, wal_autocheckpoint) {
+        Ok(false) => {}
+        Ok(true) => tracing::warn!(wal_autocheckpoint, "{}", litestream::CONFLICT),
+        Err(e) => tracing::warn!(error = %e, "could not look for Litestream's tables"),
+    }
     Ok(conn)
 }
 
@@ -317,6 +326,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// WAL pages after which this store's writer checkpoints (0: never).
+    pub fn wal_autocheckpoint(&self) -> u32 {
+        self.wal_autocheckpoint
     }
 
     /// Size of the database's WAL file in bytes (0 when there is none). It

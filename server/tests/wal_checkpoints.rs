@@ -30,18 +30,7 @@ async fn wal_pages_after_writes(server: &TestServer, jobs: usize) -> u64 {
             .await;
         assert_eq!(status, 201, "{body}");
     }
-    let text = server
-        .call(Method::GET, "/metrics", None)
-        .await
-        .text()
-        .await
-        .unwrap();
-    let reported: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sundial_db_wal_bytes "))
-        .unwrap_or_else(|| panic!("no sundial_db_wal_bytes in /metrics"))
-        .parse()
-        .unwrap();
+    let reported = u64::try_from(gauge(server, "sundial_db_wal_bytes").await).unwrap();
     let mut wal = server.db_path().into_os_string();
     wal.push("-wal");
     assert_eq!(reported, std::fs::metadata(wal).unwrap().len());

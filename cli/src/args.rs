@@ -71,11 +71,13 @@ pub enum Command {
     Config(ConfigCmd),
     /// Shell completion script.
     Completions {
+        /// The shell to complete for.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Man pages (roff): sundial.1 on stdout, or one per command into --out-dir.
     Man {
+        /// Write one page per command into this directory.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
@@ -107,17 +109,28 @@ pub struct ExportArgs {
 #[derive(Debug, Subcommand)]
 pub enum JobsCmd {
     /// List jobs: id, schedule, zone, next fire, last state, paused.
+    #[command(alias = "list")]
     Ls {
+        /// Only jobs with these job labels (k=v, repeatable).
         #[arg(short = 'l', long = "selector", value_parser = parse_label)]
         selector: Vec<(String, String)>,
     },
     /// One job as stored.
-    Get { id: String },
+    Get {
+        /// The job's id.
+        id: String,
+    },
     /// A job's spec, next 5 fires (DST marked) and last runs.
-    Describe { id: String },
+    Describe {
+        /// The job's id.
+        id: String,
+    },
     /// Start a run now; with --wait, follow it and exit with its exit code.
     Trigger {
+        /// The job's id.
         id: String,
+        /// Follow the run, reporting its attempts, print its output and exit
+        /// with its exit code.
         #[arg(long)]
         wait: bool,
         /// Give up waiting after this many seconds (exit 1).
@@ -125,21 +138,35 @@ pub enum JobsCmd {
         timeout: u64,
     },
     /// Stop firing (an apply does not unpause).
-    Pause { id: String },
+    Pause {
+        /// The job's id.
+        id: String,
+    },
     /// Fire again from now on.
-    Resume { id: String },
+    Resume {
+        /// The job's id.
+        id: String,
+    },
     /// Delete a job and its runs.
-    Rm { id: String },
+    #[command(alias = "delete")]
+    Rm {
+        /// The job's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RunsCmd {
     /// List runs, newest first.
+    #[command(alias = "list")]
     Ls {
+        /// Only this job's runs.
         #[arg(long)]
         job: Option<String>,
+        /// Only runs in this state.
         #[arg(long)]
         state: Option<sundial_proto::RunState>,
+        /// Only runs on this node.
         #[arg(long)]
         node: Option<String>,
         /// Only runs created within this long ago (e.g. 1h, 30m, 2d).
@@ -150,15 +177,23 @@ pub enum RunsCmd {
         limit: usize,
     },
     /// One run.
-    Get { id: i64 },
+    Get {
+        /// The run's id.
+        id: i64,
+    },
     /// A run's output; --follow waits (polling) until the run ends.
     Logs {
+        /// The run's id.
         id: i64,
+        /// Keep printing output as it appears until the run ends.
         #[arg(short = 'f', long)]
         follow: bool,
     },
     /// Cancel a pending or running run.
-    Cancel { id: i64 },
+    Cancel {
+        /// The run's id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -179,25 +214,36 @@ pub struct PreviewArgs {
 #[derive(Debug, Subcommand)]
 pub enum NodesCmd {
     /// List nodes with status (ready, down, revoked).
+    #[command(alias = "list")]
     Ls,
     /// Revoke a node's credential (it must join again).
-    Revoke { id: String },
+    Revoke {
+        /// The node's id.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCmd {
     /// Create a join token (shown once).
     Create {
+        /// A name to tell the token by.
         #[arg(long, default_value = "")]
         name: String,
         /// Validity, e.g. 24h.
         #[arg(long)]
         ttl: Option<sundial_proto::Duration>,
+        /// How many daemons may join with it (default: no limit).
         #[arg(long)]
         max_uses: Option<u32>,
     },
+    /// List join tokens (never their secret).
+    #[command(alias = "list")]
     Ls,
+    /// Delete a join token; daemons that joined with it stay.
+    #[command(alias = "delete")]
     Rm {
+        /// The token's id.
         id: String,
     },
 }
@@ -206,16 +252,23 @@ pub enum TokensCmd {
 pub enum KeysCmd {
     /// Create an API key (shown once).
     Create {
+        /// What the key may do: `read`, or `admin` for every change.
         #[arg(long, value_parser = ["admin", "read"], default_value = "read")]
         scope: String,
+        /// A name to tell the key by.
         #[arg(long, default_value = "")]
         name: String,
         /// Lifetime, e.g. 90d (default: never expires).
         #[arg(long)]
         expires_in: Option<sundial_proto::Duration>,
     },
+    /// List API keys (never the key).
+    #[command(alias = "list")]
     Ls,
+    /// Revoke an API key.
+    #[command(alias = "delete")]
     Rm {
+        /// The key's id.
         id: String,
     },
 }
@@ -224,12 +277,15 @@ pub enum KeysCmd {
 pub enum ConfigCmd {
     /// Create or update a context.
     SetContext {
+        /// The context's name.
         name: String,
+        /// The server's URL.
         #[arg(long = "url", visible_alias = "server-url")]
         url: Option<String>,
         /// Key file the context uses (the key itself is never stored).
         #[arg(long = "key")]
         key: Option<PathBuf>,
+        /// PEM file of the CA that signed the server's certificate.
         #[arg(long = "ca")]
         ca: Option<PathBuf>,
         /// Also make it the current context.
@@ -237,13 +293,19 @@ pub enum ConfigCmd {
         use_it: bool,
     },
     /// Make a context the current one.
-    UseContext { name: String },
+    UseContext {
+        /// The context's name.
+        name: String,
+    },
     /// List contexts (the current one marked).
     GetContexts,
     /// Print the current context's name.
     CurrentContext,
     /// Delete a context.
-    DeleteContext { name: String },
+    DeleteContext {
+        /// The context's name.
+        name: String,
+    },
 }
 
 /// `k=v` → (k, v).

@@ -12,6 +12,7 @@ pub mod error;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod render;
 
 pub use error::{CliError, CliResult};

@@ -135,7 +135,12 @@ pub fn runs_table(view: &View, runs: &[Run]) -> String {
     )
 }
 
+/// How long the run took, `running` while an attempt runs, `-` otherwise. A
+/// run pending again for a retry keeps its last attempt's start and shows `-`.
 fn duration(r: &Run) -> String {
+    if r.state == sundial_proto::RunState::Running {
+        return "running".into();
+    }
     match (r.started_at, r.finished_at) {
         (Some(s), Some(f)) if f >= s => {
             let ms = f - s;
@@ -145,7 +150,6 @@ fn duration(r: &Run) -> String {
                 output::short_duration((ms / 1000) as u64)
             }
         }
-        (Some(_), None) => "running".into(),
         _ => "-".into(),
     }
 }

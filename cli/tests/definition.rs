@@ -46,3 +46,49 @@ fn completions_and_man_pages_cover_the_commands() {
         assert!(dir.path().join(page).exists(), "{page} missing");
     }
 }
+
+/// Every command and every argument says what it is in `--help` and the man
+/// pages (clap's own `help` and `version` aside).
+#[test]
+fn every_command_and_argument_has_help() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        if cmd.get_about().is_none() {
+            missing.push(format!("command `{path}`"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") || arg.is_global_set() {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("argument `{id}` of `{path}`"));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    let cli = Cli::command();
+    walk(&cli, "sundial", &mut missing);
+    assert!(missing.is_empty(), "no help text: {missing:#?}");
+}
+
+/// `list` and `delete` work where `ls` and `rm` do, as in kubectl and nomad.
+#[test]
+fn list_and_delete_are_aliases() {
+    use clap::Parser;
+    for line in [
+        "sundial jobs list",
+        "sundial runs list --job j",
+        "sundial nodes list",
+        "sundial tokens list",
+        "sundial keys list",
+        "sundial jobs delete j",
+        "sundial tokens delete t",
+        "sundial keys delete k",
+    ] {
+        let parsed = Cli::try_parse_from(line.split(' '));
+        assert!(parsed.is_ok(), "{line}: {:?}", parsed.err());
+    }
+}

@@ -109,6 +109,23 @@ Output:
 }
 
 #[test]
+fn duration_says_running_only_while_an_attempt_runs() {
+    let mut running = run(8, "running", None);
+    running.finished_at = None;
+    // Pending again for a retry: the last attempt's start stays, nothing runs.
+    let mut retry = run(9, "pending", None);
+    retry.attempt = 2;
+    retry.finished_at = None;
+    let got = render::runs_table(&view(), &[running, retry]);
+    let want = "\
+ID  JOB      SCHEDULED                TRIGGER   STATE    ATTEMPT  EXIT  NODE  DURATION
+8   nightly  2026-11-25 02:30:00 CET  schedule  running  1        -     n1    running
+9   nightly  2026-11-25 02:30:00 CET  schedule  pending  2        -     n1    -
+";
+    assert_eq!(got, want, "\n{got}");
+}
+
+#[test]
 fn preview_marks_dst_gap_repeat_and_offset_change() {
     let tz = chrono_tz::Europe::Berlin;
     let fires = render::fires(

@@ -250,6 +250,19 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
     let id = run.id.to_string();
     ok(sundial(&cfg, Some(url), &["runs", "cancel", &id]));
     assert_eq!(code(&sundial(&cfg, Some(url), &["runs", "cancel", &id])), 4);
+
+    // Waiting with no node to take the run: one hint once it has waited
+    // a while, then the timeout (exit 1), the run left pending.
+    let o = sundial(
+        &cfg,
+        Some(url),
+        &["jobs", "trigger", "idle", "--wait", "--timeout", "6"],
+    );
+    assert_eq!(code(&o), 1, "{}{}", out(&o), err(&o));
+    let e = err(&o);
+    assert_eq!(e.matches("no node has taken it yet").count(), 1, "{e}");
+    assert!(e.contains("`sundial jobs describe idle`"), "{e}");
+    assert!(e.contains("still pending after 6s"), "{e}");
 }
 
 #[test]
@@ -305,6 +318,16 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
     let run: Run = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((run.state, run.exit_code), (RunState::Failed, Some(7)));
 
+    // --wait tells when the attempt starts, and where.
+    let o = sundial(&cfg, Some(url), &["jobs", "trigger", "slow", "--wait"]);
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert_eq!(out(&o), "start\nend\n");
+    assert!(
+        err(&o).contains("Attempt 1 running on cli-node."),
+        "{}",
+        err(&o)
+    );
+
     // Follow a running job: its output arrives and the command ends with the run.
     let run: Run = serde_json::from_str(&ok(sundial(
         &cfg,
@@ -341,7 +364,8 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
         Some(url),
         &["runs", "ls", "--state", "succeeded"],
     ));
-    assert_eq!(table.lines().count(), 3, "{table}");
+    // The header, `fine` and `slow` twice.
+    assert_eq!(table.lines().count(), 4, "{table}");
 }
 
 fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

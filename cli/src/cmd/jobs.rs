@@ -5,11 +5,12 @@ use crate::args::JobsCmd;
 use crate::client::{enc, Client};
 use crate::error::{CliError, CliResult};
 use crate::output::OutputFormat;
+use crate::progress::Progress;
 use crate::render;
 use reqwest::Method;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use sundial_proto::{Job, List, Run};
+use sundial_proto::{Job, List, Run, RunState};
 
 /// Every job (all pages), optionally only those carrying `selector`'s labels.
 pub fn list_all(client: &Client, selector: &BTreeMap<String, String>) -> CliResult<Vec<Job>> {
@@ -34,12 +35,16 @@ pub fn list_all(client: &Client, selector: &BTreeMap<String, String>) -> CliResu
 }
 
 /// Exit code of a finished run for `trigger --wait`: its process exit code
-/// when it has one (0-255), else 0 for success and 1 for anything else.
+/// when it has one (1-255), else 0 for success and 1 for anything else (a
+/// run that did not succeed never exits 0, even if its process did, e.g.
+/// one cancelled as it finished).
 pub fn run_exit_code(run: &Run) -> i32 {
+    let succeeded = run.state == RunState::Succeeded;
     match run.exit_code {
+        Some(0) if !succeeded => 1,
         Some(c) if (0..=255).contains(&c) => c,
         Some(_) => 1,
-        None if run.state == sundial_proto::RunState::Succeeded => 0,
+        None if succeeded => 0,
         None => 1,
     }
 }
@@ -93,7 +98,16 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
             let job: Job = client.get(&format!("/v1/jobs/{}", enc(&id)))?;
             let fires = preview::fetch(&client, &job.spec.schedule, &job.spec.timezone, 5, None)?;
             let runs: List<Run> = client.get(&format!("/v1/runs?job={}&limit=5", enc(&id)))?;
-            let tz: chrono_tz::Tz = job.spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+            // The server knows the zone; a CLI with an older zone database
+            // may not, and says so rather than label UTC times as local.
+            let tz: chrono_tz::Tz = job.spec.timezone.parse().unwrap_or_else(|_| {
+                eprintln!(
+                    "warning: this sundial does not know time zone {:?} (an older zone \
+                     database?); the next fires are shown in UTC",
+                    job.spec.timezone
+                );
+                chrono_tz::UTC
+            });
             let next = render::fires(tz, &fires);
             #[derive(serde::Serialize)]
             struct Described<'a> {
@@ -124,10 +138,19 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                     format!("Triggered run {} of job {}.\n", run.id, run.job_id)
                 });
             }
-            if matches!(ctx.format(), OutputFormat::Table | OutputFormat::Wide) {
+            let human = matches!(ctx.format(), OutputFormat::Table | OutputFormat::Wide);
+            if human {
                 eprintln!("Triggered run {} of job {}; waiting…", run.id, run.job_id);
             }
-            let done = follow_run(&client, run.id, Duration::from_secs(timeout), |_| {})?;
+            let mut progress = Progress::new();
+            let started = Instant::now();
+            let done = follow_run(&client, run.id, Duration::from_secs(timeout), |r| {
+                if human {
+                    for line in progress.update(r, started.elapsed()) {
+                        eprintln!("{line}");
+                    }
+                }
+            })?;
             match ctx.format() {
                 OutputFormat::Table | OutputFormat::Wide => {
                     if let Some(out) = &done.output {
@@ -177,5 +200,33 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                 format!("Deleted job {id}.\n")
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(state: &str, exit_code: Option<i32>) -> Run {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "job_id": "j", "scheduled_for": "2026-11-25T01:30:00Z",
+            "node": "n1", "trigger": "manual", "attempt": 1, "state": state,
+            "created_at": "2026-11-25T01:30:00Z", "started_at": null,
+            "finished_at": null, "exit_code": exit_code, "output": "",
+            "truncated": false, "error": null
+        }))
+        .expect("a valid run")
+    }
+
+    #[test]
+    fn the_exit_code_is_the_process_s_and_never_0_for_a_run_that_did_not_succeed() {
+        assert_eq!(run_exit_code(&ended("succeeded", Some(0))), 0);
+        assert_eq!(run_exit_code(&ended("succeeded", None)), 0);
+        assert_eq!(run_exit_code(&ended("failed", Some(7))), 7);
+        assert_eq!(run_exit_code(&ended("failed", Some(-9))), 1);
+        assert_eq!(run_exit_code(&ended("failed", Some(300))), 1);
+        assert_eq!(run_exit_code(&ended("timed_out", None)), 1);
+        assert_eq!(run_exit_code(&ended("cancelled", Some(0))), 1);
+        assert_eq!(run_exit_code(&ended("lost", None)), 1);
     }
 }

@@ -136,6 +136,17 @@ impl Dispatcher {
         self.metrics.dispatch_queue.set(0);
     }
 
+    /// How long the pending run that has been ready the longest has waited
+    /// at `now` for a node to take it, in milliseconds; 0 when none is
+    /// ready (or this server is not the primary, whose queue is empty).
+    pub fn oldest_wait_ms(&self, now: i64) -> i64 {
+        self.lock()
+            .queue
+            .keys()
+            .next()
+            .map_or(0, |(ready_at, _)| (now - ready_at).max(0))
+    }
+
     fn current_term(&self) -> CancellationToken {
         self.term.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -761,6 +772,35 @@ mod tests {
     fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let c = d.claim(n, max, now, None);
         (c.runs, c.next)
+    }
+
+    #[test]
+    fn the_oldest_wait_counts_from_the_longest_ready_run_only() {
+        let (_dir, d) = dispatcher();
+        assert_eq!(
+            d.oldest_wait_ms(5_000),
+            0,
+            "an empty queue waits for nothing"
+        );
+        // One run due in the future (a later slot, a retry's backoff), one
+        // ready since 1,000 and one since 3,000.
+        d.enqueue(vec![
+            queued(1, 9_000, false),
+            queued(2, 3_000, false),
+            queued(3, 1_000, false),
+        ]);
+        assert_eq!(d.oldest_wait_ms(5_000), 4_000);
+        assert_eq!(d.oldest_wait_ms(500), 0, "nothing is ready yet");
+        // Once the oldest is taken, the next one's wait counts.
+        let (runs, _) = take(&d, &node("n1"), 1, 5_000);
+        assert_eq!(runs.iter().map(|q| q.run_id).collect::<Vec<_>>(), [3]);
+        assert_eq!(d.oldest_wait_ms(5_000), 2_000);
+        d.end_term();
+        assert_eq!(
+            d.oldest_wait_ms(5_000),
+            0,
+            "a server out of its term holds no queue"
+        );
     }
 
     /// Waits (bounded) until a queued run passes `is`.

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub is_primary: IntGauge,
     pub dispatch_queue: IntGauge,
+    pub dispatch_oldest_wait: Gauge,
     pub scheduler_lookahead: Gauge,
     pub start_lateness_seconds: Histogram,
     pub runs_dispatched: IntCounter,
@@ -135,6 +136,10 @@ impl Metrics {
         let dispatch_queue = must(IntGauge::new(
             "dispatch_queue_depth",
             "Pending runs waiting for a node",
+        ));
+        let dispatch_oldest_wait = must(Gauge::new(
+            "dispatch_oldest_wait_seconds",
+            "How long the longest-waiting pending run has been ready without a node taking it",
         ));
         let start_lateness_seconds = must(Histogram::with_opts(
             HistogramOpts::new(
@@ -271,6 +276,7 @@ impl Metrics {
             Box::new(epoch.clone()),
             Box::new(is_primary.clone()),
             Box::new(dispatch_queue.clone()),
+            Box::new(dispatch_oldest_wait.clone()),
             Box::new(scheduler_lookahead.clone()),
             Box::new(start_lateness_seconds.clone()),
             Box::new(runs_dispatched.clone()),
@@ -313,6 +319,7 @@ impl Metrics {
             epoch,
             is_primary,
             dispatch_queue,
+            dispatch_oldest_wait,
             scheduler_lookahead,
             start_lateness_seconds,
             runs_dispatched,

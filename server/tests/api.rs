@@ -652,6 +652,26 @@ async fn probes_and_metrics_respond() {
         ),
         "PUT counted by route template:\n{text}"
     );
+    // No node: the first slot's run waits, and the wait shows and grows.
+    let waited = wait_for(Duration::from_secs(10), || async {
+        let text = s
+            .client
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let value: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("sundial_dispatch_oldest_wait_seconds "))?
+            .parse()
+            .ok()?;
+        (value >= 1.5).then_some(value)
+    })
+    .await;
+    assert!(waited.is_some(), "the oldest pending run's wait is shown");
     s.stop().await;
 }
 

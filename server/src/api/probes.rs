@@ -4,6 +4,7 @@
 use super::error::ApiResult;
 use super::extract::Reader;
 use super::state::Health;
+use crate::dispatch::Dispatcher;
 use crate::ha::{Role, RoleCell};
 use crate::metrics::Metrics;
 use crate::store::{self, events, jobs, litestream, runs, webhooks, Store};
@@ -13,7 +14,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 use std::sync::Arc;
-use sundial_proto::time::format_ms;
+use sundial_proto::time::{format_ms, now_ms};
 use sundial_proto::RunState;
 
 /// Liveness: the process answers.
@@ -81,7 +82,11 @@ pub async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 pub async fn metrics(
     State(store): State<Arc<Store>>,
     State(metrics): State<Arc<Metrics>>,
+    State(dispatcher): State<Arc<Dispatcher>>,
 ) -> impl IntoResponse {
+    metrics
+        .dispatch_oldest_wait
+        .set(dispatcher.oldest_wait_ms(now_ms()) as f64 / 1000.0);
     let checkpoints = store.wal_autocheckpoint();
     let snapshot = store
         .read(move |c| {

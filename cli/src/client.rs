@@ -17,6 +17,8 @@ pub struct Client {
     http: Http,
     base: String,
     key: Option<String>,
+    /// The context that supplied defaults, named when no key was found.
+    context: Option<String>,
 }
 
 impl Client {
@@ -38,6 +40,7 @@ impl Client {
             http,
             base: conn.server.clone(),
             key: conn.key.clone(),
+            context: conn.context.clone(),
         })
     }
 
@@ -60,7 +63,7 @@ impl Client {
             return Ok(resp);
         }
         let text = resp.text().unwrap_or_default();
-        let detail = match serde_json::from_str::<ErrorBody>(&text) {
+        let mut detail = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => body.error,
             Err(_) => ErrorDetail {
                 code: format!("http_{}", status.as_u16()),
@@ -73,11 +76,27 @@ impl Client {
                 index: None,
             },
         };
+        if status == reqwest::StatusCode::UNAUTHORIZED && self.key.is_none() {
+            detail.message.push_str(&self.no_key_hint());
+        }
         // 502-504 (no primary right now, proxy errors) exit 5 like a refused connection.
         Err(CliError::Api {
             status: status.as_u16(),
             detail,
         })
+    }
+
+    /// Where a key could have come from, for a server that asked for one.
+    fn no_key_hint(&self) -> String {
+        let fix = match &self.context {
+            Some(name) => format!(
+                "context {name:?} names no key file (`sundial config set-context {name} --key FILE`)"
+            ),
+            None => "or use a context with one (`sundial config set-context NAME --url URL \
+                     --key FILE --use`)"
+                .to_owned(),
+        };
+        format!("; no API key was sent: pass --key-file FILE, set SUNDIAL_KEY_FILE or SUNDIAL_KEY, {fix}")
     }
 
     fn transport(&self, e: reqwest::Error) -> CliError {

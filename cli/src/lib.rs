@@ -5,14 +5,14 @@
 //! Rendering is separate from fetching so tests can pin the clock and zone.
 
 pub mod args;
-pub mod client;
-pub mod cmd;
-pub mod config;
+pub(crate) mod client;
+pub(crate) mod cmd;
+pub(crate) mod config;
 pub mod error;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod output;
 pub mod plan;
-pub mod progress;
+pub(crate) mod progress;
 pub mod render;
 
 pub use error::{CliError, CliResult};

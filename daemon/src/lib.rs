@@ -10,9 +10,9 @@
 
 pub mod client;
 pub mod config;
-pub mod credential;
-pub mod executor;
-pub mod results;
-pub mod runner;
-pub mod spool;
+pub(crate) mod credential;
+pub(crate) mod executor;
+pub(crate) mod results;
+pub(crate) mod runner;
+pub(crate) mod spool;
 pub mod start;

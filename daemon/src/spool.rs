@@ -77,10 +77,6 @@ impl Spool {
     pub fn len(&self) -> usize {
         self.list().len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -92,7 +88,7 @@ mod tests {
     fn put_list_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        assert!(spool.is_empty());
+        assert_eq!(spool.len(), 0);
         let entry = Entry {
             run_id: 5,
             request: CompleteRequest {
@@ -112,6 +108,6 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].1, entry);
         spool.remove(&all[0].0);
-        assert!(spool.is_empty());
+        assert_eq!(spool.len(), 0);
     }
 }

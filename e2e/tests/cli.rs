@@ -232,6 +232,16 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
         err(&o)
     );
 
+    // No key anywhere: the server's 401, and where a key could come from.
+    let o = sundial(&cfg, None, &["--server", url, "jobs", "ls"]);
+    assert_eq!(code(&o), 1, "{}", err(&o));
+    assert!(
+        err(&o).contains("401 unauthorized")
+            && err(&o).contains("no API key was sent: pass --key-file"),
+        "{}",
+        err(&o)
+    );
+
     // 3 not found, 2 usage, 5 unreachable, 4 conflict.
     assert_eq!(code(&sundial(&cfg, Some(url), &["jobs", "get", "nope"])), 3);
     assert_eq!(code(&sundial(&cfg, Some(url), &["jobs", "frobnicate"])), 2);

@@ -32,7 +32,7 @@ pub(crate) mod listen;
 pub(crate) mod loops;
 pub mod metrics;
 pub(crate) mod misfire;
-pub mod overload;
+pub(crate) mod overload;
 pub(crate) mod receipts;
 pub(crate) mod registry;
 pub(crate) mod retention;

@@ -3,6 +3,14 @@
 //!
 //! `main.rs` only parses and exits; [`run`] dispatches to the command modules.
 //! Rendering is separate from fetching so tests can pin the clock and zone.
+//!
+//! - [`args`]: the command line (clap); completions and man pages come from it
+//! - `config`: contexts and how a connection is resolved; `client`: the HTTP
+//!   client and its errors
+//! - `cmd`: one module per command group; `manifest`: job files on disk
+//! - [`output`], [`render`], [`plan`] and `progress`: what people and
+//!   scripts see
+//! - [`error`]: the error type and its exit codes
 
 pub mod args;
 pub(crate) mod client;

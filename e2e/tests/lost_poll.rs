@@ -8,11 +8,18 @@
 //! lease (60 s here) could have brought it back. Without receipts it would
 //! have ended `lost` after a minute without ever running (the job has no
 //! retries).
+//!
+//! The same across a restart: the answer is held at the proxy while the
+//! server that sent it is killed and started again (a new term; the
+//! in-memory record of the poll is gone with the old process). The
+//! daemon's next poll still acknowledges the last answer it read, and the
+//! new term, which loaded the running attempts with the receipts they were
+//! handed out with, hands the lost one back at once.
 
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sundial_e2e::{wait_for, DaemonProc, LoopbackListener, ServerProc};
@@ -23,21 +30,46 @@ use sundial_e2e::{wait_for, DaemonProc, LoopbackListener, ServerProc};
 struct LossyProxy {
     port: u16,
     dropped: Arc<AtomicUsize>,
+    gate: Arc<Gate>,
     _listener: LoopbackListener,
 }
 
+/// Holds the dropped response's `502` back until opened (when `held`), so
+/// that the test can restart the server while the daemon's poll waits.
+#[derive(Default)]
+struct Gate {
+    held: AtomicBool,
+    open: AtomicBool,
+}
+
+impl Gate {
+    /// Waits (bounded) until the gate opens, if it holds at all.
+    fn pass(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.held.load(Ordering::SeqCst)
+            && !self.open.load(Ordering::SeqCst)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl LossyProxy {
-    fn start(upstream: u16, drop_nth: usize) -> LossyProxy {
+    fn start(upstream: u16, drop_nth: usize, hold: bool) -> LossyProxy {
         let dropped = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(AtomicUsize::new(0));
-        let lost = dropped.clone();
+        let gate = Arc::new(Gate::default());
+        gate.held.store(hold, Ordering::SeqCst);
+        let (lost, at_gate) = (dropped.clone(), gate.clone());
         let listener = LoopbackListener::start(move |client| {
-            serve(client, upstream, drop_nth, &seen, &lost);
+            serve(client, upstream, drop_nth, &seen, &lost, &at_gate);
         })
         .unwrap();
         LossyProxy {
             port: listener.port,
             dropped,
+            gate,
             _listener: listener,
         }
     }
@@ -71,6 +103,7 @@ fn serve(
     drop_nth: usize,
     seen: &AtomicUsize,
     lost: &AtomicUsize,
+    gate: &Gate,
 ) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(90)));
     // One request per connection: the upstream answers `Connection: close`,
@@ -101,6 +134,7 @@ fn serve(
     let has_runs = String::from_utf8_lossy(&response).contains("\"run_id\"");
     let out: &[u8] = if is_poll && has_runs && seen.fetch_add(1, Ordering::SeqCst) + 1 == drop_nth {
         lost.fetch_add(1, Ordering::SeqCst);
+        gate.pass();
         b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     } else {
         &response
@@ -120,7 +154,7 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
     let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
     // The first poll response with runs in it never reaches the daemon:
     // its receipt to acknowledge comes from registration.
-    let proxy = LossyProxy::start(port, 1);
+    let proxy = LossyProxy::start(port, 1, false);
     let token = server.join_token().unwrap();
     let mut daemon = DaemonProc::start(
         &format!("http://127.0.0.1:{}", proxy.port),
@@ -194,6 +228,120 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
             .metric("sundial_runs_unread_handed_back_total")
             .unwrap(),
         1.0
+    );
+    daemon.terminate(Duration::from_secs(10)).unwrap();
+    drop(proxy);
+}
+
+#[test]
+fn a_poll_response_lost_as_its_server_dies_is_handed_back_by_the_next_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
+    let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+    // The second poll answer with work in it is held, then lost: the first
+    // is read, so the lost one is handed out after an answer that was read.
+    let proxy = LossyProxy::start(port, 2, true);
+    let token = server.join_token().unwrap();
+    let mut daemon = DaemonProc::start(
+        &format!("http://127.0.0.1:{}", proxy.port),
+        &token,
+        "n1",
+        &dir.path().join("n1"),
+        &[],
+    )
+    .unwrap();
+    let marks = dir.path().join("marks");
+    let script = format!(
+        "echo \"$SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT\" >> {}",
+        marks.display()
+    );
+    let job = json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "shell", "script": script}});
+    assert_eq!(
+        server.call("PUT", "/v1/jobs/once", Some(&job)).unwrap().0,
+        201
+    );
+    let trigger = |server: &ServerProc| {
+        let (status, r) = server.call("POST", "/v1/jobs/once/trigger", None).unwrap();
+        assert_eq!(status, 201, "{r}");
+        r["id"].as_i64().unwrap()
+    };
+    let finished = |server: &ServerProc, id: i64, within: Duration| {
+        wait_for(within, || {
+            let r = run(server, id)?;
+            (r["state"] != "pending" && r["state"] != "running").then_some(r)
+        })
+    };
+
+    // One answer read.
+    let first = trigger(&server);
+    let r = finished(&server, first, Duration::from_secs(20)).expect("the first run finished");
+    assert_eq!(
+        (r["state"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(1)),
+        "{r}"
+    );
+
+    // The next is committed and held at the proxy: the server dies with it
+    // on its way, and a new term starts on the same database.
+    let lost = trigger(&server);
+    wait_for(Duration::from_secs(20), || {
+        (proxy.dropped.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .expect("the proxy holds the second answer");
+    let r = run(&server, lost).unwrap();
+    assert_eq!(
+        (r["state"].as_str(), r["node"].as_str()),
+        (Some("running"), Some("n1")),
+        "{r}"
+    );
+    server.kill9().unwrap();
+    server.restart().unwrap();
+    let released = Instant::now();
+    proxy.gate.open.store(true, Ordering::SeqCst);
+
+    // Its next poll acknowledges the first answer: the lost attempt is
+    // handed back and runs as attempt 2, long before the 60 s lease.
+    let r = finished(&server, lost, Duration::from_secs(30)).expect("the lost run finished");
+    let took = released.elapsed();
+    assert_eq!(
+        (r["state"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{r}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "handed back in {took:?}, not after the 60 s lease"
+    );
+    println!(
+        "answer lost with its server: run {lost} succeeded as attempt 2 {took:?} after the restart"
+    );
+    assert_eq!(
+        server
+            .metric("sundial_runs_unread_handed_back_total")
+            .unwrap(),
+        1.0
+    );
+
+    // A run the daemon reads in the new term is not handed back.
+    let after = trigger(&server);
+    let r = finished(&server, after, Duration::from_secs(20)).expect("the third run finished");
+    assert_eq!(
+        (r["state"].as_str(), r["attempt"].as_u64()),
+        (Some("succeeded"), Some(1)),
+        "{r}"
+    );
+
+    // Exactly one execution of each run.
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        vec![
+            format!("{first} 1"),
+            format!("{lost} 2"),
+            format!("{after} 1")
+        ],
+        "{text}"
     );
     daemon.terminate(Duration::from_secs(10)).unwrap();
     drop(proxy);

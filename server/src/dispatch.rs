@@ -118,9 +118,9 @@ impl Dispatcher {
         }
     }
 
-    /// Starts serving a term as primary.
-    pub fn start_term(&self, token: CancellationToken) {
-        self.receipts.new_term();
+    /// Starts serving a term as primary at `epoch`.
+    pub fn start_term(&self, token: CancellationToken, epoch: i64) {
+        self.receipts.new_term(epoch);
         *self.term.lock().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
@@ -161,7 +161,8 @@ impl Dispatcher {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rebuilds the queue from the database and renews leases (at promotion).
+    /// Rebuilds the queue from the database, renews leases and carries the
+    /// running attempts of earlier terms into the receipts (at promotion).
     pub async fn load(&self) -> Result<usize, StoreError> {
         let now = now_ms();
         let lease = self.lease_ms;
@@ -176,6 +177,8 @@ impl Dispatcher {
         let pending = self.store.read(lifecycle::load_pending).await?;
         let n = pending.len();
         self.enqueue(pending);
+        let handed_out = self.store.read(lifecycle::load_handed_out).await?;
+        self.receipts.carry(handed_out);
         Ok(n)
     }
 
@@ -498,7 +501,8 @@ impl Dispatcher {
                 let mut result = self
                     .commit_then_queue(
                         move |c| {
-                            let mut r = lifecycle::assign(c, &node_id, &for_write, now, lease)?;
+                            let mut r =
+                                lifecycle::assign(c, &node_id, &for_write, now, lease, receipt)?;
                             let later = std::mem::take(&mut r.later);
                             Ok((r, later))
                         },
@@ -845,16 +849,16 @@ mod tests {
             .write(move |c| {
                 let job = slot_job(c, "f", &spec);
                 let first = one_slot(c, &job, 1_000);
-                lifecycle::assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
+                lifecycle::assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000, 0)?;
                 let (mut retries, _) = lifecycle::expire_leases(c, 40_000)?;
                 let second = one_slot(c, &job, 41_000);
-                lifecycle::assign(c, "n1", std::slice::from_ref(&second), 41_000, 30_000)?;
+                lifecycle::assign(c, "n1", std::slice::from_ref(&second), 41_000, 30_000, 0)?;
                 Ok(retries.pop().expect("a retry"))
             })
             .await
             .unwrap();
         let id = retry.run_id;
-        d.start_term(CancellationToken::new());
+        d.start_term(CancellationToken::new(), 1);
         d.enqueue(vec![Queued {
             ready_at: 0,
             ..retry
@@ -906,7 +910,7 @@ mod tests {
     async fn runs_whose_poll_response_never_arrived_are_handed_back_at_the_next_poll() {
         let (_dir, d) = dispatcher();
         let d = Arc::new(d);
-        d.start_term(CancellationToken::new());
+        d.start_term(CancellationToken::new(), 1);
         let n1 = node("n1");
         let short = Duration::from_millis(10);
         // The daemon's first poll: nothing to do; it reads the receipt.
@@ -936,7 +940,7 @@ mod tests {
     async fn a_run_whose_assignment_committed_after_its_poll_was_given_up_is_handed_back() {
         let (_dir, d) = dispatcher();
         let d = Arc::new(d);
-        d.start_term(CancellationToken::new());
+        d.start_term(CancellationToken::new(), 1);
         let short = Duration::from_millis(10);
         let (_, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
         let id = queue_one_slot(&d, "late").await;
@@ -963,7 +967,7 @@ mod tests {
     async fn a_run_the_node_read_or_one_given_to_a_poll_without_ack_is_left_to_its_lease() {
         let (_dir, d) = dispatcher();
         let d = Arc::new(d);
-        d.start_term(CancellationToken::new());
+        d.start_term(CancellationToken::new(), 1);
         let short = Duration::from_millis(10);
         // A poll without ack (a daemon without receipts) whose response is
         // lost: a new process cannot be told apart, so only the lease
@@ -1003,7 +1007,7 @@ mod tests {
                 let job = slot_job(c, "a", &a);
                 slot_job(c, "b", &b);
                 let q = one_slot(c, &job, 1_000);
-                lifecycle::assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                lifecycle::assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000, 0)?;
                 Ok(q.run_id)
             })
             .await

@@ -22,15 +22,26 @@
 //! A batch given to a poll with no ack (a daemon without receipts) is never
 //! handed back: its reader cannot be told apart from a new process, so it
 //! keeps the lease as its only way back. So do batches of other processes
-//! that use the same node id (their acks are on other chains). Batches are
-//! kept in memory only; after a restart or failover the lease covers what
-//! was in flight.
+//! that use the same node id (their acks are on other chains).
 //!
-//! Receipts count up from a random start drawn at each term (below 2^52,
-//! so they stay exact as JSON numbers anywhere): an ack a daemon read from
-//! another server or an earlier term matches nothing here, short of a
-//! chance of about one in 2^52 / (polls per term).
+//! **Across terms.** The chains are kept in memory, but each running
+//! attempt keeps the receipt it was handed out with (`runs.receipt`). A
+//! receipt holds its term's epoch in its top bits (below 2^52, so receipts
+//! stay exact as JSON numbers anywhere), and within a term they count up
+//! from a random start, so one process's polls carry rising receipts.
+//! When a server becomes primary it loads the running attempts of earlier
+//! terms (`carry`). A node's first poll of the term still acknowledges the
+//! last answer it read from an earlier term, `a`; an attempt handed out
+//! after that (a higher receipt of `a`'s term, or any receipt of a later
+//! term) was never read, as the process polls one at a time and would
+//! have acknowledged it: it is handed back at once rather than waiting
+//! for its lease. An attempt handed out before `a` was read, or belongs
+//! to a process that is gone (a restarted daemon registers, and its first
+//! poll acknowledges this term's registration receipt): it keeps its
+//! lease. Either way a node's carried attempts are looked at once, at its
+//! first poll of the term.
 
+use crate::store::lifecycle::HandedOut;
 use rand::Rng;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +63,32 @@ pub(crate) struct Batch {
 /// Polls of one node remembered to follow its chain of acks.
 const POLLS_KEPT: usize = 8;
 
+/// A receipt's low bits count polls; the bits above hold the term.
+const COUNTER_BITS: u32 = 41;
+/// Terms are told apart modulo this (the epoch's low 11 bits).
+const TERMS: u64 = 1 << (52 - COUNTER_BITS);
+
+/// The term (epoch modulo [`TERMS`]) a receipt was issued in.
+fn term_of(receipt: u64) -> u64 {
+    (receipt >> COUNTER_BITS) % TERMS
+}
+
+/// Whether term `b` came after term `a` (modulo [`TERMS`], within half of
+/// it: terms whose attempts are still running are a few apart at most).
+fn later_term(a: u64, b: u64) -> bool {
+    let d = b.wrapping_sub(a) % TERMS;
+    d != 0 && d < TERMS / 2
+}
+
 /// What is known of one node's recent polls and unread batches.
 #[derive(Default)]
 struct NodeState {
     batches: Vec<Batch>,
     /// `(receipt, ack it was sent with)` of its latest polls, oldest first.
     polls: VecDeque<(u64, Option<u64>)>,
+    /// Running attempts an earlier term handed out, with their receipts,
+    /// until the node's first poll of this term looks at them.
+    carried: Vec<(u64, Handed)>,
 }
 
 impl NodeState {
@@ -73,31 +104,56 @@ impl NodeState {
 /// Receipts issued by this server process and the batches not yet read.
 pub(crate) struct Receipts {
     next: AtomicU64,
+    /// The current term, as its receipts carry it.
+    term: AtomicU64,
     /// Per node id (an entry per node that ever polled this term).
     nodes: Mutex<HashMap<String, NodeState>>,
     /// A batch older than this is dropped: its lease has ended by then.
     keep_ms: i64,
 }
 
-/// A random start for a term's receipts, leaving 2^40 of room below 2^52.
-fn random_start() -> u64 {
-    rand::rng().random_range(0..(1u64 << 52) - (1u64 << 40))
+/// The first receipt of term `term`: the term in the top bits, a random
+/// count below 2^40 (leaving 2^40 polls of room before the next term's).
+fn term_start(term: u64) -> u64 {
+    (term % TERMS) << COUNTER_BITS | rand::rng().random_range(0..1u64 << 40)
 }
 
 impl Receipts {
     pub(crate) fn new(keep_ms: i64) -> Receipts {
         Receipts {
-            next: AtomicU64::new(random_start()),
+            next: AtomicU64::new(term_start(0)),
+            term: AtomicU64::new(0),
             nodes: Mutex::new(HashMap::new()),
             keep_ms,
         }
     }
 
-    /// A new term as primary: receipts from a new random start, and no
-    /// batch of an earlier term (the lease covers those).
-    pub(crate) fn new_term(&self) {
-        self.next.store(random_start(), Ordering::Relaxed);
+    /// A new term as primary at `epoch`: receipts that carry it, and no
+    /// batch of an earlier term (see [`Self::carry`] for those).
+    pub(crate) fn new_term(&self, epoch: i64) {
+        let term = epoch.unsigned_abs() % TERMS;
+        self.term.store(term, Ordering::Relaxed);
+        self.next.store(term_start(term), Ordering::Relaxed);
         self.lock().clear();
+    }
+
+    fn current_term(&self) -> u64 {
+        self.term.load(Ordering::Relaxed)
+    }
+
+    /// Running attempts earlier terms handed out (loaded at promotion),
+    /// each looked at when its node first polls this term. Attempts
+    /// handed out in this term are left out: their chains are in memory.
+    pub(crate) fn carry(&self, handed: Vec<HandedOut>) {
+        let term = self.current_term();
+        let mut nodes = self.lock();
+        for h in handed {
+            if term_of(h.receipt) != term {
+                Self::node(&mut nodes, &h.node)
+                    .carried
+                    .push((h.receipt, (h.run_id, h.attempt)));
+            }
+        }
     }
 
     /// A fresh receipt for a poll starting now.
@@ -148,7 +204,9 @@ impl Receipts {
     /// ack as a poll on the chain, but not on it, was never read: that
     /// process moved on without it. It is taken out to be handed back;
     /// this also catches a batch whose write committed only after the node
-    /// had given up on its poll and polled again.
+    /// had given up on its poll and polled again. The node's attempts
+    /// carried from an earlier term are looked at here, once, and those it
+    /// never read are taken out too ([`unread_carried`]).
     pub(crate) fn settle(&self, node: &str, ack: Option<u64>, receipt: u64) -> Vec<Batch> {
         let mut nodes = self.lock();
         let state = Self::node(&mut nodes, node);
@@ -156,11 +214,16 @@ impl Receipts {
             state.polls.pop_front();
         }
         state.polls.push_back((receipt, ack));
+        let carried = std::mem::take(&mut state.carried);
         let Some(ack) = ack else {
             return Vec::new();
         };
+        let mut lost = Vec::new();
+        if !carried.is_empty() && term_of(ack) != self.current_term() {
+            lost = unread_carried(ack, carried);
+        }
         if state.batches.is_empty() {
-            return Vec::new();
+            return lost;
         }
         // The chain read, newest first, and the acks its polls were sent
         // with; this poll itself heads it (its siblings sent earlier with
@@ -178,7 +241,6 @@ impl Receipts {
                 None => break,
             }
         }
-        let mut lost = Vec::new();
         let mut i = 0;
         while i < state.batches.len() {
             let b = &state.batches[i];
@@ -194,19 +256,55 @@ impl Receipts {
     }
 
     /// Puts back batches whose hand-back did not commit (the next poll
-    /// with the same ack tries again).
+    /// with the same ack tries again); those of an earlier term go back
+    /// among the node's carried attempts.
     pub(crate) fn restore(&self, node: &str, batches: Vec<Batch>) {
         if batches.is_empty() {
             return;
         }
+        let term = self.current_term();
         let mut nodes = self.lock();
-        Self::node(&mut nodes, node).batches.extend(batches);
+        let state = Self::node(&mut nodes, node);
+        for b in batches {
+            if term_of(b.receipt) == term {
+                state.batches.push(b);
+            } else {
+                state
+                    .carried
+                    .extend(b.runs.iter().map(|&handed| (b.receipt, handed)));
+            }
+        }
     }
 
     #[cfg(test)]
     fn unread_len(&self, node: &str) -> usize {
         self.lock().get(node).map(|s| s.batches.len()).unwrap_or(0)
     }
+}
+
+/// Of the attempts earlier terms handed out, those handed out after `ack`
+/// (the last answer the node read, from an earlier term) were never read;
+/// one batch per receipt. The rest are left to their lease.
+fn unread_carried(ack: u64, carried: Vec<(u64, Handed)>) -> Vec<Batch> {
+    let read_term = term_of(ack);
+    let mut by_receipt: Vec<Batch> = Vec::new();
+    for (receipt, handed) in carried {
+        let term = term_of(receipt);
+        let unread = later_term(read_term, term) || (term == read_term && receipt > ack);
+        if !unread {
+            continue;
+        }
+        match by_receipt.iter_mut().find(|b| b.receipt == receipt) {
+            Some(b) => b.runs.push(handed),
+            None => by_receipt.push(Batch {
+                receipt,
+                parent: None,
+                issued_at: 0,
+                runs: vec![handed],
+            }),
+        }
+    }
+    by_receipt
 }
 
 #[cfg(test)]
@@ -327,10 +425,127 @@ mod tests {
         let r = receipts();
         let ack = r.issue();
         r.record("n1", r.issue(), Some(ack), vec![(1, 1)], 1_000);
-        r.new_term();
+        r.new_term(2);
         assert!(r.settle("n1", Some(ack), r.issue()).is_empty());
         let next = r.issue();
         assert!(next < 1 << 52, "exact as a JSON number: {next}");
+    }
+
+    fn handed(node: &str, receipt: u64, run_id: i64) -> HandedOut {
+        HandedOut {
+            node: node.into(),
+            run_id,
+            attempt: 1,
+            receipt,
+        }
+    }
+
+    #[test]
+    fn attempts_handed_out_after_the_last_read_of_an_earlier_term_are_handed_back() {
+        let r = receipts();
+        r.new_term(5);
+        let before = r.issue();
+        let read = r.issue();
+        let lost = r.issue();
+        // The old primary dies with `lost`'s answer on its way; the node
+        // read `read` last, and had read `before` too.
+        r.new_term(6);
+        r.carry(vec![
+            handed("n1", before, 1),
+            handed("n1", lost, 2),
+            handed("n1", lost, 3),
+            handed("n2", lost, 4),
+        ]);
+        let out = r.settle("n1", Some(read), r.issue());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].runs, vec![(2, 1), (3, 1)]);
+        // Looked at once: the same ack again hands back nothing more.
+        assert!(r.settle("n1", Some(read), r.issue()).is_empty());
+        // Nodes do not mix: n2 read nothing after `before`.
+        let out = r.settle("n2", Some(before), r.issue());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].runs, vec![(4, 1)]);
+    }
+
+    #[test]
+    fn attempts_of_a_later_term_than_the_last_read_are_handed_back() {
+        let r = receipts();
+        r.new_term(5);
+        let read = r.issue();
+        // Term 6 gave the node a batch it never read, then died too.
+        r.new_term(6);
+        let lost = r.issue();
+        r.new_term(7);
+        r.carry(vec![handed("n1", lost, 9)]);
+        let out = r.settle("n1", Some(read), r.issue());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].runs, vec![(9, 1)]);
+        // An attempt of an earlier term than the last read: read, or of a
+        // process gone; its lease decides.
+        r.new_term(8);
+        r.carry(vec![handed("n1", read, 10)]);
+        assert!(r.settle("n1", Some(lost), r.issue()).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_registered_this_term_or_has_no_receipts_keeps_the_lease() {
+        let r = receipts();
+        r.new_term(5);
+        let read = r.issue();
+        let lost = r.issue();
+        r.new_term(6);
+        r.carry(vec![handed("n1", lost, 1), handed("n2", lost, 2)]);
+        // n1 restarted: its first poll acknowledges this term's registration.
+        let registered = r.issue();
+        assert!(r.settle("n1", Some(registered), r.issue()).is_empty());
+        // ... and its carried attempts are gone, not kept for later.
+        assert!(r.settle("n1", Some(read), r.issue()).is_empty());
+        // n2 polls without receipts.
+        assert!(r.settle("n2", None, r.issue()).is_empty());
+        assert!(r.settle("n2", Some(read), r.issue()).is_empty());
+    }
+
+    #[test]
+    fn attempts_of_this_term_are_not_carried() {
+        let r = receipts();
+        r.new_term(5);
+        let read = r.issue();
+        r.new_term(6);
+        let mine = r.issue();
+        r.carry(vec![handed("n1", mine, 1)]);
+        assert!(r.settle("n1", Some(read), r.issue()).is_empty());
+    }
+
+    #[test]
+    fn a_carried_attempt_whose_hand_back_failed_is_found_again() {
+        let r = receipts();
+        r.new_term(5);
+        let read = r.issue();
+        let lost = r.issue();
+        r.new_term(6);
+        r.carry(vec![handed("n1", lost, 1)]);
+        let out = r.settle("n1", Some(read), r.issue());
+        assert_eq!(out.len(), 1);
+        r.restore("n1", out);
+        let again = r.settle("n1", Some(read), r.issue());
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].runs, vec![(1, 1)]);
+    }
+
+    #[test]
+    fn terms_wrap_and_receipts_stay_below_2_pow_52() {
+        assert!(later_term(5, 6));
+        assert!(!later_term(6, 5));
+        assert!(!later_term(6, 6));
+        assert!(later_term(TERMS - 1, 0), "the epoch's low bits wrap");
+        assert!(!later_term(0, TERMS - 1));
+        let r = receipts();
+        for epoch in [1, 2047, 2048, 2049, i64::MAX] {
+            r.new_term(epoch);
+            let receipt = r.issue();
+            assert!(receipt < 1 << 52, "{epoch}: {receipt}");
+            assert_eq!(term_of(receipt), epoch as u64 % TERMS);
+        }
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl Controller {
         .await
         .context("promotion task")?
         .context("opening the database for writing")?;
-        match self.start_term_tasks().await {
+        match self.start_term_tasks(epoch).await {
             Ok(()) => {}
             Err(e) => {
                 // Give the term back so the retry starts from a clean slate.
@@ -152,7 +152,7 @@ impl Controller {
 
     /// The part of a promotion after the writer is ours: seed the admin
     /// key, load nodes and pending runs, start the term's loops.
-    async fn start_term_tasks(&mut self) -> anyhow::Result<()> {
+    async fn start_term_tasks(&mut self, epoch: i64) -> anyhow::Result<()> {
         let app = &self.app;
         if let Some(key) = auth::bootstrap(
             &app.store,
@@ -168,7 +168,7 @@ impl Controller {
             .await
             .context("loading nodes")?;
         let token = CancellationToken::new();
-        app.dispatcher.start_term(token.clone());
+        app.dispatcher.start_term(token.clone(), epoch);
         let queued = app
             .dispatcher
             .load()

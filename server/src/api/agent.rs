@@ -507,7 +507,7 @@ mod tests {
             .write(move |c| {
                 let job = slot_job(c, "j", &spec);
                 let slots: Vec<Queued> = (1..=3).map(|i| one_slot(c, &job, i * 1_000)).collect();
-                let a = lifecycle::assign(c, "n1", &slots, 3_000, 30_000)?;
+                let a = lifecycle::assign(c, "n1", &slots, 3_000, 30_000, 0)?;
                 Ok(a.runs.iter().map(|r| r.run_id).collect())
             })
             .await

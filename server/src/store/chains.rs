@@ -278,7 +278,7 @@ mod tests {
 
     fn end(c: &Connection, run: i64, outcome: Outcome) -> Vec<Queued> {
         let q = queued(c, run).unwrap().unwrap();
-        assign(c, "n", &[q], 1, 30_000).unwrap();
+        assign(c, "n", &[q], 1, 30_000, 0).unwrap();
         let req = result_of(outcome, 1);
         match complete(&mut Prepared::new(c), "n", run, &req, 2)
             .unwrap()

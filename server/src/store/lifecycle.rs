@@ -321,6 +321,40 @@ pub fn load_pending(conn: &Connection) -> Result<Vec<Queued>, StoreError> {
     Ok(out)
 }
 
+/// One running attempt and the receipt of the poll that handed it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOut {
+    pub node: String,
+    pub run_id: i64,
+    pub attempt: u32,
+    pub receipt: u64,
+}
+
+/// Every running attempt handed out with a receipt (loaded when a server
+/// becomes primary, see `crate::receipts`).
+pub fn load_handed_out(conn: &Connection) -> Result<Vec<HandedOut>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT assigned_node, id, attempt, receipt FROM runs
+         WHERE state = 'running' AND receipt IS NOT NULL AND assigned_node IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let run_id: i64 = row.get(1)?;
+        let receipt: i64 = row.get(3)?;
+        let receipt = u64::try_from(receipt).map_err(|_| {
+            StoreError::Corrupt(format!("run {run_id}: receipt {receipt} is negative"))
+        })?;
+        out.push(HandedOut {
+            node: row.get(0)?,
+            run_id,
+            attempt: row.get(2)?,
+            receipt,
+        });
+    }
+    Ok(out)
+}
+
 /// The queue entry of one pending run.
 pub fn queued(conn: &Connection, run_id: i64) -> Result<Option<Queued>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -594,13 +628,15 @@ pub struct Assigned {
     pub skipped: usize,
 }
 
-/// Assigns `candidates` to `node`, applying each job's concurrency policy.
+/// Assigns `candidates` to `node`, applying each job's concurrency policy;
+/// `receipt` is the poll's (kept with each attempt it hands out).
 pub fn assign(
     conn: &Connection,
     node: &str,
     candidates: &[Queued],
     now: i64,
     lease_ms: i64,
+    receipt: u64,
 ) -> Result<Assigned, StoreError> {
     let mut out = Assigned::default();
     let mut p = Prepared::new(conn);
@@ -683,10 +719,17 @@ pub fn assign(
         // attempt's result replaces it.
         p.stmt(
             "UPDATE runs SET state = 'running', assigned_node = ?2, lease_expires_at = ?3,
-                 started_at = ?4, cancel_requested = 0, output = NULL, truncated = 0
+                 started_at = ?4, cancel_requested = 0, output = NULL, truncated = 0,
+                 receipt = ?5
              WHERE id = ?1 AND state = 'pending'",
         )?
-        .execute(params![c.run_id, node, starts_at + lease_ms, starts_at])?;
+        .execute(params![
+            c.run_id,
+            node,
+            starts_at + lease_ms,
+            starts_at,
+            receipt as i64
+        ])?;
         note_running(&mut p, c.job_pk, c.run_id)?;
         let details = events::RunDetails {
             job_id,
@@ -1086,16 +1129,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn running_attempts_load_with_the_receipt_they_were_handed_out_with() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "h", &spec(""));
+                let first = one_slot(c, &job, 1_000);
+                let second = one_slot(c, &job, 2_000);
+                let pending = one_slot(c, &job, 3_000);
+                assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000, 41)?;
+                assign(c, "n2", std::slice::from_ref(&second), 2_000, 30_000, 42)?;
+                let mut got = load_handed_out(c)?;
+                got.sort_by_key(|h| h.run_id);
+                let want = |node: &str, run_id, receipt| HandedOut {
+                    node: node.into(),
+                    run_id,
+                    attempt: 1,
+                    receipt,
+                };
+                assert_eq!(
+                    got,
+                    [want("n1", first.run_id, 41), want("n2", second.run_id, 42)],
+                    "running attempts only, not {}",
+                    pending.run_id
+                );
+                // Handed back as never read: it runs again as attempt 2,
+                // and is no longer running with its old receipt.
+                let (requeue, handed) = hand_back_unread(c, "n1", &[(first.run_id, 1)], 1_500)?;
+                assert_eq!((requeue.len(), handed), (1, 1));
+                assert_eq!(state(c, first.run_id), (RunState::Pending, 2, false));
+                assert_eq!(load_handed_out(c)?, [want("n2", second.run_id, 42)]);
+                // A hand-back naming another node or attempt changes nothing.
+                let (_, handed) = hand_back_unread(c, "n1", &[(second.run_id, 1)], 1_600)?;
+                let (_, stale) = hand_back_unread(c, "n2", &[(second.run_id, 2)], 1_600)?;
+                assert_eq!((handed, stale), (0, 0));
+                assert_eq!(state(c, second.run_id), (RunState::Running, 1, false));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
     async fn replace_flags_the_running_attempt_and_starts_the_new_one() {
         let (_dir, store) = temp_store();
         store
             .write(|c| {
                 let job = slot_job(c, "r", &spec(r#","concurrency":"replace""#));
                 let first = one_slot(c, &job, 1_000);
-                let a = assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
+                let a = assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000, 0)?;
                 assert_eq!(a.runs.len(), 1);
                 let second = one_slot(c, &job, 2_000);
-                let b = assign(c, "n2", std::slice::from_ref(&second), 2_000, 30_000)?;
+                let b = assign(c, "n2", std::slice::from_ref(&second), 2_000, 30_000, 0)?;
                 assert_eq!(b.runs.len(), 1, "replace starts the new run");
                 assert_eq!(state(c, first.run_id), (RunState::Running, 1, true));
                 assert_eq!(state(c, second.run_id), (RunState::Running, 1, false));
@@ -1125,7 +1211,7 @@ mod tests {
                 // allow: handed out 80 ms early, it starts at its time.
                 let job = slot_job(c, "early", &spec(r#","concurrency":"allow""#));
                 let q = one_slot(c, &job, 1_000);
-                let a = assign(c, "n1", std::slice::from_ref(&q), 920, 30_000)?;
+                let a = assign(c, "n1", std::slice::from_ref(&q), 920, 30_000, 0)?;
                 assert_eq!(a.runs.len(), 1);
                 assert_eq!(a.runs[0].start_in_ms, 80);
                 let started: i64 = c.query_row(
@@ -1136,16 +1222,16 @@ mod tests {
                 assert_eq!(started, 1_000, "started at its time, not at the hand-out");
                 // On time: no delay.
                 let q2 = one_slot(c, &job, 2_000);
-                let b = assign(c, "n1", std::slice::from_ref(&q2), 2_000, 30_000)?;
+                let b = assign(c, "n1", std::slice::from_ref(&q2), 2_000, 30_000, 0)?;
                 assert_eq!(b.runs[0].start_in_ms, 0);
 
                 // forbid with a run still active: not judged early — held
                 // to its time, not skipped.
                 let f = slot_job(c, "forbid", &spec(r#","concurrency":"forbid""#));
                 let first = one_slot(c, &f, 1_000);
-                assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000)?;
+                assign(c, "n1", std::slice::from_ref(&first), 1_000, 30_000, 0)?;
                 let second = one_slot(c, &f, 2_000);
-                let held = assign(c, "n2", std::slice::from_ref(&second), 1_950, 30_000)?;
+                let held = assign(c, "n2", std::slice::from_ref(&second), 1_950, 30_000, 0)?;
                 assert!(held.runs.is_empty());
                 assert_eq!(held.skipped, 0);
                 assert_eq!(held.later.len(), 1);
@@ -1153,7 +1239,7 @@ mod tests {
                 assert_eq!(held.later[0].ready_at, 2_000);
                 assert_eq!(state(c, second.run_id), (RunState::Pending, 1, false));
                 // At its time the policy applies as before.
-                let at_time = assign(c, "n2", &held.later, 2_000, 30_000)?;
+                let at_time = assign(c, "n2", &held.later, 2_000, 30_000, 0)?;
                 assert_eq!(at_time.skipped, 1);
                 Ok(())
             })
@@ -1169,7 +1255,7 @@ mod tests {
             .write(|c| {
                 let job = slot_job(c, "h", &spec(r#","retries":{"max":0}"#));
                 let q = one_slot(c, &job, 1_000);
-                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000, 0)?;
                 let r = complete_one(c, "n1", q.run_id, &done(Outcome::HandedBack, 1), 5_000)?;
                 let Ok(Completion::Recorded {
                     requeue: mut again,
@@ -1185,7 +1271,7 @@ mod tests {
                 // The old attempt's late result is stale; the new one runs elsewhere.
                 let stale = complete_one(c, "n1", q.run_id, &done(Outcome::Succeeded, 1), 5_100)?;
                 assert!(matches!(stale, Ok(Completion::Stale)));
-                let b = assign(c, "n2", &[again], 5_200, 30_000)?;
+                let b = assign(c, "n2", &[again], 5_200, 30_000, 0)?;
                 assert_eq!(b.runs[0].attempt, 2);
                 let ok = complete_one(c, "n2", q.run_id, &done(Outcome::Succeeded, 2), 6_000)?;
                 assert!(matches!(
@@ -1218,7 +1304,7 @@ mod tests {
                 let flaky = slot_job(c, "flaky", &spec(r#","retries":{"max":1,"backoff":"1s"}"#));
                 let steady = slot_job(c, "steady", &spec(""));
                 let (a, b) = (one_slot(c, &flaky, 1_000), one_slot(c, &steady, 1_000));
-                assign(c, "n1", &[a.clone(), b.clone()], 1_000, 30_000)?;
+                assign(c, "n1", &[a.clone(), b.clone()], 1_000, 30_000, 0)?;
                 let mut p = Prepared::new(c);
                 let failed = complete(&mut p, "n1", a.run_id, &done(Outcome::Failed, 1), 2_000)?;
                 let ok = complete(&mut p, "n1", b.run_id, &done(Outcome::Succeeded, 1), 2_000)?;
@@ -1291,7 +1377,7 @@ mod tests {
             .write(|c| {
                 let job = slot_job(c, "ev", &spec(r#","retries":{"max":1,"backoff":"1s"}"#));
                 let q = one_slot(c, &job, 1_000);
-                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000, 0)?;
                 assert_event_matches_row(c, q.run_id);
                 let failed = CompleteRequest {
                     exit_code: Some(3),
@@ -1310,7 +1396,7 @@ mod tests {
                 // The second attempt's start still shows the first one's result,
                 // as the row does until the new result replaces it.
                 let again = requeue.pop().unwrap();
-                assign(c, "n2", &[again], 3_000, 30_000)?;
+                assign(c, "n2", &[again], 3_000, 30_000, 0)?;
                 assert_event_matches_row(c, q.run_id);
                 let ok = CompleteRequest {
                     exit_code: Some(0),
@@ -1363,7 +1449,7 @@ mod tests {
                 };
                 // A lease that expires with no retries left: lost, on its node.
                 let q = one_slot(c, &job, 1_000);
-                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000)?;
+                assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000, 0)?;
                 let (requeue, expired) = expire_leases(c, 40_000)?;
                 assert_eq!((requeue.len(), expired), (0, 1));
                 let (kind, job_id, _, node, data) = last_event(c);
@@ -1377,7 +1463,7 @@ mod tests {
                 // job's recovery, and the mark is cleared.
                 mark_overdue(c)?;
                 let q2 = one_slot(c, &job, 50_000);
-                assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000)?;
+                assign(c, "n2", std::slice::from_ref(&q2), 50_000, 30_000, 0)?;
                 let r = complete_one(c, "n2", q2.run_id, &done(Outcome::Succeeded, 1), 51_000)?;
                 assert!(matches!(r, Ok(Completion::Recorded { .. })), "{r:?}");
                 let (kind, .., data) = last_event(c);
@@ -1397,7 +1483,7 @@ mod tests {
                 // A failure does not recover it.
                 mark_overdue(c)?;
                 let q3 = one_slot(c, &job, 60_000);
-                assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000)?;
+                assign(c, "n2", std::slice::from_ref(&q3), 60_000, 30_000, 0)?;
                 complete_one(c, "n2", q3.run_id, &done(Outcome::Failed, 1), 61_000)?.unwrap();
                 assert_eq!(last_event(c).0, "run.failed");
                 assert_event_matches_row(c, q3.run_id);

@@ -371,6 +371,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_due ON job_stats (next_fire_at)
         WHERE next_fire_at IS NOT NULL AND enabled = 1 AND paused = 0;
     "#,
+    // 17: the receipt of the poll that handed out a run's current attempt
+    // (crate::receipts), so that a server that becomes primary can hand
+    // back what an earlier term gave out and its node never read.
+    r#"
+    ALTER TABLE runs ADD COLUMN receipt INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -101,7 +101,9 @@ pub async fn run(
             let node = format!("node-{}", n % 10);
             let chunk = chunk.to_vec();
             let (node, assigned) = store
-                .write(move |c| lifecycle::assign(c, &node, &chunk, at, 30_000).map(|a| (node, a)))
+                .write(move |c| {
+                    lifecycle::assign(c, &node, &chunk, at, 30_000, 0).map(|a| (node, a))
+                })
                 .await?;
             started.extend(assigned.runs.into_iter().map(|r| (node.clone(), r)));
         }

@@ -237,7 +237,7 @@ mod tests {
     /// Runs a slot to the end with `outcome` on node n.
     fn run_to_end(c: &Connection, id: i64, outcome: Outcome) {
         let q = lifecycle::queued(c, id).unwrap().unwrap();
-        lifecycle::assign(c, "n", &[q], 2, 30_000).unwrap();
+        lifecycle::assign(c, "n", &[q], 2, 30_000, 0).unwrap();
         let req = CompleteRequest {
             attempt: 1,
             outcome,

@@ -90,13 +90,15 @@ impl Client {
     fn no_key_hint(&self) -> String {
         let fix = match &self.context {
             Some(name) => format!(
-                "context {name:?} names no key file (`sundial config set-context {name} --key FILE`)"
+                "; context {name:?} names no key file (`sundial config set-context {name} --key FILE`)"
             ),
-            None => "or use a context with one (`sundial config set-context NAME --url URL \
+            None => ", or use a context with one (`sundial config set-context NAME --url URL \
                      --key FILE --use`)"
                 .to_owned(),
         };
-        format!("; no API key was sent: pass --key-file FILE, set SUNDIAL_KEY_FILE or SUNDIAL_KEY, {fix}")
+        format!(
+            "; no API key was sent: pass --key-file FILE or set SUNDIAL_KEY_FILE or SUNDIAL_KEY{fix}"
+        )
     }
 
     fn transport(&self, e: reqwest::Error) -> CliError {
@@ -167,4 +169,36 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyless(context: Option<&str>) -> Client {
+        let conn = Connection {
+            server: "http://127.0.0.1:1".into(),
+            key: None,
+            ca_file: None,
+            context: context.map(str::to_owned),
+        };
+        Client::new(&conn, Duration::from_secs(1)).expect("a client")
+    }
+
+    #[test]
+    fn a_401_without_a_key_says_where_one_could_come_from() {
+        let plain = keyless(None).no_key_hint();
+        assert_eq!(
+            plain,
+            "; no API key was sent: pass --key-file FILE or set SUNDIAL_KEY_FILE or SUNDIAL_KEY, \
+             or use a context with one (`sundial config set-context NAME --url URL --key FILE --use`)"
+        );
+        let prod = keyless(Some("prod")).no_key_hint();
+        assert!(
+            prod.ends_with(
+                "; context \"prod\" names no key file (`sundial config set-context prod --key FILE`)"
+            ),
+            "{prod}"
+        );
+    }
 }

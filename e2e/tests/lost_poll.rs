@@ -147,54 +147,117 @@ fn run(server: &ServerProc, id: i64) -> Option<serde_json::Value> {
     (status == 200).then_some(r)
 }
 
-#[test]
-fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
-    let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
-    // The first poll response with runs in it never reaches the daemon:
-    // its receipt to acknowledge comes from registration.
-    let proxy = LossyProxy::start(port, 1, false);
-    let token = server.join_token().unwrap();
-    let mut daemon = DaemonProc::start(
-        &format!("http://127.0.0.1:{}", proxy.port),
-        &token,
-        "n1",
-        &dir.path().join("n1"),
-        &[],
-    )
-    .unwrap();
-    let marks = dir.path().join("marks");
-    let script = format!(
-        "echo \"$SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT\" >> {}",
-        marks.display()
-    );
-    let job = json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "shell", "script": script}});
-    assert_eq!(
-        server.call("PUT", "/v1/jobs/once", Some(&job)).unwrap().0,
-        201
-    );
+/// A server with a 60 s lease, a daemon `n1` behind a [`LossyProxy`] that
+/// loses its `drop_nth` answer with work in it (held until the gate opens
+/// when `hold`), and a job `once` that writes "run attempt" lines to a
+/// marks file.
+struct Setup {
+    server: ServerProc,
+    proxy: LossyProxy,
+    daemon: DaemonProc,
+    marks: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
 
-    let trigger = || {
-        let (status, r) = server.call("POST", "/v1/jobs/once/trigger", None).unwrap();
+impl Setup {
+    fn start(drop_nth: usize, hold: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
+        let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
+        let proxy = LossyProxy::start(port, drop_nth, hold);
+        let token = server.join_token().unwrap();
+        let daemon = DaemonProc::start(
+            &format!("http://127.0.0.1:{}", proxy.port),
+            &token,
+            "n1",
+            &dir.path().join("n1"),
+            &[],
+        )
+        .unwrap();
+        let marks = dir.path().join("marks");
+        let script = format!(
+            "echo \"$SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT\" >> {}",
+            marks.display()
+        );
+        let job =
+            json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "shell", "script": script}});
+        assert_eq!(
+            server.call("PUT", "/v1/jobs/once", Some(&job)).unwrap().0,
+            201
+        );
+        Setup {
+            server,
+            proxy,
+            daemon,
+            marks,
+            _dir: dir,
+        }
+    }
+
+    fn trigger(&self) -> i64 {
+        let (status, r) = self
+            .server
+            .call("POST", "/v1/jobs/once/trigger", None)
+            .unwrap();
         assert_eq!(status, 201, "{r}");
         r["id"].as_i64().unwrap()
-    };
-    let finished = |id: i64, within: Duration| {
+    }
+
+    /// The run once it has ended, waiting at most `within`.
+    fn finished(&self, id: i64, within: Duration) -> Option<serde_json::Value> {
         wait_for(within, || {
-            let r = run(&server, id)?;
+            let r = run(&self.server, id)?;
             (r["state"] != "pending" && r["state"] != "running").then_some(r)
         })
-    };
+    }
+
+    /// Asserts the run ended `succeeded` as `attempt`.
+    #[track_caller]
+    fn succeeded(&self, id: i64, attempt: u64) {
+        let r = self
+            .finished(id, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("run {id} did not finish"));
+        assert_eq!(
+            (r["state"].as_str(), r["attempt"].as_u64()),
+            (Some("succeeded"), Some(attempt)),
+            "{r}"
+        );
+    }
+
+    /// Asserts each run executed exactly once, as the attempts given.
+    fn executed_once(&self, runs: &[(i64, u32)]) {
+        let text = std::fs::read_to_string(&self.marks).unwrap();
+        let want: Vec<String> = runs.iter().map(|(id, a)| format!("{id} {a}")).collect();
+        assert_eq!(text.lines().collect::<Vec<_>>(), want, "{text}");
+    }
+
+    fn handed_back(&self) -> f64 {
+        self.server
+            .metric("sundial_runs_unread_handed_back_total")
+            .unwrap()
+    }
+
+    fn stop(mut self) {
+        self.daemon.terminate(Duration::from_secs(10)).unwrap();
+    }
+}
+
+#[test]
+fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
+    // The first poll response with runs in it never reaches the daemon:
+    // its receipt to acknowledge comes from registration.
+    let s = Setup::start(1, false);
 
     // The answer to the daemon's first poll with work in it is lost on the
     // way: the run is handed back at its next poll and runs as attempt 2.
     let started = Instant::now();
-    let first = trigger();
-    let r = finished(first, Duration::from_secs(20)).expect("the first run finished");
+    let first = s.trigger();
+    let r = s
+        .finished(first, Duration::from_secs(20))
+        .expect("the first run finished");
     let took = started.elapsed();
     assert_eq!(
-        proxy.dropped.load(Ordering::SeqCst),
+        s.proxy.dropped.load(Ordering::SeqCst),
         1,
         "the proxy dropped a response"
     );
@@ -207,101 +270,46 @@ fn a_lost_poll_response_is_handed_back_at_once_and_runs_once() {
     println!("lost poll response: run {first} succeeded as attempt 2 after {took:?}");
 
     // The next answers arrive: a run the daemon read is not handed back.
-    let second = trigger();
-    let r = finished(second, Duration::from_secs(20)).expect("the second run finished");
-    assert_eq!(
-        (r["state"].as_str(), r["attempt"].as_u64()),
-        (Some("succeeded"), Some(1)),
-        "{r}"
-    );
-
-    // Exactly one execution of each run.
-    let text = std::fs::read_to_string(&marks).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines,
-        vec![format!("{first} 2"), format!("{second} 1")],
-        "{text}"
-    );
-    assert_eq!(
-        server
-            .metric("sundial_runs_unread_handed_back_total")
-            .unwrap(),
-        1.0
-    );
-    daemon.terminate(Duration::from_secs(10)).unwrap();
-    drop(proxy);
+    let second = s.trigger();
+    s.succeeded(second, 1);
+    s.executed_once(&[(first, 2), (second, 1)]);
+    assert_eq!(s.handed_back(), 1.0);
+    s.stop();
 }
 
 #[test]
 fn a_poll_response_lost_as_its_server_dies_is_handed_back_by_the_next_term() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "60s"]).unwrap();
-    let port: u16 = server.base.rsplit(':').next().unwrap().parse().unwrap();
     // The second poll answer with work in it is held, then lost: the first
     // is read, so the lost one is handed out after an answer that was read.
-    let proxy = LossyProxy::start(port, 2, true);
-    let token = server.join_token().unwrap();
-    let mut daemon = DaemonProc::start(
-        &format!("http://127.0.0.1:{}", proxy.port),
-        &token,
-        "n1",
-        &dir.path().join("n1"),
-        &[],
-    )
-    .unwrap();
-    let marks = dir.path().join("marks");
-    let script = format!(
-        "echo \"$SUNDIAL_RUN_ID $SUNDIAL_ATTEMPT\" >> {}",
-        marks.display()
-    );
-    let job = json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "shell", "script": script}});
-    assert_eq!(
-        server.call("PUT", "/v1/jobs/once", Some(&job)).unwrap().0,
-        201
-    );
-    let trigger = |server: &ServerProc| {
-        let (status, r) = server.call("POST", "/v1/jobs/once/trigger", None).unwrap();
-        assert_eq!(status, 201, "{r}");
-        r["id"].as_i64().unwrap()
-    };
-    let finished = |server: &ServerProc, id: i64, within: Duration| {
-        wait_for(within, || {
-            let r = run(server, id)?;
-            (r["state"] != "pending" && r["state"] != "running").then_some(r)
-        })
-    };
+    let mut s = Setup::start(2, true);
 
     // One answer read.
-    let first = trigger(&server);
-    let r = finished(&server, first, Duration::from_secs(20)).expect("the first run finished");
-    assert_eq!(
-        (r["state"].as_str(), r["attempt"].as_u64()),
-        (Some("succeeded"), Some(1)),
-        "{r}"
-    );
+    let first = s.trigger();
+    s.succeeded(first, 1);
 
     // The next is committed and held at the proxy: the server dies with it
     // on its way, and a new term starts on the same database.
-    let lost = trigger(&server);
+    let lost = s.trigger();
     wait_for(Duration::from_secs(20), || {
-        (proxy.dropped.load(Ordering::SeqCst) == 1).then_some(())
+        (s.proxy.dropped.load(Ordering::SeqCst) == 1).then_some(())
     })
     .expect("the proxy holds the second answer");
-    let r = run(&server, lost).unwrap();
+    let r = run(&s.server, lost).unwrap();
     assert_eq!(
         (r["state"].as_str(), r["node"].as_str()),
         (Some("running"), Some("n1")),
         "{r}"
     );
-    server.kill9().unwrap();
-    server.restart().unwrap();
+    s.server.kill9().unwrap();
+    s.server.restart().unwrap();
     let released = Instant::now();
-    proxy.gate.open.store(true, Ordering::SeqCst);
+    s.proxy.gate.open.store(true, Ordering::SeqCst);
 
     // Its next poll acknowledges the first answer: the lost attempt is
     // handed back and runs as attempt 2, long before the 60 s lease.
-    let r = finished(&server, lost, Duration::from_secs(30)).expect("the lost run finished");
+    let r = s
+        .finished(lost, Duration::from_secs(30))
+        .expect("the lost run finished");
     let took = released.elapsed();
     assert_eq!(
         (r["state"].as_str(), r["attempt"].as_u64()),
@@ -315,34 +323,11 @@ fn a_poll_response_lost_as_its_server_dies_is_handed_back_by_the_next_term() {
     println!(
         "answer lost with its server: run {lost} succeeded as attempt 2 {took:?} after the restart"
     );
-    assert_eq!(
-        server
-            .metric("sundial_runs_unread_handed_back_total")
-            .unwrap(),
-        1.0
-    );
+    assert_eq!(s.handed_back(), 1.0);
 
     // A run the daemon reads in the new term is not handed back.
-    let after = trigger(&server);
-    let r = finished(&server, after, Duration::from_secs(20)).expect("the third run finished");
-    assert_eq!(
-        (r["state"].as_str(), r["attempt"].as_u64()),
-        (Some("succeeded"), Some(1)),
-        "{r}"
-    );
-
-    // Exactly one execution of each run.
-    let text = std::fs::read_to_string(&marks).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines,
-        vec![
-            format!("{first} 1"),
-            format!("{lost} 2"),
-            format!("{after} 1")
-        ],
-        "{text}"
-    );
-    daemon.terminate(Duration::from_secs(10)).unwrap();
-    drop(proxy);
+    let after = s.trigger();
+    s.succeeded(after, 1);
+    s.executed_once(&[(first, 1), (lost, 2), (after, 1)]);
+    s.stop();
 }

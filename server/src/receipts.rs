@@ -440,6 +440,17 @@ mod tests {
         }
     }
 
+    /// Term 5 gave a node an answer it read, then one it never read; term
+    /// 6 has begun.
+    fn after_a_failover() -> (Receipts, u64, u64) {
+        let r = receipts();
+        r.new_term(5);
+        let read = r.issue();
+        let lost = r.issue();
+        r.new_term(6);
+        (r, read, lost)
+    }
+
     #[test]
     fn attempts_handed_out_after_the_last_read_of_an_earlier_term_are_handed_back() {
         let r = receipts();
@@ -489,11 +500,7 @@ mod tests {
 
     #[test]
     fn a_node_that_registered_this_term_or_has_no_receipts_keeps_the_lease() {
-        let r = receipts();
-        r.new_term(5);
-        let read = r.issue();
-        let lost = r.issue();
-        r.new_term(6);
+        let (r, read, lost) = after_a_failover();
         r.carry(vec![handed("n1", lost, 1), handed("n2", lost, 2)]);
         // n1 restarted: its first poll acknowledges this term's registration.
         let registered = r.issue();
@@ -518,11 +525,7 @@ mod tests {
 
     #[test]
     fn a_carried_attempt_whose_hand_back_failed_is_found_again() {
-        let r = receipts();
-        r.new_term(5);
-        let read = r.issue();
-        let lost = r.issue();
-        r.new_term(6);
+        let (r, read, lost) = after_a_failover();
         r.carry(vec![handed("n1", lost, 1)]);
         let out = r.settle("n1", Some(read), r.issue());
         assert_eq!(out.len(), 1);

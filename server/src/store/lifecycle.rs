@@ -331,7 +331,9 @@ pub struct HandedOut {
 }
 
 /// Every running attempt handed out with a receipt (loaded when a server
-/// becomes primary, see `crate::receipts`).
+/// becomes primary, see `crate::receipts`). A row whose receipt is not
+/// one (negative) is logged and left out: that attempt keeps its lease,
+/// and the promotion goes on.
 pub fn load_handed_out(conn: &Connection) -> Result<Vec<HandedOut>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT assigned_node, id, attempt, receipt FROM runs
@@ -342,9 +344,14 @@ pub fn load_handed_out(conn: &Connection) -> Result<Vec<HandedOut>, StoreError> 
     while let Some(row) = rows.next()? {
         let run_id: i64 = row.get(1)?;
         let receipt: i64 = row.get(3)?;
-        let receipt = u64::try_from(receipt).map_err(|_| {
-            StoreError::Corrupt(format!("run {run_id}: receipt {receipt} is negative"))
-        })?;
+        let Ok(receipt) = u64::try_from(receipt) else {
+            tracing::error!(
+                run = run_id,
+                receipt,
+                "running attempt not carried: its receipt is negative"
+            );
+            continue;
+        };
         out.push(HandedOut {
             node: row.get(0)?,
             run_id,
@@ -1159,6 +1166,16 @@ mod tests {
                 assert_eq!((requeue.len(), handed), (1, 1));
                 assert_eq!(state(c, first.run_id), (RunState::Pending, 2, false));
                 assert_eq!(load_handed_out(c)?, [want("n2", second.run_id, 42)]);
+                // A row whose receipt is not one is left out, not an error.
+                c.execute(
+                    "UPDATE runs SET receipt = -1 WHERE id = ?1",
+                    [second.run_id],
+                )?;
+                assert_eq!(load_handed_out(c)?, []);
+                c.execute(
+                    "UPDATE runs SET receipt = 42 WHERE id = ?1",
+                    [second.run_id],
+                )?;
                 // A hand-back naming another node or attempt changes nothing.
                 let (_, handed) = hand_back_unread(c, "n1", &[(second.run_id, 1)], 1_600)?;
                 let (_, stale) = hand_back_unread(c, "n2", &[(second.run_id, 2)], 1_600)?;

@@ -174,10 +174,13 @@ impl Dispatcher {
         // the clear. A run queued twice is harmless — its second claim finds
         // it no longer pending.
         self.lock().queue.clear();
-        let pending = self.store.read(lifecycle::load_pending).await?;
+        // One read, one snapshot: the pending runs and the running ones.
+        let (pending, handed_out) = self
+            .store
+            .read(|c| Ok((lifecycle::load_pending(c)?, lifecycle::load_handed_out(c)?)))
+            .await?;
         let n = pending.len();
         self.enqueue(pending);
-        let handed_out = self.store.read(lifecycle::load_handed_out).await?;
         self.receipts.carry(handed_out);
         Ok(n)
     }

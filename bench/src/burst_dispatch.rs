@@ -6,7 +6,9 @@
 //! how the runs spread over the daemons.
 
 use crate::dispatch::{noop_executor, pct_row, wait_registered, window_runs, Daemons};
-use crate::{header, put_job_bodies, row, sleep_until_wall, stop_server, verdict};
+use crate::harness::{sleep_until_wall, stop_server};
+use crate::load::put_job_bodies;
+use crate::report::{header, row, verdict};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -139,7 +139,7 @@ pub fn run(data: &Path, args: &Args) -> Result<()> {
         args.runs,
         data.display()
     );
-    let took = super::populate(&db, args.jobs, 20_000)?;
+    let took = crate::startup::populate(&db, args.jobs, 20_000)?;
     add_history(&db, args.jobs, args.runs)?;
     // Job labels on one job in ten, for the label filter.
     rusqlite::Connection::open(&db)?.execute(
@@ -230,5 +230,5 @@ pub fn run(data: &Path, args: &Args) -> Result<()> {
         let text = summary(&mut times, "µs");
         println!("| {name} `{path}` | {text} | {} KB |", bytes / 1024);
     }
-    super::stop_server(server)
+    crate::harness::stop_server(server)
 }

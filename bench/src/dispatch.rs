@@ -7,10 +7,10 @@
 //! (`started_at − scheduled_for`, the daemon's own start stamp), next to the
 //! server's metrics deltas and the CPU of every process involved.
 
-use super::{
-    header, http_client, put_job_bodies, row, server_pid, sleep_until_wall, stop_server, verdict,
-    Opts, Perf,
-};
+use crate::harness::{http_client, server_pid, sleep_until_wall, stop_server, Opts};
+use crate::load::put_job_bodies;
+use crate::perf::Perf;
+use crate::report::{header, row, verdict};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

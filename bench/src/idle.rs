@@ -5,7 +5,9 @@
 //! `sundial_proto::sign`). Measured on the server: time until every daemon
 //! holds a poll, open descriptors, `VmRSS`/`VmHWM`, and CPU while idle.
 
-use super::{header, http_client, row, server_pid, stop_server, Opts, Perf};
+use crate::harness::{http_client, server_pid, stop_server, Opts};
+use crate::perf::Perf;
+use crate::report::{header, row, verdict};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use std::process::Command;
@@ -355,14 +357,14 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
         format!("{} / {}", mib(rss_max), mib(rss_end)),
         &format!(
             "≤ 250 MB {}",
-            super::verdict(rss_mb <= 250.0 && connected_at.is_some())
+            verdict(rss_mb <= 250.0 && connected_at.is_some())
         ),
     );
     let hwm_mb = hwm as f64 / 1024.0 * 1.048576;
     row(
         "server VmHWM (whole run)",
         mib(hwm),
-        &format!("≤ 250 MB {}", super::verdict(hwm_mb <= 250.0)),
+        &format!("≤ 250 MB {}", verdict(hwm_mb <= 250.0)),
     );
     row(
         "  per connected daemon (RSS − RSS before)",

@@ -12,7 +12,9 @@ use std::time::Duration;
 use sundial_server::metrics::Metrics;
 use sundial_server::store::{path_bench, Store};
 
-use super::{Opts, Perf};
+use crate::harness::Opts;
+use crate::perf::Perf;
+use crate::report::{header, row};
 
 pub struct Args {
     pub jobs: usize,
@@ -40,7 +42,7 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
         store.close().await;
         out.context("running the path")
     })?;
-    super::header(&format!(
+    header(&format!(
         "run-path: {} jobs every second, {} seconds, {} runs per assign/complete write",
         args.jobs, args.seconds, args.batch
     ));
@@ -60,15 +62,15 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
         ("completion (µs per run)", complete),
         ("whole path (µs per run)", total),
     ] {
-        super::row(name, format!("{:.1}", us_per_run(d, runs)), "");
+        row(name, format!("{:.1}", us_per_run(d, runs)), "");
     }
-    super::row(
+    row(
         "writer-bound runs/s (1 / whole path)",
         format!("{:.0}", 1e6 / us_per_run(total, runs)),
         "",
     );
     if let Some(first) = seconds.first() {
-        super::row(
+        row(
             "first second, whole path (µs per run)",
             format!(
                 "{:.1}",
@@ -85,7 +87,7 @@ pub fn run(data: &Path, opts: &Opts, args: &Args) -> Result<()> {
         ]
         .map(|(n, a, b)| (n, (a, b)))
         {
-            super::row(
+            row(
                 &format!("{name}: first / last measured second"),
                 format!(
                     "{:.1} / {:.1}",

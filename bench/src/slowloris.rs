@@ -9,9 +9,9 @@
 //! sent. The server closes those after its header read timeout; the clients
 //! reconnect at once (so the window also carries that churn).
 
-use super::{
-    header, http_client, put_jobs, row, server_pid, sleep_until_wall, stop_server, verdict,
-};
+use crate::harness::{http_client, server_pid, sleep_until_wall, stop_server};
+use crate::load::put_jobs;
+use crate::report::{header, row, verdict};
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;

@@ -1,4 +1,5 @@
-//! Start-up: load or obtain the node credential, register with the server
+//! Start-up: lock the state directory (one daemon per directory), load or
+//! obtain the node credential, register with the server
 //! (re-joining if the credential was revoked and a join token is at hand),
 //! then hand over to the [`Runner`](crate::runner::Runner).
 
@@ -10,10 +11,12 @@ use crate::runner::Runner;
 use crate::spool::Spool;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::agent::{Credential, RegisterRequest};
 use sundial_proto::backoff::Backoff;
+use sundial_proto::dir_lock::{DirLock, DirLockError};
 use tokio_util::sync::CancellationToken;
 
 fn default_node_id() -> Result<String> {
@@ -52,6 +55,25 @@ async fn join(
     }
 }
 
+/// The lock file a daemon holds in its state directory.
+pub const LOCK_FILE: &str = "sundial-daemon.lock";
+
+/// A daemon owns its state directory: a second one started on it is
+/// refused before it reads the credential. Two processes with one
+/// credential are one node id the server cannot tell apart, and they would
+/// share one result spool.
+fn lock_state_dir(dir: &Path) -> Result<DirLock> {
+    match DirLock::try_acquire(dir, LOCK_FILE) {
+        Ok(lock) => Ok(lock),
+        Err(DirLockError::Held { holder, .. }) => bail!(
+            "another sundial-daemon{} is using the state directory {}: run one daemon per state directory (stop the other, or give this one its own --state-dir and --node-id)",
+            holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            dir.display()
+        ),
+        Err(e) => Err(e).context("locking the state directory"),
+    }
+}
+
 /// Runs the daemon until `stop` is cancelled (SIGTERM), then drains.
 pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
     let labels = parse_labels(&args.labels)?;
@@ -62,6 +84,8 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700))?;
+    // Held until this function returns (or the process ends).
+    let _lock = lock_state_dir(&args.state_dir)?;
     let node_id = match &args.node_id {
         Some(id) => id.clone(),
         None => default_node_id()?,

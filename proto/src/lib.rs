@@ -1,13 +1,15 @@
 //! Sundial's wire contract: the JSON shapes that cross process boundaries.
 //!
-//! Everything here is plain data with serde derives (plus the request signing
-//! and the retry backoff both sides share). The server, the daemon,
+//! Everything here is plain data with serde derives (plus the request signing,
+//! the retry backoff and the lock on a process's own directory that both
+//! sides share). The server, the daemon,
 //! the CLI and the tests all speak these types, so a change here is a change
 //! to the public API and must be reflected in `docs/api.md`.
 
 pub mod agent;
 pub mod apply;
 pub mod backoff;
+pub mod dir_lock;
 pub mod duration;
 pub mod error;
 pub mod event;

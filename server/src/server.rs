@@ -22,6 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use sundial_proto::dir_lock::{DirLock, DirLockError};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -231,11 +232,35 @@ impl Controller {
     }
 }
 
+/// The lock file a standalone server holds in its data directory.
+pub const LOCK_FILE: &str = "sundial-server.lock";
+
+/// A standalone server owns its data directory: a second one started on it
+/// is refused here, before it opens the database (it would promote itself
+/// and fence the first, leaving that one without a role). Under LiteFS or
+/// static roles the servers of a pair may share a directory's files by
+/// design (LiteFS's mount holds only the database), so none is taken.
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<Option<DirLock>> {
+    if !matches!(settings.ha, ha::Source::Standalone) {
+        return Ok(None);
+    }
+    match DirLock::try_acquire(&settings.data_dir, LOCK_FILE) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(DirLockError::Held { holder, .. }) => anyhow::bail!(
+            "another sundial-server{} is using the data directory {}: run one server per data directory (stop the other, or give this one its own --data-dir)",
+            holder.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            settings.data_dir.display()
+        ),
+        Err(e) => Err(e).context("locking the data directory"),
+    }
+}
+
 /// Starts a server and returns once it listens (and, when its source says
 /// so, once it is primary).
 pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data directory {}", settings.data_dir.display()))?;
+    let dir_lock = lock_data_dir(&settings)?;
     let db_path = settings.data_dir.join(DB_FILE);
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(
@@ -362,6 +387,7 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         ha_stop.cancel();
         let _ = ha_task.await;
         store.close().await;
+        drop(dir_lock);
         tracing::info!("server stopped");
         served.context("serving HTTP")
     });

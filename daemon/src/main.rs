@@ -25,9 +25,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
+    // Registered before anything else runs: a SIGTERM from here on stops
+    // the daemon cleanly, however early it comes.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+        if let Ok(mut term) = term {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -25,13 +25,14 @@ fn default_node_id() -> Result<String> {
         .map_err(|_| anyhow::anyhow!("the host name is not UTF-8; set --node-id"))
 }
 
-/// Joins (retrying while the server is unreachable) and stores the credential.
+/// Joins (retrying while the server is unreachable) and stores the
+/// credential; `None` when stopped (SIGTERM) before it could.
 async fn join(
     args: &Args,
     http: &reqwest::Client,
     node_id: &str,
     stop: &CancellationToken,
-) -> Result<Credential> {
+) -> Result<Option<Credential>> {
     let token = credential::join_token(args.join_token.as_deref(), args.join_token_file.as_deref())?
         .context("no credential in the state directory and no join token (--join-token-file or --join-token)")?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(15));
@@ -40,14 +41,14 @@ async fn join(
             Ok(cred) => {
                 credential::store(&args.state_dir, &cred)?;
                 tracing::info!(node = %cred.node_id, generation = cred.generation, "joined the cluster");
-                return Ok(cred);
+                return Ok(Some(cred));
             }
             Err(CallError::Unavailable(e)) => {
                 let d = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "server unreachable; retrying join");
                 tokio::select! {
                     _ = tokio::time::sleep(d) => {}
-                    _ = stop.cancelled() => bail!("stopped before joining"),
+                    _ = stop.cancelled() => return Ok(None),
                 }
             }
             Err(e) => bail!("join refused: {e}"),
@@ -97,7 +98,10 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
             "the state directory holds the credential of node {:?}, not {node_id:?}; use another --state-dir",
             c.node_id
         ),
-        None => join(&args, &http, &node_id, &stop).await?,
+        None => match join(&args, &http, &node_id, &stop).await? {
+            Some(c) => c,
+            None => return Ok(()),
+        },
     };
     let register = RegisterRequest {
         labels,
@@ -114,7 +118,10 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
             Err(CallError::Unauthorized(e)) => {
                 tracing::warn!(error = %e, "credential refused; joining again");
                 let _ = std::fs::remove_file(credential::path(&args.state_dir));
-                cred = join(&args, &http, &node_id, &stop).await?;
+                cred = match join(&args, &http, &node_id, &stop).await? {
+                    Some(c) => c,
+                    None => return Ok(()),
+                };
             }
             Err(CallError::Unavailable(e)) => {
                 let d = backoff.next_delay();

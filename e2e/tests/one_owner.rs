@@ -160,3 +160,24 @@ fn a_second_daemon_on_a_state_directory_in_use_is_refused_and_the_lock_dies_with
     // The orphaned job is this test's to end.
     let _ = send_signal(sleeper, "KILL");
 }
+
+#[test]
+fn a_daemon_stopped_before_it_could_join_exits_cleanly_and_frees_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("n1");
+    // Nothing listens there: the daemon retries its join until stopped.
+    let nowhere = format!("http://127.0.0.1:{}", free_port().unwrap());
+    let waits = |d: &DaemonProc| d.log_text().matches("retrying join").count();
+    let mut seen = 0;
+    for round in 0..2 {
+        // The two rounds share a log file: wait for this round's own line.
+        let mut d = DaemonProc::start(&nowhere, "no-token-needed-yet", "n1", &state, &[]).unwrap();
+        seen = wait_for(Duration::from_secs(20), || {
+            let n = waits(&d);
+            (n > seen).then_some(n)
+        })
+        .expect("the daemon waits for the server");
+        let code = d.terminate(Duration::from_secs(10)).unwrap();
+        assert_eq!(code, Some(0), "round {round}: {}", d.log_text());
+    }
+}

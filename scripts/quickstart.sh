@@ -47,15 +47,22 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+# Whatever answers on $listen once the server starts must be this server.
+if curl -fsS "$base/readyz" >/dev/null 2>&1; then
+    echo "a server already answers at $base (another quickstart?): stop it, or set SUNDIAL_LISTEN" >&2
+    exit 1
+fi
 "$bin/sundial-server" serve --listen "$listen" --data-dir "$data" --admin-key-file "$keyfile" \
     2>>"$data/server.log" &
 server_pid=$!
+server_exited() {
+    echo "the server exited ($data/server.log):" >&2
+    tail -n 3 "$data/server.log" >&2
+    exit 1
+}
 for _ in $(seq 1 100); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then server_exited; fi
     if curl -fsS "$base/readyz" >/dev/null 2>&1; then break; fi
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "the server exited; see $data/server.log" >&2
-        exit 1
-    fi
     sleep 0.1
 done
 curl -fsS "$base/readyz" >/dev/null

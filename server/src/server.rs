@@ -86,8 +86,8 @@ impl Controller {
             .set(i64::from(role == Role::Primary));
     }
 
-    /// Applies an observation; returns false when a promotion failed (retry later).
-    async fn apply(&mut self, obs: &Observed) -> bool {
+    /// Applies an observation; an error is a promotion that failed (retried later).
+    async fn apply(&mut self, obs: &Observed) -> anyhow::Result<()> {
         if !obs.primary {
             self.fenced_latch = false;
             self.end_term().await;
@@ -99,24 +99,24 @@ impl Controller {
                 Role::Unknown
             };
             self.set_state(role, 0, obs);
-            return true;
+            return Ok(());
         }
         if self.fenced_latch {
             self.set_state(Role::Unknown, 0, obs);
-            return true;
+            return Ok(());
         }
         if self.term.is_some() {
-            return true;
+            return Ok(());
         }
         match self.begin_term().await {
             Ok(epoch) => {
                 self.set_state(Role::Primary, epoch, obs);
-                true
+                Ok(())
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "promotion failed; will retry");
+                tracing::error!(error = format!("{e:#}"), "promotion failed");
                 self.set_state(Role::Unknown, 0, obs);
-                false
+                Err(e)
             }
         }
     }
@@ -226,7 +226,7 @@ impl Controller {
                 _ = shutdown.cancelled() => break,
             }
             let obs = observed.borrow_and_update().clone();
-            ok = self.apply(&obs).await;
+            ok = self.apply(&obs).await.is_ok();
         }
         self.end_term().await;
     }
@@ -348,8 +348,10 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
     };
     // Decide the first role before serving, so a standalone server answers as primary at once.
     let first = observed.borrow_and_update().clone();
-    if !controller.apply(&first).await && matches!(source, ha::Source::Standalone) {
-        anyhow::bail!("could not open {} for writing", db_path.display());
+    if let Err(e) = controller.apply(&first).await {
+        if matches!(source, ha::Source::Standalone) {
+            return Err(e.context(format!("becoming primary over {}", db_path.display())));
+        }
     }
     let admin_key = controller.generated_key.take();
     let ha_task = tokio::spawn(controller.run(observed, ha_stop.clone()));

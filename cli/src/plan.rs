@@ -131,6 +131,31 @@ pub fn render(
     out
 }
 
+/// Warnings for one-shot jobs this plan creates, or whose schedule it
+/// changes, at an `@at` instant already past (`now`): the server keeps them,
+/// as a manifest kept in git must apply again after its job has run, but
+/// they will never fire.
+pub fn passed_at(plan: &ApplyResponse, new: &HashMap<&str, &JobSpec>, now: i64) -> Vec<String> {
+    plan.plan
+        .iter()
+        .filter(|e| {
+            e.action == Action::Create
+                || (e.action == Action::Update && e.changes.iter().any(|c| c == "schedule"))
+        })
+        .filter_map(|e| {
+            let schedule = new.get(e.id.as_str())?.schedule.trim();
+            let at = schedule.get(..3).filter(|p| p.eq_ignore_ascii_case("@at"))?;
+            let when = sundial_proto::time::parse_rfc3339_ms(schedule[at.len()..].trim())?;
+            (when <= now).then(|| {
+                format!(
+                    "warning: job {:?}: {schedule} has passed; it will never fire (run it now with `sundial jobs trigger {}`)",
+                    e.id, e.id
+                )
+            })
+        })
+        .collect()
+}
+
 /// `Plan: 1 to create, 2 to update, 0 to delete, 5 unchanged.`
 pub fn summary(c: Counts, applied: bool) -> String {
     let verb = if applied { "Applied" } else { "Plan" };

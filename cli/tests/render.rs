@@ -188,6 +188,56 @@ fn plan_snapshot_with_field_diff() {
 }
 
 #[test]
+fn one_shot_jobs_whose_instant_has_passed_are_warned_about() {
+    let base: JobSpec = jobs()[0].spec.clone();
+    let with = |schedule: &str| JobSpec {
+        schedule: schedule.into(),
+        ..base.clone()
+    };
+    let (past, lower, future, cron, moved, relabelled, gone) = (
+        with("@at 2026-11-25T11:59:59Z"),
+        with("@AT 2026-11-25T13:00:00+02:00"),
+        with("@at 2026-11-25T12:00:01Z"),
+        with("0 30 2 * * *"),
+        with("@at 2020-01-01T00:00:00Z"),
+        with("@at 2020-01-01T00:00:00Z"),
+        with("@at 2020-01-01T00:00:00Z"),
+    );
+    let resp: ApplyResponse = serde_json::from_value(serde_json::json!({
+        "plan": [
+            {"id": "past", "action": "create", "changes": []},
+            {"id": "lower", "action": "create", "changes": []},
+            {"id": "future", "action": "create", "changes": []},
+            {"id": "cron", "action": "create", "changes": []},
+            {"id": "moved", "action": "update", "changes": ["schedule"]},
+            {"id": "relabelled", "action": "update", "changes": ["labels"]},
+            {"id": "gone", "action": "unchanged", "changes": []}
+        ],
+        "applied": true
+    }))
+    .unwrap();
+    let news: HashMap<&str, &JobSpec> = [
+        ("past", &past),
+        ("lower", &lower),
+        ("future", &future),
+        ("cron", &cron),
+        ("moved", &moved),
+        ("relabelled", &relabelled),
+        ("gone", &gone),
+    ]
+    .into();
+    let got = plan::passed_at(&resp, &news, at("2026-11-25T12:00:00Z"));
+    assert_eq!(
+        got,
+        [
+            "warning: job \"past\": @at 2026-11-25T11:59:59Z has passed; it will never fire (run it now with `sundial jobs trigger past`)",
+            "warning: job \"lower\": @AT 2026-11-25T13:00:00+02:00 has passed; it will never fire (run it now with `sundial jobs trigger lower`)",
+            "warning: job \"moved\": @at 2020-01-01T00:00:00Z has passed; it will never fire (run it now with `sundial jobs trigger moved`)",
+        ]
+    );
+}
+
+#[test]
 fn status_snapshot() {
     let st = render::Status {
         server: "https://sundial:8443".into(),

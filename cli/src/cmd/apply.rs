@@ -171,12 +171,16 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs, diff_only: bool) -> CliResult<()> {
         done
     };
     bar.finish_and_clear();
+    for warning in plan::passed_at(&done, &new, sundial_proto::time::now_ms()) {
+        eprintln!("{warning}");
+    }
     let counts = Counts::of(&done);
     if structured {
         ctx.print(&done, String::new)?;
     } else if counts.changes() == 0 {
+        let jobs = if counts.unchanged == 1 { "job" } else { "jobs" };
         emit(&format!(
-            "No changes: {} jobs unchanged.\n",
+            "No changes: {} {jobs} unchanged.\n",
             counts.unchanged
         ));
     } else {

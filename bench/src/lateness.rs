@@ -4,7 +4,7 @@
 use crate::harness::{http_client, server_pid, sleep_until_wall, stop_server, Opts};
 use crate::load::put_jobs;
 use crate::perf::Perf;
-use crate::report::{header, row, verdict};
+use crate::report::{header, percentiles, row, verdict};
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
 use std::time::Duration;
@@ -74,18 +74,13 @@ pub(crate) fn run(data: &Path, opts: &Opts, jobs: u64, seconds: u64, clients: us
     let p99 = sundial_bench::percentile(&created_late, 99.0);
     let line = summary(&mut created_late, "ms");
     row("created_at − scheduled_for", String::new(), "");
-    for part in line
-        .split(' ')
-        .filter(|p| p.starts_with('p') || p.starts_with("max"))
-    {
-        if let Some((k, v)) = part.split_once('=') {
-            let target = if k == "p99" {
-                format!("≤ 10 ms {}", verdict(p99.is_some_and(|v| v <= 10)))
-            } else {
-                String::new()
-            };
-            row(&format!("  {k}"), format!("{v} ms"), &target);
-        }
+    for (k, v) in percentiles(&line) {
+        let target = if k == "p99" {
+            format!("≤ 10 ms {}", verdict(p99.is_some_and(|v| v <= 10)))
+        } else {
+            String::new()
+        };
+        row(&format!("  {k}"), format!("{v} ms"), &target);
     }
     let line = summary(&mut visible_late, "ms");
     row(
@@ -93,23 +88,13 @@ pub(crate) fn run(data: &Path, opts: &Opts, jobs: u64, seconds: u64, clients: us
         format!("n={}", visible_late.len()),
         "",
     );
-    for part in line
-        .split(' ')
-        .filter(|p| p.starts_with('p') || p.starts_with("max"))
-    {
-        if let Some((k, v)) = part.split_once('=') {
-            row(&format!("  {k}"), format!("{v} ms"), "");
-        }
+    for (k, v) in percentiles(&line) {
+        row(&format!("  {k}"), format!("{v} ms"), "");
     }
     let line = summary(&mut per_second, "ms");
     row("last slot of each second committed", String::new(), "");
-    for part in line
-        .split(' ')
-        .filter(|p| p.starts_with('p') || p.starts_with("max"))
-    {
-        if let Some((k, v)) = part.split_once('=') {
-            row(&format!("  {k}"), format!("{v} ms"), "");
-        }
+    for (k, v) in percentiles(&line) {
+        row(&format!("  {k}"), format!("{v} ms"), "");
     }
     row(
         "server CPU over the window",

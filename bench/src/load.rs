@@ -1,7 +1,7 @@
 //! The load generator: distinct jobs `PUT` over concurrent keep-alive
 //! connections, with each request's latency and the generator's own CPU.
 
-use crate::report::{row, verdict};
+use crate::report::{percentiles, row, verdict};
 use anyhow::{Context, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -162,12 +162,7 @@ pub(crate) fn report_load(load: &mut Load, jobs: u64, with_target: bool) {
         },
     );
     let s = summary(&mut load.latencies_us, "µs");
-    for part in s
-        .split(' ')
-        .filter(|p| p.starts_with('p') || p.starts_with("max"))
-    {
-        if let Some((k, v)) = part.split_once('=') {
-            row(&format!("request latency {k}"), format!("{v} µs"), "");
-        }
+    for (k, v) in percentiles(&s) {
+        row(&format!("request latency {k}"), format!("{v} µs"), "");
     }
 }

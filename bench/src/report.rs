@@ -1,5 +1,5 @@
 //! The result table every scenario prints: a header, rows of metric, value
-//! and target, and a verdict.
+//! and target, a verdict, and the percentile entries of a summary line.
 
 /// One row: metric, value, target (with its verdict).
 pub(crate) fn row(name: &str, value: String, target: &str) {
@@ -38,4 +38,12 @@ pub(crate) fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// The percentile and maximum entries (`p50=12`, …, `max=40`) of a
+/// [`sundial_bench::summary`] line, as `(name, value)`.
+pub(crate) fn percentiles(line: &str) -> impl Iterator<Item = (&str, &str)> {
+    line.split(' ')
+        .filter(|p| p.starts_with('p') || p.starts_with("max"))
+        .filter_map(|p| p.split_once('='))
 }

@@ -65,13 +65,7 @@ pub fn jobs_table(view: &View, jobs: &[Job], wide: bool) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
-            let next = if !j.spec.enabled {
-                "disabled".to_string()
-            } else if j.paused {
-                "paused".to_string()
-            } else {
-                view.when(j.next_fire_at)
-            };
+            let next = next_fire(view, j, false);
             let mut row = vec![
                 j.id.clone(),
                 j.spec.schedule.clone(),
@@ -263,6 +257,37 @@ fn indent(text: &str, by: &str) -> String {
         .collect::<String>()
 }
 
+/// A job's next fire, or why it has none: disabled, paused, or a one-shot
+/// job whose `@at` instant has passed (`long`: said in a sentence).
+fn next_fire(view: &View, job: &Job, long: bool) -> String {
+    let why = if !job.spec.enabled {
+        "disabled"
+    } else if job.paused {
+        "paused"
+    } else if let Some(t) = job.next_fire_at {
+        return view.when(Some(t));
+    } else if job
+        .spec
+        .schedule
+        .trim()
+        .get(..3)
+        .is_some_and(|p| p.eq_ignore_ascii_case("@at"))
+    {
+        if long {
+            "its @at instant has passed"
+        } else {
+            "passed"
+        }
+    } else {
+        return "-".into();
+    };
+    if long {
+        format!("- ({why})")
+    } else {
+        why.into()
+    }
+}
+
 /// `jobs describe`: summary, spec as YAML, next fires and last runs.
 pub fn describe(view: &View, job: &Job, next: &[Fire], last: &[Run]) -> String {
     let mut out = String::new();
@@ -274,7 +299,7 @@ pub fn describe(view: &View, job: &Job, next: &[Fire], last: &[Run]) -> String {
     );
     line("Enabled:", yes_no(job.spec.enabled).into());
     line("Paused:", yes_no(job.paused).into());
-    line("Next fire:", view.when(job.next_fire_at));
+    line("Next fire:", next_fire(view, job, true));
     line("Executor:", executor(&job.spec.executor));
     line("Target:", target(&job.spec.target));
     line("Labels:", labels(&job.spec.labels));

@@ -81,6 +81,31 @@ ping     @every 30s    UTC            paused                               -    
 }
 
 #[test]
+fn a_job_without_a_next_fire_says_why() {
+    let once = job(
+        "once",
+        serde_json::json!({"schedule": "@at 2026-11-01T00:00:00Z", "timezone": "UTC",
+            "next_fire_at": null}),
+    );
+    let off = job(
+        "off",
+        serde_json::json!({"enabled": false, "next_fire_at": null}),
+    );
+    let got = render::jobs_table(&view(), &[once.clone(), off], false);
+    let want = "\
+ID    SCHEDULE                  TZ             NEXT FIRE  LAST       PAUSED
+once  @at 2026-11-01T00:00:00Z  UTC            passed     succeeded  no
+off   0 30 2 * * *              Europe/Berlin  disabled   succeeded  no
+";
+    assert_eq!(got, want, "\n{got}");
+    let described = render::describe(&view(), &once, &[], &[]);
+    assert!(
+        described.contains("\nNext fire:    - (its @at instant has passed)\n"),
+        "{described}"
+    );
+}
+
+#[test]
 fn runs_snapshot() {
     let got = render::runs_table(&view(), &[run(7, "failed", Some(3))]);
     let want = "\

@@ -94,12 +94,9 @@ pub(crate) fn run(data: &Path, opts: &Opts, jobs: u64, fires: u32, clients: usiz
             &format!("≤ 1000 ms {}", verdict(ok)),
         );
     }
-    let late = Histogram::parse(&after, "sundial_fire_lateness_seconds")
-        .since(&Histogram::parse(&before, "sundial_fire_lateness_seconds"));
-    let commit = Histogram::parse(&after, "sundial_store_commit_seconds")
-        .since(&Histogram::parse(&before, "sundial_store_commit_seconds"));
-    let batch = Histogram::parse(&after, "sundial_store_write_batch_size")
-        .since(&Histogram::parse(&before, "sundial_store_write_batch_size"));
+    let late = Histogram::between(&before, &after, "sundial_fire_lateness_seconds");
+    let commit = Histogram::between(&before, &after, "sundial_store_commit_seconds");
+    let batch = Histogram::between(&before, &after, "sundial_store_write_batch_size");
     println!("\nsundial_fire_lateness_seconds (delta over the measured fires, ms):");
     println!("{}", late.render(1000.0, "ms"));
     println!("sundial_store_commit_seconds (delta, ms):");

@@ -359,7 +359,7 @@ impl Scrapes {
     }
 
     fn hist(&self, name: &str) -> Histogram {
-        Histogram::parse(&self.after, name).since(&Histogram::parse(&self.before, name))
+        Histogram::between(&self.before, &self.after, name)
     }
 }
 

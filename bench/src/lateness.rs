@@ -105,10 +105,8 @@ pub(crate) fn run(data: &Path, opts: &Opts, jobs: u64, seconds: u64, clients: us
         "",
     );
     row("watcher polls", tl.polls.to_string(), "");
-    let late = Histogram::parse(&after, "sundial_fire_lateness_seconds")
-        .since(&Histogram::parse(&before, "sundial_fire_lateness_seconds"));
-    let commit = Histogram::parse(&after, "sundial_store_commit_seconds")
-        .since(&Histogram::parse(&before, "sundial_store_commit_seconds"));
+    let late = Histogram::between(&before, &after, "sundial_fire_lateness_seconds");
+    let commit = Histogram::between(&before, &after, "sundial_store_commit_seconds");
     println!("\nsundial_fire_lateness_seconds (delta over the window, ms):");
     println!("{}", late.render(1000.0, "ms"));
     println!("sundial_store_commit_seconds (delta over the window, ms):");

@@ -111,6 +111,12 @@ impl Histogram {
         h
     }
 
+    /// Histogram `name` over the interval between two scrapes of one
+    /// process: `after − before`.
+    pub fn between(before: &str, after: &str, name: &str) -> Histogram {
+        Histogram::parse(after, name).since(&Histogram::parse(before, name))
+    }
+
     /// `self - earlier` (both scraped from the same process).
     pub fn since(&self, earlier: &Histogram) -> Histogram {
         let buckets = self

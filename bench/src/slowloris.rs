@@ -153,10 +153,8 @@ fn measure(server: &ServerProc, db: &Path, seconds: u64) -> Result<Window> {
         slots: rows.len(),
         created,
         started,
-        fire_hist: Histogram::parse(&after, "sundial_fire_lateness_seconds")
-            .since(&Histogram::parse(&before, "sundial_fire_lateness_seconds")),
-        start_hist: Histogram::parse(&after, "sundial_start_lateness_seconds")
-            .since(&Histogram::parse(&before, "sundial_start_lateness_seconds")),
+        fire_hist: Histogram::between(&before, &after, "sundial_fire_lateness_seconds"),
+        start_hist: Histogram::between(&before, &after, "sundial_start_lateness_seconds"),
         server_cpu,
     })
 }

@@ -39,10 +39,8 @@ pub(crate) fn run(
         "upsert: {jobs} jobs, {clients} clients, {threads} client thread(s)"
     ));
     report_load(&mut result, jobs, true);
-    let batch = Histogram::parse(&after, "sundial_store_write_batch_size")
-        .since(&Histogram::parse(&before, "sundial_store_write_batch_size"));
-    let commit = Histogram::parse(&after, "sundial_store_commit_seconds")
-        .since(&Histogram::parse(&before, "sundial_store_commit_seconds"));
+    let batch = Histogram::between(&before, &after, "sundial_store_write_batch_size");
+    let commit = Histogram::between(&before, &after, "sundial_store_commit_seconds");
     row(
         "write batches (transactions)",
         format!("{}", batch.count),

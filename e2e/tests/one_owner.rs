@@ -6,12 +6,13 @@
 
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use sundial_e2e::{binary, free_port, send_signal, wait_for, DaemonProc, ServerProc};
 
-/// Runs `cmd` to its end, at most 20 s (then kills it and fails).
-fn run_bounded(cmd: &mut Command) -> Output {
+/// Runs `cmd` to its end, at most 20 s (then kills it and fails), and
+/// checks that it was refused: exit code 1 and `message` on stderr.
+fn assert_refused(cmd: &mut Command, message: &str) {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -31,7 +32,10 @@ fn run_bounded(cmd: &mut Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.wait_with_output().unwrap()
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
 }
 
 fn nodes(server: &ServerProc) -> Vec<Value> {
@@ -39,13 +43,18 @@ fn nodes(server: &ServerProc) -> Vec<Value> {
     n["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// Triggers `job` and waits for its run to end; returns the run.
-fn run_once(server: &ServerProc, job: &str) -> Value {
+/// Triggers `job`; returns the run's id.
+fn trigger(server: &ServerProc, job: &str) -> i64 {
     let (status, run) = server
         .call("POST", &format!("/v1/jobs/{job}/trigger"), None)
         .unwrap();
     assert_eq!(status, 201, "{run}");
-    let id = run["id"].as_i64().unwrap();
+    run["id"].as_i64().unwrap()
+}
+
+/// Triggers `job` and waits for its run to end; returns the run.
+fn run_once(server: &ServerProc, job: &str) -> Value {
+    let id = trigger(server, job);
     wait_for(Duration::from_secs(20), || {
         let (_, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
         (r["state"] != "pending" && r["state"] != "running").then_some(r)
@@ -74,21 +83,16 @@ fn a_second_server_on_a_data_directory_in_use_is_refused_and_the_first_serves_on
     let pid = server.pid().unwrap();
 
     let port = free_port().unwrap().to_string();
-    let out = run_bounded(
+    assert_refused(
         Command::new(binary("sundial-server").unwrap())
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+        &format!(
             "another sundial-server (pid {pid}) is using the data directory {}",
             data.display()
-        )),
-        "{stderr}"
+        ),
     );
     // It stopped before the database: the first server is still primary
     // of the same term, and writes.
@@ -111,20 +115,15 @@ fn a_second_daemon_on_a_state_directory_in_use_is_refused_and_the_lock_dies_with
     .expect("the first daemon registered");
     let pid = first.pid().unwrap();
 
-    let out = run_bounded(
+    assert_refused(
         Command::new(binary("sundial-daemon").unwrap())
             .args(["--server", &server.base, "--join-token", &token])
             .args(["--node-id", "n1", "--state-dir"])
             .arg(&state),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
+        &format!(
             "another sundial-daemon (pid {pid}) is using the state directory {}",
             state.display()
-        )),
-        "{stderr}"
+        ),
     );
     // The first daemon still runs jobs.
     put_job(&server, "quick", "echo ok");
@@ -139,10 +138,7 @@ fn a_second_daemon_on_a_state_directory_in_use_is_refused_and_the_lock_dies_with
         "sleeper",
         &format!("echo $$ > {}; exec sleep 20", marker.display()),
     );
-    let (status, body) = server
-        .call("POST", "/v1/jobs/sleeper/trigger", None)
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
+    trigger(&server, "sleeper");
     let sleeper: u32 = wait_for(Duration::from_secs(20), || {
         std::fs::read_to_string(&marker).ok()?.trim().parse().ok()
     })

@@ -2,9 +2,10 @@
 //! measured phase, stopped with SIGINT (bounded) or killed on drop.
 
 use crate::harness::Opts;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use sundial_e2e::stop_child;
 
 /// A `perf record` attached to the server for the measured phase.
 pub(crate) struct Perf {
@@ -38,20 +39,7 @@ impl Perf {
 
     pub(crate) fn stop(mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
-            Command::new("kill")
-                .arg("-INT")
-                .arg(child.id().to_string())
-                .status()
-                .context("signalling perf")?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                    child.wait()?;
-                    bail!("perf did not stop within 60 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            stop_child(&mut child, "INT", Duration::from_secs(60), "perf")?;
             println!("perf profile written (perf report -i <file> --no-children)");
         }
         Ok(())

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Admin key the harness seeds into every server it starts.
@@ -180,23 +180,7 @@ impl ServerProc {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        // SAFETY-free: kill(2) via the `kill` command on our own child's PID.
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                child.kill()?;
-                child.wait()?;
-                bail!("server did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(stop_child(&mut child, "TERM", timeout, "server")?.code())
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -437,22 +421,7 @@ impl DaemonProc {
         let Some(mut child) = self.child.take() else {
             return Ok(None);
         };
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() > deadline {
-                child.kill()?;
-                child.wait()?;
-                bail!("daemon did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(stop_child(&mut child, "TERM", timeout, "daemon")?.code())
     }
 
     pub fn log_text(&self) -> String {
@@ -906,6 +875,30 @@ impl DaemonProc {
     /// The daemon's PID while it runs (for SIGSTOP/SIGCONT).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+}
+
+/// Sends `signal` (a `kill` name: `TERM`, `INT`, …) to one of the test's
+/// own children and waits up to `timeout` for it to exit; past that the
+/// child is killed and reaped, and the wait is an error naming `what`.
+pub fn stop_child(
+    child: &mut Child,
+    signal: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<ExitStatus> {
+    send_signal(child.id(), signal)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            bail!("{what} did not exit within {timeout:?} of SIG{signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

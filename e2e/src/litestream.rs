@@ -4,7 +4,7 @@
 //! comparisons of database files. Every process is a child of the test, ended
 //! by PID.
 
-use crate::{binary, free_port, wait_for};
+use crate::{binary, free_port, stop_child, wait_for};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -245,19 +245,7 @@ impl LitestreamProc {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()?;
-        let deadline = Instant::now() + timeout;
-        while child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                child.kill()?;
-                child.wait()?;
-                bail!("litestream did not exit within {timeout:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        stop_child(&mut child, "TERM", timeout, "litestream")?;
         Ok(())
     }
 }

@@ -3,6 +3,9 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+/// The last instant RFC 3339 can write: 9999-12-31T23:59:59.999Z.
+pub const LAST_INSTANT_MS: i64 = 253_402_300_799_999;
+
 /// Formats unix milliseconds as RFC 3339 UTC (`2026-01-01T00:00:00.000Z`).
 pub fn format_ms(ms: i64) -> String {
     match DateTime::<Utc>::from_timestamp_millis(ms) {

@@ -90,6 +90,18 @@ fn env_keys(field: &str, env: &std::collections::BTreeMap<String, String>) -> Re
     Ok(())
 }
 
+/// A process's working directory: absent, or a non-empty path without NUL.
+fn process_cwd(cwd: Option<&str>) -> Result<(), Invalid> {
+    match cwd {
+        Some("") => Err(Invalid::value("executor.cwd", "cwd must not be empty")),
+        Some(c) if c.contains('\0') => Err(Invalid::value(
+            "executor.cwd",
+            "cwd must not contain NUL bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn executor(e: &Executor) -> Result<(), Invalid> {
     match e {
         Executor::Exec { argv, env, cwd } => {
@@ -106,9 +118,7 @@ fn executor(e: &Executor) -> Result<(), Invalid> {
                 ));
             }
             env_keys("executor", env)?;
-            if cwd.as_deref().is_some_and(str::is_empty) {
-                return Err(Invalid::value("executor.cwd", "cwd must not be empty"));
-            }
+            process_cwd(cwd.as_deref())?;
         }
         Executor::Shell { script, env, cwd } => {
             if script.trim().is_empty() {
@@ -117,10 +127,14 @@ fn executor(e: &Executor) -> Result<(), Invalid> {
                     "script must not be empty",
                 ));
             }
-            env_keys("executor", env)?;
-            if cwd.as_deref().is_some_and(str::is_empty) {
-                return Err(Invalid::value("executor.cwd", "cwd must not be empty"));
+            if script.contains('\0') {
+                return Err(Invalid::value(
+                    "executor.script",
+                    "script must not contain NUL bytes",
+                ));
             }
+            env_keys("executor", env)?;
+            process_cwd(cwd.as_deref())?;
         }
         Executor::Http {
             method,
@@ -315,6 +329,30 @@ mod tests {
                     }
                 }),
                 "executor.url",
+            ),
+            (
+                Box::new(|s| {
+                    s.executor = Executor::Shell {
+                        script: "echo a\0b".into(),
+                        env: Default::default(),
+                        cwd: None,
+                    }
+                }),
+                "executor.script",
+            ),
+            (
+                Box::new(|s| {
+                    s.executor = Executor::Shell {
+                        script: "true".into(),
+                        env: Default::default(),
+                        cwd: Some("/tmp\0x".into()),
+                    }
+                }),
+                "executor.cwd",
+            ),
+            (
+                Box::new(|s| s.schedule = "@every 36501d".into()),
+                "schedule",
             ),
             (
                 Box::new(|s| s.misfire.max_catch_up = 0),

@@ -110,6 +110,10 @@ fn is_elapsed_hour(field: &str) -> bool {
             .is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
+/// The longest `@every` period: 100 years. Longer ones would put fires past
+/// the last instant RFC 3339 can write (year 9999).
+const MAX_EVERY_MS: i64 = 36_500 * 86_400_000;
+
 impl Schedule {
     /// Parses `expr` read in IANA time zone `timezone`.
     pub fn parse(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
@@ -138,6 +142,12 @@ impl Schedule {
                 return Err(ScheduleError::invalid(
                     expr,
                     "@every needs a duration of at least 1ms",
+                ));
+            }
+            if period > MAX_EVERY_MS {
+                return Err(ScheduleError::invalid(
+                    expr,
+                    "@every takes a duration of at most 36500d (100 years)",
                 ));
             }
             return Ok(Schedule {
@@ -200,9 +210,10 @@ impl Schedule {
     }
 
     /// The first fire strictly after `after_ms` (UTC unix ms), or None when
-    /// the schedule never fires again.
+    /// the schedule never fires again (fires past the year 9999 included: the
+    /// API could not write them).
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
-        match &self.kind {
+        let next = match &self.kind {
             Kind::Every { period } => after_ms
                 .div_euclid(*period)
                 .checked_add(1)?
@@ -215,7 +226,8 @@ impl Schedule {
                     next_fixed(cron, tz, after_ms)
                 }
             }
-        }
+        }?;
+        (next <= sundial_proto::time::LAST_INSTANT_MS).then_some(next)
     }
 
     /// Every fire after `after_ms`, in order.

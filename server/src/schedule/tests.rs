@@ -346,6 +346,25 @@ fn every_and_at() {
     assert_eq!(offset.next_after(0), Some(ms("2027-01-01T00:00:00Z")));
 }
 
+/// No schedule yields an instant the API cannot write (past the year 9999):
+/// `@every` is capped at 100 years, and fires past 9999 are "never again".
+#[test]
+fn fires_stay_within_rfc3339_years() {
+    let century = Schedule::parse("@every 36500d", "UTC").unwrap();
+    let next = century.next_after(ms("2026-11-27T00:00:00Z")).unwrap();
+    assert_eq!(iso(next), "2069-12-07T00:00:00Z");
+    assert_eq!(century.next_after(ms("9999-01-01T00:00:00Z")), None);
+    let err = Schedule::parse("@every 3000000d", "UTC").unwrap_err();
+    assert!(err.to_string().contains("at most 36500d"), "{err}");
+    let last = Schedule::parse("@at 9999-12-31T23:59:59.999Z", "UTC").unwrap();
+    assert_eq!(
+        last.next_after(0),
+        Some(sundial_proto::time::LAST_INSTANT_MS)
+    );
+    let yearly = Schedule::parse("@yearly", "UTC").unwrap();
+    assert_eq!(yearly.next_after(ms("9999-06-01T00:00:00Z")), None);
+}
+
 #[test]
 fn errors_name_the_field() {
     for bad in [

@@ -7,7 +7,7 @@ use super::extract::{Admin, JsonBody};
 use crate::scheduler::Scheduler;
 use crate::store::apply::{self, Input};
 use crate::store::audit;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::validate;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -263,7 +263,14 @@ pub async fn apply(
             )
             .await
     }
-    .map_err(|e| ApiError::from(e).into_response())?;
+    .map_err(|e| match e {
+        StoreError::InvalidDoc {
+            index,
+            field,
+            message,
+        } => invalid(index, "invalid_value", Some(field), message).into_response(),
+        other => ApiError::from(other).into_response(),
+    })?;
     Ok(Json(ApplyResponse {
         plan: outcome.plan,
         applied: !dry_run,

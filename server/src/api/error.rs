@@ -74,6 +74,15 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { field, message } => {
                 ApiError::bad_request("invalid_value", &field, message)
             }
+            StoreError::InvalidDoc {
+                index,
+                field,
+                message,
+            } => ApiError::bad_request(
+                "invalid_value",
+                &format!("jobs[{index}].{field}"),
+                format!("jobs[{index}]: {message}"),
+            ),
             StoreError::NotPrimary | StoreError::Fenced => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_primary",

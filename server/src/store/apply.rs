@@ -4,7 +4,7 @@
 //! caller runs [`plan_and_apply`] inside one writer operation, so a bulk apply
 //! is one transaction: all or nothing.
 
-use super::{jobs, StoreError};
+use super::{chains, jobs, StoreError};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashSet};
 use sundial_proto::{Action, JobSpec, PlanEntry};
@@ -80,20 +80,38 @@ pub fn plan_and_apply(
             changes,
         });
     }
-    // Chains once every job of the request exists: a manifest may list a
-    // job before its upstream. A refusal names the document.
-    if !dry_run {
-        for (i, (input, entry)) in inputs.iter().zip(&plan).enumerate() {
-            if entry.action == Action::Unchanged {
-                continue;
-            }
-            jobs::set_after(conn, &input.id, &input.spec).map_err(|e| match e {
-                StoreError::Invalid { field, message } => StoreError::Invalid {
-                    field: format!("jobs[{i}].{field}"),
+    // Chains are checked against the graph as the request leaves it (a
+    // manifest may list a job before its upstream), in a dry run too, and
+    // a refusal names the document.
+    let graph = chains::Graph::with_pending(
+        conn,
+        inputs
+            .iter()
+            .map(|i| (i.id.as_str(), i.spec.after.as_slice())),
+    );
+    let changed = || {
+        inputs
+            .iter()
+            .zip(&plan)
+            .enumerate()
+            .filter(|(_, (_, entry))| entry.action != Action::Unchanged)
+            .map(|(i, (input, _))| (i, input))
+    };
+    for (index, input) in changed() {
+        graph
+            .check(&input.id, &input.spec.after)
+            .map_err(|e| match e {
+                StoreError::Invalid { field, message } => StoreError::InvalidDoc {
+                    index,
+                    field,
                     message,
                 },
                 other => other,
             })?;
+    }
+    if !dry_run {
+        for (_, input) in changed() {
+            jobs::write_after(conn, &input.id, &input.spec)?;
         }
     }
     if let Some(selector) = prune.filter(|s| !s.is_empty()) {
@@ -203,6 +221,103 @@ mod tests {
             .unwrap();
         assert_eq!(actions(&o), vec![("a".into(), Action::Unchanged, vec![])]);
         assert!(store.read(|c| jobs::get(c, "b")).await.unwrap().is_none());
+        store.close().await;
+    }
+
+    /// `id` running after `upstreams` (on success).
+    fn after(id: &str, upstreams: &[&str]) -> Input {
+        let mut i = input(id, "@yearly", "c");
+        i.spec.after = upstreams
+            .iter()
+            .map(|u| sundial_proto::After {
+                job: u.to_string(),
+                on: vec![sundial_proto::RunState::Succeeded],
+            })
+            .collect();
+        i
+    }
+
+    /// Applies `inputs`, as a dry run on a reader and for real on the writer,
+    /// and returns both outcomes' errors as (index, field, message).
+    async fn refusals(
+        store: &crate::store::Store,
+        inputs: Vec<Input>,
+    ) -> [Option<(usize, String, String)>; 2] {
+        let doc = |r: Result<Outcome, StoreError>| match r {
+            Ok(_) => None,
+            Err(StoreError::InvalidDoc {
+                index,
+                field,
+                message,
+            }) => Some((index, field, message)),
+            Err(other) => panic!("not a document error: {other}"),
+        };
+        let inputs = std::sync::Arc::new(inputs);
+        let dry = inputs.clone();
+        let dry = doc(store
+            .read(move |c| plan_and_apply(c, &dry, None, true, 1_000))
+            .await);
+        let real = doc(store
+            .write(move |c| plan_and_apply(c, &inputs, None, false, 1_000))
+            .await);
+        [dry, real]
+    }
+
+    /// A dry run refuses the chains a real apply refuses, naming the
+    /// document; a manifest may list a job before its upstream.
+    #[tokio::test]
+    async fn chains_are_checked_in_a_dry_run_too() {
+        let (_dir, store) = temp_store();
+        let cases: [(Vec<Input>, usize, &str); 3] = [
+            (
+                vec![input("a", "@hourly", "c"), after("b", &["zzz"])],
+                1,
+                "does not exist",
+            ),
+            (vec![after("a", &["a"])], 0, "cannot run after itself"),
+            (
+                vec![after("a", &["b"]), after("b", &["a"])],
+                0,
+                "a cycle: a after b (which runs after a)",
+            ),
+        ];
+        for (inputs, index, message) in cases {
+            for refusal in refusals(&store, inputs).await {
+                let (i, field, m) = refusal.expect("refused");
+                assert_eq!((i, field.as_str()), (index, "after[0].job"), "{m}");
+                assert!(m.contains(message), "{m}");
+            }
+        }
+        // Nothing of the refused applies was written.
+        let ids = store
+            .read(|c| jobs::ids_matching(c, &BTreeMap::new()))
+            .await
+            .unwrap();
+        assert!(ids.is_empty(), "{ids:?}");
+        // Follower first, upstream later in the same request.
+        let ok = refusals(
+            &store,
+            vec![after("down", &["up"]), input("up", "@hourly", "c")],
+        );
+        assert_eq!(ok.await, [None, None]);
+        store.close().await;
+    }
+
+    /// An upstream deleted since is kept in its followers' `after`: they
+    /// can still be updated, while a new follower of it is refused.
+    #[tokio::test]
+    async fn a_deleted_upstream_is_kept_by_its_followers() {
+        let (_dir, store) = temp_store();
+        let first = vec![input("up", "@hourly", "c"), after("down", &["up"])];
+        assert_eq!(refusals(&store, first).await, [None, None]);
+        assert!(store.write(|c| jobs::delete(c, "up", 2_000)).await.unwrap());
+        let mut changed = after("down", &["up"]);
+        changed.spec.description = "still after up".into();
+        assert_eq!(refusals(&store, vec![changed]).await, [None, None]);
+        for refusal in refusals(&store, vec![after("other", &["up"])]).await {
+            let (_, _, m) = refusal.expect("refused");
+            assert!(m.contains("upstream job \"up\" does not exist"), "{m}");
+        }
         store.close().await;
     }
 }

@@ -1,6 +1,6 @@
 //! Job chains: a job's `after` list as rows of `job_after` (kept in step by
-//! [`set_edges`] on every upsert, which refuses unknown upstreams and
-//! cycles), and [`fire`], which the run lifecycle calls in the same
+//! [`set_edges`] on every upsert; [`Graph::check`] refuses unknown upstreams
+//! and cycles, for a bulk apply's dry run too), and [`fire`], which the run lifecycle calls in the same
 //! transaction as a run's final transition: when that ends an upstream
 //! *slot* in a listed state, each follower gets exactly one run
 //! (`trigger: chain`, `upstream_run` = the slot's first run; a UNIQUE index
@@ -15,61 +15,161 @@ use super::prepared::Prepared;
 use super::{nodes, StoreError};
 use crate::registry::{self, NodeInfo};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use sundial_proto::{After, JobSpec, RunState};
 
 /// Longest chain of `after` links followed when looking for a cycle.
 const MAX_DEPTH: usize = 1000;
 
-/// Replaces the `after` edges of `job` (its pk and id). Refuses an upstream
-/// that does not exist, a non-final state, and a cycle, naming the field.
+/// The chain graph a check reads: the stored edges, except that the jobs of
+/// `pending` (the documents of a bulk apply, which may not be written yet)
+/// exist and have their new `after` lists.
+pub struct Graph<'a> {
+    conn: &'a Connection,
+    pending: HashMap<&'a str, &'a [After]>,
+}
+
+impl<'a> Graph<'a> {
+    /// The graph as stored.
+    pub fn stored(conn: &'a Connection) -> Self {
+        Graph {
+            conn,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// The stored graph with `pending` jobs' `after` lists in place of theirs.
+    pub fn with_pending(
+        conn: &'a Connection,
+        pending: impl IntoIterator<Item = (&'a str, &'a [After])>,
+    ) -> Self {
+        Graph {
+            conn,
+            pending: pending.into_iter().collect(),
+        }
+    }
+
+    fn exists(&self, job: &str) -> Result<bool, StoreError> {
+        if self.pending.contains_key(job) {
+            return Ok(true);
+        }
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
+            .query_row([job], |r| r.get(0))?)
+    }
+
+    /// True when `downstream` already has a stored edge to `upstream`: an
+    /// upstream deleted since is kept (it fires again once recreated).
+    fn kept_edge(&self, downstream: &str, upstream: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM job_after a JOIN jobs j ON j.pk = a.downstream
+                 WHERE j.id = ?1 AND a.upstream = ?2)",
+            )?
+            .query_row([downstream, upstream], |r| r.get(0))?)
+    }
+
+    fn upstreams(&self, job: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(after) = self.pending.get(job) {
+            return Ok(after.iter().map(|a| a.job.clone()).collect());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT a.upstream FROM job_after a JOIN jobs j ON j.pk = a.downstream WHERE j.id = ?1",
+        )?;
+        let ups = stmt
+            .query_map([job], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(ups)
+    }
+
+    /// Refuses `after` for `job_id`: an upstream that does not exist (unless
+    /// the job already runs after it), the job itself, a non-final state and
+    /// a cycle, naming the field.
+    pub fn check(&self, job_id: &str, after: &[After]) -> Result<(), StoreError> {
+        for (i, a) in after.iter().enumerate() {
+            let field = format!("after[{i}].job");
+            if a.job == job_id {
+                return Err(StoreError::Invalid {
+                    field,
+                    message: format!("job {job_id:?} cannot run after itself"),
+                });
+            }
+            if !self.exists(&a.job)? && !self.kept_edge(job_id, &a.job)? {
+                return Err(StoreError::Invalid {
+                    field,
+                    message: format!("upstream job {:?} does not exist", a.job),
+                });
+            }
+            if let Some(s) = a.on.iter().find(|s| !s.is_terminal()) {
+                return Err(StoreError::Invalid {
+                    field: format!("after[{i}].on"),
+                    message: format!("{s} is not a final state; use succeeded, failed, timed_out, lost, cancelled or skipped"),
+                });
+            }
+            if a.on.is_empty() {
+                return Err(StoreError::Invalid {
+                    field: format!("after[{i}].on"),
+                    message: "name at least one final state".into(),
+                });
+            }
+            if let Some(path) = self.path_to(&a.job, job_id)? {
+                return Err(StoreError::Invalid {
+                    field,
+                    message: format!(
+                        "a cycle: {job_id} after {} (which runs after {})",
+                        a.job,
+                        path.join(" after ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// If `from` already runs (directly or not) after `target`, the chain of
+    /// upstreams from `from` to `target`.
+    fn path_to(&self, from: &str, target: &str) -> Result<Option<Vec<String>>, StoreError> {
+        // Depth-first over upstream edges, remembering the path.
+        let mut stack: Vec<(String, Vec<String>)> = vec![(from.to_string(), Vec::new())];
+        let mut seen = HashSet::new();
+        while let Some((job, path)) = stack.pop() {
+            if path.len() > MAX_DEPTH || !seen.insert(job.clone()) {
+                continue;
+            }
+            for up in self.upstreams(&job)? {
+                let mut p = path.clone();
+                p.push(up.clone());
+                if up == target {
+                    return Ok(Some(p));
+                }
+                stack.push((up, p));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Replaces the `after` edges of `job` (its pk and id) after checking them
+/// against the stored graph ([`Graph::check`]).
 pub fn set_edges(
     conn: &Connection,
     job_pk: i64,
     job_id: &str,
     after: &[After],
 ) -> Result<(), StoreError> {
+    Graph::stored(conn).check(job_id, after)?;
+    write_edges(conn, job_pk, after)
+}
+
+/// Replaces the `after` edges of the job `job_pk`, unchecked: the caller
+/// checked them ([`Graph::check`]).
+pub fn write_edges(conn: &Connection, job_pk: i64, after: &[After]) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM job_after WHERE downstream = ?1")?
         .execute([job_pk])?;
-    for (i, a) in after.iter().enumerate() {
-        let field = format!("after[{i}].job");
-        if a.job == job_id {
-            return Err(StoreError::Invalid {
-                field,
-                message: format!("job {job_id:?} cannot run after itself"),
-            });
-        }
-        let exists: bool = conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")?
-            .query_row([&a.job], |r| r.get(0))?;
-        if !exists {
-            return Err(StoreError::Invalid {
-                field,
-                message: format!("upstream job {:?} does not exist", a.job),
-            });
-        }
-        if let Some(s) = a.on.iter().find(|s| !s.is_terminal()) {
-            return Err(StoreError::Invalid {
-                field: format!("after[{i}].on"),
-                message: format!("{s} is not a final state; use succeeded, failed, timed_out, lost, cancelled or skipped"),
-            });
-        }
-        if a.on.is_empty() {
-            return Err(StoreError::Invalid {
-                field: format!("after[{i}].on"),
-                message: "name at least one final state".into(),
-            });
-        }
-        if let Some(path) = path_to(conn, &a.job, job_id)? {
-            return Err(StoreError::Invalid {
-                field,
-                message: format!(
-                    "a cycle: {job_id} after {} (which runs after {})",
-                    a.job,
-                    path.join(" after ")
-                ),
-            });
-        }
+    for a in after {
         let states: Vec<&str> = a.on.iter().map(|s| s.as_str()).collect();
         conn.prepare_cached(
             "INSERT INTO job_after (downstream, upstream, states) VALUES (?1, ?2, ?3)
@@ -78,34 +178,6 @@ pub fn set_edges(
         .execute(params![job_pk, a.job, states.join(",")])?;
     }
     Ok(())
-}
-
-/// If `from` already runs (directly or not) after `target`, the chain of
-/// upstreams from `from` to `target`.
-fn path_to(conn: &Connection, from: &str, target: &str) -> Result<Option<Vec<String>>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT a.upstream FROM job_after a JOIN jobs j ON j.pk = a.downstream WHERE j.id = ?1",
-    )?;
-    // Depth-first over upstream edges, remembering the path.
-    let mut stack: Vec<(String, Vec<String>)> = vec![(from.to_string(), Vec::new())];
-    let mut seen = std::collections::HashSet::new();
-    while let Some((job, path)) = stack.pop() {
-        if path.len() > MAX_DEPTH || !seen.insert(job.clone()) {
-            continue;
-        }
-        let ups: Vec<String> = stmt
-            .query_map([&job], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for up in ups {
-            let mut p = path.clone();
-            p.push(up.clone());
-            if up == target {
-                return Ok(Some(p));
-            }
-            stack.push((up, p));
-        }
-    }
-    Ok(None)
 }
 
 /// The run's slot, if it just ended: (job id, first run of the slot, the

@@ -134,6 +134,16 @@ pub fn set_after(conn: &Connection, id: &str, spec: &JobSpec) -> Result<(), Stor
     super::chains::set_edges(conn, pk, id, &spec.after)
 }
 
+/// Writes a job's `after` edges already checked by the caller (a bulk apply
+/// checks every document against one [`super::chains::Graph`] first).
+pub fn write_after(conn: &Connection, id: &str, spec: &JobSpec) -> Result<(), StoreError> {
+    let pk = pk_of(conn, id)?.ok_or_else(|| StoreError::NotFound {
+        kind: "job",
+        id: id.to_string(),
+    })?;
+    super::chains::write_edges(conn, pk, &spec.after)
+}
+
 /// The write half of [`upsert`], without reading the job back (bulk apply
 /// writes many jobs and needs only the outcome).
 pub fn write_spec(

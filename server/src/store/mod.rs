@@ -69,6 +69,13 @@ pub enum StoreError {
     /// upstream job, a cycle); `field` names the input.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// [`StoreError::Invalid`] about document `index` of a bulk apply.
+    #[error("jobs[{index}].{field}: {message}")]
+    InvalidDoc {
+        index: usize,
+        field: String,
+        message: String,
+    },
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("commit failed: {0}")]

@@ -71,6 +71,11 @@ pub async fn create_expiring_key(
 
 /// On an empty key table, seeds the admin key from `SUNDIAL_ADMIN_KEY`, the key
 /// file, or a generated key that is printed once. Returns the generated key, if any.
+///
+/// When keys exist but no admin key works any more (all expired), a
+/// configured key (environment or file) is made a working admin key again:
+/// restarting with `--admin-key-file` is the way back in. Without one the
+/// server warns and starts as it is.
 pub async fn bootstrap(
     store: &Store,
     env_key: Option<String>,
@@ -78,10 +83,48 @@ pub async fn bootstrap(
 ) -> anyhow::Result<Option<String>> {
     let existing = store.read(keys::count).await?;
     if existing > 0 {
+        let working = store.read(|c| keys::working_admins(c, now_ms())).await?;
+        if working > 0 {
+            return Ok(None);
+        }
+        let Some(key) = configured_admin_key(env_key, key_file)? else {
+            tracing::warn!(
+                "no admin API key works (all expired or none left): restart with \
+                 SUNDIAL_ADMIN_KEY or --admin-key-file to restore one"
+            );
+            return Ok(None);
+        };
+        let hash = hash_key(&key);
+        let id = key_id(&hash);
+        let id2 = id.clone();
+        store
+            .write(move |c| keys::restore_admin(c, &id2, &hash, "bootstrap", now_ms()))
+            .await?;
+        tracing::warn!(key = %id, "no admin API key worked: restored the configured admin key");
         return Ok(None);
     }
-    let (key, generated) = match (env_key, key_file) {
-        (Some(k), _) if !k.trim().is_empty() => (k.trim().to_string(), false),
+    let (key, generated) = match configured_admin_key(env_key, key_file)? {
+        Some(k) => (k, false),
+        None => (generate_key(), true),
+    };
+    create_key(store, key.clone(), Scope::Admin, "bootstrap".into()).await?;
+    Ok(generated.then_some(key))
+}
+
+/// The admin key from `SUNDIAL_ADMIN_KEY` (wins) or the key file, if either
+/// is given; shorter than 16 characters is an error.
+fn configured_admin_key(
+    env_key: Option<String>,
+    key_file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    let key = match (env_key, key_file) {
+        (Some(k), _) if !k.trim().is_empty() => {
+            let k = k.trim().to_string();
+            if k.len() < 16 {
+                anyhow::bail!("SUNDIAL_ADMIN_KEY is shorter than 16 characters");
+            }
+            k
+        }
         (_, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("reading admin key file {}: {e}", path.display()))?;
@@ -92,15 +135,11 @@ pub async fn bootstrap(
                     path.display()
                 );
             }
-            (k, false)
+            k
         }
-        _ => (generate_key(), true),
+        _ => return Ok(None),
     };
-    if key.len() < 16 {
-        anyhow::bail!("SUNDIAL_ADMIN_KEY is shorter than 16 characters");
-    }
-    create_key(store, key.clone(), Scope::Admin, "bootstrap".into()).await?;
-    Ok(generated.then_some(key))
+    Ok(Some(key))
 }
 
 /// What a presented key is worth.
@@ -217,6 +256,59 @@ mod tests {
         assert!(a.starts_with(KEY_PREFIX));
         assert_eq!(a.len(), KEY_PREFIX.len() + 43);
         assert_ne!(key_id(&hash_key(&a)), key_id(&hash_key(&b)));
+    }
+
+    /// Deleting the last admin key that works is refused (expired ones do
+    /// not count), and when time alone leaves no working admin key, a
+    /// restart with the configured key restores it.
+    #[tokio::test]
+    async fn the_last_working_admin_key_stays_or_comes_back() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        let key = "configured-admin-key-0123";
+        assert_eq!(
+            bootstrap(&store, Some(key.into()), None).await.unwrap(),
+            None
+        );
+        let id = key_id(&hash_key(key));
+        let now = now_ms();
+        create_expiring_key(
+            &store,
+            "sdk_gone".into(),
+            Scope::Admin,
+            "b".into(),
+            Some(now - 1),
+        )
+        .await
+        .unwrap();
+        let old = key_id(&hash_key("sdk_gone"));
+        let delete = |id: String| store.write(move |c| keys::delete(c, &id, now_ms()));
+        let refused = delete(id.clone()).await.unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("last admin key that has not expired"),
+            "{refused}"
+        );
+        // The expired one may go; the working one still may not.
+        assert!(delete(old).await.unwrap());
+        assert!(delete(id.clone()).await.is_err());
+        // Time runs the working key out: no configured key, nothing changes.
+        let id2 = id.clone();
+        store
+            .write(move |c| keys::set_expiry(c, &id2, Some(now - 1)))
+            .await
+            .unwrap();
+        let working = || store.read(|c| keys::working_admins(c, now_ms()));
+        assert_eq!(bootstrap(&store, None, None).await.unwrap(), None);
+        assert_eq!(working().await.unwrap(), 0);
+        // A restart with the configured key makes it work again.
+        assert_eq!(
+            bootstrap(&store, Some(key.into()), None).await.unwrap(),
+            None
+        );
+        assert_eq!(working().await.unwrap(), 1);
+        assert_eq!(store.read(keys::count).await.unwrap(), 1);
+        store.close().await;
     }
 
     #[tokio::test]

@@ -88,6 +88,34 @@ pub fn count(conn: &Connection) -> Result<i64, StoreError> {
     Ok(conn.query_row("SELECT count(*) FROM api_keys", [], |r| r.get(0))?)
 }
 
+/// Admin keys that have not expired at `now`.
+pub fn working_admins(conn: &Connection, now: i64) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*) FROM api_keys WHERE scope = 'admin'
+         AND (expires_at IS NULL OR expires_at > ?1)",
+        [now],
+        |r| r.get(0),
+    )?)
+}
+
+/// Makes the key with this hash a working admin key: inserted, or (when it
+/// is already stored, e.g. expired) given admin scope and no expiry.
+pub fn restore_admin(
+    conn: &Connection,
+    id: &str,
+    hash: &[u8],
+    name: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let updated = conn
+        .prepare_cached("UPDATE api_keys SET scope = 'admin', expires_at = NULL WHERE hash = ?1")?
+        .execute(params![hash])?;
+    if updated == 0 {
+        insert(conn, id, hash, Scope::Admin, name, now)?;
+    }
+    Ok(())
+}
+
 pub fn insert(
     conn: &Connection,
     id: &str,
@@ -166,14 +194,22 @@ pub fn delete(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError>
     match scope.as_deref() {
         None => return Ok(false),
         Some("admin") => {
-            let admins: i64 = conn.query_row(
-                "SELECT count(*) FROM api_keys WHERE scope = 'admin'",
-                [],
+            // Expired admin keys do not count: deleting the last one that
+            // still works would lock everyone out.
+            let others: i64 = conn.query_row(
+                "SELECT count(*) FROM api_keys WHERE scope = 'admin' AND id <> ?1
+                 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![id, now],
                 |r| r.get(0),
             )?;
-            if admins <= 1 {
+            let this_works: bool = conn.query_row(
+                "SELECT expires_at IS NULL OR expires_at > ?2 FROM api_keys WHERE id = ?1",
+                params![id, now],
+                |r| r.get(0),
+            )?;
+            if this_works && others == 0 {
                 return Err(StoreError::Conflict(
-                    "refusing to delete the last admin key".into(),
+                    "refusing to delete the last admin key that has not expired".into(),
                 ));
             }
         }

@@ -377,6 +377,61 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE runs ADD COLUMN receipt INTEGER;
     "#,
+    // 18: run ids are never handed out twice. Without AUTOINCREMENT,
+    // SQLite gives a new row the largest id + 1, so deleting the job that
+    // owned the newest runs handed their ids out again: a daemon still
+    // running the deleted job's run reported its result onto another job's
+    // run, and `SUNDIAL_RUN_ID` and the events repeated. The table is
+    // rebuilt (the only way to add AUTOINCREMENT); rows and ids carry over,
+    // and the sequence starts past every run id a row or an event still
+    // names.
+    r#"
+    CREATE TABLE runs_v4 (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        job            INTEGER NOT NULL REFERENCES jobs (pk) ON DELETE CASCADE,
+        trigger        TEXT NOT NULL CHECK (trigger = 'schedule' OR trigger = 'manual'
+                           OR trigger = 'chain' OR trigger = 'catch_up'),
+        scheduled_for  INTEGER NOT NULL,
+        node           TEXT NOT NULL DEFAULT '',
+        attempt        INTEGER NOT NULL DEFAULT 1,
+        state          TEXT NOT NULL CHECK (state = 'pending' OR state = 'running'
+                           OR state = 'succeeded' OR state = 'failed' OR state = 'timed_out'
+                           OR state = 'lost' OR state = 'cancelled' OR state = 'skipped'),
+        created_at     INTEGER NOT NULL,
+        started_at     INTEGER,
+        finished_at    INTEGER,
+        exit_code      INTEGER,
+        output         TEXT,
+        truncated      INTEGER NOT NULL DEFAULT 0,
+        error          TEXT,
+        assigned_node  TEXT,
+        last_node      TEXT,
+        lease_expires_at INTEGER,
+        not_before     INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        upstream_run   INTEGER,
+        receipt        INTEGER,
+        UNIQUE (job, trigger, scheduled_for, node)
+    );
+    INSERT INTO runs_v4 (id, job, trigger, scheduled_for, node, attempt, state, created_at,
+        started_at, finished_at, exit_code, output, truncated, error, assigned_node, last_node,
+        lease_expires_at, not_before, cancel_requested, upstream_run, receipt)
+    SELECT id, job, trigger, scheduled_for, node, attempt, state, created_at,
+        started_at, finished_at, exit_code, output, truncated, error, assigned_node, last_node,
+        lease_expires_at, not_before, cancel_requested, upstream_run, receipt FROM runs;
+    DROP TABLE runs;
+    ALTER TABLE runs_v4 RENAME TO runs;
+    CREATE INDEX runs_by_job ON runs (job, id);
+    CREATE INDEX runs_by_state ON runs (state, id);
+    CREATE INDEX runs_active_by_job ON runs (job) WHERE state = 'running';
+    CREATE UNIQUE INDEX runs_by_upstream ON runs (job, upstream_run, node)
+        WHERE upstream_run IS NOT NULL;
+    DELETE FROM sqlite_sequence WHERE name = 'runs';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'runs', max(
+        coalesce((SELECT max(id) FROM runs), 0),
+        coalesce((SELECT max(run_id) FROM events), 0),
+        coalesce((SELECT max(last_run_id) FROM job_stats), 0));
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -769,6 +824,49 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(due, vec![1]);
+    }
+
+    #[test]
+    fn v18_never_hands_a_run_id_out_twice() {
+        let mut conn = at_version(17);
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        // Runs 1-3 of two jobs; run 5 (gone) is still named by an event.
+        conn.execute_batch(
+            "INSERT INTO jobs (pk, id, spec, schedule, timezone, misfire, grace_ms, max_catch_up,
+                 concurrency, created_at, updated_at)
+             VALUES (1, 'a', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 0, 0),
+                    (2, 'b', '{}', '@hourly', 'UTC', 'skip', 0, 1, 'allow', 0, 0);
+             INSERT INTO runs (id, job, trigger, scheduled_for, state, created_at, receipt)
+             VALUES (1, 1, 'schedule', 1, 'succeeded', 0, NULL),
+                    (2, 1, 'schedule', 2, 'running', 0, 77),
+                    (3, 2, 'schedule', 3, 'pending', 0, NULL);
+             INSERT INTO events (at, type, run_id) VALUES (0, 'run.created', 5);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let kept: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT id, receipt FROM runs ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kept, vec![(1, None), (2, Some(77)), (3, None)]);
+        assert_eq!(insert_for(&conn, 1), 6, "past the id an event still names");
+        // Deleting the job that owns the newest runs frees no id.
+        conn.execute("DELETE FROM jobs WHERE pk = 1", []).unwrap();
+        assert_eq!(insert_for(&conn, 2), 7);
+    }
+
+    /// A new manual run of job `pk`; its id.
+    fn insert_for(conn: &Connection, pk: i64) -> i64 {
+        conn.execute(
+            "INSERT INTO runs (job, trigger, scheduled_for, state, created_at)
+             VALUES (?1, 'manual', 0, 'pending', 0)",
+            [pk],
+        )
+        .unwrap();
+        conn.last_insert_rowid()
     }
 
     #[test]

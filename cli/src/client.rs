@@ -103,15 +103,9 @@ impl Client {
 
     fn transport(&self, e: reqwest::Error) -> CliError {
         if e.is_connect() || e.is_timeout() || e.is_request() {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                message = format!("{message}: {s}");
-                source = s.source();
-            }
             CliError::Unreachable {
                 url: self.base.clone(),
-                message,
+                message: sundial_proto::cause::chain(&e),
             }
         } else {
             CliError::Other(anyhow::Error::new(e).context("reading the response"))

@@ -376,20 +376,15 @@ async fn run_http(
         }
         Ok::<_, reqwest::Error>(status)
     };
-    tokio::select! {
+    let finished = tokio::select! {
         r = work => match r {
             Ok(status) => {
                 let ok = expect.contains(&status);
-                let (output, truncated) = match stop.output.lock() {
-                    Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
-                    Err(_) => (String::new(), false),
-                };
                 Finished {
                     outcome: if ok { Outcome::Succeeded } else { Outcome::Failed },
                     exit_code: Some(i32::from(status)),
-                    output,
-                    truncated,
                     error: (!ok).then(|| format!("unexpected HTTP status {status} (expected one of {expect:?})")),
+                    ..Finished::failed(String::new())
                 }
             }
             Err(e) if e.is_timeout() => Finished {
@@ -397,13 +392,26 @@ async fn run_http(
                 error: Some(format!("timed out after {}", fmt_dur(timeout))),
                 ..Finished::failed(String::new())
             },
-            Err(e) => Finished::failed(format!("HTTP request failed: {e}")),
+            Err(e) => Finished::failed(format!(
+                "HTTP request failed: {}",
+                sundial_proto::cause::chain(&e)
+            )),
         },
         _ = stop.token.cancelled() => Finished {
             outcome: stop.reason(),
             error: Some("stopped".into()),
             ..Finished::failed(String::new())
         },
+    };
+    // What the body brought so far is the output, however the request ended.
+    let (output, truncated) = match stop.output.lock() {
+        Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
+        Err(_) => (String::new(), false),
+    };
+    Finished {
+        output,
+        truncated,
+        ..finished
     }
 }
 
@@ -625,6 +633,14 @@ mod tests {
                         .find_map(|l| l.strip_prefix("x-t:"))
                         .unwrap_or("")
                         .trim();
+                    if path == "/slow" {
+                        // Part of the body, then nothing for longer than a job's timeout.
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial\n";
+                        let _ = conn.write_all(head.as_bytes()).await;
+                        let _ = conn.flush().await;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        return;
+                    }
                     let (status, extra, text) = match path {
                         "/go" => ("302 Found", "location: /final\r\n", String::new()),
                         "/final" => ("200 OK", "", "done".to_string()),
@@ -727,6 +743,35 @@ mod tests {
             .error
             .unwrap_or_default()
             .contains("is not an HTTP method"));
+    }
+
+    /// A timed-out request keeps the body it received; a failed one says why.
+    #[tokio::test]
+    async fn an_http_job_keeps_its_partial_body_and_names_its_failure() {
+        let base = responder().await;
+        let f = execute(
+            &assignment(http("GET", format!("{base}/slow"), &[200]), Some(500)),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::TimedOut, "{:?}", f.error);
+        assert_eq!(f.output, "partial\n");
+        // A port nothing listens on: the cause, not just "error sending request".
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", closed.local_addr().unwrap());
+        drop(closed);
+        let f = execute(
+            &assignment(http("GET", url, &[200]), Some(5_000)),
+            &limits(4096),
+            &Stop::default(),
+            &jobs_client(),
+        )
+        .await;
+        assert_eq!(f.outcome, Outcome::Failed);
+        let error = f.error.unwrap_or_default();
+        assert!(error.to_lowercase().contains("refused"), "{error}");
     }
 
     #[tokio::test]

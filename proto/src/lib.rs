@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod apply;
 pub mod backoff;
+pub mod cause;
 pub mod dir_lock;
 pub mod duration;
 pub mod error;

@@ -288,3 +288,80 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
         retrying.len()
     );
 }
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line, the 12th and 13th after it.
+    let rest: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
+}
+
+/// An event being retried that stops matching the webhook's label selector
+/// (its job lost the label) is skipped: the webhook moves past it and goes
+/// idle. It used to spin on it at full CPU until a matching event came.
+#[test]
+fn a_retried_event_that_stops_matching_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let closed = free_port().unwrap();
+    let (status, hook) = server
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&json!({"url": format!("http://127.0.0.1:{closed}/hook"),
+                         "events": ["job.*"], "jobs": {"labels": {"team": "x"}}})),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{hook}");
+    let path = format!("/v1/webhooks/{}", hook["id"].as_str().unwrap());
+    let job = |team: &str| {
+        json!({"schedule": "@yearly", "executor": {"type": "exec", "argv": ["true"]},
+               "labels": {"team": team}})
+    };
+    let (status, _) = server
+        .call("PUT", "/v1/jobs/lab1", Some(&job("x")))
+        .unwrap();
+    assert_eq!(status, 201);
+    wait_for(Duration::from_secs(10), || {
+        let (_, h) = server.call("GET", &path, None).ok()?;
+        (h["attempts"].as_u64()? >= 1).then_some(())
+    })
+    .expect("job.created is being retried");
+    // The job loses the label: neither its job.created nor its job.updated
+    // is for this webhook any more.
+    let (status, _) = server
+        .call("PUT", "/v1/jobs/lab1", Some(&job("y")))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, events) = server.call("GET", "/v1/events?limit=1000", None).unwrap();
+    let head = events["next_cursor"]
+        .as_str()
+        .unwrap()
+        .parse::<i64>()
+        .unwrap();
+    let idle = wait_for(Duration::from_secs(10), || {
+        let (_, h) = server.call("GET", &path, None).ok()?;
+        (h["cursor"].as_i64()? >= head && h["attempts"] == 0).then_some(h)
+    });
+    let (_, now) = server.call("GET", &path, None).unwrap();
+    assert!(
+        idle.is_some(),
+        "the webhook is still on the skipped event: {now}"
+    );
+    // And it rests: well under a core over two seconds (it spun at >100 %).
+    let pid = server.pid().unwrap();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 100,
+        "the server used {used} ticks of CPU in 2 s while idle"
+    );
+}

@@ -406,6 +406,14 @@ impl ServeArgs {
         if settings.events_keep == 0 {
             bail!("events_keep must be at least 1");
         }
+        if settings.events_max_age.as_millis() < settings.webhook_retry_for.as_millis() {
+            bail!(
+                "events_max_age ({}) is shorter than webhook_retry_for ({}): events a webhook \
+                 still retries would be pruned under it; raise the first or lower the second",
+                settings.events_max_age,
+                settings.webhook_retry_for
+            );
+        }
         if settings.audit_keep == 0 {
             bail!("audit_keep must be at least 1");
         }
@@ -490,6 +498,29 @@ mod tests {
         assert_eq!(from_file(&f, Some(500)).unwrap().wal_autocheckpoint, 500);
         let err = from_file(&file("wal_autocheckpoint = -1"), None).unwrap_err();
         assert!(format!("{err:#}").contains("wal_autocheckpoint"), "{err:#}");
+    }
+
+    #[test]
+    fn events_outlive_the_webhook_retry_window() {
+        let err = ServeArgs {
+            events_max_age: Some("1h".parse().unwrap()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("events_max_age (1h) is shorter than webhook_retry_for (1d)"),
+            "{text}"
+        );
+        let s = ServeArgs {
+            events_max_age: Some("1h".parse().unwrap()),
+            webhook_retry_for: Some("30m".parse().unwrap()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.events_max_age.as_millis(), 3_600_000);
     }
 
     #[test]

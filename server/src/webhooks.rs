@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sundial_proto::event::{Event, TypePattern};
+use sundial_proto::event::{Event, EventType, TypePattern};
 use sundial_proto::time::now_ms;
 use sundial_proto::webhook::{self as wire, Delivery, DeliveryOutcome, Format};
 use tokio::task::JoinHandle;
@@ -248,7 +248,7 @@ impl Deliverer {
                     error: (!status.is_success()).then(|| format!("receiver answered {status}")),
                 }
             }
-            Err(e) => fail(format!("{e}")),
+            Err(e) => fail(sundial_proto::cause::chain(&e)),
         }
     }
 
@@ -435,7 +435,7 @@ impl Deliverer {
         let mut next = Step::Again;
         let started = std::time::Instant::now();
         for event in page.items {
-            if !self.selected(&spec.jobs.labels, &event).await? {
+            if about_itself(id, &event) || !self.selected(&spec.jobs.labels, &event).await? {
                 skipped_to = Some(event.id);
                 continue;
             }
@@ -451,13 +451,13 @@ impl Deliverer {
                 .send(&hook, &message_id, body(spec.format, &event))
                 .await;
             let at = now_ms();
-            let first = match hook.first_attempt_at {
-                Some(t) if first_in_page => t,
-                _ => at,
-            };
+            // The retry window counts from the event's time, not from its
+            // first attempt: after an outage longer than the window each
+            // older event is tried once more and given up, rather than
+            // holding the webhook for a whole window each.
             let (outcome, next_attempt_at) = match &sent.error {
                 None => (DeliveryOutcome::Delivered, None),
-                Some(_) if at - first >= self.settings.retry_for_ms => {
+                Some(_) if at - event.at >= self.settings.retry_for_ms => {
                     (DeliveryOutcome::Failed, None)
                 }
                 Some(_) => (
@@ -536,6 +536,13 @@ impl Deliverer {
     }
 }
 
+/// A `webhook.failed` about this webhook itself: not sent to it, or a dead
+/// receiver subscribed to `*` would queue one more event about itself with
+/// every event it gives up.
+fn about_itself(id: &str, event: &Event) -> bool {
+    event.kind == EventType::WebhookFailed && event.data["webhook"].as_str() == Some(id)
+}
+
 /// What a webhook's task does next.
 enum Step {
     /// Something was delivered or skipped: look again at once.
@@ -602,6 +609,24 @@ mod tests {
             let d = retry_delay_ms(n);
             assert!(d >= ceiling / 2 && d <= ceiling + 1, "{n}: {d}");
         }
+    }
+
+    #[test]
+    fn a_webhook_is_not_sent_its_own_failures() {
+        let event = |kind, data| Event {
+            id: 1,
+            at: 0,
+            kind,
+            job_id: None,
+            run_id: None,
+            node: None,
+            data,
+        };
+        let own = event(EventType::WebhookFailed, serde_json::json!({"webhook": "wh_a"}));
+        assert!(about_itself("wh_a", &own));
+        assert!(!about_itself("wh_b", &own));
+        let other = event(EventType::JobCreated, serde_json::json!({"webhook": "wh_a"}));
+        assert!(!about_itself("wh_a", &other));
     }
 
     #[test]

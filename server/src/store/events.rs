@@ -344,14 +344,18 @@ pub fn stats(conn: &Connection) -> Result<(i64, i64), StoreError> {
 
 /// Deletes events older than `min_at` and beyond the newest `keep`, at most
 /// `batch` per call (so a sweep never holds the writer for long), but never
-/// the newest event: it keeps ids growing. Returns how many were deleted.
+/// the newest event: it keeps ids growing. An event some webhook has not
+/// delivered or given up yet (past its cursor) is kept beyond `keep`; only
+/// age removes it (`--events-max-age` is at least `--webhook-retry-for`, by
+/// which time the webhook has given it up). Returns how many were deleted.
 pub fn prune(conn: &Connection, keep: u64, min_at: i64, batch: usize) -> Result<usize, StoreError> {
     Ok(conn
         .prepare_cached(
             "DELETE FROM events WHERE id IN (
                  SELECT id FROM events
                  WHERE (at < ?1
-                    OR id <= coalesce((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2), -1))
+                    OR (id <= coalesce((SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?2), -1)
+                        AND id <= coalesce((SELECT min(cursor) FROM webhooks), id)))
                    AND id < (SELECT max(id) FROM events)
                  ORDER BY id LIMIT ?3)",
         )?
@@ -454,6 +458,46 @@ mod tests {
         assert_eq!(after.len(), 2, "{after:?}");
         assert_eq!(after[0].id, max);
         assert!(after[1].id > max, "{} > {max}", after[1].id);
+        store.close().await;
+    }
+
+    /// Beyond `keep`, events a webhook has not delivered yet stay; age
+    /// still removes them.
+    #[tokio::test]
+    async fn pruning_keeps_what_a_webhook_has_not_delivered() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                (0..10).try_for_each(|i| {
+                    append(c, i, EventType::JobCreated, None, None, None, &json!({}))
+                })
+            })
+            .await
+            .unwrap();
+        let page = store
+            .read(|c| list(c, 0, &Filter::default(), 100))
+            .await
+            .unwrap();
+        let behind = page.items[2].id;
+        store
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO webhooks (id, spec, salt, cursor, created_at)
+                     VALUES ('wh_slow', '{}', x'00', ?1, 0)",
+                    [behind],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let deleted = store.write(|c| prune(c, 2, 0, 100)).await.unwrap();
+        assert_eq!(deleted, 3, "only what the webhook is past");
+        store
+            .write(|c| prune(c, 2, i64::MAX, 100).map(|_| ()))
+            .await
+            .unwrap();
+        let (_, left) = store.read(stats).await.unwrap();
+        assert_eq!(left, 1, "age removes all but the newest");
         store.close().await;
     }
 }

@@ -92,10 +92,14 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     Ok(conn.execute("DELETE FROM webhooks WHERE id = ?1", [id])? > 0)
 }
 
-/// Moves the cursor past events the webhook does not subscribe to.
+/// Moves the cursor past events the webhook does not take (any more: an
+/// event being retried whose job lost the selected labels or was deleted).
+/// Moving on drops the retry state, which belonged to the event at the head.
 pub fn skip_to(conn: &Connection, id: &str, cursor: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE webhooks SET cursor = max(cursor, ?2) WHERE id = ?1 AND attempts = 0",
+        "UPDATE webhooks SET cursor = ?2, attempts = 0, first_attempt_at = NULL,
+             next_attempt_at = NULL
+         WHERE id = ?1 AND cursor < ?2",
     )?
     .execute(params![id, cursor])?;
     Ok(())

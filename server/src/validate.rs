@@ -158,11 +158,17 @@ fn executor(e: &Executor) -> Result<(), Invalid> {
                     format!("{url:?} must be an absolute http:// or https:// URL"),
                 ));
             }
-            for name in headers.keys() {
+            for (name, value) in headers {
                 if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                     return Err(Invalid::value(
                         "executor.headers",
                         format!("{name:?} is not a valid header name"),
+                    ));
+                }
+                if axum::http::HeaderValue::from_str(value).is_err() {
+                    return Err(Invalid::value(
+                        format!("executor.headers.{name}"),
+                        "a header value must not contain control characters such as a line break",
                     ));
                 }
             }
@@ -188,6 +194,18 @@ pub fn spec(spec: &JobSpec) -> Result<Schedule, Invalid> {
 /// distinct schedule once).
 pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
     executor(&spec.executor)?;
+    // One entry per upstream: its `on` lists every state that triggers.
+    for (i, a) in spec.after.iter().enumerate() {
+        if spec.after[..i].iter().any(|b| b.job == a.job) {
+            return Err(Invalid::value(
+                format!("after[{i}].job"),
+                format!(
+                    "upstream job {:?} is listed twice; list it once with every state in its `on`",
+                    a.job
+                ),
+            ));
+        }
+    }
     for n in &spec.target.nodes {
         if n.is_empty() || n.len() > MAX_ID_LEN {
             return Err(Invalid::value(
@@ -353,6 +371,27 @@ mod tests {
             (
                 Box::new(|s| s.schedule = "@every 36501d".into()),
                 "schedule",
+            ),
+            (
+                Box::new(|s| {
+                    s.after = serde_json::from_value(serde_json::json!(
+                        [{"job": "up"}, {"job": "up", "on": ["failed"]}]
+                    ))
+                    .unwrap()
+                }),
+                "after[1].job",
+            ),
+            (
+                Box::new(|s| {
+                    s.executor = Executor::Http {
+                        method: "GET".into(),
+                        url: "http://x/".into(),
+                        headers: [("X-A".to_string(), "a\r\nb".to_string())].into(),
+                        body: None,
+                        expect_status: vec![200],
+                    }
+                }),
+                "executor.headers.X-A",
             ),
             (
                 Box::new(|s| s.misfire.max_catch_up = 0),

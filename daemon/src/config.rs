@@ -10,7 +10,7 @@ use sundial_proto::Duration;
 #[command(name = "sundial-daemon", version, about = "Sundial worker daemon")]
 pub struct Args {
     /// Server URL (through HAProxy or a Kubernetes Service in HA setups).
-    #[arg(long, env = "SUNDIAL_SERVER")]
+    #[arg(long, env = "SUNDIAL_SERVER", value_parser = parse_server)]
     pub server: String,
     /// File holding the join token (a Kubernetes Secret).
     #[arg(long, env = "SUNDIAL_JOIN_TOKEN_FILE")]
@@ -50,8 +50,22 @@ pub struct Args {
     #[arg(long, env = "SUNDIAL_KILL_GRACE", default_value = "5s")]
     pub kill_grace: Duration,
     /// Log format: text or json.
-    #[arg(long, env = "SUNDIAL_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "SUNDIAL_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// `--server`: an absolute `http://` or `https://` URL (a typo would
+/// otherwise look like an unreachable server, retried for ever).
+fn parse_server(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("{s:?} is not a URL ({e}); give one such as http://sundial:8080"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?} must be an http:// or https:// URL with a host, such as http://sundial:8080"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 /// Parses `k=v,k=v` (empty string: no labels).
@@ -99,5 +113,15 @@ mod tests {
         assert_eq!(parse_executors("exec,http").unwrap(), ["exec", "http"]);
         assert!(parse_executors("exec,ssh").is_err());
         assert!(parse_executors("").is_err());
+    }
+
+    #[test]
+    fn the_server_is_an_http_url() {
+        assert!(parse_server("http://127.0.0.1:8080").is_ok());
+        assert!(parse_server("https://sundial.example/").is_ok());
+        for bad in ["not a url", "127.0.0.1:8080", "ftp://127.0.0.1:8080", "http://"] {
+            let e = parse_server(bad).unwrap_err();
+            assert!(e.contains("http"), "{bad}: {e}");
+        }
     }
 }

@@ -185,7 +185,7 @@ pub async fn execute(
             let mut cmd = Command::new(program);
             cmd.args(args).envs(env);
             if let Some(dir) = cwd {
-                cmd.current_dir(dir);
+                cmd.current_dir(dir).env("PWD", dir);
             }
             run_process(cmd, a, timeout, limits, stop).await
         }
@@ -193,7 +193,7 @@ pub async fn execute(
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c").arg(script).envs(env);
             if let Some(dir) = cwd {
-                cmd.current_dir(dir);
+                cmd.current_dir(dir).env("PWD", dir);
             }
             run_process(cmd, a, timeout, limits, stop).await
         }
@@ -220,6 +220,25 @@ pub async fn execute(
     }
 }
 
+/// The daemon's own settings in its environment (the `env` names of its
+/// flags): a job does not inherit them. The join token above all would let
+/// any job join new nodes to the cluster.
+const DAEMON_SETTINGS: [&str; 13] = [
+    "SUNDIAL_ALLOW_EXECUTORS",
+    "SUNDIAL_CAPACITY",
+    "SUNDIAL_CA_FILE",
+    "SUNDIAL_DRAIN_GRACE",
+    "SUNDIAL_JOIN_TOKEN",
+    "SUNDIAL_JOIN_TOKEN_FILE",
+    "SUNDIAL_KILL_GRACE",
+    "SUNDIAL_LABELS",
+    "SUNDIAL_LOG_FORMAT",
+    "SUNDIAL_NODE_ID",
+    "SUNDIAL_OUTPUT_CAP_BYTES",
+    "SUNDIAL_SERVER",
+    "SUNDIAL_STATE_DIR",
+];
+
 async fn run_process(
     mut cmd: Command,
     a: &Assignment,
@@ -227,6 +246,9 @@ async fn run_process(
     limits: &Limits,
     stop: &Stop,
 ) -> Finished {
+    for name in DAEMON_SETTINGS {
+        cmd.env_remove(name);
+    }
     cmd.env("SUNDIAL_RUN_ID", a.run_id.to_string())
         .env("SUNDIAL_JOB_ID", &a.job_id)
         .env("SUNDIAL_SCHEDULED_FOR", format_ms(a.scheduled_for))
@@ -743,6 +765,42 @@ mod tests {
             .error
             .unwrap_or_default()
             .contains("is not an HTTP method"));
+    }
+
+    /// The list of settings a job does not inherit is the daemon's flags'
+    /// environment names, all of them.
+    #[test]
+    fn jobs_do_not_inherit_the_daemons_settings() {
+        use clap::CommandFactory;
+        let mut names: Vec<String> = crate::config::Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, DAEMON_SETTINGS);
+    }
+
+    #[tokio::test]
+    async fn a_job_sees_its_own_variables_not_the_daemons() {
+        // The test process stands in for the daemon: a setting in its
+        // environment must not reach the job.
+        std::env::set_var("SUNDIAL_JOIN_TOKEN", "sjt_secret");
+        let f = execute(
+            &assignment(
+                Executor::Shell {
+                    script: "echo \"token=${SUNDIAL_JOIN_TOKEN-unset} run=$SUNDIAL_RUN_ID pwd=$PWD\"".into(),
+                    env: Default::default(),
+                    cwd: Some("/tmp".into()),
+                },
+                Some(5_000),
+            ),
+            &limits(4096),
+            &Stop::default(),
+            &reqwest::Client::new(),
+        )
+        .await;
+        assert_eq!(f.output, "token=unset run=7 pwd=/tmp\n");
     }
 
     /// A timed-out request keeps the body it received; a failed one says why.

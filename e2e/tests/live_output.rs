@@ -129,3 +129,56 @@ fn curl_follows_a_running_jobs_output_as_it_is_printed() {
     let (status, _) = server.call("GET", "/v1/runs/999999/output", None).unwrap();
     assert_eq!(status, 404);
 }
+
+/// A retry starts the followed output over: attempt 1's lines once, then
+/// `event: attempt`, then attempt 2's own lines from their first byte (the
+/// stream used to replay attempt 1's text during the backoff and then skip
+/// that many bytes of attempt 2).
+#[test]
+fn a_retry_starts_the_followed_output_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let token = server.join_token().unwrap();
+    let _daemon =
+        DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
+    wait_for(Duration::from_secs(20), || {
+        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
+        (!n["items"].as_array()?.is_empty()).then_some(())
+    })
+    .expect("daemon joined");
+    let spec = json!({"schedule": "@yearly", "retries": {"max": 1, "backoff": "2s"},
+        "executor": {"type": "shell", "script":
+            "echo \"attempt $SUNDIAL_ATTEMPT begins\"; sleep 1.5; echo \"attempt $SUNDIAL_ATTEMPT ends\"; test \"$SUNDIAL_ATTEMPT\" = 2"}});
+    let (status, _) = server.call("PUT", "/v1/jobs/twice", Some(&spec)).unwrap();
+    assert_eq!(status, 201);
+    let (_, run) = server.call("POST", "/v1/jobs/twice/trigger", None).unwrap();
+    let id = run["id"].as_i64().unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    // The whole stream: the server closes it after `end`.
+    let stream = http
+        .get(format!("{}/v1/runs/{id}/output?follow=true", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let lines: Vec<&str> = stream
+        .lines()
+        .filter(|l| l.starts_with("data: attempt ") || l.starts_with("event: attempt"))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "data: attempt 1 begins",
+            "data: attempt 1 ends",
+            "event: attempt",
+            "data: attempt 2 begins",
+            "data: attempt 2 ends",
+        ],
+        "{stream}"
+    );
+    assert!(stream.contains("\"state\":\"succeeded\""), "{stream}");
+}

@@ -49,6 +49,18 @@ impl RunState {
     }
 }
 
+/// The attempt a run's stored output belongs to. A retry makes the run
+/// `pending` as its next attempt but keeps the output of the one that
+/// ended until the new one is assigned, so a pending attempt `n > 1` still
+/// shows attempt `n - 1`'s output.
+pub fn output_attempt(state: RunState, attempt: u32) -> u32 {
+    if state == RunState::Pending && attempt > 1 {
+        attempt - 1
+    } else {
+        attempt
+    }
+}
+
 impl fmt::Display for RunState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -1,8 +1,8 @@
 //! `runs ls|get|logs [--follow]|cancel`.
 //!
 //! `logs --follow` polls `GET /v1/runs/{id}` until the run ends and prints
-//! output as it appears (the server has no live-output stream yet; daemons
-//! report output when the run completes).
+//! output as it appears (daemons send live output about every half second);
+//! a retry starts the output over, under a `--- attempt N ---` line.
 
 use super::{emit, jobs::follow_run, Ctx};
 use crate::args::RunsCmd;
@@ -11,6 +11,7 @@ use crate::error::CliResult;
 use crate::render;
 use reqwest::Method;
 use std::time::Duration;
+use sundial_proto::run::output_attempt;
 use sundial_proto::{List, Run};
 
 pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
@@ -65,13 +66,13 @@ pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
                 let run: Run = client.get(&format!("/v1/runs/{id}"))?;
                 return ctx.print(&run.output, || run.output.clone().unwrap_or_default());
             }
-            let mut printed = 0usize;
+            let mut tail = Tail::default();
             let done = follow_run(&client, id, Duration::from_secs(24 * 3600), |r| {
-                let out = r.output.as_deref().unwrap_or("");
-                if out.len() > printed && out.is_char_boundary(printed) {
-                    emit(&out[printed..]);
-                    printed = out.len();
+                let (marker, new) = tail.update(r);
+                if let Some(m) = marker {
+                    eprintln!("{m}");
                 }
+                emit(new);
             })?;
             if done.truncated {
                 eprintln!("[output truncated by the daemon]");
@@ -86,5 +87,78 @@ pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
             )?;
             ctx.print(&run, || format!("Run {} is {}.\n", run.id, run.state))
         }
+    }
+}
+
+/// What `logs --follow` has printed of a run: its attempt, and how far.
+#[derive(Default)]
+struct Tail {
+    attempt: Option<u32>,
+    printed: usize,
+}
+
+impl Tail {
+    /// The next part of `run`'s output to print, after a marker line when a
+    /// retry started the output over. While a retry waits, the output is
+    /// still the ended attempt's ([`output_attempt`]): its end comes first.
+    fn update<'r>(&mut self, run: &'r Run) -> (Option<String>, &'r str) {
+        let owner = output_attempt(run.state, run.attempt);
+        let mut marker = None;
+        if self.attempt.is_some_and(|a| a != owner) {
+            marker = Some(format!("--- attempt {owner} ---"));
+            self.printed = 0;
+        }
+        self.attempt = Some(owner);
+        let out = run.output.as_deref().unwrap_or("");
+        if out.len() <= self.printed {
+            return (marker, "");
+        }
+        // Never slice inside a character (the daemon sends whole ones, so
+        // this only guards against output replaced under us).
+        let start = (self.printed..=out.len())
+            .find(|&i| out.is_char_boundary(i))
+            .unwrap_or(out.len());
+        self.printed = out.len();
+        (marker, &out[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sundial_proto::RunState;
+
+    fn run(attempt: u32, state: RunState, output: &str) -> Run {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "job_id": "j", "scheduled_for": "2026-01-01T00:00:00Z",
+            "node": "", "trigger": "manual", "attempt": attempt, "state": state,
+            "created_at": "2026-01-01T00:00:00Z", "started_at": null,
+            "finished_at": null, "exit_code": null, "output": output,
+            "truncated": false, "error": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_retry_starts_the_output_over() {
+        let mut t = Tail::default();
+        let steps = [
+            (run(1, RunState::Running, "one\n"), None, "one\n"),
+            // The backoff: attempt 2 is pending with attempt 1's whole output.
+            (run(2, RunState::Pending, "one\ntwo\n"), None, "two\n"),
+            (run(2, RunState::Running, ""), Some("--- attempt 2 ---"), ""),
+            (run(2, RunState::Running, "x"), None, "x"),
+            (run(2, RunState::Succeeded, "xy\n"), None, "y\n"),
+        ];
+        for (r, marker, text) in steps {
+            let (m, new) = t.update(&r);
+            assert_eq!((m.as_deref(), new), (marker, text));
+        }
+        // A position inside a character goes on at the next one.
+        let mut t = Tail {
+            attempt: Some(1),
+            printed: 4,
+        };
+        assert_eq!(t.update(&run(1, RunState::Running, "caf\u{e9}!")).1, "!");
     }
 }

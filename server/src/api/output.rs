@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::convert::Infallible;
 use std::time::Duration;
+use sundial_proto::run::output_attempt;
 
 /// How often a follower looks again when no local commit woke it.
 const POLL: Duration = Duration::from_millis(250);
@@ -70,20 +71,22 @@ impl Follow {
                     return Some(SseEvent::default().event("error").data(e.message));
                 }
             };
-            match self.attempt {
-                Some(a) if a != t.attempt => {
-                    // A new attempt starts with fresh output.
-                    self.attempt = Some(t.attempt);
-                    self.offset = 0;
-                    return Some(
-                        SseEvent::default()
-                            .event("attempt")
-                            .id("0")
-                            .data(json!({"attempt": t.attempt}).to_string()),
-                    );
-                }
-                None => self.attempt = Some(t.attempt),
-                Some(_) => {}
+            // A new attempt starts with fresh output; so does output shorter
+            // than where the client is (a reconnect carrying an offset of an
+            // earlier attempt). While a retry waits, the row still holds the
+            // ended attempt's output: its end is sent first.
+            let owner = output_attempt(t.state, t.attempt);
+            let new_attempt = self.attempt.is_some_and(|a| a != owner);
+            let restarted = t.len < self.offset;
+            self.attempt = Some(owner);
+            if new_attempt || restarted {
+                self.offset = 0;
+                return Some(
+                    SseEvent::default()
+                        .event("attempt")
+                        .id("0")
+                        .data(json!({"attempt": owner}).to_string()),
+                );
             }
             if !t.tail.is_empty() {
                 self.offset = t.len;

@@ -66,7 +66,8 @@ pub struct OutputTail {
     pub tail: Vec<u8>,
 }
 
-/// Reads a run's output after byte `offset` (None: no such run).
+/// Reads a run's output after byte `offset` (None: no such run); which
+/// attempt it belongs to is [`sundial_proto::run::output_attempt`].
 pub fn output_tail(
     conn: &Connection,
     id: i64,

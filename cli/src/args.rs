@@ -1,8 +1,10 @@
 //! The command line, as clap derive types. Completions and man pages are
 //! generated from these definitions.
 
+use crate::error::CliError;
 use crate::output::OutputFormat;
 use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// sundial: operate a Sundial cluster — jobs as files (apply, diff, export),
@@ -314,4 +316,23 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{s:?} is not key=value")),
     }
+}
+
+/// The `-l` labels as one selector. A key given twice with two values is
+/// a usage error: all labels must match and a job has one value per key,
+/// so such a selector would match nothing (a prune with it used to take
+/// the last value and delete what the first excluded).
+pub fn selector(labels: &[(String, String)]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in labels {
+        if let Some(old) = out.insert(k.clone(), v.clone()) {
+            if old != *v {
+                return Err(CliError::usage(format!(
+                    "-l {k}={old} and -l {k}={v}: a job has one value per label key, \
+                     so no job matches both"
+                )));
+            }
+        }
+    }
+    Ok(out)
 }

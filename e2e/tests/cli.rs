@@ -130,6 +130,18 @@ fn apply_diff_prune_and_export_round_trip() {
     );
     let (_, inv) = server.call("GET", "/v1/jobs/invoices", None).unwrap();
     assert_eq!(inv["schedule"], "0 0 3 * * *", "diff wrote something");
+    // `diff | head` that stops reading: never 0 ("no changes").
+    let mut cut = Command::new(binary("sundial").unwrap());
+    cut.args(["diff", "-f", m_s])
+        .env("SUNDIAL_CLI_CONFIG", &cfg)
+        .env("SUNDIAL_URL", url)
+        .env("SUNDIAL_KEY", ADMIN_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cut.spawn().unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(141));
     let dry = ok(sundial(&cfg, Some(url), &["apply", "-f", m_s, "--dry-run"]));
     assert!(dry.contains("Plan: 0 to create, 1 to update"), "{dry}");
     let text = ok(sundial(&cfg, Some(url), &["apply", "-f", m_s]));
@@ -160,6 +172,24 @@ fn apply_diff_prune_and_export_round_trip() {
     // --prune without a selector is a usage error.
     let u = sundial(&cfg, Some(url), &["apply", "-f", m_s, "--prune"]);
     assert_eq!(code(&u), 2, "{}", err(&u));
+    // So is a key given twice with two values (no job matches both; the
+    // last one used to win, and a prune deleted what the first excluded).
+    let u = sundial(
+        &cfg,
+        Some(url),
+        &[
+            "apply",
+            "-f",
+            m_s,
+            "--prune",
+            "-l",
+            "team=none",
+            "-l",
+            "team=search",
+        ],
+    );
+    assert_eq!(code(&u), 2, "{}", err(&u));
+    assert!(err(&u).contains("one value per label key"), "{}", err(&u));
 
     // Export round trips in every format: applying it is a no-op.
     for (fmt, ext) in [("yaml", "yaml"), ("toml", "toml"), ("json", "json")] {

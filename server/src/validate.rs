@@ -282,6 +282,26 @@ pub fn labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
+/// Adds `key=value` to a label selector (all labels must match). A key
+/// given again with another value is refused: a job has one value per key,
+/// so the selector could match nothing.
+pub fn selector_label(
+    selector: &mut std::collections::BTreeMap<String, String>,
+    key: &str,
+    value: &str,
+) -> Result<(), String> {
+    label_pair(key, value)?;
+    match selector.get(key) {
+        Some(old) if old != value => Err(format!(
+            "label {key}={old} and {key}={value}: a job has one value per label key, so no job matches both"
+        )),
+        _ => {
+            selector.insert(key.to_string(), value.to_string());
+            Ok(())
+        }
+    }
+}
+
 /// Checks one label key and value (also used for selectors); the message says what is wrong.
 pub fn label_pair(key: &str, value: &str) -> Result<(), String> {
     let key_ok = !key.is_empty()

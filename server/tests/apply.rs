@@ -82,6 +82,26 @@ async fn labels_are_stored_returned_and_filter_the_list() {
         (status, body["error"]["field"].as_str()),
         (400, Some("label"))
     );
+    // One key with two values matches no job: refused, whatever the order.
+    for q in ["team=billing&label=team=x", "team=x&label=team=billing"] {
+        let (status, body) = s
+            .json(Method::GET, &format!("/v1/jobs?label={q}"), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (400, Some("label")),
+            "{body}"
+        );
+    }
+    // The same pair twice is the same selector.
+    let (status, _) = s
+        .json(
+            Method::GET,
+            "/v1/jobs?label=team=billing&label=team=billing",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
     // Bad labels on a job are refused with the field named.
     let (status, body) = s
         .json(

@@ -125,7 +125,7 @@ pub fn status(ctx: &Ctx) -> CliResult<()> {
         candidates.extend(page.items.into_iter().map(|r| r.job_id));
     }
     let mut failing = Vec::new();
-    for id in candidates.into_iter().take(50) {
+    for id in candidates {
         if let Ok(job) = client.get::<Job>(&format!("/v1/jobs/{}", enc(&id))) {
             if matches!(
                 job.counters.last_state.as_deref(),

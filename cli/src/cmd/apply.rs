@@ -10,7 +10,7 @@ use crate::manifest::{self, Format, Loaded, Source};
 use crate::output::OutputFormat;
 use crate::plan::{self, Counts};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 use sundial_proto::{ApplyRequest, ApplyResponse, Job, JobManifest, JobSpec, Prune};
@@ -135,7 +135,7 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs, diff_only: bool) -> CliResult<()> {
     bar.set_message("reading manifests");
     let loaded = manifest::load(&args.files, |n| bar.inc(n as u64))?;
     phases.done("read");
-    let selector: BTreeMap<String, String> = args.selector.iter().cloned().collect();
+    let selector = crate::args::selector(&args.selector)?;
     let prune = args.prune.then_some(Prune { labels: selector });
     let client = ctx.client_with(Duration::from_secs(600))?;
     let Loaded { jobs, sources, raw } = loaded;
@@ -201,7 +201,7 @@ pub fn export(ctx: &Ctx, args: &ExportArgs) -> CliResult<()> {
         OutputFormat::Wide => return Err(CliError::usage("export writes -o yaml, toml or json")),
     };
     let client = ctx.client_with(Duration::from_secs(120))?;
-    let selector: BTreeMap<String, String> = args.selector.iter().cloned().collect();
+    let selector = crate::args::selector(&args.selector)?;
     let mut jobs: Vec<JobManifest> = list_all(&client, &selector)?
         .into_iter()
         .map(|j| JobManifest {

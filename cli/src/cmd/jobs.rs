@@ -81,7 +81,7 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
     let client = ctx.client()?;
     match cmd {
         JobsCmd::Ls { selector } => {
-            let selector: BTreeMap<String, String> = selector.into_iter().collect();
+            let selector = crate::args::selector(&selector)?;
             let mut jobs = list_all(&client, &selector)?;
             jobs.sort_by(|a, b| a.id.cmp(&b.id));
             let wide = ctx.format() == OutputFormat::Wide;

@@ -85,9 +85,16 @@ pub fn emit(text: &str) {
         .and_then(|_| out.flush())
         .is_err()
     {
-        std::process::exit(0);
+        // The reader went away (`| head`): stop as a Unix tool killed by
+        // SIGPIPE would, 128 + 13. Never 0: `diff | head` must not pass for
+        // "no changes", nor `jobs trigger --wait | head` for a success.
+        std::process::exit(CLOSED_STDOUT);
     }
 }
+
+/// The exit code when stdout closes early: what shells report for a
+/// process killed by SIGPIPE.
+pub const CLOSED_STDOUT: i32 = 141;
 
 /// Runs one subcommand.
 pub fn dispatch(ctx: &Ctx, command: Command) -> CliResult<()> {

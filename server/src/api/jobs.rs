@@ -167,9 +167,8 @@ fn label_selector(
                 format!("label {v:?} must be key=value"),
             )
         })?;
-        validate::label_pair(key, value)
+        validate::selector_label(&mut selector, key, value)
             .map_err(|m| ApiError::bad_request("invalid_value", "label", m))?;
-        selector.insert(key.to_string(), value.to_string());
     }
     let rest = serde_urlencoded::to_string(&rest)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.to_string()))?;

@@ -275,8 +275,7 @@ impl JobsQuery {
             let (k, v) = l
                 .split_once('=')
                 .ok_or_else(|| bad(format!("label {l:?} must be key=value")))?;
-            crate::validate::label_pair(k, v).map_err(|m| bad(m.to_string()))?;
-            labels.insert(k.to_string(), v.to_string());
+            crate::validate::selector_label(&mut labels, k, v).map_err(bad)?;
         }
         Ok(JobSearch {
             text: self.q.trim().to_string(),

@@ -119,7 +119,12 @@ mod tests {
     fn the_server_is_an_http_url() {
         assert!(parse_server("http://127.0.0.1:8080").is_ok());
         assert!(parse_server("https://sundial.example/").is_ok());
-        for bad in ["not a url", "127.0.0.1:8080", "ftp://127.0.0.1:8080", "http://"] {
+        for bad in [
+            "not a url",
+            "127.0.0.1:8080",
+            "ftp://127.0.0.1:8080",
+            "http://",
+        ] {
             let e = parse_server(bad).unwrap_err();
             assert!(e.contains("http"), "{bad}: {e}");
         }

@@ -789,7 +789,9 @@ mod tests {
         let f = execute(
             &assignment(
                 Executor::Shell {
-                    script: "echo \"token=${SUNDIAL_JOIN_TOKEN-unset} run=$SUNDIAL_RUN_ID pwd=$PWD\"".into(),
+                    script:
+                        "echo \"token=${SUNDIAL_JOIN_TOKEN-unset} run=$SUNDIAL_RUN_ID pwd=$PWD\""
+                            .into(),
                     env: Default::default(),
                     cwd: Some("/tmp".into()),
                 },

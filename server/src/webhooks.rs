@@ -622,10 +622,16 @@ mod tests {
             node: None,
             data,
         };
-        let own = event(EventType::WebhookFailed, serde_json::json!({"webhook": "wh_a"}));
+        let own = event(
+            EventType::WebhookFailed,
+            serde_json::json!({"webhook": "wh_a"}),
+        );
         assert!(about_itself("wh_a", &own));
         assert!(!about_itself("wh_b", &own));
-        let other = event(EventType::JobCreated, serde_json::json!({"webhook": "wh_a"}));
+        let other = event(
+            EventType::JobCreated,
+            serde_json::json!({"webhook": "wh_a"}),
+        );
         assert!(!about_itself("wh_a", &other));
     }
 

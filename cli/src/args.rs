@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct Global {
     /// Server URL [default: the context's, else http://127.0.0.1:8080].
-    #[arg(long, env = "SUNDIAL_URL", global = true)]
+    #[arg(long, env = "SUNDIAL_URL", global = true, value_parser = parse_server_url)]
     pub server: Option<String>,
     /// File holding the API key (SUNDIAL_KEY holds the key itself).
     #[arg(long, env = "SUNDIAL_KEY_FILE", global = true)]
@@ -282,7 +282,7 @@ pub enum ConfigCmd {
         /// The context's name.
         name: String,
         /// The server's URL.
-        #[arg(long = "url", visible_alias = "server-url")]
+        #[arg(long = "url", visible_alias = "server-url", value_parser = parse_server_url)]
         url: Option<String>,
         /// Key file the context uses (the key itself is never stored).
         #[arg(long = "key")]
@@ -308,6 +308,36 @@ pub enum ConfigCmd {
         /// The context's name.
         name: String,
     },
+}
+
+/// A server URL: absolute, `http://` or `https://`, with a host.
+pub fn parse_server_url(s: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(s)
+        .map_err(|e| format!("{s:?} is not a URL ({e}); give one such as http://127.0.0.1:8080"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?} must be an http:// or https:// URL with a host, such as http://127.0.0.1:8080"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Unsets the CLI's own environment settings that are set but empty, so
+/// `SUNDIAL_CA_FILE=` means "not set" (as it does for `SUNDIAL_KEY` and
+/// `SUNDIAL_CLI_CONFIG`) rather than a flag given without a value. Call it
+/// before parsing, while the process has one thread.
+pub fn ignore_empty_settings() {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let names: Vec<std::ffi::OsString> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env().map(|e| e.to_os_string()))
+        .collect();
+    for name in names {
+        if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(&name);
+        }
+    }
 }
 
 /// `k=v` → (k, v).

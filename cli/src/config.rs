@@ -136,6 +136,8 @@ pub fn resolve(o: &Overrides, file: &ConfigFile) -> CliResult<Connection> {
         .clone()
         .or_else(|| ctx.map(|c| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    // A context's URL was checked when it was set, unless the file was edited.
+    crate::args::parse_server_url(&server).map_err(CliError::usage)?;
     let key = match (&o.key_file, &o.key, ctx.and_then(|c| c.key_file.as_ref())) {
         (Some(f), _, _) => Some(read_key(f)?),
         (None, Some(k), _) if !k.trim().is_empty() => Some(k.trim().to_string()),

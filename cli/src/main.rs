@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    sundial_cli::args::ignore_empty_settings();
     let cli = sundial_cli::args::Cli::parse();
     if let Err(e) = sundial_cli::run(cli) {
         if !matches!(e, sundial_cli::CliError::Exit(_)) {

@@ -205,11 +205,35 @@ pub fn structured<T: Serialize>(format: OutputFormat, value: &T) -> CliResult<St
             serde_yaml_ng::to_string(value).map_err(|e| anyhow!("encoding YAML: {e}").into())
         }
         OutputFormat::Toml => {
-            toml::to_string_pretty(value).map_err(|e| anyhow!("encoding TOML: {e}").into())
+            // A TOML document is a table and has no null: a list goes under
+            // `items` (`[[items]]`), a bare value under `value`, and keys
+            // whose value is null are left out.
+            let v = serde_json::to_value(value).map_err(|e| anyhow!("encoding TOML: {e}"))?;
+            let table = match without_nulls(v) {
+                v @ serde_json::Value::Object(_) => v,
+                v @ serde_json::Value::Array(_) => serde_json::json!({ "items": v }),
+                v => serde_json::json!({ "value": v }),
+            };
+            toml::to_string_pretty(&table).map_err(|e| anyhow!("encoding TOML: {e}").into())
         }
         OutputFormat::Table | OutputFormat::Wide => Err(CliError::usage(
             "internal: table output is rendered by the command",
         )),
+    }
+}
+
+/// `v` with every object key whose value is null removed (TOML has no null).
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(without_nulls).collect()),
+        other => other,
     }
 }
 
@@ -234,6 +258,23 @@ pub fn instant(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lists, bare strings and nulls all come out as TOML that reads back.
+    #[test]
+    fn toml_takes_lists_strings_and_nulls() {
+        let list = serde_json::json!([
+            {"id": "a", "error": null, "labels": {"team": "x"}, "n": 1},
+            {"id": "b", "error": "boom", "labels": {}, "n": 2}
+        ]);
+        let text = structured(OutputFormat::Toml, &list).unwrap();
+        let back: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(back["items"][0]["id"].as_str(), Some("a"));
+        assert!(back["items"][0].get("error").is_none(), "{text}");
+        assert_eq!(back["items"][1]["error"].as_str(), Some("boom"));
+        let text = structured(OutputFormat::Toml, &"line 1\nline 2\n").unwrap();
+        let back: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(back["value"].as_str(), Some("line 1\nline 2\n"));
+    }
 
     #[test]
     fn durations_and_relative_times() {

@@ -259,7 +259,7 @@ fn indent(text: &str, by: &str) -> String {
 
 /// A job's next fire, or why it has none: disabled, paused, or a one-shot
 /// job whose `@at` instant has passed (`long`: said in a sentence).
-fn next_fire(view: &View, job: &Job, long: bool) -> String {
+pub fn next_fire(view: &View, job: &Job, long: bool) -> String {
     let why = if !job.spec.enabled {
         "disabled"
     } else if job.paused {

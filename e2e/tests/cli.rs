@@ -278,6 +278,23 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
     let closed = format!("http://127.0.0.1:{}", free_port().unwrap());
     let o = sundial(&cfg, Some(&closed), &["jobs", "ls"]);
     assert_eq!(code(&o), 5, "{}", err(&o));
+    // A server that is not an http(s) URL is a usage error, nothing sent.
+    let o = sundial(&cfg, Some("127.0.0.1:8080"), &["jobs", "ls"]);
+    assert_eq!(code(&o), 2, "{}", err(&o));
+    assert!(err(&o).contains("is not a URL"), "{}", err(&o));
+    // An empty setting in the environment counts as unset.
+    let o = Command::new(binary("sundial").unwrap())
+        .args(["jobs", "ls", "-o", "json"])
+        .env("SUNDIAL_CLI_CONFIG", &cfg)
+        .env("SUNDIAL_URL", url)
+        .env("SUNDIAL_KEY", ADMIN_KEY)
+        .env("SUNDIAL_CA_FILE", "")
+        .env("SUNDIAL_KEY_FILE", "")
+        .env("SUNDIAL_CONTEXT", "")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(o);
     let spec =
         serde_json::json!({"schedule": "0 0 0 1 1 *", "executor": {"type": "exec", "argv": ["x"]}});
     server.call("PUT", "/v1/jobs/idle", Some(&spec)).unwrap();

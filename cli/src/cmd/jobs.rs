@@ -187,10 +187,11 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                 None::<&()>,
             )?;
             ctx.print(&job, || {
+                // A disabled job stays without a fire: say so, not a time.
                 format!(
                     "Resumed job {}; next fire {}.\n",
                     job.id,
-                    ctx.view.when(job.next_fire_at)
+                    render::next_fire(&ctx.view, &job, true)
                 )
             })
         }

@@ -12,7 +12,7 @@ use crate::render;
 use reqwest::Method;
 use std::time::Duration;
 use sundial_proto::run::output_attempt;
-use sundial_proto::{List, Run};
+use sundial_proto::{List, Run, RunState};
 
 pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
     let client = ctx.client()?;
@@ -85,8 +85,21 @@ pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
                 &format!("/v1/runs/{}/cancel", enc(&id.to_string())),
                 None::<&()>,
             )?;
-            ctx.print(&run, || format!("Run {} is {}.\n", run.id, run.state))
+            ctx.print(&run, || cancelled(&run))
         }
+    }
+}
+
+/// What `runs cancel` says: a running run stops at its next heartbeat,
+/// so its cancel is requested, not done.
+fn cancelled(run: &Run) -> String {
+    match run.state {
+        RunState::Running => format!(
+            "Cancel of run {} requested: its daemon stops it at its next heartbeat (a third of the lease); \
+             a run that ends before then keeps its own result.\n",
+            run.id
+        ),
+        state => format!("Run {} is {state}.\n", run.id),
     }
 }
 
@@ -126,7 +139,6 @@ impl Tail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sundial_proto::RunState;
 
     fn run(attempt: u32, state: RunState, output: &str) -> Run {
         serde_json::from_value(serde_json::json!({
@@ -137,6 +149,15 @@ mod tests {
             "truncated": false, "error": null
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_cancel_of_a_running_run_says_it_is_requested() {
+        assert!(cancelled(&run(1, RunState::Running, "")).starts_with("Cancel of run 7 requested"));
+        assert_eq!(
+            cancelled(&run(1, RunState::Cancelled, "")),
+            "Run 7 is cancelled.\n"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -220,6 +221,24 @@ pub async fn execute(
     }
 }
 
+/// Why a process did not start, naming what was missing: the program, or
+/// the working directory (both fail with the same "No such file").
+fn start_failure(
+    (program, cwd): &(std::ffi::OsString, Option<std::path::PathBuf>),
+    e: &std::io::Error,
+) -> String {
+    let program = program.to_string_lossy();
+    match cwd {
+        Some(dir) if !dir.is_dir() => {
+            format!(
+                "starting {program}: working directory {} does not exist or is not a directory",
+                dir.display()
+            )
+        }
+        _ => format!("starting {program}: {e}"),
+    }
+}
+
 /// The daemon's own settings in its environment (the `env` names of its
 /// flags): a job does not inherit them. The join token above all would let
 /// any job join new nodes to the cluster.
@@ -268,13 +287,17 @@ async fn run_process(
         Err(e) => return Finished::failed(format!("creating the output pipe: {e}")),
     };
     cmd.stdout(output.stdout).stderr(output.stderr);
+    let cmd_desc = (
+        cmd.as_std().get_program().to_owned(),
+        cmd.as_std().get_current_dir().map(Path::to_path_buf),
+    );
     let spawned = cmd.spawn();
     // The parent's write ends live in the command: close them now, so the
     // reader sees the end of the output when the job's side closes.
     drop(cmd);
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return Finished::failed(format!("starting the process: {e}")),
+        Err(e) => return Finished::failed(start_failure(&cmd_desc, &e)),
     };
     let Some(pid) = child.id() else {
         return Finished::failed("the process exited before it could be tracked".into());
@@ -832,6 +855,34 @@ mod tests {
         assert_eq!(f.outcome, Outcome::Failed);
         let error = f.error.unwrap_or_default();
         assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_cannot_start_names_what_is_missing() {
+        let exec = |argv: &str, cwd: Option<&str>| {
+            assignment(
+                Executor::Exec {
+                    argv: vec![argv.into()],
+                    env: Default::default(),
+                    cwd: cwd.map(str::to_string),
+                },
+                Some(5_000),
+            )
+        };
+        for (a, expect) in [
+            (
+                exec("/no/such/bin", None),
+                "starting /no/such/bin: No such file",
+            ),
+            (
+                exec("/bin/pwd", Some("/no/such/dir")),
+                "working directory /no/such/dir does not exist",
+            ),
+        ] {
+            let f = execute(&a, &limits(4096), &Stop::default(), &reqwest::Client::new()).await;
+            let error = f.error.unwrap_or_default();
+            assert!(error.contains(expect), "{error}");
+        }
     }
 
     #[tokio::test]

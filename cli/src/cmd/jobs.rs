@@ -156,8 +156,13 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                     if let Some(out) = &done.output {
                         emit(out);
                     }
+                    let why = done
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "Run {} {} (exit code {}).",
+                        "Run {} {} (exit code {}){why}.",
                         done.id,
                         done.state,
                         done.exit_code

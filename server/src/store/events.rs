@@ -8,7 +8,7 @@
 
 use super::prepared::Prepared;
 use super::StoreError;
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 pub use sundial_proto::event::EventType;
@@ -104,6 +104,35 @@ pub fn mark_overdue(conn: &Connection, now: i64) -> Result<usize, StoreError> {
         )?;
     }
     Ok(due.len())
+}
+
+/// An overdue job whose `alert.overdue_after` was just raised past the time
+/// since its last success (or creation) is not overdue any more: clears the
+/// mark and writes `job.recovered` (`run_id` null), so the new threshold can
+/// fire its own `job.overdue` later. Returns whether it did.
+pub fn reconsider_overdue(conn: &Connection, pk: i64, now: i64) -> Result<bool, StoreError> {
+    let since: Option<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT overdue_since FROM {}
+             WHERE pk = ?1 AND overdue_since IS NOT NULL AND overdue_after_ms IS NOT NULL
+               AND coalesce(last_success_at, created_at) + overdue_after_ms > ?2",
+            super::jobs::WITH_STATS
+        ))?
+        .query_row(params![pk, now], |r| r.get(0))
+        .optional()?;
+    let Some(since) = since else {
+        return Ok(false);
+    };
+    conn.prepare_cached("UPDATE jobs SET overdue_since = NULL WHERE pk = ?1")?
+        .execute([pk])?;
+    append_job(
+        conn,
+        now,
+        EventType::JobRecovered,
+        pk,
+        &serde_json::json!({ "overdue_since": sundial_proto::time::format_ms(since), "run_id": null }),
+    )?;
+    Ok(true)
 }
 
 /// A run's details as its events carry them (`data`): `{"attempt",
@@ -458,6 +487,50 @@ mod tests {
         assert_eq!(after.len(), 2, "{after:?}");
         assert_eq!(after[0].id, max);
         assert!(after[1].id > max, "{} > {max}", after[1].id);
+        store.close().await;
+    }
+
+    /// Raising an overdue job's threshold past its silence clears the mark
+    /// (one `job.recovered`), so the new threshold alerts on its own.
+    #[tokio::test]
+    async fn a_raised_threshold_recovers_an_overdue_job() {
+        let (_dir, store) = temp_store();
+        let spec = |after: &str| -> sundial_proto::JobSpec {
+            serde_json::from_value(json!({"schedule": "@yearly",
+                "executor": {"type": "exec", "argv": ["true"]},
+                "alert": {"overdue_after": after}}))
+            .unwrap()
+        };
+        let write = |after: &'static str, now: i64| {
+            store.write(move |c| {
+                crate::store::jobs::write_spec(c, "od", &spec(after), now, |_| None).map(|_| ())
+            })
+        };
+        let last = || {
+            store.read(|c| {
+                Ok(c.query_row(
+                    "SELECT type, data FROM events WHERE type IN ('job.overdue', 'job.recovered')
+                     ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+                )?)
+            })
+        };
+        write("2s", 0).await.unwrap();
+        assert_eq!(store.write(|c| mark_overdue(c, 3_000)).await.unwrap(), 1);
+        // Lowered or unchanged: still overdue, nothing written.
+        write("1s", 4_000).await.unwrap();
+        assert_eq!(last().await.unwrap().0, "job.overdue");
+        // Raised past the 4 s of silence: recovered, and quiet under 1 h.
+        write("1h", 4_000).await.unwrap();
+        let (kind, data) = last().await.unwrap();
+        assert_eq!(kind, "job.recovered");
+        assert!(data.contains(r#""run_id":null"#), "{data}");
+        assert_eq!(store.write(|c| mark_overdue(c, 5_000)).await.unwrap(), 0);
+        assert_eq!(
+            store.write(|c| mark_overdue(c, 3_600_001)).await.unwrap(),
+            1
+        );
         store.close().await;
     }
 

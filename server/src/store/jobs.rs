@@ -213,6 +213,9 @@ pub fn write_spec(
                 labels_text,
                 overdue_after_ms,
             ])?;
+            if overdue_after_ms.is_some() {
+                super::events::reconsider_overdue(conn, pk, now)?;
+            }
             let changed = conn
                 .prepare_cached(
                     "UPDATE job_stats SET enabled = ?2, next_fire_at = ?3 WHERE pk = ?1",

@@ -584,6 +584,16 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
         assert!(cookie.contains(attr), "cookie lacks {attr}: {cookie}");
     }
+    // Pages that do not exist: the console's 404 page, with its headers.
+    let resp = anon.send("GET", "/ui/nosuch", None)?;
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().contains_key("content-security-policy"));
+    assert!(resp.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/html"));
+    for path in ["/ui/jobs/nope/confirm/delete", "/ui/nodes/nope/confirm"] {
+        assert_eq!(admin.send("GET", path, None)?.status(), 404, "{path}");
+    }
     let runs_before = server.all_runs("hello")?.len();
     let st = admin
         .send("POST", "/ui/jobs/hello/trigger", Some(&[("csrf", "wrong")]))?

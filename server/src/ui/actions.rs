@@ -247,6 +247,15 @@ pub async fn confirm_job(
         return Err(UiError::forbidden());
     }
     crate::validate::job_id(&id).map_err(|e| UiError::new(StatusCode::BAD_REQUEST, e.message))?;
+    let key = id.clone();
+    if console
+        .store
+        .read(move |c| crate::store::jobs::pk_of(c, &key))
+        .await?
+        .is_none()
+    {
+        return Err(UiError::not_found(format!("Job {id:?} not found.")));
+    }
     let mut button = action.as_str().to_string();
     button[..1].make_ascii_uppercase();
     render(&ConfirmPage {
@@ -314,6 +323,15 @@ pub async fn confirm_revoke(
         return Err(UiError::forbidden());
     }
     crate::validate::node_id(&id).map_err(|e| UiError::new(StatusCode::BAD_REQUEST, e.message))?;
+    let key = id.clone();
+    if console
+        .store
+        .read(move |c| crate::store::nodes::get(c, &key))
+        .await?
+        .is_none()
+    {
+        return Err(UiError::not_found(format!("Node {id:?} not found.")));
+    }
     render(&ConfirmPage {
         layout: Layout::new(&console.ha, &s, "nodes"),
         question: format!(

@@ -82,5 +82,13 @@ pub fn router() -> Router<AppState> {
         .route("/ui/tokens/new", post(admin::create_token))
         .route("/ui/tokens/{id}/delete", post(admin::delete_token))
         .route("/ui/assets/{name}", get(assets::serve))
+        // Anything else under /ui is the console's 404 page (with these
+        // headers), not the API's JSON.
+        .route(
+            "/ui/{*rest}",
+            axum::routing::any(|| async {
+                view::UiError::not_found("No such page in the console.")
+            }),
+        )
         .layer(middleware::from_fn(security_headers))
 }

@@ -54,6 +54,8 @@ pub struct Loaded {
     pub jobs: Vec<JobManifest>,
     pub sources: Vec<Source>,
     pub raw: Vec<serde_json::Value>,
+    /// Files that hold no job (empty, or only empty documents).
+    pub empty: Vec<String>,
 }
 
 fn bad(source: &Source, message: impl fmt::Display) -> CliError {
@@ -63,7 +65,7 @@ fn bad(source: &Source, message: impl fmt::Display) -> CliError {
 /// Expands files and directories (their manifest files, sorted, recursively).
 /// `-` is standard input (YAML).
 pub fn expand(paths: &[PathBuf]) -> CliResult<Vec<PathBuf>> {
-    let mut out = Vec::new();
+    let mut out: Vec<PathBuf> = Vec::new();
     for p in paths {
         if p.as_os_str() == "-" {
             out.push(p.clone());
@@ -84,6 +86,9 @@ pub fn expand(paths: &[PathBuf]) -> CliResult<Vec<PathBuf>> {
             return Err(CliError::usage(format!("{}: no such file", p.display())));
         }
     }
+    // A file named twice (or a directory and a file in it) is read once.
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| p.as_os_str() == "-" || seen.insert(p.canonicalize().unwrap_or(p.clone())));
     Ok(out)
 }
 
@@ -210,8 +215,17 @@ pub fn documents(
                     }
                 }
             }
+            // One sequence of jobs (a JSON array piped to `-f -` is YAML
+            // too): its items are the documents, as in a .json file.
+            if let [(1, serde_json::Value::Array(_))] = out.as_slice() {
+                if let Some((_, serde_json::Value::Array(items))) = out.pop() {
+                    return Ok(numbered(items));
+                }
+            }
             Ok(out)
         }
+        // An empty file holds no job, in every format (as in YAML).
+        Format::Json | Format::Toml if text.trim().is_empty() => Ok(Vec::new()),
         Format::Json => {
             let v: serde_json::Value =
                 serde_json::from_str(text).map_err(|e| whole(e.to_string()))?;
@@ -354,6 +368,9 @@ pub fn load(paths: &[PathBuf], mut tick: impl FnMut(usize)) -> CliResult<Loaded>
         };
         let docs = documents(&name, format, &text)?;
         drop(text);
+        if docs.is_empty() {
+            loaded.empty.push(name.clone());
+        }
         for (source, m, raw) in decode_all(&name, docs)? {
             if let Some(first) = seen.insert(m.id.clone(), loaded.jobs.len()) {
                 return Err(bad(
@@ -515,5 +532,30 @@ executor:
             .to_string();
         assert!(err.contains("2.yml: document 1"), "{err}");
         assert!(err.contains("also defined at"), "{err}");
+    }
+
+    #[test]
+    fn a_file_named_twice_is_read_once_and_empty_files_hold_no_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = "id: a\nschedule: '@hourly'\nexecutor: {type: exec, argv: [x]}\n";
+        let file = dir.path().join("1.yaml");
+        std::fs::write(&file, one).unwrap();
+        for name in ["e.yaml", "e.json", "e.toml"] {
+            std::fs::write(dir.path().join(name), " \n").unwrap();
+        }
+        let loaded = load(&[file.clone(), dir.path().to_path_buf(), file], |_| {}).unwrap();
+        assert_eq!(loaded.jobs.len(), 1);
+        assert_eq!(loaded.empty.len(), 3, "{:?}", loaded.empty);
+    }
+
+    #[test]
+    fn a_yaml_stream_of_one_sequence_is_its_items() {
+        let text = r#"[{"id": "a", "schedule": "@hourly", "executor": {"type": "exec", "argv": ["x"]}},
+                       {"id": "b", "schedule": "@daily", "executor": {"type": "exec", "argv": ["x"]}}]"#;
+        let jobs = load_text("<stdin>", Format::Yaml, text).unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
     }
 }

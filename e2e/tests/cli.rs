@@ -190,6 +190,27 @@ fn apply_diff_prune_and_export_round_trip() {
     );
     assert_eq!(code(&u), 2, "{}", err(&u));
     assert!(err(&u).contains("one value per label key"), "{}", err(&u));
+    // A prune with files that hold no jobs (a truncated file) is refused.
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "").unwrap();
+    let u = sundial(
+        &cfg,
+        Some(url),
+        &[
+            "apply",
+            "-f",
+            empty.to_str().unwrap(),
+            "--prune",
+            "-l",
+            "team=billing",
+        ],
+    );
+    assert_eq!(code(&u), 2, "{}", err(&u));
+    assert!(
+        err(&u).contains("holds no jobs") && err(&u).contains("refusing"),
+        "{}",
+        err(&u)
+    );
 
     // Export round trips in every format: applying it is a no-op.
     for (fmt, ext) in [("yaml", "yaml"), ("toml", "toml"), ("json", "json")] {

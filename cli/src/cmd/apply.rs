@@ -137,8 +137,19 @@ pub fn apply(ctx: &Ctx, args: &ApplyArgs, diff_only: bool) -> CliResult<()> {
     phases.done("read");
     let selector = crate::args::selector(&args.selector)?;
     let prune = args.prune.then_some(Prune { labels: selector });
+    for file in &loaded.empty {
+        eprintln!("warning: {file} holds no jobs");
+    }
+    if prune.is_some() && loaded.jobs.is_empty() {
+        return Err(CliError::usage(
+            "the files hold no jobs: --prune would delete every job the selector matches; \
+             refusing (a truncated file?). Delete them with `sundial jobs rm` instead",
+        ));
+    }
     let client = ctx.client_with(Duration::from_secs(600))?;
-    let Loaded { jobs, sources, raw } = loaded;
+    let Loaded {
+        jobs, sources, raw, ..
+    } = loaded;
     let plan_only = diff_only || args.dry_run;
     // Large applies go straight to the one atomic request (see PLAN_FIRST_LIMIT).
     let plan_first = plan_only || jobs.len() <= PLAN_FIRST_LIMIT;

@@ -354,6 +354,9 @@ fn fires_stay_within_rfc3339_years() {
     let next = century.next_after(ms("2026-11-27T00:00:00Z")).unwrap();
     assert_eq!(iso(next), "2069-12-07T00:00:00Z");
     assert_eq!(century.next_after(ms("9999-01-01T00:00:00Z")), None);
+    let err = Schedule::parse("@every 999ms", "UTC").unwrap_err();
+    assert!(err.to_string().contains("at least 1s"), "{err}");
+    assert!(Schedule::parse("@every 1500ms", "UTC").is_ok());
     let err = Schedule::parse("@every 3000000d", "UTC").unwrap_err();
     assert!(err.to_string().contains("at most 36500d"), "{err}");
     let last = Schedule::parse("@at 9999-12-31T23:59:59.999Z", "UTC").unwrap();
@@ -492,7 +495,9 @@ fn valid_schedule() -> impl Strategy<Value = String> {
     };
     let six = (cron_field(0, 59), five()).prop_map(|(s, rest)| format!("{s} {rest}"));
     let every = (0u64..400, 0u64..30, 0u64..70, 0u64..70, 0u64..1500)
-        .prop_filter("positive", |(d, h, m, s, ms)| d + h + m + s + ms > 0)
+        .prop_filter("at least 1s", |(d, h, m, s, ms)| {
+            d + h + m + s > 0 || *ms >= 1_000
+        })
         .prop_map(|(d, h, m, s, ms)| {
             let mut text = String::from("@every ");
             for (n, unit) in [(d, "d"), (h, "h"), (m, "m"), (s, "s"), (ms, "ms")] {

@@ -94,7 +94,9 @@ impl Follow {
                     SseEvent::default()
                         .event("output")
                         .id(t.len.to_string())
-                        .data(String::from_utf8_lossy(&t.tail)),
+                        // SSE ends a line at CR, LF or CRLF alike: a CRLF
+                        // sent as is would arrive as two line breaks.
+                        .data(String::from_utf8_lossy(&t.tail).replace("\r\n", "\n")),
                 );
             }
             if t.state.is_terminal() {

@@ -22,6 +22,7 @@ pub mod output;
 pub mod plan;
 pub(crate) mod progress;
 pub mod render;
+pub(crate) mod strict_value;
 
 pub use error::{CliError, CliResult};
 

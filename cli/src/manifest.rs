@@ -152,7 +152,9 @@ fn yaml_piece(text: &str) -> Result<(usize, Vec<(usize, serde_json::Value)>), (u
     let mut docs = Vec::new();
     let mut count = 0;
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let v = serde_json::Value::deserialize(doc).map_err(|e| (i, e.to_string()))?;
+        let v = crate::strict_value::StrictValue::deserialize(doc)
+            .map_err(|e| (i, e.to_string()))?
+            .0;
         count = i + 1;
         // Empty documents (a trailing `---`, `--- ` twice) hold no job.
         if !v.is_null() {
@@ -227,8 +229,10 @@ pub fn documents(
         // An empty file holds no job, in every format (as in YAML).
         Format::Json | Format::Toml if text.trim().is_empty() => Ok(Vec::new()),
         Format::Json => {
-            let v: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| whole(e.to_string()))?;
+            let mut de = serde_json::Deserializer::from_str(text);
+            let v = crate::strict_value::StrictValue::deserialize(&mut de)
+                .and_then(|v| de.end().map(|()| v.0))
+                .map_err(|e| whole(e.to_string()))?;
             Ok(numbered(match v {
                 serde_json::Value::Array(items) => items,
                 serde_json::Value::Object(mut m) if m.len() == 1 && m.contains_key("jobs") => {
@@ -557,5 +561,23 @@ executor:
             jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_in_yaml_and_json() {
+        let yaml =
+            "id: a\nschedule: '@hourly'\nschedule: '@daily'\nexecutor: {type: exec, argv: [x]}\n";
+        let err = load_text("d.yaml", Format::Yaml, yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("d.yaml: document 1") && err.contains("appears twice"),
+            "{err}"
+        );
+        let json = r#"{"id": "a", "id": "b", "schedule": "@hourly", "executor": {"type": "exec", "argv": ["x"]}}"#;
+        let err = load_text("d.json", Format::Json, json)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("appears twice"), "{err}");
     }
 }

@@ -127,6 +127,30 @@ impl Capture {
         }
         self.buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
     }
+
+    /// The output as text and whether it was cut. Bytes that are not UTF-8
+    /// become U+FFFD (3 bytes each), so the text is cut to `cap` bytes again
+    /// (at a character boundary): the cap holds for what is stored.
+    fn text(&self, cap: usize) -> (String, bool) {
+        let mut text = String::from_utf8_lossy(&self.buf).into_owned();
+        if text.len() <= cap {
+            return (text, self.truncated);
+        }
+        let end = (0..=cap)
+            .rev()
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        text.truncate(end);
+        (text, true)
+    }
+}
+
+/// The collected output of an attempt, capped (see [`Capture::text`]).
+fn collected(capture: &Mutex<Capture>, cap: usize) -> (String, bool) {
+    capture
+        .lock()
+        .map(|c| c.text(cap))
+        .unwrap_or((String::new(), false))
 }
 
 async fn drain(mut r: impl AsyncRead + Unpin, cap: usize, into: Arc<Mutex<Capture>>) {
@@ -327,10 +351,7 @@ async fn run_process(
     // Nothing of the job's process group outlives the job.
     signal_group(pgid, Signal::SIGKILL);
     let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
-    let (output, truncated) = match capture.lock() {
-        Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
-        Err(_) => (String::new(), false),
-    };
+    let (output, truncated) = collected(&capture, limits.output_cap);
     let exit_code = status.as_ref().ok().and_then(|s| s.code());
     let signal = status
         .as_ref()
@@ -449,10 +470,7 @@ async fn run_http(
         },
     };
     // What the body brought so far is the output, however the request ended.
-    let (output, truncated) = match stop.output.lock() {
-        Ok(c) => (String::from_utf8_lossy(&c.buf).into_owned(), c.truncated),
-        Err(_) => (String::new(), false),
-    };
+    let (output, truncated) = collected(&stop.output, limits.output_cap);
     Finished {
         output,
         truncated,
@@ -788,6 +806,19 @@ mod tests {
             .error
             .unwrap_or_default()
             .contains("is not an HTTP method"));
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_stays_within_the_cap() {
+        let mut c = Capture::default();
+        c.push(&[0xff; 100], 64);
+        let (text, truncated) = c.text(64);
+        assert!(text.len() <= 64, "{}", text.len());
+        assert!(truncated);
+        assert_eq!(text, "\u{fffd}".repeat(21));
+        let mut ok = Capture::default();
+        ok.push(b"fine", 64);
+        assert_eq!(ok.text(64), ("fine".to_string(), false));
     }
 
     /// The list of settings a job does not inherit is the daemon's flags'

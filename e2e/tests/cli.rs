@@ -346,8 +346,9 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
 #[test]
 fn trigger_wait_returns_the_run_exit_code_and_logs_follow() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let url = server.base.as_str();
+    let mut server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let base = server.base.clone();
+    let url = base.as_str();
     let cfg = dir.path().join("config.toml");
     let token = server.join_token().unwrap();
     let _daemon = DaemonProc::start(url, &token, "cli-node", &dir.path().join("n"), &[]).unwrap();
@@ -444,6 +445,31 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
     ));
     // The header, `fine` and `slow` twice.
     assert_eq!(table.lines().count(), 4, "{table}");
+
+    // A wait rides out a restart of the server: the run goes on meanwhile.
+    let waiting = Command::new(binary("sundial").unwrap())
+        .args(["jobs", "trigger", "slow", "--wait"])
+        .env("SUNDIAL_CLI_CONFIG", &cfg)
+        .env("SUNDIAL_URL", url)
+        .env("SUNDIAL_KEY", ADMIN_KEY)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        let (_, runs) = server.call("GET", "/v1/runs?state=running", None).ok()?;
+        (!runs["items"].as_array()?.is_empty()).then_some(())
+    })
+    .expect("the slow run started");
+    server.terminate(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    server.restart().unwrap();
+    let o = waiting.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", err(&o));
+    assert_eq!(out(&o), "start\nend\n");
+    assert!(err(&o).contains("Lost the server"), "{}", err(&o));
 }
 
 fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {

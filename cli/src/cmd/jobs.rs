@@ -51,6 +51,19 @@ pub fn run_exit_code(run: &Run) -> i32 {
 
 /// Polls a run until it reaches a terminal state (or `timeout`), calling
 /// `on_update` with each new version.
+/// How long a wait for a run rides out a server it cannot reach.
+const OUT_OF_REACH_GRACE: Duration = Duration::from_secs(60);
+
+/// An error that a restart or failover of the server explains: refused or
+/// timed-out connections, and no primary behind the proxy (502-504).
+fn is_transient(e: &CliError) -> bool {
+    match e {
+        CliError::Unreachable { .. } => true,
+        CliError::Api { status, .. } => (502..=504).contains(status),
+        _ => false,
+    }
+}
+
 pub fn follow_run(
     client: &Client,
     id: i64,
@@ -59,8 +72,28 @@ pub fn follow_run(
 ) -> CliResult<Run> {
     let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(100);
+    // Since when the server has been out of reach (a restart, a failover):
+    // the run goes on meanwhile, so the wait does too, for a while.
+    let mut lost: Option<Instant> = None;
     loop {
-        let run: Run = client.get(&format!("/v1/runs/{id}"))?;
+        let run: Run = match client.get(&format!("/v1/runs/{id}")) {
+            Ok(run) => {
+                lost = None;
+                run
+            }
+            Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                let since = *lost.get_or_insert_with(|| {
+                    eprintln!("Lost the server ({e}); still waiting for run {id}…");
+                    Instant::now()
+                });
+                if since.elapsed() >= OUT_OF_REACH_GRACE {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         on_update(&run);
         if run.state.is_terminal() {
             return Ok(run);

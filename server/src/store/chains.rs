@@ -1,9 +1,9 @@
 //! Job chains: a job's `after` list as rows of `job_after` (kept in step by
 //! [`set_edges`] on every upsert; [`Graph::check`] refuses unknown upstreams
-//! and cycles, for a bulk apply's dry run too), and [`fire`], which the run lifecycle calls in the same
-//! transaction as a run's final transition: when that ends an upstream
-//! *slot* in a listed state, each follower gets exactly one run
-//! (`trigger: chain`, `upstream_run` = the slot's first run; a UNIQUE index
+//! and cycles, for a bulk apply's dry run too), and [`fire`], which the run
+//! lifecycle calls in the same transaction as a run's final transition:
+//! when that ends an upstream *slot* in a listed state, each follower gets
+//! exactly one run (`trigger: chain`, `upstream_run` = the slot's first run; a UNIQUE index
 //! makes a second one impossible, across crashes and failovers too).
 //!
 //! A broadcast slot (one run per node) ends when its last run ends; its

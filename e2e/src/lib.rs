@@ -285,6 +285,15 @@ impl ServerProc {
         Self::start_with(data_dir, &refs)
     }
 
+    /// Waits (20 s at most) until a node has joined; panics otherwise.
+    pub fn wait_for_a_node(&self) {
+        wait_for(Duration::from_secs(20), || {
+            let (_, n) = self.call("GET", "/v1/nodes", None).ok()?;
+            (!n["items"].as_array()?.is_empty()).then_some(())
+        })
+        .expect("daemon joined");
+    }
+
     /// Creates a join token and returns its secret.
     pub fn join_token(&self) -> Result<String> {
         let (status, body) = self.call(

@@ -21,11 +21,7 @@ fn a_b_c_fire_once_per_upstream_slot_across_kill9() {
         &["--capacity", "16"],
     )
     .unwrap();
-    wait_for(Duration::from_secs(20), || {
-        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
-        (!n["items"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("daemon joined");
+    server.wait_for_a_node();
 
     let echo_upstream = json!({"type": "shell", "script": "echo \"up=$SUNDIAL_UPSTREAM_RUN_ID\""});
     let specs = [

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use sundial_e2e::{wait_for, DaemonProc, ServerProc, ADMIN_KEY};
+use sundial_e2e::{DaemonProc, ServerProc, ADMIN_KEY};
 
 /// One SSE event as received.
 #[derive(Debug, Clone)]
@@ -95,11 +95,7 @@ fn events_stream_resume_after_kill9_and_match_the_feed() {
     let token = server.join_token().unwrap();
     let _daemon =
         DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
-        (!n["items"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("daemon joined");
+    server.wait_for_a_node();
 
     // Follow runs and jobs from now on.
     let rx = follow(&server.base, "?type=run.*,job.*", None);

@@ -51,11 +51,7 @@ fn timeout_kills_the_process_tree_and_output_is_capped() {
             .0,
         201
     );
-    wait_for(Duration::from_secs(20), || {
-        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
-        (!n["items"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("daemon joined");
+    server.wait_for_a_node();
     let (_, a) = server
         .call("POST", "/v1/jobs/spawner/trigger", None)
         .unwrap();

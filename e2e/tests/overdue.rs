@@ -68,11 +68,7 @@ fn overdue_fires_once_survives_a_restart_and_recovers_once() {
     );
 
     // A successful run recovers it, once.
-    wait_for(Duration::from_secs(20), || {
-        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
-        (!n["items"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("daemon joined");
+    server.wait_for_a_node();
     server
         .call("POST", "/v1/jobs/watched/trigger", None)
         .unwrap();

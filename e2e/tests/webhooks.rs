@@ -27,11 +27,7 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
     let token = server.join_token().unwrap();
     let _daemon =
         DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        let (_, n) = server.call("GET", "/v1/nodes", None).ok()?;
-        (!n["items"].as_array()?.is_empty()).then_some(())
-    })
-    .expect("daemon joined");
+    server.wait_for_a_node();
 
     let port = free_port().unwrap();
     let slack_port = free_port().unwrap();

@@ -94,7 +94,7 @@ pub struct ApplyArgs {
     #[arg(long, requires = "selector")]
     pub prune: bool,
     /// Job label selector k=v (repeatable; all must match), for --prune.
-    #[arg(short = 'l', long = "selector", value_parser = parse_label)]
+    #[arg(short = 'l', long = "selector", value_parser = parse_label, requires = "prune")]
     pub selector: Vec<(String, String)>,
     /// Show the plan only.
     #[arg(long)]
@@ -174,8 +174,8 @@ pub enum RunsCmd {
         /// Only runs created within this long ago (e.g. 1h, 30m, 2d).
         #[arg(long)]
         since: Option<sundial_proto::Duration>,
-        /// Most runs shown.
-        #[arg(long, default_value_t = 50)]
+        /// Most runs shown (at least 1).
+        #[arg(long, default_value_t = 50, value_parser = parse_limit)]
         limit: usize,
     },
     /// One run.
@@ -337,6 +337,14 @@ pub fn ignore_empty_settings() {
         if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
             std::env::remove_var(&name);
         }
+    }
+}
+
+/// A count of at least 1.
+fn parse_limit(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a count of at least 1")),
     }
 }
 

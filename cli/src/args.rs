@@ -310,16 +310,9 @@ pub enum ConfigCmd {
     },
 }
 
-/// A server URL: absolute, `http://` or `https://`, with a host.
+/// A server URL ([`sundial_proto::server_url::check`]).
 pub fn parse_server_url(s: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(s)
-        .map_err(|e| format!("{s:?} is not a URL ({e}); give one such as http://127.0.0.1:8080"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "{s:?} must be an http:// or https:// URL with a host, such as http://127.0.0.1:8080"
-        ));
-    }
-    Ok(s.to_string())
+    sundial_proto::server_url::check(s).map(|()| s.to_string())
 }
 
 /// Unsets the CLI's own environment settings that are set but empty, so

@@ -55,17 +55,10 @@ pub struct Args {
     pub log_format: String,
 }
 
-/// `--server`: an absolute `http://` or `https://` URL (a typo would
-/// otherwise look like an unreachable server, retried for ever).
+/// `--server` ([`sundial_proto::server_url::check`]): a typo would
+/// otherwise look like an unreachable server, retried for ever.
 fn parse_server(s: &str) -> Result<String, String> {
-    let url = reqwest::Url::parse(s)
-        .map_err(|e| format!("{s:?} is not a URL ({e}); give one such as http://sundial:8080"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(format!(
-            "{s:?} must be an http:// or https:// URL with a host, such as http://sundial:8080"
-        ));
-    }
-    Ok(s.to_string())
+    sundial_proto::server_url::check(s).map(|()| s.to_string())
 }
 
 /// Parses `k=v,k=v` (empty string: no labels).

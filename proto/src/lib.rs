@@ -16,6 +16,7 @@ pub mod error;
 pub mod event;
 pub mod job;
 pub mod run;
+pub mod server_url;
 pub mod sign;
 pub mod time;
 pub mod webhook;

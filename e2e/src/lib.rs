@@ -285,6 +285,15 @@ impl ServerProc {
         Self::start_with(data_dir, &refs)
     }
 
+    /// Joins one daemon, `n1`, keeping its state in `dir/n1`, and waits
+    /// until it has joined.
+    pub fn one_daemon(&self, dir: &Path) -> Result<DaemonProc> {
+        let token = self.join_token()?;
+        let daemon = DaemonProc::start(&self.base, &token, "n1", &dir.join("n1"), &[])?;
+        self.wait_for_a_node();
+        Ok(daemon)
+    }
+
     /// Waits (20 s at most) until a node has joined; panics otherwise.
     pub fn wait_for_a_node(&self) {
         wait_for(Duration::from_secs(20), || {

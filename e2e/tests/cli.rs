@@ -11,6 +11,12 @@ use sundial_proto::{Job, Run, RunState};
 
 /// Runs `sundial` with a private config file and no inherited connection settings.
 fn sundial(cfg: &Path, server: Option<&str>, args: &[&str]) -> Output {
+    sundial_cmd(cfg, server, args).output().unwrap()
+}
+
+/// The `sundial` command [`sundial`] runs, for a test that changes its
+/// environment or its pipes first.
+fn sundial_cmd(cfg: &Path, server: Option<&str>, args: &[&str]) -> Command {
     let mut cmd = Command::new(binary("sundial").unwrap());
     cmd.args(args)
         .env("SUNDIAL_CLI_CONFIG", cfg)
@@ -24,7 +30,7 @@ fn sundial(cfg: &Path, server: Option<&str>, args: &[&str]) -> Output {
         Some(url) => cmd.env("SUNDIAL_URL", url).env("SUNDIAL_KEY", ADMIN_KEY),
         None => cmd.env_remove("SUNDIAL_KEY"),
     };
-    cmd.output().unwrap()
+    cmd
 }
 
 fn out(o: &Output) -> String {
@@ -131,15 +137,11 @@ fn apply_diff_prune_and_export_round_trip() {
     let (_, inv) = server.call("GET", "/v1/jobs/invoices", None).unwrap();
     assert_eq!(inv["schedule"], "0 0 3 * * *", "diff wrote something");
     // `diff | head` that stops reading: never 0 ("no changes").
-    let mut cut = Command::new(binary("sundial").unwrap());
-    cut.args(["diff", "-f", m_s])
-        .env("SUNDIAL_CLI_CONFIG", &cfg)
-        .env("SUNDIAL_URL", url)
-        .env("SUNDIAL_KEY", ADMIN_KEY)
-        .stdin(Stdio::null())
+    let mut child = sundial_cmd(&cfg, Some(url), &["diff", "-f", m_s])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = cut.spawn().unwrap();
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     drop(child.stdout.take());
     assert_eq!(child.wait().unwrap().code(), Some(141));
     let dry = ok(sundial(&cfg, Some(url), &["apply", "-f", m_s, "--dry-run"]));
@@ -304,15 +306,10 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
     assert_eq!(code(&o), 2, "{}", err(&o));
     assert!(err(&o).contains("is not a URL"), "{}", err(&o));
     // An empty setting in the environment counts as unset.
-    let o = Command::new(binary("sundial").unwrap())
-        .args(["jobs", "ls", "-o", "json"])
-        .env("SUNDIAL_CLI_CONFIG", &cfg)
-        .env("SUNDIAL_URL", url)
-        .env("SUNDIAL_KEY", ADMIN_KEY)
+    let o = sundial_cmd(&cfg, Some(url), &["jobs", "ls", "-o", "json"])
         .env("SUNDIAL_CA_FILE", "")
         .env("SUNDIAL_KEY_FILE", "")
         .env("SUNDIAL_CONTEXT", "")
-        .stdin(Stdio::null())
         .output()
         .unwrap();
     ok(o);
@@ -447,13 +444,7 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
     assert_eq!(table.lines().count(), 4, "{table}");
 
     // A wait rides out a restart of the server: the run goes on meanwhile.
-    let waiting = Command::new(binary("sundial").unwrap())
-        .args(["jobs", "trigger", "slow", "--wait"])
-        .env("SUNDIAL_CLI_CONFIG", &cfg)
-        .env("SUNDIAL_URL", url)
-        .env("SUNDIAL_KEY", ADMIN_KEY)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
+    let waiting = sundial_cmd(&cfg, Some(url), &["jobs", "trigger", "slow", "--wait"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

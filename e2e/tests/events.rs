@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use sundial_e2e::{DaemonProc, ServerProc, ADMIN_KEY};
+use sundial_e2e::{ServerProc, ADMIN_KEY};
 
 /// One SSE event as received.
 #[derive(Debug, Clone)]
@@ -92,10 +92,7 @@ fn has(got: &[Received], kind: &str, job: &str) -> bool {
 fn events_stream_resume_after_kill9_and_match_the_feed() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let token = server.join_token().unwrap();
-    let _daemon =
-        DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    server.wait_for_a_node();
+    let _daemon = server.one_daemon(dir.path()).unwrap();
 
     // Follow runs and jobs from now on.
     let rx = follow(&server.base, "?type=run.*,job.*", None);

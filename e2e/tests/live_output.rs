@@ -8,7 +8,7 @@ use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use sundial_e2e::{ms, skip_without, DaemonProc, ServerProc, ADMIN_KEY};
+use sundial_e2e::{ms, skip_without, ServerProc, ADMIN_KEY};
 use sundial_proto::time::now_ms;
 
 #[test]
@@ -18,10 +18,7 @@ fn curl_follows_a_running_jobs_output_as_it_is_printed() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let token = server.join_token().unwrap();
-    let _daemon =
-        DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    server.wait_for_a_node();
+    let _daemon = server.one_daemon(dir.path()).unwrap();
     let spec = json!({"schedule": "@yearly", "executor": {"type": "shell",
         "script": "for i in 1 2 3 4 5 6; do echo \"line $i\"; sleep 0.5; done; echo done"}});
     assert_eq!(
@@ -134,10 +131,7 @@ fn curl_follows_a_running_jobs_output_as_it_is_printed() {
 fn a_retry_starts_the_followed_output_over() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let token = server.join_token().unwrap();
-    let _daemon =
-        DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    server.wait_for_a_node();
+    let _daemon = server.one_daemon(dir.path()).unwrap();
     let spec = json!({"schedule": "@yearly", "retries": {"max": 1, "backoff": "2s"},
         "executor": {"type": "shell", "script":
             "echo \"attempt $SUNDIAL_ATTEMPT begins\"; sleep 1.5; echo \"attempt $SUNDIAL_ATTEMPT ends\"; test \"$SUNDIAL_ATTEMPT\" = 2"}});

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use sundial_e2e::receiver::{python, Receiver};
-use sundial_e2e::{free_port, wait_for, DaemonProc, ServerProc};
+use sundial_e2e::{free_port, wait_for, ServerProc};
 
 fn ids_of(received: &[Value], path: &str) -> Vec<String> {
     received
@@ -24,10 +24,7 @@ fn deliveries_are_signed_retried_in_order_and_arrive_after_an_outage() {
     let Some(py) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let token = server.join_token().unwrap();
-    let _daemon =
-        DaemonProc::start(&server.base, &token, "n1", &dir.path().join("n1"), &[]).unwrap();
-    server.wait_for_a_node();
+    let _daemon = server.one_daemon(dir.path()).unwrap();
 
     let port = free_port().unwrap();
     let slack_port = free_port().unwrap();

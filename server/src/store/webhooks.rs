@@ -9,17 +9,16 @@ use super::StoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use sundial_proto::webhook::{Delivery, DeliveryOutcome, Webhook, WebhookSpec};
 
-/// A webhook with what delivery needs beyond the API view.
+/// A webhook with what delivery needs beyond the API view. (The table's
+/// `first_attempt_at` column is no longer read or written: the retry window
+/// counts from the event's time.)
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub webhook: Webhook,
     pub salt: Vec<u8>,
-    /// First failed attempt at the current event (the retry window starts here).
-    pub first_attempt_at: Option<i64>,
 }
 
-const COLUMNS: &str =
-    "id, spec, salt, cursor, attempts, first_attempt_at, next_attempt_at, last_error, created_at";
+const COLUMNS: &str = "id, spec, salt, cursor, attempts, next_attempt_at, last_error, created_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
     let id: String = row.get(0)?;
@@ -33,14 +32,13 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Stored> {
     })?;
     Ok(Stored {
         salt: row.get(2)?,
-        first_attempt_at: row.get(5)?,
         webhook: Webhook {
             spec,
             cursor: row.get(3)?,
             attempts: row.get(4)?,
-            next_attempt_at: row.get(6)?,
-            last_error: row.get(7)?,
-            created_at: row.get(8)?,
+            next_attempt_at: row.get(5)?,
+            last_error: row.get(6)?,
+            created_at: row.get(7)?,
             secret: None,
             id,
         },
@@ -97,8 +95,7 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
 /// Moving on drops the retry state, which belonged to the event at the head.
 pub fn skip_to(conn: &Connection, id: &str, cursor: i64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE webhooks SET cursor = ?2, attempts = 0, first_attempt_at = NULL,
-             next_attempt_at = NULL
+        "UPDATE webhooks SET cursor = ?2, attempts = 0, next_attempt_at = NULL
          WHERE id = ?1 AND cursor < ?2",
     )?
     .execute(params![id, cursor])?;
@@ -148,7 +145,7 @@ pub fn record(conn: &Connection, a: &Attempt) -> Result<Delivery, StoreError> {
             DeliveryOutcome::Delivered | DeliveryOutcome::Failed => {
                 conn.prepare_cached(
                     "UPDATE webhooks SET cursor = max(cursor, ?2), attempts = 0,
-                         first_attempt_at = NULL, next_attempt_at = NULL,
+                         next_attempt_at = NULL,
                          last_error = CASE WHEN ?3 THEN NULL ELSE ?4 END
                      WHERE id = ?1",
                 )?
@@ -161,14 +158,12 @@ pub fn record(conn: &Connection, a: &Attempt) -> Result<Delivery, StoreError> {
             }
             DeliveryOutcome::Retrying => {
                 conn.prepare_cached(
-                    "UPDATE webhooks SET attempts = ?2, first_attempt_at = coalesce(first_attempt_at, ?3),
-                         next_attempt_at = ?4, last_error = ?5
+                    "UPDATE webhooks SET attempts = ?2, next_attempt_at = ?3, last_error = ?4
                      WHERE id = ?1",
                 )?
                 .execute(params![
                     a.webhook_id,
                     a.attempt,
-                    a.at,
                     a.next_attempt_at,
                     a.error
                 ])?;

@@ -2,7 +2,7 @@
 //! lease expires and is retried on another eligible node; a `forbid` job never
 //! has two attempts running at once, before, during or after the kill.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use sundial_e2e::{wait_for, DaemonProc, ServerProc};
 
@@ -123,4 +123,103 @@ fn killed_daemon_runs_are_retried_elsewhere_and_forbid_holds() {
         "forbid skipped nothing"
     );
     assert_eq!(max_running, 1, "the forbid job was observed running");
+}
+
+/// A broadcast slot's run belongs to one node: when that node is gone, no
+/// other may take it. Cancelled, it leaves the dispatch queue (and the
+/// oldest wait) at once; once its node is revoked it ends `lost` by itself,
+/// which ends the slot and starts its chained follower.
+#[test]
+fn a_broadcast_run_whose_node_is_gone_ends_and_leaves_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let token = server.join_token().unwrap();
+    let mut daemons: Vec<DaemonProc> = ["n1", "n2"]
+        .iter()
+        .map(|id| {
+            let labels = ["--labels", "role=cast"];
+            DaemonProc::start(&server.base, &token, id, &dir.path().join(id), &labels).unwrap()
+        })
+        .collect();
+    wait_for(Duration::from_secs(20), || {
+        let (_, nodes) = server.call("GET", "/v1/nodes", None).ok()?;
+        let items = nodes["items"].as_array()?;
+        (items
+            .iter()
+            .filter(|n| n["labels"]["role"] == "cast")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .expect("two daemons registered");
+    let cast = json!({"schedule": "0 0 0 1 1 *", "target": {"labels": {"role": "cast"}, "all": true},
+        "executor": {"type": "shell", "script": "echo hi"}});
+    let after = json!({"schedule": "0 0 0 1 1 *", "after": [{"job": "cast", "on": ["lost"]}],
+        "executor": {"type": "shell", "script": "echo after"}});
+    for (id, spec) in [("cast", &cast), ("after", &after)] {
+        let (status, body) = server
+            .call("PUT", &format!("/v1/jobs/{id}"), Some(spec))
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    // n2 stops; it counts as live for two minutes, so each trigger makes it a run.
+    daemons[1].kill9().unwrap();
+    let trigger = || {
+        let (status, body) = server.call("POST", "/v1/jobs/cast/trigger", None).unwrap();
+        assert_eq!(status, 201, "{body}");
+        let runs = server.all_runs("cast").unwrap();
+        runs.iter()
+            .filter(|r| r["node"] == "n2" && r["state"] == "pending")
+            .filter_map(|r| r["id"].as_i64())
+            .max()
+            .unwrap_or_else(|| panic!("n2 has no pending run: {runs:?}"))
+    };
+    let oldest_wait = || {
+        server
+            .metric("sundial_dispatch_oldest_wait_seconds")
+            .unwrap()
+    };
+    let waits = |want_zero: bool| {
+        wait_for(Duration::from_secs(10), || {
+            ((oldest_wait() == 0.0) == want_zero).then_some(())
+        })
+        .is_some()
+    };
+
+    let first = trigger();
+    assert!(waits(false), "n2's run waits for n2");
+    let (status, run) = server
+        .call("POST", &format!("/v1/runs/{first}/cancel"), None)
+        .unwrap();
+    assert_eq!((status, &run["state"]), (200, &json!("cancelled")), "{run}");
+    assert_eq!(oldest_wait(), 0.0, "the cancelled run left the queue");
+
+    let second = trigger();
+    assert!(waits(false), "n2's second run waits for n2");
+    let (status, _) = server.call("DELETE", "/v1/nodes/n2", None).unwrap();
+    assert_eq!(status, 204);
+    let lost = wait_for(Duration::from_secs(10), || {
+        let (_, r) = server
+            .call("GET", &format!("/v1/runs/{second}"), None)
+            .ok()?;
+        (r["state"] == "lost").then_some(r)
+    })
+    .unwrap_or_else(|| panic!("n2's run did not end\n{}", server.log_text()));
+    let error = lost["error"].as_str().unwrap();
+    assert!(error.contains(r#"node "n2" was revoked"#), "{lost}");
+    assert!(waits(true), "the lost run left the queue");
+    // The slot ended (n1's run succeeded, n2's was lost): its follower ran.
+    let follower = wait_for(Duration::from_secs(20), || {
+        let runs = server.all_runs("after").ok()?;
+        let r = runs.first()?;
+        (r["state"] == "succeeded").then(|| r.clone())
+    })
+    .expect("the chained follower ran");
+    assert_eq!(follower["trigger"], "chain", "{follower}");
+    let (_, events) = server
+        .call("GET", "/v1/events?type=run.lost", None)
+        .unwrap();
+    let lost_events: Vec<&Value> = events["items"].as_array().unwrap().iter().collect();
+    assert_eq!(lost_events.len(), 1, "{events}");
+    assert_eq!(lost_events[0]["run_id"], second);
 }

@@ -4,11 +4,15 @@
 //! [`LIVE_WINDOW_MS`] are marked down with one `node.down`. The marks live
 //! in the database, so a restart or failover does not repeat them; a
 //! successful run clears a job's with one `job.recovered` (in the run
-//! lifecycle), contact clears a node's.
+//! lifecycle), contact clears a node's. The pending runs of broadcast
+//! slots whose node is down or revoked then end `lost`
+//! ([`lifecycle::end_runs_of_gone_nodes`]), since no other node may take
+//! them; the dispatcher drops them from its queue.
 
+use crate::dispatch::Dispatcher;
 use crate::loops::{self, Loop, Loops};
-use crate::registry::LIVE_WINDOW_MS;
-use crate::store::{events, nodes, Store};
+use crate::registry::{Registry, LIVE_WINDOW_MS};
+use crate::store::{events, lifecycle, nodes};
 use std::sync::Arc;
 use std::time::Duration;
 use sundial_proto::time::now_ms;
@@ -18,22 +22,36 @@ use tokio_util::sync::CancellationToken;
 const EVERY: Duration = Duration::from_secs(1);
 
 /// Checks for overdue jobs and silent nodes until the term ends.
-pub async fn run(store: Arc<Store>, loops: Arc<Loops>, term: CancellationToken) {
+pub async fn run(
+    dispatcher: Arc<Dispatcher>,
+    registry: Arc<Registry>,
+    loops: Arc<Loops>,
+    term: CancellationToken,
+) {
     let mut backoff = loops::retry_backoff();
     loop {
         let wait = {
             loops.begin(Loop::Alerts);
-            let marked = store
-                .write(|c| {
+            let registry = registry.clone();
+            let marked = dispatcher
+                .write_then_queue(move |c| {
                     let now = now_ms();
-                    Ok((
-                        events::mark_overdue(c, now)?,
-                        nodes::mark_down(c, now, LIVE_WINDOW_MS)?,
-                    ))
+                    let jobs = events::mark_overdue(c, now)?;
+                    let nodes = nodes::mark_down(c, now, LIVE_WINDOW_MS)?;
+                    let gone =
+                        lifecycle::end_runs_of_gone_nodes(c, now, |n| registry.is_live(n, now))?;
+                    Ok(((jobs, nodes, gone.ended), gone.chained))
                 })
                 .await;
             match marked {
-                Ok((jobs, nodes)) => {
+                Ok((jobs, nodes, ended)) => {
+                    if !ended.is_empty() {
+                        dispatcher.forget(&ended);
+                        tracing::warn!(
+                            runs = ended.len(),
+                            "broadcast runs lost: their node is down or revoked"
+                        );
+                    }
                     if jobs > 0 {
                         tracing::warn!(
                             jobs,

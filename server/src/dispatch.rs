@@ -5,14 +5,17 @@
 //! it, and an expired lease turns the attempt `lost` and schedules a retry.
 //!
 //! The queue is rebuilt from the database (`state = 'pending'`) whenever a
-//! server becomes primary, so nothing lives only in memory.
+//! server becomes primary, so nothing lives only in memory. A run that ends
+//! or is deleted while queued leaves it: at once when cancelled or when its
+//! broadcast node is gone ([`Dispatcher::forget`]), otherwise by a check of
+//! the queue's head ([`Dispatcher::drop_ended_at_head`]).
 
 use crate::loops::{self, Loop, Loops};
 use crate::metrics::Metrics;
 use crate::receipts::{Batch, Receipts};
 use crate::registry::{NodeInfo, Registry};
 use crate::store::lifecycle::{self, Queued};
-use crate::store::{nodes, Store, StoreError};
+use crate::store::{nodes, runs, Store, StoreError};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,12 @@ fn cancelled_token() -> CancellationToken {
 /// round trip happen before the run is due, so it starts on the dot. A run
 /// whose job has another active run (forbid/replace) is held until its time.
 pub const DISPATCH_AHEAD_MS: i64 = 100;
+
+/// Queued runs ready for longer than this are checked against the
+/// database ([`Dispatcher::drop_ended_at_head`]).
+const HEAD_CHECK_AFTER_MS: i64 = 10_000;
+/// At most this many per check.
+const HEAD_CHECK_MAX: usize = 100;
 
 /// How often leases are checked.
 const REAP_EVERY: Duration = Duration::from_millis(500);
@@ -300,6 +309,54 @@ impl Dispatcher {
         for n in wake {
             n.notify_one();
         }
+    }
+
+    /// Drops runs that ended while queued (cancelled, or their broadcast
+    /// node is gone): a run only `node` may take would otherwise stay in
+    /// the queue, and in the oldest wait, until that node polled again.
+    pub fn forget(&self, run_ids: &[i64]) {
+        if run_ids.is_empty() {
+            return;
+        }
+        let ids: std::collections::HashSet<i64> = run_ids.iter().copied().collect();
+        let mut inner = self.lock();
+        inner.queue.retain(|(_, id), _| !ids.contains(id));
+        self.metrics.dispatch_queue.set(inner.queue.len() as i64);
+    }
+
+    /// Checks the queue's head against the database: of the runs ready
+    /// for longer than [`HEAD_CHECK_AFTER_MS`] (at most
+    /// [`HEAD_CHECK_MAX`], longest-waiting first), those no longer pending
+    /// — their job was deleted, or they ended meanwhile — are dropped. Such
+    /// an entry waits for a node that may never poll (a broadcast run's, or
+    /// one whose target no live node matches) and would hold the oldest
+    /// wait up for good. Returns how many were dropped.
+    pub async fn drop_ended_at_head(&self, now: i64) -> Result<usize, StoreError> {
+        let keys: Vec<(i64, i64)> = self
+            .lock()
+            .queue
+            .keys()
+            .take_while(|(ready_at, _)| now - ready_at > HEAD_CHECK_AFTER_MS)
+            .take(HEAD_CHECK_MAX)
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let pending = self
+            .store
+            .read(move |c| runs::pending_among(c, &ids))
+            .await?;
+        let mut inner = self.lock();
+        let mut dropped = 0;
+        // By exact key: a run queued again meanwhile (a retry, a put-back
+        // claim) has a new ready time and stays.
+        for key in keys.iter().filter(|k| !pending.contains(&k.1)) {
+            dropped += usize::from(inner.queue.remove(key).is_some());
+        }
+        self.metrics.dispatch_queue.set(inner.queue.len() as i64);
+        Ok(dropped)
     }
 
     /// Removes runs that `node` may take now — at most `max`, and at most
@@ -605,7 +662,8 @@ impl Dispatcher {
         }
     }
 
-    /// Expires overdue leases once; queues the retries.
+    /// Expires overdue leases once and queues the retries; then drops
+    /// ended runs from the queue's head.
     pub async fn reap_once(&self) -> Result<usize, StoreError> {
         let now = now_ms();
         let (requeue, expired) = self
@@ -617,6 +675,13 @@ impl Dispatcher {
             tracing::warn!(expired, retried = requeue.len(), "leases expired");
         }
         self.enqueue(requeue);
+        let dropped = self.drop_ended_at_head(now).await?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "queued runs that had ended or were deleted dropped"
+            );
+        }
         Ok(expired)
     }
 
@@ -894,6 +959,44 @@ mod tests {
         let id = q.run_id;
         d.enqueue(vec![q]);
         id
+    }
+
+    #[tokio::test]
+    async fn runs_that_ended_or_were_deleted_while_queued_leave_the_queue() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new(), 1);
+        // Queued at 1 s: a run of a job since deleted, one cancelled, one
+        // still pending, and the same cancelled run queued again later.
+        let deleted = queue_one_slot(&d, "deleted").await;
+        let cancelled = queue_one_slot(&d, "cancelled").await;
+        let pending = queue_one_slot(&d, "pending").await;
+        d.enqueue(vec![Queued {
+            ready_at: 50_000,
+            ..queued(cancelled, 0, false)
+        }]);
+        d.store
+            .write(move |c| {
+                crate::store::jobs::delete(c, "deleted", 2_000)?;
+                lifecycle::cancel(c, cancelled, 2_000)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let queued_ids =
+            |d: &Dispatcher| -> Vec<(i64, i64)> { d.lock().queue.keys().copied().collect() };
+        // Not yet ready for long enough: nothing is checked.
+        assert_eq!(d.drop_ended_at_head(11_000).await.unwrap(), 0);
+        assert_eq!(d.oldest_wait_ms(11_000), 10_000);
+        // Past it, the ended ones go from the head; the later copy is past
+        // the head (not ready for 10 s) and stays.
+        assert_eq!(d.drop_ended_at_head(11_001).await.unwrap(), 2);
+        assert_eq!(queued_ids(&d), [(1_000, pending), (50_000, cancelled)]);
+        assert!(!queued_ids(&d).iter().any(|k| k.1 == deleted));
+        assert_eq!(d.oldest_wait_ms(11_001), 10_001, "the pending run's wait");
+        // `forget` drops a run by id, wherever it waits.
+        d.forget(&[cancelled]);
+        assert_eq!(queued_ids(&d), [(1_000, pending)]);
     }
 
     async fn attempt_and_error(d: &Dispatcher, id: i64) -> (String, u32, Option<String>) {

@@ -36,6 +36,11 @@ impl NodeInfo {
         self.matches(target)
     }
 
+    /// Not revoked and heard from within [`LIVE_WINDOW_MS`] of `now`.
+    pub fn live(&self, now: i64) -> bool {
+        !self.revoked && now - self.last_seen <= LIVE_WINDOW_MS
+    }
+
     /// Target match ignoring executors: node list and label selector.
     pub fn matches(&self, target: &Target) -> bool {
         (target.nodes.is_empty() || target.nodes.contains(&self.id))
@@ -69,12 +74,7 @@ pub fn broadcast_targets<'a>(
     now: i64,
 ) -> Vec<String> {
     let mut ids: Vec<String> = nodes
-        .filter(|n| {
-            !n.revoked
-                && now - n.last_seen <= LIVE_WINDOW_MS
-                && n.executors.contains(&kind)
-                && n.matches(target)
-        })
+        .filter(|n| n.live(now) && n.executors.contains(&kind) && n.matches(target))
         .map(|n| n.id.clone())
         .collect();
     ids.sort();
@@ -151,6 +151,11 @@ impl Registry {
                 *e = (*e).max(at);
             }
         }
+    }
+
+    /// Whether node `id` is known here and [`NodeInfo::live`].
+    pub fn is_live(&self, id: &str, now: i64) -> bool {
+        self.get(id).is_some_and(|n| n.live(now))
     }
 
     /// Live, non-revoked nodes matching a broadcast target.

@@ -181,7 +181,8 @@ impl Controller {
             tokio::spawn(app.dispatcher.clone().run_background(token.clone())),
             tokio::spawn(app.deliverer.clone().run(token.clone())),
             tokio::spawn(crate::alerts::run(
-                app.store.clone(),
+                app.dispatcher.clone(),
+                app.registry.clone(),
                 app.loops.clone(),
                 token.clone(),
             )),

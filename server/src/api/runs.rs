@@ -134,5 +134,8 @@ pub async fn cancel(
             })
         })
         .await?;
+    // A pending run ended: out of the queue (a broadcast run waits there
+    // for its own node only).
+    dispatcher.forget(&[id]);
     Ok(Json(run))
 }

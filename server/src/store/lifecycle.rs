@@ -961,6 +961,93 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
     Ok((requeue, expired.len()))
 }
 
+/// What [`end_runs_of_gone_nodes`] did: the runs it ended (to drop from
+/// the dispatch queue) and the runs chained to their slots (to queue).
+#[derive(Debug, Default)]
+pub struct GoneNodeRuns {
+    pub ended: Vec<i64>,
+    pub chained: Vec<Queued>,
+}
+
+/// A pending broadcast run and what the database knows of its node
+/// (`revoked` is None when there is no such node).
+struct GoneNodeRun {
+    run_id: i64,
+    job_pk: i64,
+    node: String,
+    revoked: Option<bool>,
+    last_seen: Option<i64>,
+}
+
+impl GoneNodeRun {
+    /// The run's error: why it never started.
+    fn reason(&self) -> String {
+        let node = &self.node;
+        match (self.revoked, self.last_seen) {
+            (None, _) => format!("node {node:?} is unknown: no node may start this run"),
+            (Some(true), _) => format!("node {node:?} was revoked before it started this run"),
+            (Some(false), Some(seen)) => format!(
+                "node {node:?} is down (no contact since {}): it never started this run",
+                sundial_proto::time::format_ms(seen)
+            ),
+            (Some(false), None) => {
+                format!("node {node:?} is down (never heard from): it never started this run")
+            }
+        }
+    }
+}
+
+/// Ends, as `lost`, the pending runs of broadcast slots whose node is down
+/// (marked by the alerts loop after two minutes without contact), revoked
+/// or unknown: no other node may take them, so they would wait for ever.
+/// `live(node)` is the dispatcher's in-memory view: a node it heard from
+/// since (its last contact not yet written) keeps its runs. A running
+/// attempt is left to its lease. At most 1,000 runs per call.
+pub fn end_runs_of_gone_nodes(
+    conn: &Connection,
+    now: i64,
+    live: impl Fn(&str) -> bool,
+) -> Result<GoneNodeRuns, StoreError> {
+    // Through the partial index of migration 19 (named: without it the
+    // planner walks every pending run by `runs_by_state`).
+    let gone: Vec<GoneNodeRun> = conn
+        .prepare_cached(
+            "SELECT r.id, r.job, r.node, n.revoked, n.last_seen
+             FROM runs r INDEXED BY runs_pending_by_node LEFT JOIN nodes n ON n.id = r.node
+             WHERE r.state = 'pending' AND r.node != ''
+               AND (n.id IS NULL OR n.revoked = 1 OR n.down_since IS NOT NULL)
+             LIMIT 1000",
+        )?
+        .query_map([], |r| {
+            Ok(GoneNodeRun {
+                run_id: r.get(0)?,
+                job_pk: r.get(1)?,
+                node: r.get(2)?,
+                revoked: r.get(3)?,
+                last_seen: r.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut out = GoneNodeRuns::default();
+    let mut p = Prepared::new(conn);
+    for run in gone {
+        if run.revoked == Some(false) && live(&run.node) {
+            continue;
+        }
+        match transition::next(RunState::Pending, Event::NodeGone) {
+            Step::Finish(state) => {
+                let reason = run.reason();
+                out.chained.extend(finish_for_reason(
+                    &mut p, run.run_id, run.job_pk, state, now, &reason,
+                )?);
+                out.ended.push(run.run_id);
+            }
+            other => unreachable!("a pending run whose node is gone: {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
 /// Ends a running attempt for the server's own `reason` (its lease expired,
 /// its assignment was never read) as `step` says: retried from `retry_at`
 /// with the reason kept as its error, or finished with it. Returns the runs
@@ -1506,6 +1593,98 @@ mod tests {
                 assert_event_matches_row(c, q3.run_id);
                 let mark: Option<i64> = overdue_mark(c)?;
                 assert_eq!(mark, Some(500));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn pending_broadcast_runs_of_a_gone_node_end_lost() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                use crate::store::nodes;
+                for n in ["up", "down", "back", "revoked"] {
+                    nodes::join(c, n, 0)?;
+                }
+                let job = slot_job(c, "b", &spec(r#","target":{"all":true}"#));
+                let any = slot_job(c, "any", &spec(""));
+                let nodes: Vec<String> = ["up", "down", "back", "revoked", "unknown"]
+                    .map(String::from)
+                    .into();
+                let mut fired = Fired::default();
+                let mut p = Prepared::new(c);
+                create_slots(
+                    &mut p,
+                    &job,
+                    Trigger::Schedule,
+                    1_000,
+                    &nodes,
+                    0,
+                    &mut fired,
+                )?;
+                record_slots(&mut p, job.pk, NextFire::Keep, &fired)?;
+                let by_node = |n: &str| {
+                    fired
+                        .queued
+                        .iter()
+                        .find(|q| q.slot_node == n)
+                        .map(|q| q.run_id)
+                        .unwrap()
+                };
+                // "up" took its run; a slot for any node waits too.
+                let up = fired.queued.iter().find(|q| q.slot_node == "up").cloned();
+                assign(c, "up", &[up.unwrap()], 1_000, 30_000, 0)?;
+                let other = one_slot(c, &any, 1_000);
+                let seen = [("up", 200_000), ("down", 5_000), ("back", 10_000)];
+                nodes::touch_many(c, &seen.map(|(n, at)| (n.to_string(), at)))?;
+                nodes::revoke(c, "revoked", 200_000)?;
+                assert_eq!(nodes::mark_down(c, 200_000, 120_000)?, 2); // down, back
+                                                                       // "back" polled again: the dispatcher knows, the database not yet.
+                let gone = end_runs_of_gone_nodes(c, 200_000, |n| n == "back")?;
+                let mut ended = gone.ended.clone();
+                ended.sort();
+                let mut want = vec![by_node("down"), by_node("revoked"), by_node("unknown")];
+                want.sort();
+                assert_eq!(ended, want);
+                let state = |id: i64| -> Result<(String, Option<String>), StoreError> {
+                    Ok(
+                        c.query_row("SELECT state, error FROM runs WHERE id = ?1", [id], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?,
+                    )
+                };
+                let (s, e) = state(by_node("down"))?;
+                assert_eq!(s, "lost");
+                let e = e.unwrap();
+                assert!(
+                    e.contains(r#"node "down" is down (no contact since 1970-01-01T00:00:05"#),
+                    "{e}"
+                );
+                let e = state(by_node("revoked"))?.1.unwrap();
+                assert!(e.contains("was revoked"), "{e}");
+                let e = state(by_node("unknown"))?.1.unwrap();
+                assert!(e.contains("is unknown"), "{e}");
+                assert_eq!(state(by_node("back"))?.0, "pending");
+                assert_eq!(state(by_node("up"))?.0, "running");
+                assert_eq!(state(other.run_id)?.0, "pending");
+                // Counted as failures, each with its event; nothing is repeated.
+                let (failed, lost): (i64, i64) = c.query_row(
+                    "SELECT s.runs_failed,
+                        (SELECT count(*) FROM events WHERE type = 'run.lost')
+                     FROM job_stats s WHERE s.pk = ?1",
+                    [job.pk],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                assert_eq!((failed, lost), (3, 3));
+                // Once the dispatcher no longer hears from it either.
+                let later = end_runs_of_gone_nodes(c, 201_000, |_| false)?;
+                assert_eq!(later.ended, vec![by_node("back")]);
+                assert!(end_runs_of_gone_nodes(c, 202_000, |_| false)?
+                    .ended
+                    .is_empty());
                 Ok(())
             })
             .await

@@ -432,6 +432,14 @@ const MIGRATIONS: &[&str] = &[
         coalesce((SELECT max(run_id) FROM events), 0),
         coalesce((SELECT max(last_run_id) FROM job_stats), 0));
     "#,
+    // 19: the pending runs of broadcast slots by node, for the alerts
+    // loop that ends those whose node is down or revoked
+    // (`lifecycle::end_runs_of_gone_nodes`) once a second. Partial: a
+    // slot for any node (`node = ''`, the hot path's) never enters it, and
+    // a backlog of those while every daemon is away is not scanned.
+    r#"
+    CREATE INDEX runs_pending_by_node ON runs (node) WHERE state = 'pending' AND node != '';
+    "#,
 ];
 
 /// The schema version this build writes.

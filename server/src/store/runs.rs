@@ -54,6 +54,21 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<Run>, StoreError> {
         .optional()?)
 }
 
+/// Which of `ids` are runs still `pending`.
+pub fn pending_among(
+    conn: &Connection,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT 1 FROM runs WHERE id = ?1 AND state = 'pending'")?;
+    let mut pending = std::collections::HashSet::new();
+    for &id in ids {
+        if stmt.exists([id])? {
+            pending.insert(id);
+        }
+    }
+    Ok(pending)
+}
+
 /// A run's output from byte `offset` on, with what a follower needs.
 #[derive(Debug)]
 pub struct OutputTail {

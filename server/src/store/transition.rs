@@ -8,6 +8,7 @@
 //!                        │  └──retry/hand back──┘ │ ──lease expired, no retries left──► lost
 //!                        │                        └──complete(cancelled) / cancel+end──► cancelled
 //!                        ├──assign, forbid, another attempt running, 1st attempt──► skipped
+//!                        ├──its broadcast node down or revoked──► lost
 //!                        └──cancel──► cancelled
 //! ```
 
@@ -42,6 +43,8 @@ pub enum Event {
     },
     /// An operator cancels the run.
     Cancel,
+    /// The node a broadcast slot's run belongs to is down or revoked.
+    NodeGone,
 }
 
 /// When a retried attempt may start.
@@ -101,6 +104,8 @@ pub fn next(state: RunState, event: Event) -> Step {
             Concurrency::Replace => Step::Start,
         },
         (S::Pending, Event::Cancel) => Step::Finish(S::Cancelled),
+        // No other node may take it: it will never start.
+        (S::Pending, Event::NodeGone) => Step::Finish(S::Lost),
         (S::Pending, _) => Step::Ignore,
         (S::Running, Event::Heartbeat) => Step::Extend,
         (S::Running, Event::Cancel) => Step::RequestCancel,
@@ -140,6 +145,8 @@ pub fn next(state: RunState, event: Event) -> Step {
             }
         }
         (S::Running, Event::Assign { .. }) => Step::Ignore,
+        // A started attempt is its lease's to end.
+        (S::Running, Event::NodeGone) => Step::Ignore,
         // Terminal states returned above.
         (_, _) => Step::AlreadyFinished(state),
     }
@@ -178,7 +185,7 @@ mod tests {
 
     /// Every event variant with every flag combination.
     fn all_events() -> Vec<Event> {
-        let mut v = vec![Event::Heartbeat, Event::Cancel];
+        let mut v = vec![Event::Heartbeat, Event::Cancel, Event::NodeGone];
         for c in [C::Allow, C::Forbid, C::Replace] {
             for other in [false, true] {
                 for first in [false, true] {
@@ -257,6 +264,7 @@ mod tests {
             Step::Start
         );
         assert_eq!(next(S::Pending, Event::Cancel), Step::Finish(S::Cancelled));
+        assert_eq!(next(S::Pending, Event::NodeGone), Step::Finish(S::Lost));
         // Calls about an attempt that is not running are stale.
         assert_eq!(next(S::Pending, Event::Heartbeat), Step::Ignore);
         for e in all_events() {
@@ -270,6 +278,7 @@ mod tests {
     fn running_runs() {
         assert_eq!(next(S::Running, Event::Heartbeat), Step::Extend);
         assert_eq!(next(S::Running, Event::Cancel), Step::RequestCancel);
+        assert_eq!(next(S::Running, Event::NodeGone), Step::Ignore);
         for e in all_events() {
             if matches!(e, Event::Assign { .. }) {
                 assert_eq!(next(S::Running, e), Step::Ignore, "{e:?}");

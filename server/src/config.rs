@@ -372,7 +372,11 @@ impl ServeArgs {
             ) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
-                _ => bail!("tls_cert and tls_key must be given together"),
+                _ => bail!(
+                    "{} and {} must be given together",
+                    setting("tls_cert"),
+                    setting("tls_key")
+                ),
             },
             limits: self
                 .limits
@@ -392,39 +396,52 @@ impl ServeArgs {
             bail!("--ha-mode litefs needs --cluster-secret-file: every server must derive the same node keys");
         }
         if settings.lease.as_millis() < 1_000 {
-            bail!("lease must be at least 1s");
+            bail!("{} must be at least 1s", setting("lease"));
         }
         if settings.busy_timeout.as_millis() < 100 {
-            bail!("busy_timeout must be at least 100ms");
+            bail!("{} must be at least 100ms", setting("busy_timeout"));
         }
         if settings.stall_after.as_millis() < 100 {
-            bail!("stall_after must be at least 100ms");
+            bail!("{} must be at least 100ms", setting("stall_after"));
         }
         if settings.webhook_timeout.as_millis() < 100 {
-            bail!("webhook_timeout must be at least 100ms");
+            bail!("{} must be at least 100ms", setting("webhook_timeout"));
         }
         if settings.events_keep == 0 {
-            bail!("events_keep must be at least 1");
+            bail!("{} must be at least 1", setting("events_keep"));
         }
         if settings.events_max_age.as_millis() < settings.webhook_retry_for.as_millis() {
             bail!(
-                "events_max_age ({}) is shorter than webhook_retry_for ({}): events a webhook \
-                 still retries would be pruned under it; raise the first or lower the second",
+                "{} is {}, shorter than {} at {}: events a webhook still retries would be \
+                 pruned under it; raise the first or lower the second",
+                setting("events_max_age"),
                 settings.events_max_age,
+                setting("webhook_retry_for"),
                 settings.webhook_retry_for
             );
         }
         if settings.audit_keep == 0 {
-            bail!("audit_keep must be at least 1");
+            bail!("{} must be at least 1", setting("audit_keep"));
         }
         if settings.history_keep == 0 {
-            bail!("history_keep must be at least 1");
+            bail!("{} must be at least 1", setting("history_keep"));
         }
         if settings.max_body_bytes < 1024 {
-            bail!("max_body_bytes must be at least 1024");
+            bail!("{} must be at least 1024", setting("max_body_bytes"));
         }
         Ok(settings)
     }
+}
+
+/// A setting as an error names it: its flag, its environment variable and
+/// its config-file key (`lease` → `--lease (SUNDIAL_LEASE, config key
+/// lease)`), since any of the three may have set it.
+fn setting(key: &str) -> String {
+    format!(
+        "--{} ({}, config key {key})",
+        key.replace('_', "-"),
+        format_args!("SUNDIAL_{}", key.to_uppercase())
+    )
 }
 
 #[cfg(test)]
@@ -510,7 +527,11 @@ mod tests {
         .unwrap_err();
         let text = format!("{err:#}");
         assert!(
-            text.contains("events_max_age (1h) is shorter than webhook_retry_for (1d)"),
+            text.contains(
+                "--events-max-age (SUNDIAL_EVENTS_MAX_AGE, config key events_max_age) is 1h, \
+                 shorter than --webhook-retry-for (SUNDIAL_WEBHOOK_RETRY_FOR, config key \
+                 webhook_retry_for) at 1d"
+            ),
             "{text}"
         );
         let s = ServeArgs {

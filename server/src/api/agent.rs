@@ -3,7 +3,7 @@
 
 use super::agent_auth::{refuse, Signed};
 use super::error::{ApiError, ApiResult};
-use super::extract::JsonBody;
+use super::extract::{run_id, JsonBody};
 use super::limit;
 use super::state::{Gate, Queue};
 use crate::auth::hash_key;
@@ -205,13 +205,6 @@ pub async fn poll(
         runs,
         receipt: Some(receipt),
     }))
-}
-
-fn run_id(raw: &str) -> ApiResult<i64> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }
 
 fn run_call_error(e: RunCall, id: i64) -> ApiError {

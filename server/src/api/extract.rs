@@ -1,7 +1,7 @@
 //! Request extractors with Sundial's error shapes: a JSON body that reports
 //! the failing field (and refuses unknown ones), and the bearer-key checks
 //! `Admin` (which also names the acting key and the request's origin, for the
-//! audit log) and `Reader`.
+//! audit log) and `Reader`; and the run id of a request path.
 
 use super::error::ApiError;
 use super::limit::{self, Kind};
@@ -176,4 +176,13 @@ impl FromRequestParts<AppState> for Admin {
             )),
         }
     }
+}
+
+/// A run id from a request path: a positive integer, else `404` (no run
+/// has such an id) naming what was given.
+pub(crate) fn run_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }

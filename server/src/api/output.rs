@@ -6,7 +6,7 @@
 //! (or `?offset=`) continues where it was. Read scope.
 
 use super::error::{ApiError, ApiResult};
-use super::extract::Reader;
+use super::extract::{run_id, Reader};
 use super::parse_query;
 use super::state::Streaming;
 use crate::store::runs::{self, OutputTail};
@@ -30,13 +30,6 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct OutputQuery {
     follow: Option<bool>,
     offset: Option<u64>,
-}
-
-fn run_id(raw: &str) -> ApiResult<i64> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }
 
 async fn tail(store: &Store, id: i64, offset: u64) -> ApiResult<OutputTail> {

@@ -1,7 +1,7 @@
 //! Run endpoints: `GET /v1/runs`, `GET /v1/runs/{id}`, `POST /v1/runs/{id}/cancel`.
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{Admin, Reader};
+use super::extract::{run_id, Admin, Reader};
 use super::jobs::page_limit;
 use super::{parse_cursor, parse_query};
 use crate::dispatch::Dispatcher;
@@ -23,13 +23,6 @@ pub struct RunQuery {
     node: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
-}
-
-fn run_id(raw: &str) -> ApiResult<i64> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::not_found(format!("run {raw:?} not found")))
 }
 
 #[utoipa::path(

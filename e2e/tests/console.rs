@@ -594,6 +594,29 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     for path in ["/ui/jobs/nope/confirm/delete", "/ui/nodes/nope/confirm"] {
         assert_eq!(admin.send("GET", path, None)?.status(), 404, "{path}");
     }
+    // A bad query parameter or form body: the console's 400 page, not
+    // axum's plain text.
+    for path in [
+        "/ui/jobs?page=abc",
+        "/ui/events?after=x",
+        "/ui/events/live?after=-",
+    ] {
+        let resp = admin.send("GET", path, None)?;
+        assert_eq!(resp.status(), 400, "{path}");
+        assert!(resp.headers().contains_key("content-security-policy"));
+        let text = resp.text()?;
+        assert!(text.contains("bad parameter"), "{path}: {text}");
+    }
+    let resp = anon
+        .http
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "text/plain")
+        .body("key=x")
+        .send()?;
+    assert_eq!(resp.status(), 400, "a form that is not one");
+    assert!(resp.headers().contains_key("content-security-policy"));
+    let text = resp.text()?;
+    assert!(text.contains("The form could not be read"), "{text}");
     let runs_before = server.all_runs("hello")?.len();
     let st = admin
         .send("POST", "/ui/jobs/hello/trigger", Some(&[("csrf", "wrong")]))?

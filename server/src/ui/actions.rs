@@ -5,6 +5,7 @@
 //! page (works without JavaScript, keyboard-first).
 
 use super::csrf::{self, LOGIN_COOKIE};
+use super::input::UiForm;
 use super::session::{self, Session, COOKIE_NAME, SESSION_TTL_MS};
 use super::view::{render, Layout, UiError, UiResult, Viewer};
 use crate::api;
@@ -19,7 +20,6 @@ use axum::extract::{Path, State};
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
-use axum::Form;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -112,7 +112,7 @@ pub async fn login(
     State(gate): State<Gate>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
-    Form(form): Form<LoginForm>,
+    UiForm(form): UiForm<LoginForm>,
 ) -> UiResult {
     csrf::same_site(&headers)?;
     let source = api::limit::source(&extensions);
@@ -171,7 +171,7 @@ pub async fn logout(
     State(console): State<Console>,
     Viewer(s): Viewer,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, false)?;
     session::sign_out(&console.store, &headers).await?;
@@ -275,7 +275,7 @@ pub async fn job_action(
     origin: Origin,
     Path((id, action)): Path<(String, String)>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     let action = parse_action(&action)?;
     check_post(&s, &headers, &form.csrf, true)?;
@@ -351,7 +351,7 @@ pub async fn revoke_node(
     origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     tracing::info!(key = %s.key_id, node = %id, "console node revoke");

@@ -4,6 +4,7 @@
 //! the creating POST, and never again.
 
 use super::actions::{check_post, CsrfForm};
+use super::input::UiForm;
 use super::view::{render, Layout, Ts, UiError, UiResult, Viewer};
 use crate::api;
 use crate::api::extract::{parse_json, Admin, JsonBody};
@@ -16,7 +17,6 @@ use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect};
-use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -115,7 +115,7 @@ pub async fn create_key(
     Viewer(s): Viewer,
     origin: Origin,
     headers: HeaderMap,
-    Form(form): Form<NewKeyForm>,
+    UiForm(form): UiForm<NewKeyForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     let body = json!({"scope": form.scope, "name": form.name}).to_string();
@@ -169,7 +169,7 @@ pub async fn create_token(
     Viewer(s): Viewer,
     origin: Origin,
     headers: HeaderMap,
-    Form(form): Form<NewTokenForm>,
+    UiForm(form): UiForm<NewTokenForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     let mut body = Map::new();
@@ -204,7 +204,7 @@ pub async fn delete_key(
     origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     api::keys::delete(
@@ -223,7 +223,7 @@ pub async fn delete_token(
     origin: Origin,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiForm(form): UiForm<CsrfForm>,
 ) -> UiResult {
     check_post(&s, &headers, &form.csrf, true)?;
     api::nodes::delete_token(

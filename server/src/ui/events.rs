@@ -4,12 +4,13 @@
 //! top without a reload. Reads only, through [`crate::store::events::list`];
 //! any session (read scope too) may see it.
 
+use super::input::UiQuery;
 use super::view::{render, Layout, Ts, UiError, UiResult, Viewer};
 use crate::api::state::Console;
 use crate::store::events::{self, Filter};
 use crate::store::Store;
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
@@ -147,7 +148,7 @@ fn newest(
 pub async fn page(
     State(console): State<Console>,
     Viewer(s): Viewer,
-    Query(query): Query<EventsQuery>,
+    UiQuery(query): UiQuery<EventsQuery>,
 ) -> UiResult {
     let filter = query.filter()?;
     let (found, cursor) = console.store.read(move |c| newest(c, &filter)).await?;
@@ -166,7 +167,7 @@ pub async fn page(
 pub async fn live(
     State(store): State<Arc<Store>>,
     Viewer(_): Viewer,
-    Query(query): Query<EventsQuery>,
+    UiQuery(query): UiQuery<EventsQuery>,
 ) -> UiResult {
     let filter = query.filter()?;
     let after = query

@@ -12,6 +12,7 @@
 //! - [`fires`]: next fires with DST marks, run-history chart
 //! - [`assets`]: embedded static files
 //! - [`view`]: the page layout, time values and the error page
+//! - [`input`]: query strings and form bodies, bad ones shown on the error page
 //!
 //! Security headers on every `/ui` response: a strict Content-Security-Policy
 //! (`default-src 'self'`, no inline script or style), `X-Frame-Options: DENY`,
@@ -25,6 +26,7 @@ pub(crate) mod assets;
 pub(crate) mod csrf;
 pub(crate) mod events;
 pub(crate) mod fires;
+pub(crate) mod input;
 pub(crate) mod pages;
 pub(crate) mod queries;
 pub(crate) mod session;

@@ -4,6 +4,7 @@
 //! and [`super::queries`]; nothing here writes.
 
 use super::fires::{self, Bar, Fire};
+use super::input::UiQuery;
 use super::queries::{self, JobSearch, LastState, Sort};
 use super::view::{human_ms, render, Layout, Ts, UiError, UiResult, Viewer};
 use crate::api::nodes::{live_view, status_of};
@@ -12,7 +13,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::store::{jobs, nodes, runs};
 use askama::Template;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -321,7 +322,7 @@ pub struct JobsPage {
 pub async fn jobs(
     State(console): State<Console>,
     Viewer(s): Viewer,
-    Query(query): Query<JobsQuery>,
+    UiQuery(query): UiQuery<JobsQuery>,
     RawQuery(raw): RawQuery,
 ) -> UiResult {
     let query = query.with_labels(raw.as_deref())?;

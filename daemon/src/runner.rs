@@ -8,6 +8,7 @@ use crate::executor::{self, Limits, Stop};
 use crate::results::{self, Results};
 use crate::spool::{Entry, Spool};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use sundial_proto::agent::{Assignment, CompleteRequest, Outcome, OutputRequest};
@@ -29,8 +30,18 @@ pub struct Runner {
     running: Mutex<HashMap<i64, Arc<Stop>>>,
     slots: Arc<Semaphore>,
     spool_wake: Notify,
+    /// Longest wait between tries to deliver spooled results: a third of
+    /// the shortest lease seen (at most [`FLUSH_BACKOFF_MAX`]), the
+    /// heartbeat cadence. After an outage the server renews every lease
+    /// once, for one lease: a result retried less often than heartbeats
+    /// could arrive after its lease ran out, and the run that succeeded
+    /// would end `lost`.
+    flush_cap_ms: AtomicU64,
     results: Results,
 }
+
+/// The spool's retry backoff, when no lease is known yet.
+const FLUSH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 impl Runner {
     pub fn new(
@@ -50,6 +61,7 @@ impl Runner {
             running: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(capacity as usize)),
             spool_wake: Notify::new(),
+            flush_cap_ms: AtomicU64::new(FLUSH_BACKOFF_MAX.as_millis() as u64),
         }
     }
 
@@ -73,6 +85,7 @@ impl Runner {
         // answer leaves it as it was, and the server hands back what that
         // lost answer held instead of waiting for its lease.
         let mut ack: Option<u64> = receipt;
+        let mut reachable = true;
         loop {
             if drain.is_cancelled() {
                 break;
@@ -91,6 +104,11 @@ impl Runner {
             match polled {
                 Ok(resp) => {
                     backoff.reset();
+                    if !reachable {
+                        // Back: spooled results go now, not at their backoff.
+                        reachable = true;
+                        self.spool_wake.notify_one();
+                    }
                     // Read, so every run in it is started (or handed back) here.
                     if resp.receipt.is_some() {
                         ack = resp.receipt;
@@ -111,6 +129,7 @@ impl Runner {
                     }
                 }
                 Err(e) => {
+                    reachable = false;
                     let delay = backoff.next_delay();
                     match &e {
                         CallError::Unauthorized(_) => {
@@ -199,6 +218,8 @@ impl Runner {
         // Most runs end before their first heartbeat or output report is
         // due: only a run still going then gets the tasks that send them.
         let every = heartbeat_every(a.lease_ms);
+        self.flush_cap_ms
+            .fetch_min(every.as_millis() as u64, Ordering::Relaxed);
         let quiet = every.min(LIVE_OUTPUT_EVERY);
         let (started_at, f) = tokio::select! {
             done = &mut work => done,
@@ -265,13 +286,14 @@ impl Runner {
     }
 
     async fn flush_loop(self: Arc<Self>, stop: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff = Backoff::new(Duration::from_millis(200), FLUSH_BACKOFF_MAX);
         loop {
             let delay = if self.flush_once().await {
                 backoff.reset();
                 Duration::from_secs(5)
             } else {
-                backoff.next_delay()
+                let cap = Duration::from_millis(self.flush_cap_ms.load(Ordering::Relaxed));
+                backoff.next_delay().min(cap)
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

@@ -103,3 +103,39 @@ fn server_kill9_under_load_loses_no_result_and_repeats_no_slot() {
         assert_eq!(d.terminate(Duration::from_secs(20)).unwrap(), Some(0));
     }
 }
+
+/// A result spooled during a long outage reaches the restarted server
+/// within its renewed lease (the spool retries at the heartbeat cadence,
+/// and at once when a poll gets through): the run that succeeded is
+/// recorded as such, not `lost`.
+#[test]
+fn a_result_spooled_through_a_long_outage_arrives_within_the_renewed_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "3s"]).unwrap();
+    let mut daemon = server.one_daemon(dir.path()).unwrap();
+    let spec = json!({"schedule": "0 0 0 1 1 *",
+        "executor": {"type": "shell", "script": "sleep 2; echo ok"}});
+    let (status, _) = server.call("PUT", "/v1/jobs/slow", Some(&spec)).unwrap();
+    assert_eq!(status, 201);
+    let (status, run) = server.call("POST", "/v1/jobs/slow/trigger", None).unwrap();
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_i64().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        let (_, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
+        (r["state"] == "running").then_some(())
+    })
+    .expect("the run started");
+    server.kill9().unwrap();
+    // Long enough for the daemon's backoffs to grow past the lease.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(daemon.spooled(), 1, "the result waits in the spool");
+    server.restart().unwrap();
+    let done = wait_for(Duration::from_secs(20), || {
+        let (_, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
+        r["state"].as_str().is_some_and(|s| s != "running").then_some(r)
+    })
+    .expect("the run ended");
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", daemon.log_text());
+    assert_eq!(done["output"], "ok\n");
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).unwrap(), Some(0));
+}

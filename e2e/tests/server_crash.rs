@@ -132,7 +132,10 @@ fn a_result_spooled_through_a_long_outage_arrives_within_the_renewed_lease() {
     server.restart().unwrap();
     let done = wait_for(Duration::from_secs(20), || {
         let (_, r) = server.call("GET", &format!("/v1/runs/{id}"), None).ok()?;
-        r["state"].as_str().is_some_and(|s| s != "running").then_some(r)
+        r["state"]
+            .as_str()
+            .is_some_and(|s| s != "running")
+            .then_some(r)
     })
     .expect("the run ended");
     assert_eq!(done["state"], "succeeded", "{done}\n{}", daemon.log_text());

@@ -494,7 +494,20 @@ impl Drop for WaiterGuard<'_> {
 }
 
 impl Dispatcher {
-    /// Long-poll: returns as soon as runs are assigned to `node`, or empty after `wait`.
+    /// Whether `node`'s credential (its generation) is still the one the
+    /// registry holds, unrevoked.
+    fn credential_holds(&self, node: &NodeInfo) -> bool {
+        self.registry
+            .get(&node.id)
+            .is_some_and(|n| !n.revoked && n.generation == node.generation)
+    }
+
+    /// Long-poll: returns as soon as runs are assigned to `node`, or empty
+    /// after `wait` — or at once once `node`'s credential no longer holds
+    /// (revoked, or the node joined again): a poll opened before gets no
+    /// run, and so no job's secrets. The assignment checks the credential
+    /// in its own transaction too, so a revocation that commits after the
+    /// check still wins.
     pub async fn poll(
         self: &Arc<Self>,
         node: Arc<NodeInfo>,
@@ -521,6 +534,9 @@ impl Dispatcher {
             if term.is_cancelled() {
                 return Err(StoreError::NotPrimary);
             }
+            if !self.credential_holds(&node) {
+                return Ok((Vec::new(), receipt));
+            }
             let now = now_ms();
             // `_serving` lives until this iteration ends: the poll returns
             // what it claimed, or goes back to waiting.
@@ -532,6 +548,7 @@ impl Dispatcher {
             if !claimed.is_empty() {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
+                let generation = node.generation;
                 // Shared with the write, and put back if it fails: a claimed
                 // run is either assigned in the database or queued again,
                 // whether or not this poll is still there to see it.
@@ -548,7 +565,8 @@ impl Dispatcher {
                 // is about to receive), not when the claim began, and
                 // counted even if this poll is gone by then; so is the
                 // batch, until the node confirms reading it.
-                let counted = move |r: &lifecycle::Assigned| {
+                let counted = move |r: &Option<lifecycle::Assigned>| {
+                    let Some(r) = r else { return };
                     let assigned = now_ms();
                     let handed = r.runs.iter().map(|a| (a.run_id, a.attempt)).collect();
                     receipts.record(&reader, receipt, ack, handed, assigned);
@@ -558,18 +576,25 @@ impl Dispatcher {
                     }
                     metrics.runs_dispatched.inc_by(r.runs.len() as u64);
                 };
-                let mut result = self
+                let result = self
                     .commit_then_queue(
                         move |c| {
+                            if !nodes::holds_credential(c, &node_id, generation)? {
+                                // Revoked or joined again: the claim goes back.
+                                return Ok((None, for_write.to_vec()));
+                            }
                             let mut r =
                                 lifecycle::assign(c, &node_id, &for_write, now, lease, receipt)?;
                             let later = std::mem::take(&mut r.later);
-                            Ok((r, later))
+                            Ok((Some(r), later))
                         },
                         counted,
                         put_back,
                     )
                     .await?;
+                let Some(mut result) = result else {
+                    return Ok((Vec::new(), receipt));
+                };
                 if !result.runs.is_empty() {
                     // The delay counts from the claim; the write took some of it.
                     let spent = (now_ms() - now).max(0) as u64;
@@ -760,13 +785,20 @@ mod tests {
     use futures_util::FutureExt;
     use sundial_proto::{ExecutorKind, JobSpec, Target};
 
+    /// A dispatcher whose nodes `n1` and `n2` have joined (generation 1).
     fn dispatcher() -> (tempfile::TempDir, Dispatcher) {
         let (dir, store) = temp_store();
         let metrics = Arc::new(Metrics::new());
+        let registry = Registry::default();
+        let conn = Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        for id in ["n1", "n2"] {
+            assert_eq!(nodes::join(&conn, id, 0).unwrap(), 1);
+            registry.put((*node(id)).clone());
+        }
         let d = Dispatcher::new(
             Arc::new(store),
             metrics.clone(),
-            Arc::new(Registry::default()),
+            Arc::new(registry),
             Arc::new(Loops::new(metrics)),
             30_000,
             CancellationToken::new(),
@@ -997,6 +1029,65 @@ mod tests {
         // `forget` drops a run by id, wherever it waits.
         d.forget(&[cancelled]);
         assert_eq!(queued_ids(&d), [(1_000, pending)]);
+    }
+
+    /// A poll opened before its node was revoked, or joined again, gets no
+    /// run (nor its job's secrets); the run waits for a node that may.
+    #[tokio::test]
+    async fn a_poll_of_a_credential_that_no_longer_holds_gets_no_run() {
+        let (_dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new(), 1);
+        let long = Duration::from_secs(5);
+        for (id, gone) in [("n1", "revoked"), ("n2", "joined again")] {
+            let open = tokio::spawn({
+                let d = d.clone();
+                async move { d.poll(node(id), 10, long, None).await }
+            });
+            // The poll waits; then its credential stops holding.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let who = id.to_string();
+            d.store
+                .write(move |c| {
+                    if gone == "revoked" {
+                        nodes::revoke(c, &who, 1)?;
+                    } else {
+                        nodes::join(c, &who, 1)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            d.registry.update(id, |n| {
+                n.revoked = gone == "revoked";
+                n.generation += 1;
+            });
+            let run = queue_one_slot(&d, if id == "n1" { "a" } else { "b" }).await;
+            let (runs, _) = tokio::time::timeout(Duration::from_secs(2), open)
+                .await
+                .expect("the poll ended at once")
+                .unwrap()
+                .unwrap();
+            assert!(runs.is_empty(), "{gone}: {runs:?}");
+            assert_eq!(run_state(&d, run).await, "pending", "{gone}");
+            assert!(queued_again(&d, run).await, "{gone}: still queued");
+            d.forget(&[run]); // not for the next poll
+        }
+        // Joined again in the database, not yet in the registry (between the
+        // check and the write): the write refuses the claim.
+        let run = queue_one_slot(&d, "c").await;
+        d.store
+            .write(|c| nodes::join(c, "n2", 2).map(|_| ()))
+            .await
+            .unwrap();
+        let n2 = d.registry.get("n2").unwrap();
+        assert_eq!(n2.generation, 2, "the registry's, the poll's");
+        let (runs, _) = d
+            .poll(n2, 10, Duration::from_millis(50), None)
+            .await
+            .unwrap();
+        assert!(runs.is_empty(), "{runs:?}");
+        assert_eq!(run_state(&d, run).await, "pending");
     }
 
     async fn attempt_and_error(d: &Dispatcher, id: i64) -> (String, u32, Option<String>) {

@@ -197,8 +197,13 @@ pub async fn poll(
 ) -> ApiResult<Json<PollResponse>> {
     let wait = Duration::from_millis(signed.body.wait_ms.min(MAX_WAIT_MS));
     let max = signed.body.max.clamp(1, 1000) as usize;
-    // The registry holds the labels/executors the node registered.
-    let node = queue.registry.get(&signed.node.id).unwrap_or(signed.node);
+    // The registry holds the labels/executors the node registered; the
+    // credential the request was signed with stays the poll's (a revocation
+    // or a re-join since ends the poll empty, see `Dispatcher::poll`).
+    let node = match queue.registry.get(&signed.node.id) {
+        Some(n) if n.generation == signed.node.generation => n,
+        _ => signed.node,
+    };
     let ack = signed.body.ack;
     let (runs, receipt) = queue.dispatcher.poll(node, max, wait, ack).await?;
     Ok(Json(PollResponse {

@@ -112,6 +112,14 @@ pub fn register(
     Ok(())
 }
 
+/// Whether node `id`'s credential of `generation` still holds: the node
+/// exists, is not revoked, and has not joined again since.
+pub fn holds_credential(conn: &Connection, id: &str, generation: u64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM nodes WHERE id = ?1 AND generation = ?2 AND revoked = 0")?
+        .exists(params![id, generation as i64])?)
+}
+
 /// Revokes a node: bumps its generation so its key stops verifying.
 pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
     let revoked = conn

@@ -155,12 +155,19 @@ pub enum KeyCheck {
 /// How often the recorded key uses are written to `api_keys.last_used_at`.
 const FLUSH_USES_EVERY_MS: i64 = 60_000;
 
-/// Keys by hash (expired ones too, so the refusal can say so), and the
-/// uses not yet written: `last_used_at` is updated in one batched write
-/// about once a minute, never a write per request. Invalidated whole
-/// whenever a key is deleted.
+/// How long a cached key row is trusted before it is read again. A key
+/// deleted through this server is dropped at once ([`KeyCache::invalidate`]);
+/// one deleted through another (the primary, seen by a replica through
+/// replication, or before a failover) stops working within this.
+const KEY_CACHE_TTL_MS: i64 = 1_000;
+
+/// Keys by hash (expired ones too, so the refusal can say so) with the
+/// instant each was read, and the uses not yet written: `last_used_at` is
+/// updated in one batched write about once a minute, never a write per
+/// request. Invalidated whole whenever a key is deleted here; an entry is
+/// read again once it is [`KEY_CACHE_TTL_MS`] old.
 pub struct KeyCache {
-    map: RwLock<HashMap<[u8; 32], keys::KeyRow>>,
+    map: RwLock<HashMap<[u8; 32], (keys::KeyRow, i64)>>,
     uses: Mutex<HashMap<String, i64>>,
     flushed_at: AtomicI64,
     flush_every_ms: i64,
@@ -185,21 +192,32 @@ impl KeyCache {
     /// Checks a presented key at this instant; a valid use is recorded.
     pub async fn lookup(&self, store: &Arc<Store>, key: &str) -> Result<KeyCheck, StoreError> {
         let hash = hash_key(key);
-        let cached = self.map.read().ok().and_then(|m| m.get(&hash).cloned());
+        let now = now_ms();
+        let cached = self.map.read().ok().and_then(|m| {
+            m.get(&hash)
+                .filter(|(_, at)| now - at < KEY_CACHE_TTL_MS)
+                .map(|(row, _)| row.clone())
+        });
         let row = match cached {
             Some(row) => Some(row),
             None => {
                 let found = store.read(move |c| keys::find_by_hash(c, &hash)).await?;
-                if let (Some(row), Ok(mut map)) = (&found, self.map.write()) {
-                    if map.len() > 10_000 {
-                        map.clear();
+                if let Ok(mut map) = self.map.write() {
+                    match &found {
+                        Some(row) => {
+                            if map.len() > 10_000 {
+                                map.clear();
+                            }
+                            map.insert(hash, (row.clone(), now));
+                        }
+                        None => {
+                            map.remove(&hash);
+                        }
                     }
-                    map.insert(hash, row.clone());
                 }
                 found
             }
         };
-        let now = now_ms();
         Ok(match row {
             None => KeyCheck::Unknown,
             Some(row) if row.expired(now) => KeyCheck::Expired(row.expires_at.unwrap_or(now)),
@@ -362,5 +380,38 @@ mod tests {
             old.last_used_at, None,
             "an expired key is not counted as used"
         );
+    }
+
+    /// A key deleted through another server (a replica learns of it by
+    /// replication, a promoted server may have cached it before) stops
+    /// working here within the cache's time to live.
+    #[tokio::test]
+    async fn a_key_deleted_elsewhere_stops_working_within_a_second() {
+        let (_dir, store) = crate::store::test_support::temp_store();
+        let store = Arc::new(store);
+        create_key(&store, "sdk_leaked".into(), Scope::Read, "l".into())
+            .await
+            .unwrap();
+        let cache = KeyCache::default();
+        let valid = |c: KeyCheck| matches!(c, KeyCheck::Valid(_));
+        assert!(valid(cache.lookup(&store, "sdk_leaked").await.unwrap()));
+        let id = key_id(&hash_key("sdk_leaked"));
+        let deleted = store
+            .write(move |c| keys::delete(c, &id, now_ms()))
+            .await
+            .unwrap();
+        assert!(deleted, "deleted without telling this cache");
+        let started = std::time::Instant::now();
+        loop {
+            match cache.lookup(&store, "sdk_leaked").await.unwrap() {
+                KeyCheck::Unknown => break,
+                other => assert!(valid(other)),
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(1_500),
+                "still valid after the cache's time to live"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct Limits {
     pub kill_grace: Duration,
     /// This node's id, given to jobs as `SUNDIAL_NODE_ID`.
     pub node_id: String,
+    /// The executors `--allow-executors` names: an assignment of another
+    /// kind fails here, whatever the server believes this node offers.
+    pub allowed: Vec<String>,
 }
 
 /// The runner's handle on a running attempt: asks it to stop (remembering
@@ -201,6 +204,13 @@ pub async fn execute(
     stop: &Stop,
     http: &reqwest::Client,
 ) -> Finished {
+    let kind = a.executor.kind();
+    if !limits.allowed.iter().any(|k| k == kind.as_str()) {
+        return Finished::failed(format!(
+            "executor {kind} is not allowed on this node (--allow-executors {})",
+            limits.allowed.join(",")
+        ));
+    }
     let timeout = a.timeout_ms.map(Duration::from_millis);
     match &a.executor {
         Executor::Exec { argv, env, cwd } => {
@@ -510,7 +520,29 @@ mod tests {
             output_cap: cap,
             kill_grace: Duration::from_millis(500),
             node_id: "node-t".into(),
+            allowed: ["exec", "shell", "http"].map(String::from).into(),
         }
+    }
+
+    /// `--allow-executors` holds on the daemon itself: a shell job handed
+    /// to an exec-only node (a stale or tampered node record) never starts.
+    #[tokio::test]
+    async fn an_executor_the_node_does_not_allow_never_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let a = assignment(shell(&format!("touch {}", marker.display())), None);
+        let exec_only = Limits {
+            allowed: vec!["exec".into()],
+            ..limits(4096)
+        };
+        let f = execute(&a, &exec_only, &Stop::default(), &reqwest::Client::new()).await;
+        assert_eq!(f.outcome, Outcome::Failed);
+        let error = f.error.unwrap();
+        assert!(
+            error.contains("executor shell is not allowed on this node (--allow-executors exec)"),
+            "{error}"
+        );
+        assert!(!marker.exists(), "the shell job ran");
     }
 
     #[tokio::test]

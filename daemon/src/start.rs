@@ -139,6 +139,7 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
         output_cap: args.output_cap_bytes,
         kill_grace: args.kill_grace.as_std(),
         node_id: node_id.clone(),
+        allowed: register.executors.clone(),
     };
     let spool = Spool::open(&args.state_dir)?;
     let jobs_http = client::job_http_client(args.ca_file.as_deref())?;

@@ -82,6 +82,13 @@ pub async fn run(args: Args, stop: CancellationToken) -> Result<()> {
     if args.capacity == 0 {
         bail!("--capacity must be at least 1");
     }
+    if args.output_cap_bytes > sundial_proto::agent::MAX_OUTPUT_BYTES {
+        bail!(
+            "--output-cap-bytes {} is more than the server keeps per run ({} bytes)",
+            args.output_cap_bytes,
+            sundial_proto::agent::MAX_OUTPUT_BYTES
+        );
+    }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state dir {}", args.state_dir.display()))?;
     std::fs::set_permissions(&args.state_dir, std::fs::Permissions::from_mode(0o700))?;

@@ -153,6 +153,21 @@ fn a_batch_of_results_is_answered_one_status_each() {
         .call("GET", &format!("/v1/runs/{}", mine[0]), None)
         .unwrap();
     assert_eq!(run["output"], format!("out {}", mine[0]), "{run}");
+    // A result larger than the general body limit (1 MiB) still arrives,
+    // and is held to what the server keeps: 1 MiB of output, 4 KiB of error.
+    let now = format_ms(now_ms());
+    let big = json!({"attempt": 1, "outcome": "failed", "exit_code": 1,
+        "output": "y".repeat(3 << 20), "error": "e".repeat(10_000),
+        "started_at": now, "finished_at": now});
+    let path = format!("/v1/agent/runs/{}/complete", mine[2]);
+    let (s, body) = send(&http, &server, &signed(&k1, "b1", &path, &big, 0, &next()));
+    assert_eq!(s, 200, "{body}");
+    let (_, run) = server
+        .call("GET", &format!("/v1/runs/{}", mine[2]), None)
+        .unwrap();
+    assert_eq!(run["output"].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(run["truncated"], true);
+    assert_eq!(run["error"].as_str().map(str::len), Some(4096));
     // The counters saw each recorded result once.
     let done = wait_for(Duration::from_secs(5), || {
         let v = server

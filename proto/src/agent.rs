@@ -161,6 +161,40 @@ pub struct CompleteRequest {
     pub finished_at: i64,
 }
 
+/// Most output the server keeps for one run (live output and the final
+/// result alike), whatever a daemon sends; a daemon's `--output-cap-bytes`
+/// may not exceed it.
+pub const MAX_OUTPUT_BYTES: usize = 1 << 20;
+
+/// Most bytes of a result's `error` the server keeps.
+pub const MAX_ERROR_BYTES: usize = 4096;
+
+impl CompleteRequest {
+    /// Holds the result to what the server keeps: output past
+    /// [`MAX_OUTPUT_BYTES`] is cut (at a character boundary) and the result
+    /// marked `truncated`; an error past [`MAX_ERROR_BYTES`] is cut.
+    pub fn bound(&mut self) {
+        if self.output.len() > MAX_OUTPUT_BYTES {
+            self.output
+                .truncate(floor_char_boundary(&self.output, MAX_OUTPUT_BYTES));
+            self.truncated = true;
+        }
+        if let Some(e) = &mut self.error {
+            if e.len() > MAX_ERROR_BYTES {
+                e.truncate(floor_char_boundary(e, MAX_ERROR_BYTES));
+            }
+        }
+    }
+}
+
+/// The largest character boundary of `s` at or before `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len()))
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
 /// `POST /v1/agent/complete`: several results in one signed request (each
 /// handled as its own `/runs/{id}/complete` would be, in one transaction).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -201,4 +235,46 @@ pub struct CompleteItemStatus {
 pub struct CompleteResponse {
     /// `recorded`, `duplicate` (already recorded) or `stale` (a newer attempt exists).
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_result_is_held_to_what_the_server_keeps() {
+        let mut r = CompleteRequest {
+            attempt: 1,
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            // Two-byte characters: the cut falls inside one.
+            output: "é".repeat(MAX_OUTPUT_BYTES / 2 + 1),
+            truncated: false,
+            error: Some("x".repeat(MAX_ERROR_BYTES + 5)),
+            started_at: 0,
+            finished_at: 1,
+        };
+        r.bound();
+        assert_eq!(r.output.len(), MAX_OUTPUT_BYTES);
+        assert!(r.truncated);
+        assert_eq!(r.error.as_deref().map(str::len), Some(MAX_ERROR_BYTES));
+        let mut odd = CompleteRequest {
+            output: format!("a{}", "é".repeat(MAX_OUTPUT_BYTES / 2)),
+            ..r.clone()
+        };
+        odd.bound();
+        assert_eq!(
+            odd.output.len(),
+            MAX_OUTPUT_BYTES - 1,
+            "cut before the split character"
+        );
+        let mut small = CompleteRequest {
+            output: "ok".into(),
+            truncated: false,
+            error: None,
+            ..r
+        };
+        small.bound();
+        assert_eq!((small.output.as_str(), small.truncated), ("ok", false));
+    }
 }

@@ -212,6 +212,15 @@ pub async fn poll(
     }))
 }
 
+/// Largest body a result or a live-output call may have: room for a run's
+/// whole output ([`sundial_proto::agent::MAX_OUTPUT_BYTES`]) even when JSON
+/// escapes every byte of it, or the server's general limit when larger. A
+/// result refused for its size would be lost: the daemon does not send it
+/// again.
+pub fn body_limit(max_body_bytes: usize) -> usize {
+    max_body_bytes.max(8 * sundial_proto::agent::MAX_OUTPUT_BYTES)
+}
+
 fn run_call_error(e: RunCall, id: i64) -> ApiError {
     match e {
         RunCall::Unknown => ApiError::not_found(format!("run {id} not found")),
@@ -301,7 +310,8 @@ pub async fn complete(
 ) -> ApiResult<Json<CompleteResponse>> {
     let id = run_id(&raw)?;
     let node = signed.node.id.clone();
-    let req = signed.body;
+    let mut req = signed.body;
+    req.bound();
     let outcome = req.outcome;
     let metrics = queue.metrics.clone();
     let result = queue
@@ -373,7 +383,10 @@ pub async fn complete_many(
     State(queue): State<Queue>,
     signed: Signed<CompleteBatch>,
 ) -> ApiResult<Json<CompleteBatchResponse>> {
-    let results = signed.body.results;
+    let mut results = signed.body.results;
+    for item in &mut results {
+        item.result.bound();
+    }
     if results.len() > MAX_COMPLETE_BATCH {
         return Err(ApiError::bad_request(
             "too_many_results",

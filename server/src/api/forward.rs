@@ -89,6 +89,8 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let (parts, body) = req.into_parts();
     let limit = if parts.uri.path() == "/v1/jobs:apply" {
         super::apply::body_limit(app.settings.max_body_bytes)
+    } else if parts.uri.path().starts_with("/v1/agent/") {
+        super::agent::body_limit(app.settings.max_body_bytes)
     } else {
         app.settings.max_body_bytes
     };

@@ -169,9 +169,18 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/poll", post(agent::poll))
         .route("/v1/agent/runs/{id}/heartbeat", post(agent::heartbeat))
-        .route("/v1/agent/runs/{id}/complete", post(agent::complete))
-        .route("/v1/agent/runs/{id}/output", post(agent::output))
-        .route("/v1/agent/complete", post(agent::complete_many))
+        .route(
+            "/v1/agent/runs/{id}/complete",
+            post(agent::complete).layer(DefaultBodyLimit::max(agent::body_limit(limit))),
+        )
+        .route(
+            "/v1/agent/runs/{id}/output",
+            post(agent::output).layer(DefaultBodyLimit::max(agent::body_limit(limit))),
+        )
+        .route(
+            "/v1/agent/complete",
+            post(agent::complete_many).layer(DefaultBodyLimit::max(agent::body_limit(limit))),
+        )
         .route("/v1/openapi.json", get(openapi::serve))
         .merge(crate::ui::router())
         .fallback(not_found)

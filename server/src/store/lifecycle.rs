@@ -779,8 +779,9 @@ pub enum RunCall {
     NotCurrent,
 }
 
-/// Most output kept for one run, whatever daemons send.
-pub const MAX_OUTPUT_BYTES: u64 = 16 << 20;
+/// Most output kept for one run, whatever daemons send (live output; a
+/// result is held to the same by [`CompleteRequest::bound`]).
+pub const MAX_OUTPUT_BYTES: u64 = sundial_proto::agent::MAX_OUTPUT_BYTES as u64;
 
 /// Appends what a running attempt printed since byte `offset` of its
 /// stored output (live output). Idempotent: a chunk the server already has

@@ -85,7 +85,9 @@ impl Runner {
         // answer leaves it as it was, and the server hands back what that
         // lost answer held instead of waiting for its lease.
         let mut ack: Option<u64> = receipt;
-        let mut reachable = true;
+        // False until a poll gets through (and after a failed one): results
+        // spooled by an earlier start or during an outage go first.
+        let mut reachable = false;
         loop {
             if drain.is_cancelled() {
                 break;
@@ -97,6 +99,22 @@ impl Runner {
             };
             let free = (self.slots.available_permits() + 1) as u32;
             drop(first);
+            // Back from an outage: the results it held go before new work
+            // is asked for. A run finished meanwhile is still active to the
+            // server until its result arrives, and would make a `forbid`
+            // job's next slots be skipped.
+            if !reachable && !self.flush_once().await {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "server unreachable; delivering spooled results first"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = drain.cancelled() => break,
+                }
+                continue;
+            }
             let polled = tokio::select! {
                 r = self.client.poll(free, POLL_WAIT, ack) => r,
                 _ = drain.cancelled() => break,
@@ -104,11 +122,7 @@ impl Runner {
             match polled {
                 Ok(resp) => {
                     backoff.reset();
-                    if !reachable {
-                        // Back: spooled results go now, not at their backoff.
-                        reachable = true;
-                        self.spool_wake.notify_one();
-                    }
+                    reachable = true;
                     // Read, so every run in it is started (or handed back) here.
                     if resp.receipt.is_some() {
                         ack = resp.receipt;
@@ -129,7 +143,7 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    reachable = false;
+                    reachable = !matches!(e, CallError::Unavailable(_));
                     let delay = backoff.next_delay();
                     match &e {
                         CallError::Unauthorized(_) => {

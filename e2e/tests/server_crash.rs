@@ -142,3 +142,49 @@ fn a_result_spooled_through_a_long_outage_arrives_within_the_renewed_lease() {
     assert_eq!(done["output"], "ok\n");
     assert_eq!(daemon.terminate(Duration::from_secs(20)).unwrap(), Some(0));
 }
+
+/// After an outage the daemon delivers the results it spooled before it
+/// asks for new work: a `forbid` job's next slot, handed to it, is not
+/// skipped as if the run that finished during the outage still ran.
+#[test]
+fn spooled_results_go_before_new_work_so_forbid_skips_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let mut daemon = server.one_daemon(dir.path()).unwrap();
+    // Slots far enough apart that at most one waits when the daemon is
+    // back (slots that wait together are handed out together, and forbid
+    // rightly skips all but the first).
+    let spec = json!({"schedule": "*/15 * * * * *", "concurrency": "forbid",
+        "misfire": {"policy": "skip"},
+        "executor": {"type": "shell", "script": "sleep 1; echo ok"}});
+    let (status, _) = server.call("PUT", "/v1/jobs/f", Some(&spec)).unwrap();
+    assert_eq!(status, 201);
+    wait_for(Duration::from_secs(20), || {
+        let (_, page) = server
+            .call("GET", "/v1/runs?job=f&state=running", None)
+            .ok()?;
+        (!page["items"].as_array()?.is_empty()).then_some(())
+    })
+    .expect("a run started");
+    server.kill9().unwrap();
+    // Long enough for the daemon's retry backoffs to grow.
+    std::thread::sleep(Duration::from_secs(14));
+    assert_eq!(daemon.spooled(), 1, "the finished run's result waits");
+    server.restart().unwrap();
+    let restarted = sundial_proto::time::now_ms();
+    // The first slot after the restart runs: it is not skipped.
+    let after: Vec<serde_json::Value> = wait_for(Duration::from_secs(40), || {
+        let runs = server.all_runs("f").ok()?;
+        let later: Vec<_> = runs
+            .into_iter()
+            .filter(|r| sundial_e2e::ms(r, "scheduled_for") > restarted)
+            .filter(|r| r["state"] != "pending" && r["state"] != "running")
+            .collect();
+        (!later.is_empty()).then_some(later)
+    })
+    .expect("a slot after the restart ended");
+    for r in &after {
+        assert_eq!(r["state"], "succeeded", "{r}\n{}", daemon.log_text());
+    }
+    assert_eq!(daemon.terminate(Duration::from_secs(20)).unwrap(), Some(0));
+}

@@ -325,6 +325,20 @@ impl ServeArgs {
                 let mode = self.ha_mode.or(file.ha_mode).unwrap_or(HaMode::Standalone);
                 let role = self.role.or(file.role);
                 let primary_url = self.primary_url.or(file.primary_url);
+                if mode != HaMode::Static && (role.is_some() || primary_url.is_some()) {
+                    // Ignored, a replica would have started as a primary
+                    // (and fenced the real one on a shared database).
+                    bail!(
+                        "{} and {} only apply with --ha-mode static (the mode is {})",
+                        setting("role"),
+                        setting("primary_url"),
+                        match mode {
+                            HaMode::Standalone => "standalone",
+                            HaMode::Static => "static",
+                            HaMode::Litefs => "litefs",
+                        }
+                    );
+                }
                 match mode {
                     HaMode::Standalone => crate::ha::Source::Standalone,
                     HaMode::Static => {
@@ -515,6 +529,29 @@ mod tests {
         assert_eq!(from_file(&f, Some(500)).unwrap().wal_autocheckpoint, 500);
         let err = from_file(&file("wal_autocheckpoint = -1"), None).unwrap_err();
         assert!(format!("{err:#}").contains("wal_autocheckpoint"), "{err:#}");
+    }
+
+    #[test]
+    fn a_role_outside_static_mode_is_an_error_not_ignored() {
+        let err = ServeArgs {
+            role: Some(StaticRole::Replica),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--role (SUNDIAL_ROLE, config key role) and --primary-url")
+                && text.contains("only apply with --ha-mode static (the mode is standalone)"),
+            "{text}"
+        );
+        let static_replica = ServeArgs {
+            ha_mode: Some(HaMode::Static),
+            role: Some(StaticRole::Replica),
+            primary_url: Some("http://127.0.0.1:1".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        assert!(static_replica.resolve().is_ok());
     }
 
     #[test]

@@ -170,6 +170,12 @@ impl Schedule {
                 },
             });
         }
+        // The cron parser knows `@daily`, not its other name.
+        let trimmed = if trimmed.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            trimmed
+        };
         let Some(hour) = hour_field(trimmed) else {
             return Err(ScheduleError::invalid(
                 expr,

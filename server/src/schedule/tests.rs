@@ -275,6 +275,14 @@ fn ordinary_schedules() {
         iso(daily.next_after(ms("2026-11-24T10:00:00Z")).unwrap()),
         "2026-11-25T00:00:00Z"
     );
+    for midnight in ["@midnight", "@MIDNIGHT"] {
+        let m = Schedule::parse(midnight, "UTC").unwrap();
+        assert_eq!(
+            iso(m.next_after(ms("2026-11-24T10:00:00Z")).unwrap()),
+            "2026-11-25T00:00:00Z",
+            "{midnight} is @daily"
+        );
+    }
     let weekly = Schedule::parse("@weekly", "UTC").unwrap();
     assert_eq!(
         iso(weekly.next_after(ms("2026-11-24T10:00:00Z")).unwrap()),

@@ -129,13 +129,18 @@ impl AuthHeader {
     pub fn parse(value: &str) -> Option<AuthHeader> {
         let rest = value.strip_prefix(SCHEME)?.strip_prefix(' ')?;
         let (mut node, mut ts, mut nonce, mut sig) = (None, None, None, None);
+        // Each parameter once: a header naming two nodes (or carrying two
+        // signatures) is not well formed, whichever one would verify.
+        fn once<T>(slot: &mut Option<T>, v: T) -> Option<()> {
+            slot.replace(v).is_none().then_some(())
+        }
         for part in rest.split(',') {
             let (k, v) = part.trim().split_once('=')?;
             match k {
-                "node" => node = Some(v.to_string()),
-                "ts" => ts = Some(v.parse().ok()?),
-                "nonce" => nonce = Some(v.to_string()),
-                "sig" => sig = Some(v.to_string()),
+                "node" => once(&mut node, v.to_string())?,
+                "ts" => once(&mut ts, v.parse().ok()?)?,
+                "nonce" => once(&mut nonce, v.to_string())?,
+                "sig" => once(&mut sig, v.to_string())?,
                 _ => return None,
             }
         }
@@ -149,7 +154,8 @@ impl AuthHeader {
             && h.nonce.len() >= 16
             && h.nonce.len() <= 64
             && h.nonce.bytes().all(|b| b.is_ascii_hexdigit())
-            && h.sig.len() == 64;
+            && h.sig.len() == 64
+            && h.sig.bytes().all(|b| b.is_ascii_hexdigit());
         ok.then_some(h)
     }
 }
@@ -229,6 +235,11 @@ mod tests {
             "Sundial-HMAC node=n1,ts=x,nonce=00112233445566778899aabbccddeeff,sig=aa",
             "Sundial-HMAC node=n1,ts=1,nonce=short,sig=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "Sundial-HMAC node=n1,ts=1,nonce=00112233445566778899aabbccddeeff,sig=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa,x=1",
+            // A parameter twice, and a signature that is not hex.
+            "Sundial-HMAC node=n2,node=n1,ts=1,nonce=00112233445566778899aabbccddeeff,sig=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "Sundial-HMAC node=n1,ts=1,ts=2,nonce=00112233445566778899aabbccddeeff,sig=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "Sundial-HMAC node=n1,ts=1,nonce=00112233445566778899aabbccddeeff,sig=00,sig=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "Sundial-HMAC node=n1,ts=1,nonce=00112233445566778899aabbccddeeff,sig=zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
         ] {
             assert_eq!(AuthHeader::parse(bad), None, "{bad}");
         }

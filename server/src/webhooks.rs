@@ -86,6 +86,18 @@ pub fn derive_secret(cluster_secret: &[u8], id: &str, salt: &[u8]) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// The IPv4 address in the low 32 bits of an IPv4-compatible
+/// (`::a.b.c.d`) or NAT64 well-known-prefix (`64:ff9b::/96`) address.
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let compatible = s[..6] == [0; 6];
+    let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+    (compatible || nat64).then(|| {
+        let o = v6.octets();
+        std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15])
+    })
+}
+
 fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -104,6 +116,9 @@ fn is_private(ip: IpAddr) -> bool {
                 || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
                 || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
+                // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d):
+                // an IPv4 address behind an IPv6 one.
+                || embedded_v4(v6).is_some_and(|v4| is_private(IpAddr::V4(v4)))
         }
     }
 }
@@ -141,6 +156,15 @@ fn retry_delay_ms(failed_attempts: u32) -> i64 {
     half + rand::rng().random_range(0..=half.max(1))
 }
 
+/// Text for Slack as data, not markup: `&`, `<` and `>` escaped as Slack
+/// asks, so an error saying `<!channel>` pings no one and `<url|label>`
+/// is no link.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// The body of a delivery.
 fn body(format: Format, e: &Event) -> Vec<u8> {
     match format {
@@ -148,16 +172,16 @@ fn body(format: Format, e: &Event) -> Vec<u8> {
         Format::Slack => {
             let mut text = format!("Sundial: {}", e.kind);
             if let Some(j) = &e.job_id {
-                text.push_str(&format!(" job={j}"));
+                text.push_str(&format!(" job={}", slack_escape(j)));
             }
             if let Some(r) = e.run_id {
                 text.push_str(&format!(" run={r}"));
             }
             if let Some(n) = &e.node {
-                text.push_str(&format!(" node={n}"));
+                text.push_str(&format!(" node={}", slack_escape(n)));
             }
             if let Some(err) = e.data.get("error").and_then(|v| v.as_str()) {
-                text.push_str(&format!(": {err}"));
+                text.push_str(&format!(": {}", slack_escape(err)));
             }
             serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default()
         }
@@ -573,10 +597,13 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::10.0.0.1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -600,6 +627,25 @@ mod tests {
             check_url("http://[::1]:9/hook", true).await,
             Err(BadUrl::Private(..))
         ));
+    }
+
+    #[test]
+    fn slack_text_carries_data_not_markup() {
+        let e = Event {
+            id: 1,
+            at: 0,
+            kind: EventType::RunFailed,
+            job_id: Some("j<1>".into()),
+            run_id: Some(6),
+            node: Some("n&1".into()),
+            data: serde_json::json!({"error": "<!channel> <https://evil.example|login> &lt;"}),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&body(Format::Slack, &e)).unwrap();
+        assert_eq!(
+            body["text"],
+            "Sundial: run.failed job=j&lt;1&gt; run=6 node=n&amp;1: \
+             &lt;!channel&gt; &lt;https://evil.example|login&gt; &amp;lt;"
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ const MAX_SCAN: usize = 100_000;
 pub struct Plan {
     /// Slots to create, oldest first.
     pub slots: Vec<(i64, Trigger)>,
-    /// Missed fires deliberately not created (policy or cap). A lower bound when
-    /// the walk was cut short.
+    /// Missed fires deliberately not created (policy or cap). Estimated
+    /// when the walk jumped ahead (see [`MAX_SCAN`]).
     pub skipped: u64,
     /// The job's next fire after `now`, if any.
     pub next: Option<i64>,
@@ -41,6 +41,9 @@ pub fn plan(
     let mut missed: VecDeque<i64> = VecDeque::new();
     let mut fire = Some(first);
     let mut scanned = 0usize;
+    let mut jumped = false;
+    // Where the current stretch of the walk began (for its density).
+    let mut from = first;
     while let Some(t) = fire {
         if t > now {
             break;
@@ -65,9 +68,34 @@ pub fn plan(
             }
             scanned += 1;
             if scanned >= MAX_SCAN {
-                // Jump to the first fire inside the grace window.
-                fire = schedule.next_after(cutoff.saturating_sub(1));
-                plan.skipped += 1;
+                // Jump ahead. The fires kept (the most recent missed ones)
+                // lie just before the grace window: the walk goes on from
+                // where, at the density seen so far, twice as many fires as
+                // the policy keeps remain before it. Once more at the limit
+                // (a very uneven schedule), straight into the window.
+                let keep = match policy {
+                    MisfirePolicy::Skip => 0,
+                    MisfirePolicy::RunOnce => 1,
+                    MisfirePolicy::RunAll => max_catch_up.max(1),
+                } as i64;
+                let every = ((t - from) / scanned as i64).max(1);
+                let resume = cutoff.saturating_sub(every.saturating_mul(2 * keep));
+                let resume = if jumped || resume <= t {
+                    cutoff
+                } else {
+                    resume
+                };
+                jumped = true;
+                scanned = 0;
+                from = resume;
+                // The fires jumped over, estimated at that density.
+                plan.skipped += ((resume - t) / every).max(1) as u64;
+                if resume > t && keep > 0 && resume < cutoff {
+                    // What was kept so far is older than what comes next.
+                    plan.skipped += missed.len() as u64;
+                    missed.clear();
+                }
+                fire = schedule.next_after(resume.saturating_sub(1).max(t));
                 continue;
             }
         }
@@ -192,8 +220,40 @@ mod tests {
         );
         assert_eq!(p.next, Some(now + S));
         assert_eq!(p.slots.last(), Some(&(now, Trigger::Schedule)));
-        assert!(p.skipped >= MAX_SCAN as u64 - 1);
         assert!(p.slots.len() <= 3);
+        // The catch-up slot is the most recent missed fire, not one from
+        // where the walk stopped; the count of skipped fires is close.
+        let cutoff = now - 1_500;
+        let missed = (cutoff - first) / S; // fires first..cutoff
+        assert_eq!(
+            p.slots[0],
+            (cutoff - 500, Trigger::CatchUp),
+            "{:?}",
+            p.slots
+        );
+        let off = (p.skipped as i64 - (missed - 1)).abs();
+        assert!(off <= missed / 100, "skipped {} of {missed}", p.skipped);
+        // run_all keeps the last `max_catch_up` missed fires, in order.
+        let all = plan(
+            &every_second(),
+            first,
+            now,
+            MisfirePolicy::RunAll,
+            1_500,
+            10,
+        );
+        let catch_up: Vec<i64> = all
+            .slots
+            .iter()
+            .filter(|s| s.1 == Trigger::CatchUp)
+            .map(|s| s.0)
+            .collect();
+        let want: Vec<i64> = (0..10).rev().map(|i| cutoff - 500 - i * S).collect();
+        assert_eq!(catch_up, want);
+        // skip: straight to the window.
+        let skip = plan(&every_second(), first, now, MisfirePolicy::Skip, 1_500, 10);
+        assert!(skip.slots.iter().all(|s| s.1 == Trigger::Schedule));
+        assert_eq!(skip.next, Some(now + S));
     }
 
     #[test]

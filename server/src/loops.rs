@@ -146,10 +146,12 @@ impl Loops {
     pub fn failed(&self, l: Loop, error: &dyn Display, retry_in: Duration) {
         let now = now_ms();
         let mut st = self.state(l);
-        st.in_pass_since_ms = None;
+        // The stall began when the failing pass did: a pass that waited
+        // out the busy timeout before failing was stalled all along.
+        let began = st.in_pass_since_ms.take().unwrap_or(now);
         st.failures += 1;
         st.last_error = error.to_string();
-        let since = *st.failing_since_ms.get_or_insert(now);
+        let since = *st.failing_since_ms.get_or_insert(began);
         self.metrics
             .loop_errors
             .with_label_values(&[l.as_str()])
@@ -272,5 +274,21 @@ mod tests {
         assert!(loops.stalled(Duration::from_millis(1)).is_none());
         loops.reset();
         assert!(loops.statuses().iter().all(|s| s.healthy));
+    }
+
+    /// A pass that waits out the busy timeout and then fails counts as
+    /// stalled from its start: three failing passes of 40 ms each are a
+    /// stall of 120 ms (counted from the first failure, 80 ms).
+    #[test]
+    fn a_stall_counts_from_the_start_of_the_first_failing_pass() {
+        let loops = Loops::new(Arc::new(Metrics::new()));
+        let threshold = Duration::from_millis(100);
+        for _ in 0..3 {
+            loops.begin(Loop::Scheduler);
+            std::thread::sleep(Duration::from_millis(40));
+            loops.failed(Loop::Scheduler, &"database is locked", Duration::ZERO);
+        }
+        let why = loops.stalled(threshold).expect("stalled for 120 ms");
+        assert!(why.starts_with("scheduler has failed for"), "{why}");
     }
 }

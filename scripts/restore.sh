@@ -130,6 +130,9 @@ holders() {
     done
 }
 
+if [[ -d "$output" ]]; then
+    die "$output is a directory; --output names the database file (for a server's data directory: $output/sundial.db)" 2
+fi
 if [[ -e "$output" ]]; then
     if [[ $force != 1 ]]; then
         die "$output exists; refusing to overwrite it. Restore to a new path, or pass --force to replace it (the old file is kept beside it)" 2

@@ -686,6 +686,24 @@ fn restore_refusals_are_clear_and_replace_nothing() {
     .unwrap();
     assert_eq!(r.code, Some(2), "{}", r.output);
     assert!(r.output.contains("is open by process"), "{}", r.output);
+    // …nor given the data directory in place of the file, with --force too.
+    let r = restore_sh(
+        &replica,
+        &db,
+        &[
+            "--config",
+            cfg,
+            "--db",
+            dbs,
+            "--output",
+            data.to_str().unwrap(),
+            "--force",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.code, Some(2), "{}", r.output);
+    assert!(r.output.contains("is a directory"), "{}", r.output);
+    assert!(db.exists(), "the data directory is untouched");
 
     // …and a timestamp before the first backup finds nothing.
     let r = restore_sh(

@@ -33,6 +33,32 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Retry delay when promotion failed (e.g. the database was busy).
 const PROMOTE_RETRY: Duration = Duration::from_millis(500);
 
+/// A cluster secret was just generated for a database that already has
+/// nodes or webhooks (a restore without its `cluster.secret`): their
+/// credentials and signing secrets were derived from another secret.
+async fn warn_if_secret_is_new_to_the_data(store: &Store) {
+    let counts = store
+        .read(|c| {
+            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+            Ok((
+                count("SELECT count(*) FROM nodes WHERE revoked = 0")?,
+                count("SELECT count(*) FROM webhooks")?,
+            ))
+        })
+        .await;
+    if let Ok((nodes, webhooks)) = counts {
+        if nodes > 0 || webhooks > 0 {
+            tracing::warn!(
+                nodes,
+                webhooks,
+                "generated a new cluster secret for a database that has nodes or webhooks: \
+                 every daemon must join again and every webhook's signing secret changed; \
+                 if this is a restore, stop and put the old cluster.secret back (docs/dr.md)"
+            );
+        }
+    }
+}
+
 /// A running server (for tests and `main`).
 pub struct Running {
     pub addr: SocketAddr,
@@ -273,8 +299,16 @@ pub async fn start(settings: Settings, env_admin_key: Option<String>) -> anyhow:
         .with_context(|| format!("opening database {}", db_path.display()))?
         .with_wal_autocheckpoint(settings.wal_autocheckpoint),
     );
+    let generating = settings.cluster_secret_file.is_none()
+        && !settings
+            .data_dir
+            .join(crate::secrets::GENERATED_FILE)
+            .exists();
     let secrets =
         ClusterSecrets::load(settings.cluster_secret_file.as_deref(), &settings.data_dir)?;
+    if generating {
+        warn_if_secret_is_new_to_the_data(&store).await;
+    }
     let registry = Arc::new(Registry::default());
     let loops = Arc::new(Loops::new(metrics.clone()));
     let shutdown = CancellationToken::new();

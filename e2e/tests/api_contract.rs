@@ -359,3 +359,62 @@ fn a_non_utf8_path_id_is_refused_with_the_error_shape() {
         );
     }
 }
+
+/// An unknown query parameter is refused everywhere (`invalid_query`), on
+/// endpoints that take none as on those that take some, and nothing is
+/// written.
+#[test]
+fn an_unknown_query_parameter_is_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let http = reqwest::blocking::Client::new();
+    for (method, path) in [
+        ("GET", "/v1/nodes?foo=1"),
+        ("GET", "/v1/api-keys?foo=1"),
+        ("GET", "/v1/webhooks?foo"),
+        ("GET", "/v1/join-tokens?foo=1"),
+        ("GET", "/v1/jobs/j1?foo=1"),
+        ("PUT", "/v1/jobs/j1?dry_run=true"),
+        ("GET", "/v1/runs/1?foo=1"),
+        ("GET", "/v1/ha/status?foo=1"),
+        ("GET", "/v1/jobs?foo=1"),
+        ("GET", "/v1/runs?foo=1"),
+    ] {
+        let resp = http
+            .request(method.parse().unwrap(), format!("{}{path}", server.base))
+            .bearer_auth(ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"schedule": "@hourly", "executor": {"type": "exec", "argv": ["true"]}}"#)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
+        let body: Value = resp.json().unwrap();
+        assert_eq!(
+            body["error"]["code"], "invalid_query",
+            "{method} {path}: {body}"
+        );
+    }
+    let (status, _) = server.call("GET", "/v1/jobs/j1", None).unwrap();
+    assert_eq!(status, 404, "the refused PUT wrote nothing");
+    let (status, _) = server.call("GET", "/v1/nodes", None).unwrap();
+    assert_eq!(status, 200, "without a query string");
+}
+
+/// A join without a token is refused for that (401), before its body is
+/// read: like every other endpoint, the credential comes first.
+#[test]
+fn a_join_without_a_token_is_unauthorized_whatever_its_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let http = reqwest::blocking::Client::new();
+    for body in ["", "not json", r#"{"node_id": "n1"}"#] {
+        let resp = http
+            .post(format!("{}/v1/agent/join", server.base))
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{body:?}");
+        let answer: Value = resp.json().unwrap();
+        assert_eq!(answer["error"]["code"], "unauthorized", "{answer}");
+    }
+}

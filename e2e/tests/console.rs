@@ -594,6 +594,13 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     for path in ["/ui/jobs/nope/confirm/delete", "/ui/nodes/nope/confirm"] {
         assert_eq!(admin.send("GET", path, None)?.status(), 404, "{path}");
     }
+    // A method a page does not answer: the console's 405 page.
+    let resp = admin.send("GET", "/ui/jobs/hello/pause", None)?;
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers().contains_key("content-security-policy"));
+    assert!(resp.headers()["content-type"]
+        .to_str()?
+        .starts_with("text/html"));
     // A bad query parameter or form body: the console's 400 page, not
     // axum's plain text.
     for path in [

@@ -48,10 +48,11 @@ pub async fn join(
     State(secrets): State<Arc<ClusterSecrets>>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<JoinRequest>,
+    body: axum::body::Bytes,
 ) -> ApiResult<(StatusCode, Json<Credential>)> {
     let source = limit::source(&extensions);
     limit::guard(&gate, limit::Kind::JoinToken, source)?;
+    // The token before the body, like every other endpoint's credential.
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -59,10 +60,11 @@ pub async fn join(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            let e = refuse(&queue.metrics, "missing_join_token", Some(&req.node_id));
+            let e = refuse(&queue.metrics, "missing_join_token", None);
             limit::failed(&gate, limit::Kind::JoinToken, source, None, e)
         })?
         .to_string();
+    let JsonBody(req) = JsonBody::<JoinRequest>::from_bytes(&headers, &body)?;
     validate::node_id(&req.node_id)?;
     let hash = hash_key(&token);
     let node_id = req.node_id.clone();

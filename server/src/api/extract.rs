@@ -15,7 +15,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 /// A JSON request body. Errors name the JSON path of the bad field.
@@ -25,22 +25,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-            let ok = ct
-                .to_str()
-                .map(|v| {
-                    let v = v.trim().to_ascii_lowercase();
-                    v.starts_with("application/json") || v.ends_with("+json")
-                })
-                .unwrap_or(false);
-            if !ok {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
-                    "request body must be JSON (Content-Type: application/json)",
-                ));
-            }
-        }
+        json_content_type(req.headers())?;
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e: BytesRejection| {
@@ -55,6 +40,37 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 }
             })?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// A body already read (for a handler that checks a credential first).
+    pub fn from_bytes(headers: &HeaderMap, bytes: &[u8]) -> Result<Self, ApiError> {
+        json_content_type(headers)?;
+        parse_json(bytes).map(JsonBody)
+    }
+}
+
+/// A body, when its type is given, must be JSON.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ok = ct
+        .to_str()
+        .map(|v| {
+            let v = v.trim().to_ascii_lowercase();
+            v.starts_with("application/json") || v.ends_with("+json")
+        })
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON (Content-Type: application/json)",
+        ))
     }
 }
 

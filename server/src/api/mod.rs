@@ -78,12 +78,16 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    if uri.path() == "/ui" || uri.path().starts_with("/ui/") {
+        return crate::ui::method_not_allowed();
+    }
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
+    .into_response()
 }
 
 /// Counts and times every request by route template and status.
@@ -120,13 +124,11 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// Builds the router with every endpoint.
 pub fn router(app: AppState) -> Router {
     let limit = app.settings.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+    // Endpoints that take no query parameters refuse one (`invalid_query`),
+    // as those that take some refuse an unknown one.
+    let without_query = Router::new()
         .route("/v1/ha/primary", get(probes::ha_primary))
         .route("/v1/ha/status", get(probes::ha_status))
-        .route("/v1/jobs", get(jobs::list))
         .route(
             "/v1/jobs:apply",
             post(apply::apply).layer(DefaultBodyLimit::max(apply::body_limit(limit))),
@@ -138,20 +140,13 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/jobs/{id}/pause", post(jobs::pause))
         .route("/v1/jobs/{id}/resume", post(jobs::resume))
         .route("/v1/jobs/{id}/trigger", post(jobs::trigger))
-        .route("/v1/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/v1/runs/{id}/output", get(output::output))
-        .route("/v1/schedule/preview", get(preview::preview))
-        .route("/v1/events", get(events::list))
-        .route("/v1/events/stream", get(events::stream))
-        .route("/v1/audit", get(audit::list))
         .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
         .route(
             "/v1/webhooks/{id}",
             get(webhooks::get).delete(webhooks::delete),
         )
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/test", post(webhooks::test))
         .route("/v1/api-keys", get(keys::list).post(keys::create))
         .route("/v1/api-keys/{id}", axum::routing::delete(keys::delete))
@@ -181,7 +176,21 @@ pub fn router(app: AppState) -> Router {
             "/v1/agent/complete",
             post(agent::complete_many).layer(DefaultBodyLimit::max(agent::body_limit(limit))),
         )
+        .route_layer(middleware::from_fn(reject::no_query));
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(probes::metrics))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/runs", get(runs::list))
+        .route("/v1/runs/{id}/output", get(output::output))
+        .route("/v1/schedule/preview", get(preview::preview))
+        .route("/v1/events", get(events::list))
+        .route("/v1/events/stream", get(events::stream))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/openapi.json", get(openapi::serve))
+        .merge(without_query)
         .merge(crate::ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -77,6 +77,24 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
     rewritten
 }
 
+/// Refuses a query string on an endpoint that takes no parameters: an
+/// unknown parameter is an error everywhere, not only where some are known.
+pub async fn no_query(req: Request, next: Next) -> Response {
+    match req.uri().query() {
+        Some(q) if !q.is_empty() => {
+            let name = q.split('&').next().unwrap_or(q);
+            let name = name.split('=').next().unwrap_or(name);
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("unknown query parameter {name:?}: this endpoint takes none"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,24 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
+    add_security_headers(&mut resp);
+    resp
+}
+
+/// The console's 405 page (the router's method fallback is shared with the
+/// API, so it does not pass through this router's layer).
+pub fn method_not_allowed() -> Response {
+    use axum::response::IntoResponse;
+    let mut resp = view::UiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "This page does not answer that method.",
+    )
+    .into_response();
+    add_security_headers(&mut resp);
+    resp
+}
+
+fn add_security_headers(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -56,7 +74,6 @@ async fn security_headers(req: Request, next: Next) -> Response {
     if !h.contains_key(CACHE_CONTROL) {
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    resp
 }
 
 /// The console's routes, merged into the API router by [`crate::api::router`].

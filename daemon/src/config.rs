@@ -68,10 +68,17 @@ pub fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let (k, v) = part
             .split_once('=')
             .with_context(|| format!("label {part:?} is not k=v"))?;
-        if k.trim().is_empty() {
-            bail!("label {part:?} has an empty key");
+        let (k, v) = (k.trim(), v.trim());
+        if let Err(m) = sundial_proto::label::check(k, v) {
+            bail!("--labels {part:?}: {m}");
         }
-        out.insert(k.trim().to_string(), v.trim().to_string());
+        out.insert(k.to_string(), v.to_string());
+    }
+    if out.len() > sundial_proto::label::MAX_LABELS {
+        bail!(
+            "--labels: at most {} labels",
+            sundial_proto::label::MAX_LABELS
+        );
     }
     Ok(out)
 }
@@ -103,6 +110,9 @@ mod tests {
         assert!(parse_labels("").unwrap().is_empty());
         assert!(parse_labels("novalue").is_err());
         assert!(parse_labels("=x").is_err());
+        // The server's label rule, checked before registering.
+        let e = parse_labels("my key=x").unwrap_err().to_string();
+        assert!(e.contains("label key \"my key\" must be"), "{e}");
         assert_eq!(parse_executors("exec,http").unwrap(), ["exec", "http"]);
         assert!(parse_executors("exec,ssh").is_err());
         assert!(parse_executors("").is_err());

@@ -15,6 +15,7 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod job;
+pub mod label;
 pub mod run;
 pub mod server_url;
 pub mod sign;

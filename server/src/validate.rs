@@ -214,14 +214,16 @@ pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
             ));
         }
     }
-    for k in spec.target.labels.keys() {
-        if k.is_empty() || k.len() > MAX_ID_LEN {
-            return Err(Invalid::value(
-                "target.labels",
-                format!("label key {k:?} is not valid"),
-            ));
-        }
-    }
+    sundial_proto::label::check_all(&spec.target.labels).map_err(|(k, m)| {
+        Invalid::value(
+            if k.is_empty() {
+                "target.labels".to_string()
+            } else {
+                format!("target.labels.{k}")
+            },
+            m,
+        )
+    })?;
     if !(1..=10_000).contains(&spec.misfire.max_catch_up) {
         return Err(Invalid::value(
             "misfire.max_catch_up",
@@ -265,7 +267,7 @@ pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
 }
 
 /// Most job labels one job may carry.
-pub const MAX_LABELS: usize = 64;
+pub const MAX_LABELS: usize = sundial_proto::label::MAX_LABELS;
 
 /// Job labels: keys 1-128 of `[A-Za-z0-9._/-]` starting with a letter or
 /// digit; values at most 256 bytes without control characters.
@@ -302,25 +304,10 @@ pub fn selector_label(
     }
 }
 
-/// Checks one label key and value (also used for selectors); the message says what is wrong.
+/// Checks one label key and value (also used for selectors); the message
+/// says what is wrong. The rule is [`sundial_proto::label::check`].
 pub fn label_pair(key: &str, value: &str) -> Result<(), String> {
-    let key_ok = !key.is_empty()
-        && key.len() <= MAX_ID_LEN
-        && key.as_bytes()[0].is_ascii_alphanumeric()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
-    if !key_ok {
-        return Err(format!(
-            "label key {key:?} must be 1-{MAX_ID_LEN} characters of letters, digits, '.', '_', '-' or '/', starting with a letter or digit"
-        ));
-    }
-    if value.len() > 256 || value.chars().any(char::is_control) {
-        return Err(format!(
-            "label value {value:?} must be at most 256 bytes without control characters"
-        ));
-    }
-    Ok(())
+    sundial_proto::label::check(key, value)
 }
 
 #[cfg(test)]
@@ -330,6 +317,19 @@ mod tests {
     fn base() -> JobSpec {
         serde_json::from_str(r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#)
             .unwrap()
+    }
+
+    #[test]
+    fn target_labels_follow_the_label_rule() {
+        let mut s = base();
+        s.target.labels.insert("k\n".into(), "a".into());
+        assert_eq!(spec_fields(&s).unwrap_err().field, "target.labels.k\n");
+        let mut s = base();
+        s.target.labels.insert("k".into(), "a\u{0}b".into());
+        assert_eq!(spec_fields(&s).unwrap_err().field, "target.labels.k");
+        let mut s = base();
+        s.target.labels.insert("zone".into(), "eu-1".into());
+        assert!(spec_fields(&s).is_ok());
     }
 
     #[test]

@@ -131,14 +131,20 @@ pub async fn register(
     signed: Signed<RegisterRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let req = signed.body;
-    for k in req.labels.keys() {
-        if k.is_empty() || k.len() > validate::MAX_ID_LEN {
-            return Err(ApiError::bad_request(
-                "invalid_value",
-                "labels",
-                format!("label key {k:?} is not valid"),
-            ));
-        }
+    sundial_proto::label::check_all(&req.labels).map_err(|(k, m)| {
+        let field = if k.is_empty() {
+            "labels".to_string()
+        } else {
+            format!("labels.{k}")
+        };
+        ApiError::bad_request("invalid_value", &field, m)
+    })?;
+    if req.version.len() > 128 || req.version.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "version",
+            "version must be at most 128 bytes without control characters",
+        ));
     }
     let executors: Vec<ExecutorKind> = req
         .executors

@@ -321,7 +321,11 @@ pub fn describe(view: &View, job: &Job, next: &[Fire], last: &[Run]) -> String {
     let yaml = serde_yaml_ng::to_string(&manifest).unwrap_or_default();
     out.push_str(&indent(&yaml, "  "));
     out.push_str("\nNext fires:\n");
-    if next.is_empty() {
+    if !job.spec.enabled || job.paused {
+        // It does not fire: the schedule's next instants would mislead.
+        let why = if job.paused { "paused" } else { "disabled" };
+        out.push_str(&format!("  (none while {why})\n"));
+    } else if next.is_empty() {
         out.push_str("  (none)\n");
     } else {
         out.push_str(&indent(&fires_table(next), "  "));

@@ -338,6 +338,16 @@ fn an_invalid_document_changes_nothing_and_exit_codes_hold() {
     assert_eq!(e.matches("no node has taken it yet").count(), 1, "{e}");
     assert!(e.contains("`sundial jobs describe idle`"), "{e}");
     assert!(e.contains("still pending after 6s"), "{e}");
+
+    // A paused job shows no next fires, in the API and in `describe`.
+    ok(sundial(&cfg, Some(url), &["jobs", "pause", "idle"]));
+    let (_, job) = server.call("GET", "/v1/jobs/idle", None).unwrap();
+    assert!(job["next_fire_at"].is_null(), "{job}");
+    let described = ok(sundial(&cfg, Some(url), &["jobs", "describe", "idle"]));
+    assert!(
+        described.contains("Next fires:\n  (none while paused)"),
+        "{described}"
+    );
 }
 
 #[test]

@@ -26,11 +26,20 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     let spec = serde_json::from_str(&spec_text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
     })?;
+    let paused: bool = row.get(2)?;
+    let spec: JobSpec = spec;
+    // A paused or disabled job does not fire: no next fire to show (the
+    // row keeps its own, for the scheduler's bookkeeping).
+    let next_fire_at = if paused || !spec.enabled {
+        None
+    } else {
+        row.get(3)?
+    };
     Ok(Job {
         id: row.get(0)?,
         spec,
-        paused: row.get(2)?,
-        next_fire_at: row.get(3)?,
+        paused,
+        next_fire_at,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,
         counters: JobCounters {
@@ -548,6 +557,32 @@ pub fn spec_text(conn: &Connection, id: &str) -> Result<Option<String>, StoreErr
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
+
+    /// A paused or disabled job shows no next fire; resumed, it does again.
+    #[tokio::test]
+    async fn a_job_that_does_not_fire_shows_no_next_fire() {
+        let (_dir, store) = temp_store();
+        let shown = store
+            .write(|c| {
+                let spec = |enabled: bool| -> JobSpec {
+                    serde_json::from_value(serde_json::json!({"schedule": "@every 1m",
+                        "enabled": enabled, "executor": {"type": "exec", "argv": ["true"]}}))
+                    .unwrap()
+                };
+                let next = |_: i64| Some(60_000);
+                upsert(c, "j", &spec(true), 0, next)?;
+                let fresh = require(c, "j")?.next_fire_at;
+                let paused = set_paused(c, "j", true, 1, |_, _| Some(60_000))?.next_fire_at;
+                let resumed = set_paused(c, "j", false, 2, |_, _| Some(62_000))?.next_fire_at;
+                upsert(c, "j", &spec(false), 3, next)?;
+                let disabled = require(c, "j")?.next_fire_at;
+                Ok((fresh, paused, resumed, disabled))
+            })
+            .await
+            .unwrap();
+        assert_eq!(shown, (Some(60_000), None, Some(62_000), None));
+        store.close().await;
+    }
 
     #[tokio::test]
     async fn a_due_row_that_does_not_parse_is_an_error_naming_the_job() {

@@ -37,6 +37,10 @@ pub struct Runner {
     /// could arrive after its lease ran out, and the run that succeeded
     /// would end `lost`.
     flush_cap_ms: AtomicU64,
+    /// Held while spooled results are sent: the flusher and the work loop
+    /// (after an outage) both send them, and one result sent twice would be
+    /// removed from the spool twice.
+    flushing: tokio::sync::Mutex<()>,
     results: Results,
 }
 
@@ -62,6 +66,7 @@ impl Runner {
             slots: Arc::new(Semaphore::new(capacity as usize)),
             spool_wake: Notify::new(),
             flush_cap_ms: AtomicU64::new(FLUSH_BACKOFF_MAX.as_millis() as u64),
+            flushing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -288,6 +293,7 @@ impl Runner {
 
     /// Sends a result; true when the server has it (or will never take it).
     async fn flush_once(&self) -> bool {
+        let _one_at_a_time = self.flushing.lock().await;
         for (path, entry) in self.spool.list() {
             let run = entry.run_id;
             if results::deliver_one(&self.client, entry).await.is_err() {

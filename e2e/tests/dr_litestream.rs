@@ -677,32 +677,21 @@ fn restore_refusals_are_clear_and_replace_nothing() {
     assert!(r.output.contains("refusing to overwrite"), "{}", r.output);
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
 
-    // …nor the database a running server has open, even with --force…
-    let r = restore_sh(
-        &replica,
-        &db,
-        &["--config", cfg, "--db", dbs, "--output", dbs, "--force"],
-    )
-    .unwrap();
-    assert_eq!(r.code, Some(2), "{}", r.output);
-    assert!(r.output.contains("is open by process"), "{}", r.output);
-    // …nor given the data directory in place of the file, with --force too.
-    let r = restore_sh(
-        &replica,
-        &db,
-        &[
-            "--config",
-            cfg,
-            "--db",
-            dbs,
-            "--output",
-            data.to_str().unwrap(),
-            "--force",
-        ],
-    )
-    .unwrap();
-    assert_eq!(r.code, Some(2), "{}", r.output);
-    assert!(r.output.contains("is a directory"), "{}", r.output);
+    // …nor the database a running server has open, even with --force, nor
+    // its data directory given in place of the file…
+    for (output, needle) in [
+        (dbs, "is open by process"),
+        (data.to_str().unwrap(), "is a directory"),
+    ] {
+        let r = restore_sh(
+            &replica,
+            &db,
+            &["--config", cfg, "--db", dbs, "--output", output, "--force"],
+        )
+        .unwrap();
+        assert_eq!(r.code, Some(2), "{}", r.output);
+        assert!(r.output.contains(needle), "{}", r.output);
+    }
     assert!(db.exists(), "the data directory is untouched");
 
     // …and a timestamp before the first backup finds nothing.

@@ -24,6 +24,11 @@ fn replica_reads_forwards_refuses_without_primary_and_split_brain_is_fenced() {
     let (_, st) = s2.call("GET", "/v1/ha/status", None).unwrap();
     assert_eq!(st["role"], "replica", "{st}");
     assert_eq!(st["primary_url"], format!("http://{}", host(&s1)));
+    // The replica's health check shows the cluster's epoch, not its own
+    // (it has had no term).
+    let (status, check) = s2.call("GET", "/v1/ha/primary", None).unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(check["epoch"], st["epoch"], "{check} vs {st}");
 
     // Reads on the replica, writes forwarded to the primary.
     let spec = json!({"schedule": "*/1 * * * * *", "executor": {"type": "exec", "argv": ["true"]}});

@@ -154,9 +154,12 @@ pub async fn ha_primary(
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // The cluster's epoch, as `/readyz` and `/v1/ha/status` show it (a
+    // replica's own last term may be long past, or none).
+    let epoch = store.read(store::epoch).await.unwrap_or(st.epoch);
     (
         status,
-        Json(json!({"primary": primary, "role": st.role.as_str(), "epoch": st.epoch})),
+        Json(json!({"primary": primary, "role": st.role.as_str(), "epoch": epoch})),
     )
 }
 

@@ -39,10 +39,9 @@ const PROMOTE_RETRY: Duration = Duration::from_millis(500);
 async fn warn_if_secret_is_new_to_the_data(store: &Store) {
     let counts = store
         .read(|c| {
-            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
             Ok((
-                count("SELECT count(*) FROM nodes WHERE revoked = 0")?,
-                count("SELECT count(*) FROM webhooks")?,
+                crate::store::nodes::count_unrevoked(c)?,
+                crate::store::webhooks::count(c)?,
             ))
         })
         .await;

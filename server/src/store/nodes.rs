@@ -62,6 +62,15 @@ pub fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Number of nodes not revoked.
+pub fn count_unrevoked(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT count(*) FROM nodes WHERE revoked = 0", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Joins a node: creates it at generation 1, or re-joins it at the next
 /// generation (invalidating any earlier credential). Returns the generation.
 pub fn join(conn: &Connection, id: &str, now: i64) -> Result<u64, StoreError> {

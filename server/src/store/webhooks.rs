@@ -73,6 +73,11 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Stored>, StoreError> {
         .optional()?)
 }
 
+/// Number of webhooks.
+pub fn count(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT count(*) FROM webhooks", [], |r| r.get(0))?)
+}
+
 pub fn list(conn: &Connection) -> Result<Vec<Stored>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM webhooks ORDER BY id"))?;
     let rows = stmt.query_map([], from_row)?;

@@ -328,11 +328,30 @@ fn schemathesis_finds_no_contract_violations() {
 /// Regression (found probing the contract): an id in the path that is not
 /// UTF-8 once percent-decoded was refused by axum's `Path` extractor with a
 /// `text/plain` body instead of the JSON error shape.
+/// Sends `body` as JSON with the admin key; the status, the content type
+/// and the JSON answer.
+fn admin_request(
+    server: &ServerProc,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, Value) {
+    let resp = reqwest::blocking::Client::new()
+        .request(method.parse().unwrap(), format!("{}{path}", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    (status, ct, resp.json().unwrap())
+}
+
 #[test]
 fn a_non_utf8_path_id_is_refused_with_the_error_shape() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let http = reqwest::blocking::Client::new();
     for (method, path) in [
         ("GET", "/v1/jobs/%FF"),
         ("PUT", "/v1/jobs/%C3%28"),
@@ -342,17 +361,9 @@ fn a_non_utf8_path_id_is_refused_with_the_error_shape() {
         ("DELETE", "/v1/api-keys/%FF"),
         ("GET", "/v1/nodes/%FF"),
     ] {
-        let resp = http
-            .request(method.parse().unwrap(), format!("{}{path}", server.base))
-            .bearer_auth(ADMIN_KEY)
-            .header("content-type", "application/json")
-            .body("{}")
-            .send()
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
-        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+        let (status, ct, body) = admin_request(&server, method, path, "{}");
+        assert_eq!(status, 400, "{method} {path}");
         assert_eq!(ct, "application/json", "{method} {path}");
-        let body: Value = resp.json().unwrap();
         assert_eq!(
             body["error"]["code"], "invalid_id",
             "{method} {path}: {body}"
@@ -367,7 +378,6 @@ fn a_non_utf8_path_id_is_refused_with_the_error_shape() {
 fn an_unknown_query_parameter_is_refused_everywhere() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
-    let http = reqwest::blocking::Client::new();
     for (method, path) in [
         ("GET", "/v1/nodes?foo=1"),
         ("GET", "/v1/api-keys?foo=1"),
@@ -380,15 +390,9 @@ fn an_unknown_query_parameter_is_refused_everywhere() {
         ("GET", "/v1/jobs?foo=1"),
         ("GET", "/v1/runs?foo=1"),
     ] {
-        let resp = http
-            .request(method.parse().unwrap(), format!("{}{path}", server.base))
-            .bearer_auth(ADMIN_KEY)
-            .header("content-type", "application/json")
-            .body(r#"{"schedule": "@hourly", "executor": {"type": "exec", "argv": ["true"]}}"#)
-            .send()
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
-        let body: Value = resp.json().unwrap();
+        let spec = r#"{"schedule": "@hourly", "executor": {"type": "exec", "argv": ["true"]}}"#;
+        let (status, _, body) = admin_request(&server, method, path, spec);
+        assert_eq!(status, 400, "{method} {path}");
         assert_eq!(
             body["error"]["code"], "invalid_query",
             "{method} {path}: {body}"

@@ -520,6 +520,25 @@ impl Plain {
     }
 }
 
+/// The console's own error page: `status`, HTML, with its security headers.
+fn error_page(resp: &reqwest::blocking::Response, status: u16) -> Result<()> {
+    anyhow::ensure!(
+        resp.status().as_u16() == status,
+        "status {} (wanted {status})",
+        resp.status()
+    );
+    anyhow::ensure!(
+        resp.headers().contains_key("content-security-policy"),
+        "no CSP"
+    );
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .context("no content type")?;
+    anyhow::ensure!(ct.to_str()?.starts_with("text/html"), "content type {ct:?}");
+    Ok(())
+}
+
 fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     let base = &server.base;
     // Security headers and cookie attributes.
@@ -586,21 +605,12 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
     }
     // Pages that do not exist: the console's 404 page, with its headers.
     let resp = anon.send("GET", "/ui/nosuch", None)?;
-    assert_eq!(resp.status(), 404);
-    assert!(resp.headers().contains_key("content-security-policy"));
-    assert!(resp.headers()["content-type"]
-        .to_str()?
-        .starts_with("text/html"));
+    error_page(&resp, 404)?;
     for path in ["/ui/jobs/nope/confirm/delete", "/ui/nodes/nope/confirm"] {
         assert_eq!(admin.send("GET", path, None)?.status(), 404, "{path}");
     }
     // A method a page does not answer: the console's 405 page.
-    let resp = admin.send("GET", "/ui/jobs/hello/pause", None)?;
-    assert_eq!(resp.status(), 405);
-    assert!(resp.headers().contains_key("content-security-policy"));
-    assert!(resp.headers()["content-type"]
-        .to_str()?
-        .starts_with("text/html"));
+    error_page(&admin.send("GET", "/ui/jobs/hello/pause", None)?, 405)?;
     // A bad query parameter or form body: the console's 400 page, not
     // axum's plain text.
     for path in [
@@ -609,8 +619,7 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
         "/ui/events/live?after=-",
     ] {
         let resp = admin.send("GET", path, None)?;
-        assert_eq!(resp.status(), 400, "{path}");
-        assert!(resp.headers().contains_key("content-security-policy"));
+        error_page(&resp, 400).context(path)?;
         let text = resp.text()?;
         assert!(text.contains("bad parameter"), "{path}: {text}");
     }
@@ -620,8 +629,7 @@ fn http_checks(server: &ServerProc, read_key: &str) -> Result<()> {
         .header("content-type", "text/plain")
         .body("key=x")
         .send()?;
-    assert_eq!(resp.status(), 400, "a form that is not one");
-    assert!(resp.headers().contains_key("content-security-policy"));
+    error_page(&resp, 400).context("a form that is not one")?;
     let text = resp.text()?;
     assert!(text.contains("The form could not be read"), "{text}");
     let runs_before = server.all_runs("hello")?.len();

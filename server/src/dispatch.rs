@@ -806,6 +806,14 @@ mod tests {
         (dir, d)
     }
 
+    /// [`dispatcher`], shared, in a term as primary.
+    fn in_term() -> (tempfile::TempDir, Arc<Dispatcher>) {
+        let (dir, d) = dispatcher();
+        let d = Arc::new(d);
+        d.start_term(CancellationToken::new(), 1);
+        (dir, d)
+    }
+
     fn node(id: &str) -> Arc<NodeInfo> {
         Arc::new(NodeInfo {
             id: id.into(),
@@ -995,9 +1003,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_that_ended_or_were_deleted_while_queued_leave_the_queue() {
-        let (_dir, d) = dispatcher();
-        let d = Arc::new(d);
-        d.start_term(CancellationToken::new(), 1);
+        let (_dir, d) = in_term();
         // Queued at 1 s: a run of a job since deleted, one cancelled, one
         // still pending, and the same cancelled run queued again later.
         let deleted = queue_one_slot(&d, "deleted").await;
@@ -1035,9 +1041,7 @@ mod tests {
     /// run (nor its job's secrets); the run waits for a node that may.
     #[tokio::test]
     async fn a_poll_of_a_credential_that_no_longer_holds_gets_no_run() {
-        let (_dir, d) = dispatcher();
-        let d = Arc::new(d);
-        d.start_term(CancellationToken::new(), 1);
+        let (_dir, d) = in_term();
         let long = Duration::from_secs(5);
         for (id, gone) in [("n1", "revoked"), ("n2", "joined again")] {
             let open = tokio::spawn({
@@ -1105,9 +1109,7 @@ mod tests {
 
     #[tokio::test]
     async fn runs_whose_poll_response_never_arrived_are_handed_back_at_the_next_poll() {
-        let (_dir, d) = dispatcher();
-        let d = Arc::new(d);
-        d.start_term(CancellationToken::new(), 1);
+        let (_dir, d) = in_term();
         let n1 = node("n1");
         let short = Duration::from_millis(10);
         // The daemon's first poll: nothing to do; it reads the receipt.
@@ -1135,9 +1137,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_whose_assignment_committed_after_its_poll_was_given_up_is_handed_back() {
-        let (_dir, d) = dispatcher();
-        let d = Arc::new(d);
-        d.start_term(CancellationToken::new(), 1);
+        let (_dir, d) = in_term();
         let short = Duration::from_millis(10);
         let (_, read) = d.poll(node("n1"), 10, short, None).await.unwrap();
         let id = queue_one_slot(&d, "late").await;
@@ -1162,9 +1162,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_run_the_node_read_or_one_given_to_a_poll_without_ack_is_left_to_its_lease() {
-        let (_dir, d) = dispatcher();
-        let d = Arc::new(d);
-        d.start_term(CancellationToken::new(), 1);
+        let (_dir, d) = in_term();
         let short = Duration::from_millis(10);
         // A poll without ack (a daemon without receipts) whose response is
         // lost: a new process cannot be told apart, so only the lease

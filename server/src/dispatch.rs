@@ -311,6 +311,46 @@ impl Dispatcher {
         }
     }
 
+    /// Gives the queued runs of each job in `placements` its target and
+    /// executor kind as they are now, and wakes waiting nodes that may take
+    /// them: a run queued under a job's old target would otherwise wait
+    /// for a node that target named. A broadcast run keeps its node (its
+    /// slot was fanned out when it fired) but takes the new executor kind.
+    pub fn retarget(&self, placements: Vec<lifecycle::Placement>) {
+        if placements.is_empty() {
+            return;
+        }
+        let by_job: HashMap<i64, lifecycle::Placement> =
+            placements.into_iter().map(|p| (p.job_pk, p)).collect();
+        let mut inner = self.lock();
+        let mut moved = false;
+        for q in inner.queue.values_mut() {
+            if let Some(p) = by_job.get(&q.job_pk) {
+                q.target = p.target.clone();
+                q.executor_kind = p.executor_kind;
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+        let wake: Vec<Arc<Notify>> = inner
+            .waiters
+            .values()
+            .filter(|w| {
+                inner.queue.values().any(|q| {
+                    by_job.contains_key(&q.job_pk)
+                        && w.node.eligible(&q.target, q.executor_kind, &q.slot_node)
+                })
+            })
+            .map(|w| w.notify.clone())
+            .collect();
+        drop(inner);
+        for n in wake {
+            n.notify_one();
+        }
+    }
+
     /// Drops runs that ended while queued (cancelled, or their broadcast
     /// node is gone): a run only `node` may take would otherwise stay in
     /// the queue, and in the oldest wait, until that node polled again.
@@ -884,6 +924,52 @@ mod tests {
     fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
         let c = d.claim(n, max, now, None);
         (c.runs, c.next)
+    }
+
+    #[test]
+    fn queued_runs_follow_their_jobs_new_target_and_wake_who_may_take_them() {
+        use futures_util::FutureExt;
+        let (_dir, d) = dispatcher();
+        let elsewhere = Arc::new(Target {
+            nodes: vec!["gone".into()],
+            ..Target::default()
+        });
+        let of_job = |run_id, job_pk| Queued {
+            job_pk,
+            target: elsewhere.clone(),
+            ..queued(run_id, 1_000, false)
+        };
+        d.enqueue(vec![of_job(1, 1), of_job(2, 2), of_job(3, 1)]);
+        let n1 = node("n1");
+        let notify = wait(&d, &n1);
+        assert!(
+            take(&d, &n1, 10, 1_000).0.is_empty(),
+            "the old target names another node"
+        );
+        // Job 1 now runs anywhere (and job 3, with nothing queued, too).
+        let anywhere = |job_pk| lifecycle::Placement {
+            job_pk,
+            target: Arc::new(Target::default()),
+            executor_kind: ExecutorKind::Exec,
+        };
+        d.retarget(vec![anywhere(1), anywhere(3)]);
+        assert!(notify.notified().now_or_never().is_some(), "n1 is woken");
+        let ids: Vec<i64> = take(&d, &n1, 10, 1_000)
+            .0
+            .iter()
+            .map(|q| q.run_id)
+            .collect();
+        assert_eq!(ids, [1, 3], "job 2's run keeps its target");
+        // An executor kind the node lacks keeps the run from it.
+        d.retarget(vec![lifecycle::Placement {
+            executor_kind: ExecutorKind::Http,
+            ..anywhere(2)
+        }]);
+        assert!(
+            notify.notified().now_or_never().is_none(),
+            "n1 runs no http job"
+        );
+        assert!(take(&d, &n1, 10, 1_000).0.is_empty());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::{Admin, JsonBody};
+use crate::dispatch::Dispatcher;
 use crate::scheduler::Scheduler;
 use crate::store::apply::{self, Input};
 use crate::store::audit;
@@ -214,6 +215,7 @@ fn prune_selector(prune: Option<Prune>) -> Result<Option<BTreeMap<String, String
 pub async fn apply(
     State(store): State<Arc<Store>>,
     State(scheduler): State<Arc<Scheduler>>,
+    State(dispatcher): State<Arc<Dispatcher>>,
     Admin(actor): Admin,
     JsonBody(req): JsonBody<RawApply>,
 ) -> Result<Json<ApplyResponse>, Response> {
@@ -257,6 +259,7 @@ pub async fn apply(
                 move |done| {
                     if let Ok(outcome) = &done {
                         scheduler.hint(outcome.earliest_fire);
+                        dispatcher.retarget(outcome.placements.clone());
                     }
                     done
                 },

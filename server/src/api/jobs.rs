@@ -5,6 +5,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{Admin, JsonBody, Reader};
 use super::state::Queue;
 use super::{parse_cursor, parse_query};
+use crate::dispatch::Dispatcher;
 use crate::schedule::Schedule;
 use crate::scheduler::Scheduler;
 use crate::store::audit::{self, Action};
@@ -38,17 +39,18 @@ pub const MAX_LIMIT: usize = 1000;
 pub async fn put(
     State(store): State<Arc<Store>>,
     State(scheduler): State<Arc<Scheduler>>,
+    State(dispatcher): State<Arc<Dispatcher>>,
     Admin(actor): Admin,
     Path(id): Path<String>,
     JsonBody(spec): JsonBody<JobSpec>,
 ) -> ApiResult<impl IntoResponse> {
     validate::job_id(&id)?;
     let schedule = validate::spec(&spec)?;
-    let (job, outcome) = store
+    let (job, outcome, _) = store
         .write_then(
             move |c| {
                 let now = now_ms();
-                audit::around(
+                let (job, outcome) = audit::around(
                     c,
                     now,
                     &actor,
@@ -56,11 +58,18 @@ pub async fn put(
                     &id,
                     audit::job_state,
                     || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
-                )
+                )?;
+                // Runs already queued follow a changed target or executor.
+                let placement = match outcome {
+                    jobs::Upserted::Updated => lifecycle::placement(c, &id)?,
+                    _ => None,
+                };
+                Ok((job, outcome, placement))
             },
             move |done| {
-                if let Ok((job, _)) = &done {
+                if let Ok((job, _, placement)) = &done {
                     scheduler.hint(job.next_fire_at);
+                    dispatcher.retarget(placement.iter().cloned().collect());
                 }
                 done
             },

@@ -24,6 +24,9 @@ pub struct Outcome {
     /// order (see [`super::audit::SetDigest`]): the audit row of the apply.
     pub before: super::audit::SetDigest,
     pub after: super::audit::SetDigest,
+    /// Updated jobs whose target or executor changed, as they are now: runs
+    /// already queued for them follow (after a real apply).
+    pub placements: Vec<super::lifecycle::Placement>,
 }
 
 /// Top-level spec fields whose values differ between two canonical specs.
@@ -109,9 +112,20 @@ pub fn plan_and_apply(
                 other => other,
             })?;
     }
+    let mut placements = Vec::new();
     if !dry_run {
         for (_, input) in changed() {
             jobs::write_after(conn, &input.id, &input.spec)?;
+        }
+        let moved = inputs.iter().zip(&plan).filter(|(_, entry)| {
+            entry.action == Action::Update
+                && entry
+                    .changes
+                    .iter()
+                    .any(|f| f == "target" || f == "executor")
+        });
+        for (input, _) in moved {
+            placements.extend(super::lifecycle::placement(conn, &input.id)?);
         }
     }
     if let Some(selector) = prune.filter(|s| !s.is_empty()) {
@@ -144,6 +158,7 @@ pub fn plan_and_apply(
         earliest_fire,
         before,
         after,
+        placements,
     })
 }
 

@@ -20,7 +20,7 @@ use super::{chains, column_str as text, events, run_value, runs, spec_cache, Sto
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::Arc;
 use sundial_proto::agent::{Assignment, CompleteRequest, Outcome};
-use sundial_proto::{ExecutorKind, JobSpec, RunState, Target, Trigger};
+use sundial_proto::{Concurrency, ExecutorKind, JobSpec, RunState, Target, Trigger};
 
 /// What the dispatcher keeps in memory for a pending run.
 #[derive(Debug, Clone)]
@@ -299,6 +299,32 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> Result<Queued, StoreError> {
         on_time_only: false,
         new_chain_slot: false,
     })
+}
+
+/// Where a job's queued runs may go: its target and executor kind as
+/// stored now. Read after a write that changed them, so runs queued under
+/// the old ones follow ([`crate::dispatch::Dispatcher::retarget`]).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub job_pk: i64,
+    pub target: Arc<Target>,
+    pub executor_kind: ExecutorKind,
+}
+
+/// The [`Placement`] of job `id`, `None` when there is no such job.
+pub fn placement(conn: &Connection, id: &str) -> Result<Option<Placement>, StoreError> {
+    let row: Option<(i64, String, String)> = conn
+        .prepare_cached("SELECT pk, target, executor_kind FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    row.map(|(job_pk, target, kind)| {
+        Ok(Placement {
+            job_pk,
+            target: Arc::new(parse_target(id, &target)?),
+            executor_kind: parse_executor_kind(id, &kind)?,
+        })
+    })
+    .transpose()
 }
 
 /// Every pending run (loaded when a server becomes primary). A run whose
@@ -633,6 +659,9 @@ pub struct Assigned {
     pub later: Vec<Queued>,
     /// Runs recorded as `skipped` by `forbid`.
     pub skipped: usize,
+    /// Pending runs `replace` ended as `cancelled`: a newer slot of their
+    /// job was handed out with them.
+    pub replaced: usize,
 }
 
 /// Assigns `candidates` to `node`, applying each job's concurrency policy;
@@ -648,11 +677,14 @@ pub fn assign(
     let mut out = Assigned::default();
     let mut p = Prepared::new(conn);
     for c in candidates {
-        // The run, its job and whether another of its runs is active: one read.
+        // The run, its job and whether another of its runs is active: one
+        // read. A broadcast slot's run is judged against the runs of its
+        // own node (its siblings on other nodes are the same slot).
         let stmt = p.stmt(
             "SELECT r.state, r.attempt, r.scheduled_for, j.id, r.upstream_run, r.trigger,
                  r.exit_code, r.error, j.spec,
-                 EXISTS (SELECT 1 FROM runs WHERE job = r.job AND state = 'running')
+                 EXISTS (SELECT 1 FROM runs WHERE job = r.job AND state = 'running'
+                     AND (r.node = '' OR node = r.node))
              FROM runs r JOIN jobs j ON j.pk = r.job WHERE r.id = ?1",
         )?;
         let mut rows = stmt.query([c.run_id])?;
@@ -677,6 +709,8 @@ pub fn assign(
             concurrency: spec.concurrency,
             other_running,
             first_attempt: attempt == 1,
+            superseded: spec.concurrency == Concurrency::Replace
+                && newer_run_due(&mut p, c, scheduled_for, now)?,
         };
         let step = transition::next(state, event);
         let early = c.ready_at > now;
@@ -696,9 +730,10 @@ pub fn assign(
             Step::StartReplacing => {
                 p.conn()
                     .prepare_cached(
-                        "UPDATE runs SET cancel_requested = 1 WHERE job = ?1 AND state = 'running'",
+                        "UPDATE runs SET cancel_requested = 1
+                         WHERE job = ?1 AND state = 'running' AND (?2 = '' OR node = ?2)",
                     )?
-                    .execute([c.job_pk])?;
+                    .execute(params![c.job_pk, c.slot_node])?;
             }
             Step::Skip => {
                 let chained = finish_for_reason(
@@ -718,6 +753,19 @@ pub fn assign(
                     ready_at: now + 1_000,
                     ..c.clone()
                 });
+                continue;
+            }
+            Step::Finish(ended) => {
+                let chained = finish_for_reason(
+                    &mut p,
+                    c.run_id,
+                    c.job_pk,
+                    ended,
+                    now,
+                    "replaced: concurrency is replace and a newer slot of the job was handed out with it",
+                )?;
+                out.later.extend(chained);
+                out.replaced += 1;
                 continue;
             }
             _ => continue,
@@ -768,6 +816,29 @@ pub fn assign(
         });
     }
     Ok(out)
+}
+
+/// Whether a newer slot's run of `c`'s job (of the same node, for a
+/// broadcast slot) is running or pending and due at `now`: under `replace`
+/// it would replace `c` at once, so `c` never starts. This holds however
+/// a backlog is split among polls, and an older slot handed out after a
+/// newer one does not stop it.
+fn newer_run_due(
+    p: &mut Prepared<'_>,
+    c: &Queued,
+    scheduled_for: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    Ok(p.stmt(
+        "SELECT EXISTS (SELECT 1 FROM runs
+                 WHERE job = ?1 AND id > ?2 AND scheduled_for > ?3 AND (?4 = '' OR node = ?4)
+                   AND (state = 'running'
+                        OR (state = 'pending' AND max(scheduled_for, not_before) <= ?5)))",
+    )?
+    .query_row(
+        params![c.job_pk, c.run_id, scheduled_for, c.slot_node, now],
+        |r| r.get(0),
+    )?)
 }
 
 /// Why an agent call about a run was refused.
@@ -1169,7 +1240,7 @@ pub fn cancel(
 mod tests {
     use super::*;
     use crate::store::jobs;
-    use crate::store::test_support::{one_slot, result_of as done, slot_job, temp_store};
+    use crate::store::test_support::{one_slot, result_of as done, slot_job, slot_on, temp_store};
     use sundial_proto::agent::Outcome;
 
     fn spec(extra: &str) -> JobSpec {
@@ -1301,6 +1372,118 @@ mod tests {
                     matches!(&r, Ok(Completion::Recorded { requeue, state: RunState::Cancelled }) if requeue.is_empty()),
                     "{r:?}"
                 );
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_replace_backlog_handed_out_together_starts_only_its_newest_run() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                let job = slot_job(c, "r", &spec(r#","concurrency":"replace""#));
+                let other = slot_job(c, "a", &spec(r#","concurrency":"allow""#));
+                // Three missed slots of each job, due, and one replace slot
+                // 50 ms ahead (handed out early): the newest due one wins.
+                let mut batch: Vec<Queued> =
+                    (0..3).map(|i| one_slot(c, &job, 1_000 + i * 10)).collect();
+                batch.extend((0..3).map(|i| one_slot(c, &other, 1_000 + i * 10)));
+                let ahead = one_slot(c, &job, 1_100);
+                batch.push(ahead.clone());
+                batch.sort_by_key(|q| (q.ready_at, q.run_id));
+                let a = assign(c, "n1", &batch, 1_050, 30_000, 0)?;
+                let started: Vec<i64> = a.runs.iter().map(|r| r.run_id).collect();
+                assert_eq!(a.replaced, 2);
+                assert_eq!(started.len(), 4, "{started:?}");
+                let replace_runs: Vec<&Queued> =
+                    batch.iter().filter(|q| q.job_pk == job.pk).collect();
+                for q in &replace_runs[..2] {
+                    assert_eq!(state(c, q.run_id), (RunState::Cancelled, 1, false));
+                    let error: String =
+                        c.query_row("SELECT error FROM runs WHERE id = ?1", [q.run_id], |r| {
+                            r.get(0)
+                        })?;
+                    assert!(error.starts_with("replaced: "), "{error}");
+                }
+                let newest = replace_runs[2].run_id;
+                assert!(started.contains(&newest));
+                // The early one is not due: it replaces the newest at its
+                // own time, as a run handed out early never judges early.
+                assert!(!started.contains(&ahead.run_id));
+                assert!(a
+                    .later
+                    .iter()
+                    .any(|q| q.run_id == ahead.run_id && q.on_time_only));
+                // `allow` runs all of its backlog.
+                for q in batch.iter().filter(|q| q.job_pk == other.pk) {
+                    assert!(started.contains(&q.run_id));
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_replace_run_older_than_one_started_ends_and_stops_nothing() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                // A backlog split among two polls, the newer half written first.
+                let job = slot_job(c, "r", &spec(r#","concurrency":"replace""#));
+                let older = one_slot(c, &job, 1_000);
+                let newer = one_slot(c, &job, 2_000);
+                let a = assign(c, "n1", std::slice::from_ref(&newer), 2_000, 30_000, 0)?;
+                assert_eq!(a.runs.len(), 1);
+                let b = assign(c, "n2", std::slice::from_ref(&older), 2_000, 30_000, 0)?;
+                assert_eq!((b.runs.len(), b.replaced), (0, 1));
+                assert_eq!(state(c, older.run_id), (RunState::Cancelled, 1, false));
+                assert_eq!(state(c, newer.run_id), (RunState::Running, 1, false));
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_slot_judges_concurrency_per_node() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                for policy in ["forbid", "replace"] {
+                    let extra = format!(r#","concurrency":"{policy}","target":{{"all":true}}"#);
+                    let job = slot_job(c, policy, &spec(&extra));
+                    let slot = slot_on(c, &job, 1_000, &["n1", "n2"]);
+                    // Each node's run of the slot starts; neither skips or
+                    // stops its sibling.
+                    for (node, q) in ["n1", "n2"].into_iter().zip(&slot) {
+                        let a = assign(c, node, std::slice::from_ref(q), 1_000, 30_000, 0)?;
+                        assert_eq!((a.runs.len(), a.skipped), (1, 0), "{policy} on {node}");
+                    }
+                    for q in &slot {
+                        assert_eq!(
+                            state(c, q.run_id),
+                            (RunState::Running, 1, false),
+                            "{policy}"
+                        );
+                    }
+                    // The next slot is judged against its own node's run.
+                    let next = slot_on(c, &job, 2_000, &["n1", "n2"]);
+                    let a = assign(c, "n1", &next[..1], 2_000, 30_000, 0)?;
+                    match policy {
+                        "forbid" => assert_eq!((a.runs.len(), a.skipped), (0, 1)),
+                        _ => {
+                            assert_eq!(a.runs.len(), 1);
+                            assert_eq!(state(c, slot[0].run_id), (RunState::Running, 1, true));
+                            assert_eq!(state(c, slot[1].run_id), (RunState::Running, 1, false));
+                        }
+                    }
+                }
                 Ok(())
             })
             .await

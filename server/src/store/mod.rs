@@ -536,20 +536,32 @@ pub(crate) mod test_support {
 
     /// Creates `job`'s scheduled slot at `at`; returns its queue entry.
     pub fn one_slot(c: &Connection, job: &lifecycle::SlotJob, at: i64) -> lifecycle::Queued {
+        slot_on(c, job, at, &[""]).pop().unwrap()
+    }
+
+    /// Creates `job`'s scheduled slot at `at` with one run per node of
+    /// `nodes` ("" for any node: not a broadcast); returns their queue entries.
+    pub fn slot_on(
+        c: &Connection,
+        job: &lifecycle::SlotJob,
+        at: i64,
+        nodes: &[&str],
+    ) -> Vec<lifecycle::Queued> {
         let mut fired = lifecycle::Fired::default();
         let mut p = super::prepared::Prepared::new(c);
+        let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
         lifecycle::create_slots(
             &mut p,
             job,
             sundial_proto::Trigger::Schedule,
             at,
-            &[String::new()],
+            &nodes,
             0,
             &mut fired,
         )
         .unwrap();
         lifecycle::record_slots(&mut p, job.pk, lifecycle::NextFire::Keep, &fired).unwrap();
-        fired.queued.pop().unwrap()
+        fired.queued
     }
 }
 

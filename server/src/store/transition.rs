@@ -8,6 +8,7 @@
 //!                        │  └──retry/hand back──┘ │ ──lease expired, no retries left──► lost
 //!                        │                        └──complete(cancelled) / cancel+end──► cancelled
 //!                        ├──assign, forbid, another attempt running, 1st attempt──► skipped
+//!                        ├──assign, replace, a newer run handed out with it──► cancelled
 //!                        ├──its broadcast node down or revoked──► lost
 //!                        └──cancel──► cancelled
 //! ```
@@ -25,6 +26,9 @@ pub enum Event {
         other_running: bool,
         /// This is the slot's first attempt (not a retry).
         first_attempt: bool,
+        /// A newer run of the same job, due now, is handed out with it
+        /// (a backlog after an outage).
+        superseded: bool,
     },
     /// The node running the attempt reports it is alive.
     Heartbeat,
@@ -94,12 +98,15 @@ pub fn next(state: RunState, event: Event) -> Step {
                 concurrency,
                 other_running,
                 first_attempt,
+                superseded,
             },
         ) => match concurrency {
             Concurrency::Allow => Step::Start,
             Concurrency::Forbid if !other_running => Step::Start,
             Concurrency::Forbid if first_attempt => Step::Skip,
             Concurrency::Forbid => Step::Defer,
+            // The newer run would replace it at once: it never starts.
+            Concurrency::Replace if superseded => Step::Finish(S::Cancelled),
             Concurrency::Replace if other_running => Step::StartReplacing,
             Concurrency::Replace => Step::Start,
         },
@@ -172,6 +179,25 @@ mod tests {
             concurrency,
             other_running,
             first_attempt,
+            superseded: false,
+        }
+    }
+
+    /// [`assign`] with a newer run of the job handed out in the same batch.
+    fn superseded(event: Event) -> Event {
+        match event {
+            Event::Assign {
+                concurrency,
+                other_running,
+                first_attempt,
+                ..
+            } => Event::Assign {
+                concurrency,
+                other_running,
+                first_attempt,
+                superseded: true,
+            },
+            other => other,
         }
     }
 
@@ -190,6 +216,7 @@ mod tests {
             for other in [false, true] {
                 for first in [false, true] {
                     v.push(assign(c, other, first));
+                    v.push(superseded(assign(c, other, first)));
                 }
             }
         }
@@ -263,6 +290,22 @@ mod tests {
             next(S::Pending, assign(C::Replace, false, true)),
             Step::Start
         );
+        // A backlog handed out together: under `replace` only the newest
+        // starts; the other policies judge each run as without it.
+        for other in [false, true] {
+            for first in [false, true] {
+                assert_eq!(
+                    next(S::Pending, superseded(assign(C::Replace, other, first))),
+                    Step::Finish(S::Cancelled)
+                );
+                for c in [C::Allow, C::Forbid] {
+                    assert_eq!(
+                        next(S::Pending, superseded(assign(c, other, first))),
+                        next(S::Pending, assign(c, other, first))
+                    );
+                }
+            }
+        }
         assert_eq!(next(S::Pending, Event::Cancel), Step::Finish(S::Cancelled));
         assert_eq!(next(S::Pending, Event::NodeGone), Step::Finish(S::Lost));
         // Calls about an attempt that is not running are stale.

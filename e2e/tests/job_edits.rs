@@ -1,0 +1,158 @@
+//! Concurrency and edits on the way to a node: runs queued under a job's
+//! old target follow the new one (through `PUT /v1/jobs/{id}` and bulk
+//! apply alike), a `concurrency: replace` backlog handed out together starts
+//! only its newest run, and a broadcast slot's runs are judged per node.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use sundial_e2e::{wait_for, DaemonProc, ServerProc};
+
+fn job(target: Value, concurrency: &str) -> Value {
+    json!({"schedule": "0 0 0 1 1 *", "target": target, "concurrency": concurrency,
+        "executor": {"type": "shell", "script": "sleep 1; echo ran on $SUNDIAL_NODE_ID"}})
+}
+
+fn trigger(server: &ServerProc, id: &str) -> i64 {
+    let (status, run) = server
+        .call("POST", &format!("/v1/jobs/{id}/trigger"), None)
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    run["id"].as_i64().unwrap()
+}
+
+fn run(server: &ServerProc, id: i64) -> Value {
+    server
+        .call("GET", &format!("/v1/runs/{id}"), None)
+        .unwrap()
+        .1
+}
+
+/// Waits for every run in `ids` to end; returns them.
+fn ended(server: &ServerProc, ids: &[i64]) -> Vec<Value> {
+    wait_for(Duration::from_secs(20), || {
+        let runs: Vec<Value> = ids.iter().map(|id| run(server, *id)).collect();
+        runs.iter()
+            .all(|r| !matches!(r["state"].as_str(), Some("pending" | "running")))
+            .then_some(runs)
+    })
+    .unwrap_or_else(|| {
+        let runs: Vec<Value> = ids.iter().map(|id| run(server, *id)).collect();
+        panic!(
+            "runs did not end: {runs:?}\nserver log:\n{}",
+            server.log_text()
+        )
+    })
+}
+
+#[test]
+fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+    let token = server.join_token().unwrap();
+    let _daemons: Vec<DaemonProc> = ["n1", "n2"]
+        .iter()
+        .map(|id| DaemonProc::start(&server.base, &token, id, &dir.path().join(id), &[]).unwrap())
+        .collect();
+    wait_for(Duration::from_secs(20), || {
+        let (_, nodes) = server.call("GET", "/v1/nodes", None).ok()?;
+        (nodes["items"].as_array()?.len() == 2).then_some(())
+    })
+    .expect("the daemons registered");
+
+    // Runs created while the jobs name a node that does not exist.
+    let nowhere = json!({"nodes": ["nope"]});
+    for id in ["edited", "applied"] {
+        let (status, body) = server
+            .call(
+                "PUT",
+                &format!("/v1/jobs/{id}"),
+                Some(&job(nowhere.clone(), "allow")),
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/jobs/backlog",
+            Some(&job(nowhere.clone(), "replace")),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    let edited = trigger(&server, "edited");
+    let applied = trigger(&server, "applied");
+    let backlog: Vec<i64> = (0..3).map(|_| trigger(&server, "backlog")).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in [edited, applied].iter().chain(&backlog) {
+        assert_eq!(
+            run(&server, *id)["state"],
+            "pending",
+            "no node may take run {id}"
+        );
+    }
+
+    // One job edited alone, one through bulk apply: their waiting runs run.
+    let anywhere = json!({"nodes": ["n1"]});
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/v1/jobs/edited",
+            Some(&job(anywhere.clone(), "allow")),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut doc = job(anywhere.clone(), "allow");
+    doc["id"] = json!("applied");
+    let (status, body) = server
+        .call("POST", "/v1/jobs:apply", Some(&json!({"jobs": [doc]})))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plan"][0]["changes"], json!(["target"]), "{body}");
+    for r in ended(&server, &[edited, applied]) {
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(r["node"], "n1", "{r}");
+    }
+
+    // A broadcast `forbid` slot runs on both nodes at once: a node's run
+    // is judged against that node's runs, not its sibling's.
+    let cast = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true}, "concurrency": "forbid",
+        "executor": {"type": "shell", "script": "sleep 2"}});
+    let (status, body) = server.call("PUT", "/v1/jobs/cast", Some(&cast)).unwrap();
+    assert_eq!(status, 201, "{body}");
+    trigger(&server, "cast");
+    let (_, page) = server.call("GET", "/v1/runs?job=cast", None).unwrap();
+    let ids: Vec<i64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{page}");
+    let mut nodes: Vec<String> = ended(&server, &ids)
+        .iter()
+        .map(|r| {
+            assert_eq!(r["state"], "succeeded", "{r}");
+            r["node"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["n1", "n2"]);
+
+    // The replace job's three waiting runs are handed out together: the
+    // newest runs, the two it would replace at once end cancelled.
+    let (status, body) = server
+        .call("PUT", "/v1/jobs/backlog", Some(&job(anywhere, "replace")))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let runs = ended(&server, &backlog);
+    let states: Vec<&str> = runs.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cancelled", "cancelled", "succeeded"], "{runs:?}");
+    for r in &runs[..2] {
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("replaced: "), "{r}");
+        assert!(
+            r["started_at"].is_null(),
+            "a replaced run never started: {r}"
+        );
+    }
+}

@@ -67,7 +67,7 @@ pub fn node_id(id: &str) -> Result<(), Invalid> {
 
 /// Parses a schedule, mapping errors onto the right field and code.
 pub fn schedule(expr: &str, timezone: &str) -> Result<Schedule, Invalid> {
-    Schedule::parse(expr, timezone).map_err(|e| {
+    Schedule::parse_input(expr, timezone).map_err(|e| {
         let field = e.field();
         let code = if field == "timezone" {
             "invalid_timezone"

@@ -26,6 +26,7 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
+mod fields;
 #[cfg(test)]
 mod tests;
 
@@ -115,6 +116,25 @@ fn is_elapsed_hour(field: &str) -> bool {
 const MAX_EVERY_MS: i64 = 36_500 * 86_400_000;
 
 impl Schedule {
+    /// [`Schedule::parse`] for input (the API and the preview), stricter
+    /// than for a stored job: no spaces around either value (stored as
+    /// typed, they would make an equal spec look changed), and each cron
+    /// field is checked on its own, so an error names the field and what
+    /// croner would read silently (`*/61`, `1,,3`) is refused.
+    pub fn parse_input(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
+        if timezone != timezone.trim() {
+            return Err(ScheduleError::UnknownTimezone(timezone.to_string()));
+        }
+        if expr != expr.trim() {
+            return Err(ScheduleError::invalid(
+                expr,
+                "remove the spaces before or after it",
+            ));
+        }
+        fields::check(expr).map_err(|why| ScheduleError::invalid(expr, why))?;
+        Schedule::parse(expr, timezone)
+    }
+
     /// Parses `expr` read in IANA time zone `timezone`.
     pub fn parse(expr: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
         let tz = parse_tz(timezone)?;

@@ -406,6 +406,64 @@ fn errors_name_the_field() {
     assert!(err.contains("61 * * * *"), "{err}");
 }
 
+#[test]
+fn input_is_held_to_each_field_and_taken_as_written() {
+    // Accepted by the stored-job parser, refused as input, naming the field.
+    for (bad, why) in [
+        ("*/61 * * * *", "minute: step 61"),
+        (
+            "1,2,,3 * * * *",
+            "minute: \"1,2,,3\" has an empty list element",
+        ),
+        ("0 24 * * *", "hour: 24 is out of range 0–23"),
+        (" 0 0 * * * ", "remove the spaces before or after it"),
+    ] {
+        let err = Schedule::parse_input(bad, "UTC").unwrap_err();
+        assert_eq!(err.field(), "schedule", "{bad}");
+        assert!(err.to_string().contains(why), "{bad}: {err}");
+    }
+    assert!(
+        Schedule::parse("*/61 * * * *", "UTC").is_ok(),
+        "a stored job stays readable"
+    );
+    let err = Schedule::parse_input("@daily", "America/New_York ").unwrap_err();
+    assert_eq!(err.field(), "timezone");
+    // The documented extensions and the day fields' OR.
+    for ok in [
+        "0 0 L * *",
+        "0 0 * * 5L",
+        "0 0 15W * *",
+        "0 0 * * 5#2",
+        "0 0 ? * MON",
+    ] {
+        assert!(Schedule::parse_input(ok, "UTC").is_ok(), "{ok}");
+    }
+    assert_eq!(
+        fires(
+            "0 0 */5 * MON",
+            "UTC",
+            "2026-06-01T00:00:00Z",
+            "2026-06-12T00:00:00Z"
+        ),
+        [
+            "2026-06-01T00:00:00Z", // day 1, a Monday
+            "2026-06-06T00:00:00Z", // day 6
+            "2026-06-08T00:00:00Z", // a Monday
+            "2026-06-11T00:00:00Z", // day 11
+        ]
+    );
+    // The second Friday, the last Friday, the weekday nearest the 15th.
+    let first = |expr: &str| {
+        iso(Schedule::parse_input(expr, "UTC")
+            .unwrap()
+            .next_after(ms("2026-05-31T00:00:00Z"))
+            .unwrap())
+    };
+    assert_eq!(first("0 0 * * 5#2"), "2026-06-12T00:00:00Z");
+    assert_eq!(first("0 0 * * 5L"), "2026-06-26T00:00:00Z");
+    assert_eq!(first("0 0 15W * *"), "2026-06-15T00:00:00Z");
+}
+
 const EXPRS: &[&str] = &[
     "*/1 * * * * *",
     "0 * * * *",
@@ -550,6 +608,16 @@ proptest! {
             let _ = s.next_after(t);
             let _ = s.to_string();
         }
+        // Input is held to more, never to less.
+        if Schedule::parse_input(&expr, &zone).is_ok() {
+            prop_assert!(Schedule::parse(&expr, &zone).is_ok());
+        }
+    }
+
+    /// What users write (every generated valid schedule) passes as input.
+    #[test]
+    fn valid_schedules_pass_as_input(expr in valid_schedule(), z in 0..ZONES.len()) {
+        prop_assert!(Schedule::parse_input(&expr, ZONES[z]).is_ok(), "{}", expr);
     }
 
     /// parse ∘ print: printing a parsed schedule and parsing that again gives

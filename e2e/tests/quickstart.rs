@@ -59,3 +59,24 @@ fn quickstart_brings_up_server_daemon_and_a_running_sample_job() {
     // Its server and daemon stopped with it: the port is free again.
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
+
+/// A first start on a new data directory has nothing to complain about:
+/// no error is logged (a read before the database existed once waited the
+/// read pool's whole timeout, logging "unable to open database file"). A
+/// log written to a file carries no colour codes.
+#[test]
+fn a_first_start_logs_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sundial_e2e::ServerProc::start(&dir.path().join("data")).unwrap();
+    let log = server.log_text();
+    assert!(log.contains("generated a cluster secret"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

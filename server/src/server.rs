@@ -37,6 +37,11 @@ const PROMOTE_RETRY: Duration = Duration::from_millis(500);
 /// nodes or webhooks (a restore without its `cluster.secret`): their
 /// credentials and signing secrets were derived from another secret.
 async fn warn_if_secret_is_new_to_the_data(store: &Store) {
+    if !store.path().exists() {
+        // A new data directory: nothing to warn of, and a read would wait
+        // the pool's whole connection timeout for a file not there yet.
+        return;
+    }
     let counts = store
         .read(|c| {
             Ok((

@@ -416,6 +416,15 @@ fn a_full_disk_gives_clear_errors_and_the_server_recovers_by_itself() {
     let mut server = server;
     let code = server.terminate(Duration::from_secs(10)).unwrap();
     assert_eq!(code, Some(0), "clean exit on SIGTERM");
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(&data_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
     let check = Command::new(binary("sundial-server").unwrap())
         .args(["check", "--db"])
         .arg(data_dir.join("sundial.db"))
@@ -428,4 +437,14 @@ fn a_full_disk_gives_clear_errors_and_the_server_recovers_by_itself() {
         String::from_utf8_lossy(&check.stderr)
     );
     eprintln!("sundial-server check after the full disk:\n{text}");
+    assert_eq!(listing(), before, "the check left files behind");
+    // Pointed at the directory, with --json: the failure is JSON too.
+    let check = Command::new(binary("sundial-server").unwrap())
+        .args(["check", "--json", "--db"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    let failure: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(failure["error"]["kind"], "directory", "{failure}");
 }

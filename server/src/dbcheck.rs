@@ -3,7 +3,8 @@
 //! keys, a `job_stats` row per job), and what the file holds (jobs, runs by
 //! state, nodes, epoch). Used after a restore (`scripts/restore.sh`) and by
 //! operators before pointing a server at a file. Opens the file read-only and
-//! never writes it.
+//! never writes it; a file with no `-wal` or `-shm` beside it (a restored
+//! copy, a backup) is opened immutable, so the check creates neither.
 
 use crate::store::migrations::SCHEMA_VERSION;
 use rusqlite::{Connection, OpenFlags};
@@ -16,6 +17,8 @@ use std::path::Path;
 pub enum CheckError {
     #[error("{path}: no such file")]
     Missing { path: String },
+    #[error("{path}: is a directory; name the database file in it (e.g. {path}/sundial.db)")]
+    Directory { path: String },
     #[error("{path}: cannot open as SQLite: {source}")]
     Open {
         path: String,
@@ -43,6 +46,30 @@ pub enum CheckError {
     },
 }
 
+impl CheckError {
+    /// A stable name for the kind of failure (the `--json` output's `error.kind`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CheckError::Missing { .. } => "missing",
+            CheckError::Directory { .. } => "directory",
+            CheckError::Open { .. } => "open",
+            CheckError::Integrity { .. } => "integrity",
+            CheckError::NotSundial { .. } => "not_sundial",
+            CheckError::TooNew { .. } => "too_new",
+            CheckError::Inconsistent { .. } => "inconsistent",
+            CheckError::Query { .. } => "query",
+        }
+    }
+
+    /// The failure as `--json` prints it: `{"path", "error": {"kind", "message"}}`.
+    pub fn to_json(&self, path: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "path": path.display().to_string(),
+            "error": {"kind": self.kind(), "message": self.to_string()},
+        })
+    }
+}
+
 /// What a healthy file holds.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Report {
@@ -66,14 +93,13 @@ pub struct Report {
 /// Checks the database file at `path`.
 pub fn check(path: &Path) -> Result<Report, CheckError> {
     let name = path.display().to_string();
+    if path.is_dir() {
+        return Err(CheckError::Directory { path: name });
+    }
     if !path.is_file() {
         return Err(CheckError::Missing { path: name });
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| CheckError::Open {
+    let conn = open_read_only(path).map_err(|source| CheckError::Open {
         path: name.clone(),
         source,
     })?;
@@ -164,6 +190,42 @@ pub fn check(path: &Path) -> Result<Report, CheckError> {
         newest_run_scheduled_for,
         newest_run_finished_at,
     })
+}
+
+/// Opens `path` read-only. Without a `-wal` or `-shm` beside it no
+/// connection has the file open in WAL mode (a server keeps both while it
+/// runs), and the check is for files no server writes meanwhile (restored
+/// copies, backups, stopped servers): it is opened immutable, which reads
+/// the file alone and creates neither. Otherwise the WAL is read too.
+fn open_read_only(path: &Path) -> Result<Connection, rusqlite::Error> {
+    let beside = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p).exists()
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if beside("-wal") || beside("-shm") {
+        return Connection::open_with_flags(path, flags);
+    }
+    Connection::open_with_flags(
+        format!("file:{}?immutable=1", uri_path(path)),
+        flags | OpenFlags::SQLITE_OPEN_URI,
+    )
+}
+
+/// `path` for a `file:` URI: the characters a URI gives a meaning to
+/// percent-encoded.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            // Bytes that are not UTF-8 text, encoded as they are.
+            0x80.. => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(*b as char),
+        }
+    }
+    out
 }
 
 /// The schema version that moved a job's run counters to `job_stats`
@@ -278,10 +340,61 @@ mod tests {
     }
 
     #[test]
+    fn a_wal_database_no_one_has_open_is_checked_without_leaving_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A name a `file:` URI must encode.
+        let sub = dir.path().join("odd ?#% dir");
+        let path = fresh_db(&sub);
+        {
+            let c = Connection::open(&path).expect("open");
+            let mode: String = c
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+                .expect("wal");
+            assert_eq!(mode, "wal");
+            crate::store::test_support::slot_job(
+                &c,
+                "a",
+                &serde_json::from_str(
+                    r#"{"schedule":"@hourly","executor":{"type":"exec","argv":["true"]}}"#,
+                )
+                .expect("spec"),
+            );
+        } // closed: the WAL is checkpointed and removed
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(&sub)
+                .expect("list")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(listing(), ["sundial.db"]);
+        let r = check(&path).expect("check");
+        assert_eq!(r.jobs, 1);
+        assert_eq!(listing(), ["sundial.db"], "the check left files behind");
+        // Open by a server (a WAL beside it): what is only in the WAL counts.
+        let c = Connection::open(&path).expect("open");
+        c.execute_batch("PRAGMA wal_autocheckpoint=0")
+            .expect("no checkpoints");
+        c.execute("DELETE FROM job_stats", []).expect("delete");
+        c.execute("DELETE FROM jobs", []).expect("delete");
+        assert_eq!(check(&path).expect("check").jobs, 0);
+    }
+
+    #[test]
     fn refuses_missing_garbage_foreign_and_too_new_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope.db");
         assert!(matches!(check(&missing), Err(CheckError::Missing { .. })));
+        let err = check(dir.path()).expect_err("a directory");
+        assert_eq!(err.kind(), "directory");
+        assert!(
+            err.to_string().contains("name the database file in it"),
+            "{err}"
+        );
+        let json = err.to_json(dir.path());
+        assert_eq!(json["error"]["kind"], "directory");
+        assert_eq!(json["path"], dir.path().display().to_string());
 
         let garbage = dir.path().join("garbage.db");
         std::fs::write(&garbage, vec![0x42u8; 8192]).expect("write");

@@ -53,14 +53,21 @@ async fn main() -> anyhow::Result<()> {
             let env_key = std::env::var("SUNDIAL_ADMIN_KEY").ok();
             sundial_server::server::serve_until(settings, env_key, shutdown_signal()).await
         }
-        Command::Check(args) => {
-            let report = sundial_server::dbcheck::check(&args.db)?;
-            if args.json {
+        Command::Check(args) => match sundial_server::dbcheck::check(&args.db) {
+            Ok(report) if args.json => {
                 println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
+                Ok(())
             }
-            Ok(())
-        }
+            Ok(report) => {
+                print!("{}", report.to_text());
+                Ok(())
+            }
+            // A machine reading --json gets its failure as JSON too.
+            Err(e) if args.json => {
+                println!("{}", serde_json::to_string_pretty(&e.to_json(&args.db))?);
+                std::process::exit(1);
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }

@@ -236,6 +236,7 @@ pub struct Misfire {
     pub grace: Duration,
     /// Upper bound on slots created by `run_all` after one outage.
     #[serde(default = "default_max_catch_up")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub max_catch_up: u32,
 }
 
@@ -304,6 +305,7 @@ impl std::str::FromStr for MisfirePolicy {
 pub struct Retries {
     /// Extra attempts after the first one fails (0 = no retries).
     #[serde(default)]
+    #[schema(maximum = 100)]
     pub max: u32,
     #[serde(default = "default_backoff")]
     pub backoff: Duration,
@@ -333,7 +335,9 @@ impl Default for Retries {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct History {
+    /// Finished runs kept (at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub keep: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<Duration>,

@@ -29,7 +29,7 @@ pub const MAX_LIMIT: usize = 1000;
     put, path = "/v1/jobs/{id}", tag = "jobs",
     description = "Creates or updates a job (idempotent).",
     security(("admin_key" = ["admin"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     request_body = sundial_proto::JobSpec,
     responses(
         (status = 200, description = "Updated (or unchanged)", body = sundial_proto::Job),
@@ -85,7 +85,7 @@ pub async fn put(
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
     security(("admin_key" = ["read"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     responses(
         (status = 200, description = "The job", body = sundial_proto::Job),
         (status = 404, description = "No such job", body = sundial_proto::ErrorBody),
@@ -188,7 +188,7 @@ fn label_selector(
     delete, path = "/v1/jobs/{id}", tag = "jobs",
     description = "Deletes the job and its runs.",
     security(("admin_key" = ["admin"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn delete(
@@ -250,7 +250,7 @@ async fn set_paused(
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/pause", tag = "jobs",
     security(("admin_key" = ["admin"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     responses((status = 200, description = "The paused job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn pause(
@@ -265,7 +265,7 @@ pub async fn pause(
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/resume", tag = "jobs",
     security(("admin_key" = ["admin"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     responses((status = 200, description = "The resumed job", body = sundial_proto::Job), (status = 404, description = "No such job", body = sundial_proto::ErrorBody))
 )]
 pub async fn resume(
@@ -284,7 +284,7 @@ pub async fn resume(
     post, path = "/v1/jobs/{id}/trigger", tag = "jobs",
     description = "Creates a manual slot now.",
     security(("admin_key" = ["admin"])),
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = String, Path, description = "The job's id", pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")),
     responses(
         (status = 201, description = "The new run", body = sundial_proto::Run),
         (status = 404, description = "No such job", body = sundial_proto::ErrorBody),

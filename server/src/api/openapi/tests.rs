@@ -257,3 +257,22 @@ fn unsigned_integers_have_their_range() {
     let generation = &doc["components"]["schemas"]["NodeView"]["properties"]["generation"];
     assert_eq!(generation["minimum"], 0, "{generation}");
 }
+
+/// The server's own bounds are the document's: a value the document
+/// allows is one the server takes (Schemathesis's "schema-valid request
+/// rejected" finds none of these).
+#[test]
+fn fields_carry_the_bounds_the_server_checks() {
+    let doc: serde_json::Value = serde_json::from_str(document_json()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let bounds = |schema: &str, field: &str| {
+        let p = &schemas[schema]["properties"][field];
+        (p["minimum"].as_u64(), p["maximum"].as_u64())
+    };
+    assert_eq!(bounds("Misfire", "max_catch_up"), (Some(1), Some(10_000)));
+    assert_eq!(bounds("Retries", "max"), (Some(0), Some(100)));
+    assert_eq!(bounds("History", "keep").0, Some(1));
+    let put = &doc["paths"]["/v1/jobs/{id}"]["put"]["parameters"][0]["schema"];
+    let pattern = put["pattern"].as_str().unwrap_or_default();
+    assert_eq!(pattern, r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$", "{put}");
+}

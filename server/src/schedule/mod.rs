@@ -337,16 +337,17 @@ fn next_fixed(cron: &Cron, tz: &Tz, after_ms: i64) -> Option<i64> {
 }
 
 /// The first instant whose local time is at or after `naive`, which lies in a gap.
+/// The search spans 4 hours either side (any DST gap), or 26 when the gap
+/// is a whole skipped day (Pacific/Apia on 2011-12-30): a job at a fixed
+/// time fires after such a day rather than never again.
 fn gap_end(tz: &Tz, naive: chrono::NaiveDateTime) -> Option<i64> {
-    let hours = chrono::Duration::hours(4);
-    let lo = tz
-        .from_local_datetime(&(naive - hours))
-        .earliest()?
-        .timestamp_millis();
-    let hi = tz
-        .from_local_datetime(&(naive + hours))
-        .latest()?
-        .timestamp_millis();
+    let bounds = |h: i64| {
+        let hours = chrono::Duration::hours(h);
+        let lo = tz.from_local_datetime(&(naive - hours)).earliest()?;
+        let hi = tz.from_local_datetime(&(naive + hours)).latest()?;
+        Some((lo.timestamp_millis(), hi.timestamp_millis()))
+    };
+    let (lo, hi) = bounds(4).or_else(|| bounds(26))?;
     let local_at = |ms: i64| {
         DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.with_timezone(tz).naive_local())
     };

@@ -208,6 +208,41 @@ fn nonexistent_fixed_time_fires_after_the_gap() {
     );
 }
 
+// Rule 1 over a whole skipped day: Samoa went from 2011-12-29 24:00 (UTC-10)
+// to 2011-12-31 00:00 (UTC+14). The 30th's noon fires when the 31st begins,
+// and the schedule goes on (it once found no next fire at all).
+#[test]
+fn a_skipped_calendar_day_fires_after_it_and_goes_on() {
+    assert_eq!(
+        fires(
+            "0 12 * * *",
+            "Pacific/Apia",
+            "2011-12-28T00:00:00Z",
+            "2012-01-01T00:00:00Z"
+        ),
+        [
+            "2011-12-28T22:00:00Z", // 28th noon, UTC-10
+            "2011-12-29T22:00:00Z", // 29th noon, UTC-10
+            "2011-12-30T10:00:00Z", // the 30th's noon: 31st 00:00, UTC+14
+            "2011-12-30T22:00:00Z", // 31st noon, UTC+14
+            "2011-12-31T22:00:00Z", // 2012-01-01 noon
+        ]
+    );
+    // Kwajalein skipped 1993-08-21 (UTC-12 to UTC+12): its midnight
+    // collapses into the 22nd's, 12:00Z on the 21st, as each local
+    // midnight before was 12:00Z the same day.
+    let kwaj = fires(
+        "0 0 * * *",
+        "Pacific/Kwajalein",
+        "1993-08-18T00:00:00Z",
+        "1993-08-25T00:00:00Z",
+    );
+    let days: Vec<String> = (18..=24)
+        .map(|d| format!("1993-08-{d}T12:00:00Z"))
+        .collect();
+    assert_eq!(kwaj, days);
+}
+
 // Rule 2: a fixed local time that occurs twice fires once, at the first occurrence.
 #[test]
 fn ambiguous_fixed_time_fires_once_first() {

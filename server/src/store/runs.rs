@@ -176,8 +176,13 @@ pub struct Retention {
 }
 
 /// Prunes finished runs of up to `batch` jobs with `pk > after`, keeping each
-/// job's newest `keep` runs and any younger than `max_age`. Pending and running
-/// runs are never pruned. Returns (runs deleted, last job pk visited or None at the end).
+/// job's newest `keep` finished runs and any that finished less than
+/// `max_age` ago. Pending and running runs are never pruned, and do not
+/// count against `keep` (a backlog would otherwise prune the history
+/// away); nor is a broadcast slot's finished run while another run of its
+/// slot has not ended: the slot's outcome, which its chains follow, is
+/// read from its runs when the last one ends. Returns (runs deleted, last
+/// job pk visited or None at the end).
 pub fn prune(
     conn: &Connection,
     after: i64,
@@ -197,9 +202,13 @@ pub fn prune(
         .collect::<Result<_, _>>()?;
     let mut delete = conn.prepare_cached(
         "DELETE FROM runs WHERE job = ?1 AND state NOT IN ('pending', 'running') AND (
-             created_at < ?2
+             coalesce(finished_at, created_at) < ?2
              OR id <= coalesce(
-                 (SELECT id FROM runs WHERE job = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?3), -1))",
+                 (SELECT id FROM runs WHERE job = ?1 AND state NOT IN ('pending', 'running')
+                  ORDER BY id DESC LIMIT 1 OFFSET ?3), -1))
+           AND NOT (node != '' AND EXISTS (
+             SELECT 1 FROM runs s WHERE s.job = runs.job AND s.trigger = runs.trigger
+                 AND s.scheduled_for = runs.scheduled_for AND s.state IN ('pending', 'running')))",
     )?;
     let mut deleted = 0;
     for (pk, keep, max_age) in &targets {
@@ -298,8 +307,9 @@ mod tests {
             .unwrap();
         let (deleted, last, ids) = out;
         assert_eq!(last, None);
-        // 11 runs; keep newest 3 (manual + 2 pending); 8 finished older ones go.
-        assert_eq!(deleted, 8);
+        // 11 runs, 3 of them pending (manual + 2): the newest 3 finished
+        // runs stay beside them, the 5 older finished ones go.
+        assert_eq!(deleted, 5);
         let left: Vec<i64> = store
             .read(|c| {
                 let mut st = c.prepare("SELECT id FROM runs ORDER BY id")?;
@@ -308,11 +318,78 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(left.len(), 3);
-        assert!(left.contains(&ids[8]) && left.contains(&ids[9]));
+        assert_eq!(left.len(), 6);
+        for id in &ids[5..] {
+            assert!(left.contains(id), "run {id} of {ids:?} is gone: {left:?}");
+        }
         let job = store.read(|c| jobs::require(c, "j")).await.unwrap();
         assert_eq!(job.counters.total, 11);
         assert_eq!(job.counters.succeeded, 8);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn age_counts_from_the_end_and_an_unended_broadcast_slot_keeps_its_runs() {
+        let (_dir, store) = temp_store();
+        let left = store
+            .write(|c| {
+                let job = slot_job(c, "b", r#"{"max_age":"1s","keep":1}"#);
+                // A broadcast slot on n1 and n2 created at 0: n1's run
+                // failed at 5, n2's still runs.
+                let cast = crate::store::test_support::slot_on(c, &job, 0, &["n1", "n2"]);
+                for (node, q) in ["n1", "n2"].into_iter().zip(&cast) {
+                    lifecycle::assign(c, node, std::slice::from_ref(q), 2, 30_000, 0)?;
+                }
+                let failed = CompleteRequest {
+                    attempt: 1,
+                    outcome: Outcome::Failed,
+                    exit_code: Some(1),
+                    output: String::new(),
+                    truncated: false,
+                    error: None,
+                    started_at: 2,
+                    finished_at: 5,
+                };
+                lifecycle::complete(&mut Prepared::new(c), "n1", cast[0].run_id, &failed, 5)?
+                    .unwrap();
+                // A run of another job created long ago that finished just now.
+                let long = slot_job(c, "long", r#"{"max_age":"1s"}"#);
+                let id = slot(c, &long, Trigger::Schedule, 0).unwrap();
+                let q = lifecycle::queued(c, id)?.unwrap();
+                lifecycle::assign(c, "n", &[q], 2, 30_000, 0)?;
+                let done = CompleteRequest {
+                    outcome: Outcome::Succeeded,
+                    finished_at: 9_500,
+                    ..failed.clone()
+                };
+                lifecycle::complete(&mut Prepared::new(c), "n", id, &done, 9_500)?.unwrap();
+                let defaults = Retention {
+                    keep: 100,
+                    max_age_ms: 3_600_000,
+                };
+                // At 10 s both are past max_age counted from creation; the
+                // long run finished 0.5 s ago and n1's slot has not ended.
+                assert_eq!(prune(c, 0, 100, 10_000, defaults)?.0, 0);
+                // Once n2's run ends the slot has ended: both go (by age).
+                lifecycle::complete(
+                    &mut Prepared::new(c),
+                    "n2",
+                    cast[1].run_id,
+                    &CompleteRequest {
+                        outcome: Outcome::Succeeded,
+                        finished_at: 10_000,
+                        ..failed.clone()
+                    },
+                    10_000,
+                )?
+                .unwrap();
+                assert_eq!(prune(c, 0, 100, 20_000, defaults)?.0, 3);
+                let left: i64 = c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?;
+                Ok(left)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
         store.close().await;
     }
 

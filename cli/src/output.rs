@@ -21,6 +21,13 @@ pub enum OutputFormat {
     Toml,
 }
 
+impl OutputFormat {
+    /// A table for people (`table` or `wide`), not a document for machines.
+    pub fn is_human(self) -> bool {
+        matches!(self, OutputFormat::Table | OutputFormat::Wide)
+    }
+}
+
 /// Clock, display zone and colour for human output.
 #[derive(Clone, Debug)]
 pub struct View {

@@ -452,6 +452,21 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
     ));
     // The header, `fine` and `slow` twice.
     assert_eq!(table.lines().count(), 4, "{table}");
+    // `-o json` lists runs whole; a table asks for them without output.
+    assert!(runs.iter().all(|r| r.output.is_some()), "{runs:?}");
+    let (_, bare) = server
+        .call("GET", "/v1/runs?job=seven&output=false", None)
+        .unwrap();
+    let items = bare["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{bare}");
+    assert!(
+        items
+            .iter()
+            .all(|r| r["output"].is_null() && r["exit_code"] == 7),
+        "{bare}"
+    );
+    let (status, refused) = server.call("GET", "/v1/runs?output=maybe", None).unwrap();
+    assert_eq!(status, 400, "{refused}");
 
     // A wait rides out a restart of the server: the run goes on meanwhile.
     let waiting = sundial_cmd(&cfg, Some(url), &["jobs", "trigger", "slow", "--wait"])

@@ -116,12 +116,15 @@ pub fn status(ctx: &Ctx) -> CliResult<()> {
     let ha: Value = client.get("/v1/ha/status")?;
     let nodes: Value = client.get("/v1/nodes")?;
     let count = |st: &str| items(&nodes).iter().filter(|n| n["status"] == st).count();
-    let pending: List<Run> = client.get("/v1/runs?state=pending&limit=1000")?;
-    let running: List<Run> = client.get("/v1/runs?state=running&limit=1000")?;
+    // Counted, not shown: without their output (up to 1 MiB a run).
+    let pending: List<Run> = client.get("/v1/runs?state=pending&limit=1000&output=false")?;
+    let running: List<Run> = client.get("/v1/runs?state=running&limit=1000&output=false")?;
     // Jobs whose latest run failed: candidates from recent failures, confirmed on the job.
     let mut candidates = BTreeSet::new();
     for st in [RunState::Failed, RunState::TimedOut, RunState::Lost] {
-        let page: List<Run> = client.get(&format!("/v1/runs?state={st}&limit={FAILURE_SCAN}"))?;
+        let page: List<Run> = client.get(&format!(
+            "/v1/runs?state={st}&limit={FAILURE_SCAN}&output=false"
+        ))?;
         candidates.extend(page.items.into_iter().map(|r| r.job_id));
     }
     let mut failing = Vec::new();

@@ -130,7 +130,12 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
         JobsCmd::Describe { id } => {
             let job: Job = client.get(&format!("/v1/jobs/{}", enc(&id)))?;
             let fires = preview::fetch(&client, &job.spec.schedule, &job.spec.timezone, 5, None)?;
-            let runs: List<Run> = client.get(&format!("/v1/runs?job={}&limit=5", enc(&id)))?;
+            // A table shows no output: the runs come without it.
+            let output = !ctx.format().is_human();
+            let runs: List<Run> = client.get(&format!(
+                "/v1/runs?job={}&limit=5&output={output}",
+                enc(&id)
+            ))?;
             // The server knows the zone; a CLI with an older zone database
             // may not, and says so rather than label UTC times as local.
             let tz: chrono_tz::Tz = job.spec.timezone.parse().unwrap_or_else(|_| {
@@ -171,7 +176,7 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                     format!("Triggered run {} of job {}.\n", run.id, run.job_id)
                 });
             }
-            let human = matches!(ctx.format(), OutputFormat::Table | OutputFormat::Wide);
+            let human = ctx.format().is_human();
             if human {
                 eprintln!("Triggered run {} of job {}; waiting…", run.id, run.job_id);
             }

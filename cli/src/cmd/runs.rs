@@ -29,6 +29,10 @@ pub fn run(ctx: &Ctx, cmd: RunsCmd) -> CliResult<()> {
             let mut cursor: Option<String> = None;
             'pages: loop {
                 let mut q: Vec<(&str, String)> = vec![("limit", limit.clamp(1, 1000).to_string())];
+                if ctx.format().is_human() {
+                    // A table shows no output: up to 1 MiB a run left out.
+                    q.push(("output", "false".into()));
+                }
                 if let Some(j) = &job {
                     q.push(("job", j.clone()));
                 }

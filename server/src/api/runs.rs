@@ -23,6 +23,7 @@ pub struct RunQuery {
     node: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+    output: Option<bool>,
 }
 
 #[utoipa::path(
@@ -35,6 +36,7 @@ pub struct RunQuery {
         ("node" = Option<String>, Query, description = "Only runs of this node"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size [default: 100]"),
+        ("output" = Option<bool>, Query, description = "`false`: each run's `output` is `null` (a list for a table; `GET /v1/runs/{id}` has it) [default: true]"),
     ),
     responses(
         (status = 200, description = "A page of runs", body = sundial_proto::List<sundial_proto::Run>),
@@ -57,6 +59,7 @@ pub async fn list(
         .map_err(|m| ApiError::bad_request("invalid_value", "state", m))?;
     let node = q.node;
     let job = q.job;
+    let output = q.output.unwrap_or(true);
     let (items, next) = store
         .read(move |c| {
             let job_pk = match &job {
@@ -70,6 +73,7 @@ pub async fn list(
                 job_pk,
                 state,
                 node,
+                output,
             };
             runs::list(c, &filter, cursor, limit)
         })

@@ -8,6 +8,9 @@ use sundial_proto::{Run, RunState, Trigger};
 
 const RUN_COLUMNS: &str = "r.id, j.id, r.scheduled_for, coalesce(r.assigned_node, r.node), r.trigger, r.attempt, r.state, \
      r.created_at, r.started_at, r.finished_at, r.exit_code, r.output, r.truncated, r.error, r.upstream_run";
+/// [`RUN_COLUMNS`] with `output` left out (null): a list for a table.
+const RUN_COLUMNS_NO_OUTPUT: &str = "r.id, j.id, r.scheduled_for, coalesce(r.assigned_node, r.node), r.trigger, r.attempt, r.state, \
+     r.created_at, r.started_at, r.finished_at, r.exit_code, NULL, r.truncated, r.error, r.upstream_run";
 
 /// A text column that must parse into `T`; an error names the run.
 fn typed<T: std::str::FromStr<Err = String>>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
@@ -119,6 +122,8 @@ pub struct Filter {
     pub job_pk: Option<i64>,
     pub state: Option<RunState>,
     pub node: Option<String>,
+    /// Each run's output (up to 1 MiB each); `false` leaves it `null`.
+    pub output: bool,
 }
 
 /// A page of runs, newest first. The cursor is the last returned id.
@@ -128,8 +133,13 @@ pub fn list(
     cursor: Option<i64>,
     limit: usize,
 ) -> Result<(Vec<Run>, Option<i64>), StoreError> {
+    let columns = if filter.output {
+        RUN_COLUMNS
+    } else {
+        RUN_COLUMNS_NO_OUTPUT
+    };
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs r JOIN jobs j ON j.pk = r.job
+        "SELECT {columns} FROM runs r JOIN jobs j ON j.pk = r.job
          WHERE r.id < ?1
            AND (?2 IS NULL OR r.job = ?2)
            AND (?3 IS NULL OR r.state = ?3)

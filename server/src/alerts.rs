@@ -5,7 +5,8 @@
 //! in the database, so a restart or failover does not repeat them; a
 //! successful run clears a job's with one `job.recovered` (in the run
 //! lifecycle), contact clears a node's. The pending runs of broadcast
-//! slots whose node is down or revoked then end `lost`
+//! slots whose node is down or revoked, or no longer allows the job's
+//! executor, then end `lost`
 //! ([`lifecycle::end_runs_of_gone_nodes`]), since no other node may take
 //! them; the dispatcher drops them from its queue.
 
@@ -49,7 +50,7 @@ pub async fn run(
                         dispatcher.forget(&ended);
                         tracing::warn!(
                             runs = ended.len(),
-                            "broadcast runs lost: their node is down or revoked"
+                            "broadcast runs lost: their node is down or revoked, or does not allow their executor"
                         );
                     }
                     if jobs > 0 {

@@ -1042,19 +1042,26 @@ pub struct GoneNodeRuns {
 }
 
 /// A pending broadcast run and what the database knows of its node
-/// (`revoked` is None when there is no such node).
+/// (`revoked` is None when there is no such node), and the job's executor
+/// when the node does not allow it.
 struct GoneNodeRun {
     run_id: i64,
     job_pk: i64,
     node: String,
     revoked: Option<bool>,
     last_seen: Option<i64>,
+    refused: Option<String>,
 }
 
 impl GoneNodeRun {
     /// The run's error: why it never started.
     fn reason(&self) -> String {
         let node = &self.node;
+        if let (Some(false), Some(kind)) = (self.revoked, &self.refused) {
+            return format!(
+                "node {node:?} does not allow the {kind} executor (its --allow-executors): it can never start this run"
+            );
+        }
         match (self.revoked, self.last_seen) {
             (None, _) => format!("node {node:?} is unknown: no node may start this run"),
             (Some(true), _) => format!("node {node:?} was revoked before it started this run"),
@@ -1069,12 +1076,20 @@ impl GoneNodeRun {
     }
 }
 
+/// SQL: node `n` lists its executors (it registered) and the job `j`'s is
+/// not among them.
+const REFUSES: &str = "(json_array_length(n.executors) > 0
+    AND NOT EXISTS (SELECT 1 FROM json_each(n.executors) WHERE value = j.executor_kind))";
+
 /// Ends, as `lost`, the pending runs of broadcast slots whose node is down
 /// (marked by the alerts loop after two minutes without contact), revoked
-/// or unknown: no other node may take them, so they would wait for ever.
-/// `live(node)` is the dispatcher's in-memory view: a node it heard from
-/// since (its last contact not yet written) keeps its runs. A running
-/// attempt is left to its lease. At most 1,000 runs per call.
+/// or unknown, or no longer allows the job's executor (the job's executor
+/// was edited, or the daemon restarted with a narrower
+/// `--allow-executors`): no other node may take them, so they would wait
+/// for ever. `live(node)` is the dispatcher's in-memory view: a node it
+/// heard from since (its last contact not yet written) keeps its runs,
+/// unless it refuses the executor. A running attempt is left to its
+/// lease. At most 1,000 runs per call.
 pub fn end_runs_of_gone_nodes(
     conn: &Connection,
     now: i64,
@@ -1083,27 +1098,32 @@ pub fn end_runs_of_gone_nodes(
     // Through the partial index of migration 19 (named: without it the
     // planner walks every pending run by `runs_by_state`).
     let gone: Vec<GoneNodeRun> = conn
-        .prepare_cached(
-            "SELECT r.id, r.job, r.node, n.revoked, n.last_seen
-             FROM runs r INDEXED BY runs_pending_by_node LEFT JOIN nodes n ON n.id = r.node
+        .prepare_cached(&format!(
+            "SELECT r.id, r.job, r.node, n.revoked, n.last_seen, j.executor_kind,
+                 {REFUSES}
+             FROM runs r INDEXED BY runs_pending_by_node
+                 JOIN jobs j ON j.pk = r.job
+                 LEFT JOIN nodes n ON n.id = r.node
              WHERE r.state = 'pending' AND r.node != ''
-               AND (n.id IS NULL OR n.revoked = 1 OR n.down_since IS NOT NULL)
-             LIMIT 1000",
-        )?
+               AND (n.id IS NULL OR n.revoked = 1 OR n.down_since IS NOT NULL OR {REFUSES})
+             LIMIT 1000"
+        ))?
         .query_map([], |r| {
+            let refused: Option<bool> = r.get(6)?;
             Ok(GoneNodeRun {
                 run_id: r.get(0)?,
                 job_pk: r.get(1)?,
                 node: r.get(2)?,
                 revoked: r.get(3)?,
                 last_seen: r.get(4)?,
+                refused: refused.unwrap_or(false).then(|| r.get(5)).transpose()?,
             })
         })?
         .collect::<Result<_, _>>()?;
     let mut out = GoneNodeRuns::default();
     let mut p = Prepared::new(conn);
     for run in gone {
-        if run.revoked == Some(false) && live(&run.node) {
+        if run.revoked == Some(false) && run.refused.is_none() && live(&run.node) {
             continue;
         }
         match transition::next(RunState::Pending, Event::NodeGone) {
@@ -1790,14 +1810,19 @@ mod tests {
         store
             .write(|c| {
                 use crate::store::nodes;
-                for n in ["up", "down", "back", "revoked"] {
+                for n in ["up", "down", "back", "revoked", "narrow", "wide"] {
                     nodes::join(c, n, 0)?;
                 }
+                // Registered: "narrow" runs only shell jobs (this one is exec).
+                let none = std::collections::BTreeMap::new();
+                nodes::register(c, "narrow", &none, 1, &[ExecutorKind::Shell], "v", 200_000)?;
+                nodes::register(c, "wide", &none, 1, &[ExecutorKind::Exec], "v", 200_000)?;
                 let job = slot_job(c, "b", &spec(r#","target":{"all":true}"#));
                 let any = slot_job(c, "any", &spec(""));
-                let nodes: Vec<String> = ["up", "down", "back", "revoked", "unknown"]
-                    .map(String::from)
-                    .into();
+                let nodes: Vec<String> =
+                    ["up", "down", "back", "revoked", "unknown", "narrow", "wide"]
+                        .map(String::from)
+                        .into();
                 let mut fired = Fired::default();
                 let mut p = Prepared::new(c);
                 create_slots(
@@ -1825,12 +1850,21 @@ mod tests {
                 let seen = [("up", 200_000), ("down", 5_000), ("back", 10_000)];
                 nodes::touch_many(c, &seen.map(|(n, at)| (n.to_string(), at)))?;
                 nodes::revoke(c, "revoked", 200_000)?;
-                assert_eq!(nodes::mark_down(c, 200_000, 120_000)?, 2); // down, back
-                                                                       // "back" polled again: the dispatcher knows, the database not yet.
-                let gone = end_runs_of_gone_nodes(c, 200_000, |n| n == "back")?;
+                // Marked down: "down" and "back".
+                assert_eq!(nodes::mark_down(c, 200_000, 120_000)?, 2);
+                // "back" polled again: the dispatcher knows, the database not
+                // yet; "narrow" is live but can never run this exec job.
+                let gone = end_runs_of_gone_nodes(c, 200_000, |n| {
+                    ["back", "narrow", "wide"].contains(&n)
+                })?;
                 let mut ended = gone.ended.clone();
                 ended.sort();
-                let mut want = vec![by_node("down"), by_node("revoked"), by_node("unknown")];
+                let mut want = vec![
+                    by_node("down"),
+                    by_node("revoked"),
+                    by_node("unknown"),
+                    by_node("narrow"),
+                ];
                 want.sort();
                 assert_eq!(ended, want);
                 let state = |id: i64| -> Result<(String, Option<String>), StoreError> {
@@ -1851,6 +1885,12 @@ mod tests {
                 assert!(e.contains("was revoked"), "{e}");
                 let e = state(by_node("unknown"))?.1.unwrap();
                 assert!(e.contains("is unknown"), "{e}");
+                let e = state(by_node("narrow"))?.1.unwrap();
+                assert!(
+                    e.contains(r#"node "narrow" does not allow the exec executor"#),
+                    "{e}"
+                );
+                assert_eq!(state(by_node("wide"))?.0, "pending");
                 assert_eq!(state(by_node("back"))?.0, "pending");
                 assert_eq!(state(by_node("up"))?.0, "running");
                 assert_eq!(state(other.run_id)?.0, "pending");
@@ -1862,7 +1902,7 @@ mod tests {
                     [job.pk],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                assert_eq!((failed, lost), (3, 3));
+                assert_eq!((failed, lost), (4, 4));
                 // Once the dispatcher no longer hears from it either.
                 let later = end_runs_of_gone_nodes(c, 201_000, |_| false)?;
                 assert_eq!(later.ended, vec![by_node("back")]);

@@ -223,3 +223,69 @@ fn a_broadcast_run_whose_node_is_gone_ends_and_leaves_the_queue() {
     assert_eq!(lost_events.len(), 1, "{events}");
     assert_eq!(lost_events[0]["run_id"], second);
 }
+
+/// A frozen daemon (SIGSTOP: its process and its open long-poll stay) lets
+/// its attempt's lease expire: the retry goes to another node, never into
+/// the poll the frozen one left parked on the server.
+#[test]
+fn a_retry_never_goes_to_the_frozen_node_that_lost_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "3s"]).unwrap();
+    let token = server.join_token().unwrap();
+    let mut daemons: Vec<DaemonProc> = ["n1", "n2"]
+        .iter()
+        .map(|id| {
+            let dir = dir.path().join(id);
+            DaemonProc::start(&server.base, &token, id, &dir, &["--capacity", "4"]).unwrap()
+        })
+        .collect();
+    wait_for(Duration::from_secs(20), || {
+        let (_, nodes) = server.call("GET", "/v1/nodes", None).ok()?;
+        (nodes["items"].as_array()?.len() == 2).then_some(())
+    })
+    .expect("two daemons registered");
+    let job = json!({"schedule": "0 0 0 1 1 *",
+        "retries": {"max": 1, "backoff": "1s", "max_backoff": "1s"},
+        "executor": {"type": "shell", "script": "sleep 4; echo done on $SUNDIAL_NODE_ID"}});
+    assert_eq!(
+        server.call("PUT", "/v1/jobs/freeze", Some(&job)).unwrap().0,
+        201
+    );
+    let (status, run) = server
+        .call("POST", "/v1/jobs/freeze/trigger", None)
+        .unwrap();
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_i64().unwrap();
+    let first = wait_for(Duration::from_secs(10), || {
+        let (_, r) = server
+            .call("GET", &format!("/v1/runs/{run_id}"), None)
+            .ok()?;
+        (r["state"] == "running").then(|| r["node"].as_str().map(str::to_string))?
+    })
+    .expect("the run started");
+    // Its daemon has capacity left, so a poll of it is parked on the server.
+    std::thread::sleep(Duration::from_millis(500));
+    let frozen = daemons.iter_mut().find(|d| d.node_id == first).unwrap();
+    let pid = frozen.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let done = wait_for(Duration::from_secs(30), || {
+        let (_, r) = server
+            .call("GET", &format!("/v1/runs/{run_id}"), None)
+            .ok()?;
+        (!matches!(r["state"].as_str(), Some("pending" | "running"))).then_some(r)
+    });
+    signal("-CONT");
+    let done = done.unwrap_or_else(|| panic!("the run never ended:\n{}", server.log_text()));
+    let other = if first == "n1" { "n2" } else { "n1" };
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["node"], other, "{done}");
+}

@@ -63,6 +63,11 @@ struct Inner {
     /// Runs claimed by long-polls that have not returned yet (their
     /// assignment is being written): still part of the share being split.
     in_flight: usize,
+    /// Nodes that let a lease expire, and when: not handed runs by a
+    /// long-poll opened before (a frozen daemon's poll stays parked, and
+    /// would take the retry of the attempt it just lost) until a poll
+    /// opened since proves the node is back.
+    suspect: HashMap<String, i64>,
 }
 
 /// What one poll claimed: the runs, the instant more becomes claimable, and
@@ -286,6 +291,7 @@ impl Dispatcher {
                     .iter()
                     .filter(|(id, w)| {
                         !woken.contains(*id)
+                            && !inner.suspect.contains_key(*id)
                             && w.node.eligible(&q.target, q.executor_kind, &q.slot_node)
                     })
                     .map(|(id, w)| (id.clone(), w))
@@ -351,6 +357,42 @@ impl Dispatcher {
         }
     }
 
+    /// Marks `nodes` (that let a lease expire at `at`) suspect: their
+    /// long-polls opened before get no run and return at once, and none is
+    /// woken for a run meanwhile. A poll opened later clears the mark.
+    fn mark_suspect(&self, nodes: Vec<String>, at: i64) {
+        if nodes.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let mut wake = Vec::new();
+        for node in nodes {
+            if let Some(w) = inner.waiters.remove(&node) {
+                wake.push(w.notify);
+            }
+            tracing::warn!(node = %node, "node let a lease expire: no runs for its open polls until it polls again");
+            inner.suspect.insert(node, at);
+        }
+        drop(inner);
+        for n in wake {
+            n.notify_one();
+        }
+    }
+
+    /// Whether `node` let a lease expire since `since` (a poll's start).
+    fn suspect_since(&self, node: &str, since: i64) -> bool {
+        self.lock().suspect.get(node).is_some_and(|&at| at >= since)
+    }
+
+    /// A poll opened at `at` proves `node` is there: a mark from before it
+    /// is cleared.
+    fn heard_from(&self, node: &str, at: i64) {
+        let mut inner = self.lock();
+        if inner.suspect.get(node).is_some_and(|&mark| mark < at) {
+            inner.suspect.remove(node);
+        }
+    }
+
     /// Drops runs that ended while queued (cancelled, or their broadcast
     /// node is gone): a run only `node` may take would otherwise stay in
     /// the queue, and in the oldest wait, until that node polled again.
@@ -410,8 +452,23 @@ impl Dispatcher {
     /// the same. (Dividing only what was left gave the first of ten 100 of
     /// 1,000, the next 90 of 900, …, and a third of the second to whoever
     /// polled again first.)
-    fn claim(&self, node: &NodeInfo, max: usize, now: i64, me: Option<&Arc<Notify>>) -> Claim<'_> {
+    fn claim(
+        &self,
+        node: &NodeInfo,
+        max: usize,
+        now: i64,
+        me: Option<&Arc<Notify>>,
+        opened: i64,
+    ) -> Claim<'_> {
         let mut inner = self.lock();
+        if inner.suspect.get(&node.id).is_some_and(|&at| at >= opened) {
+            // Its lease expired after this poll opened: nothing for it.
+            return Claim {
+                runs: Vec::new(),
+                next: None,
+                serving: None,
+            };
+        }
         let waiting = self
             .polling
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -446,7 +503,7 @@ impl Dispatcher {
             inner
                 .waiters
                 .iter()
-                .filter(|(id, _)| **id != node.id)
+                .filter(|(id, _)| **id != node.id && !inner.suspect.contains_key(*id))
                 .take(left.div_ceil(share))
                 .map(|(_, w)| w.notify.clone())
                 .collect()
@@ -555,6 +612,8 @@ impl Dispatcher {
         wait: Duration,
         ack: Option<u64>,
     ) -> Result<(Vec<Assignment>, u64), StoreError> {
+        let opened = now_ms();
+        self.heard_from(&node.id, opened);
         let receipt = self.receipts.issue();
         let unread = self.receipts.settle(&node.id, ack, receipt);
         if !unread.is_empty() {
@@ -574,7 +633,7 @@ impl Dispatcher {
             if term.is_cancelled() {
                 return Err(StoreError::NotPrimary);
             }
-            if !self.credential_holds(&node) {
+            if !self.credential_holds(&node) || self.suspect_since(&node.id, opened) {
                 return Ok((Vec::new(), receipt));
             }
             let now = now_ms();
@@ -584,7 +643,7 @@ impl Dispatcher {
                 runs: claimed,
                 next: next_ready,
                 serving: _serving,
-            } = self.claim(&node, max.max(1), now, Some(&notify));
+            } = self.claim(&node, max.max(1), now, Some(&notify), opened);
             if !claimed.is_empty() {
                 let lease = self.lease_ms;
                 let node_id = node.id.clone();
@@ -731,14 +790,18 @@ impl Dispatcher {
     /// ended runs from the queue's head.
     pub async fn reap_once(&self) -> Result<usize, StoreError> {
         let now = now_ms();
-        let (requeue, expired) = self
+        let (requeue, nodes) = self
             .store
             .write(move |c| lifecycle::expire_leases(c, now))
             .await?;
+        let expired = nodes.len();
         if expired > 0 {
             self.metrics.lease_expiries.inc_by(expired as u64);
             tracing::warn!(expired, retried = requeue.len(), "leases expired");
         }
+        // Before the retries are queued: none may go to a poll the silent
+        // node left parked.
+        self.mark_suspect(nodes, now);
         self.enqueue(requeue);
         let dropped = self.drop_ended_at_head(now).await?;
         if dropped > 0 {
@@ -916,13 +979,13 @@ mod tests {
         nodes
             .iter()
             .zip(me)
-            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me)))
+            .map(|(n, me)| d.claim(n, 1_000, 1_000, Some(me), 0))
             .collect()
     }
 
     /// Claims as a poll does, without a waiter registration.
     fn take(d: &Dispatcher, n: &NodeInfo, max: usize, now: i64) -> (Vec<Queued>, Option<i64>) {
-        let c = d.claim(n, max, now, None);
+        let c = d.claim(n, max, now, None, 0);
         (c.runs, c.next)
     }
 
@@ -970,6 +1033,42 @@ mod tests {
             "n1 runs no http job"
         );
         assert!(take(&d, &n1, 10, 1_000).0.is_empty());
+    }
+
+    #[test]
+    fn a_node_that_let_a_lease_expire_gets_nothing_until_it_polls_again() {
+        use futures_util::FutureExt;
+        let (_dir, d) = dispatcher();
+        let (frozen, idle) = (node("frozen"), node("idle"));
+        // Both polls opened at 100; "frozen" stops answering, its lease
+        // expires at 200.
+        let parked = wait(&d, &frozen);
+        let other = wait(&d, &idle);
+        d.mark_suspect(vec!["frozen".into()], 200);
+        assert!(
+            parked.notified().now_or_never().is_some(),
+            "its parked poll returns"
+        );
+        assert!(d.suspect_since("frozen", 100));
+        // The retry wakes the idle node, and the parked poll cannot take it.
+        d.enqueue(vec![queued(1, 1_000, false)]);
+        assert!(
+            other.notified().now_or_never().is_some(),
+            "the idle node is woken"
+        );
+        let parked_claim = d.claim(&frozen, 10, 1_000, None, 100);
+        assert!(parked_claim.runs.is_empty());
+        drop(parked_claim);
+        // A poll it opens after the expiry proves it is back.
+        d.heard_from("frozen", 300);
+        assert!(!d.suspect_since("frozen", 300));
+        let ids: Vec<i64> = d
+            .claim(&frozen, 10, 1_000, None, 300)
+            .runs
+            .iter()
+            .map(|q| q.run_id)
+            .collect();
+        assert_eq!(ids, [1]);
     }
 
     #[test]
@@ -1414,7 +1513,7 @@ mod tests {
         drop(held.remove(0));
         d.polling.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let again = wait(&d, &nodes[0]);
-        let c = d.claim(&nodes[0], 1_000, 1_000, Some(&again));
+        let c = d.claim(&nodes[0], 1_000, 1_000, Some(&again), 0);
         got[0] += c.runs.len();
         held.push(c);
         for (i, c) in (5..).zip(claim_each(&d, &nodes[5..], &me[5..])) {

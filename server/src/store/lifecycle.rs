@@ -1002,8 +1002,11 @@ pub fn complete(
 
 /// Expires leases older than `now`: the attempt is `lost` and retried per the
 /// job's policy (or the run ends `lost`/`cancelled`). Returns the retries to queue
-/// and the number of expired leases.
-pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize), StoreError> {
+/// and the node of each expired lease.
+pub fn expire_leases(
+    conn: &Connection,
+    now: i64,
+) -> Result<(Vec<Queued>, Vec<String>), StoreError> {
     let expired: Vec<(i64, u32, Option<String>, i64, bool)> = conn
         .prepare_cached(
             "SELECT id, attempt, assigned_node, job, cancel_requested FROM runs
@@ -1030,7 +1033,8 @@ pub fn expire_leases(conn: &Connection, now: i64) -> Result<(Vec<Queued>, usize)
         };
         requeue.extend(runs);
     }
-    Ok((requeue, expired.len()))
+    let nodes = expired.into_iter().filter_map(|e| e.2).collect();
+    Ok((requeue, nodes))
 }
 
 /// What [`end_runs_of_gone_nodes`] did: the runs it ended (to drop from
@@ -1759,7 +1763,7 @@ mod tests {
                 let q = one_slot(c, &job, 1_000);
                 assign(c, "n1", std::slice::from_ref(&q), 1_000, 30_000, 0)?;
                 let (requeue, expired) = expire_leases(c, 40_000)?;
-                assert_eq!((requeue.len(), expired), (0, 1));
+                assert_eq!((requeue.len(), expired), (0, vec!["n1".to_string()]));
                 let (kind, job_id, _, node, data) = last_event(c);
                 assert_eq!(
                     (kind.as_str(), job_id.as_deref(), node.as_deref()),

@@ -187,8 +187,10 @@ impl std::str::FromStr for ExecutorKind {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    /// Run on these node ids (one of them, or each of them with `all`).
+    /// Run on these node ids (one of them, or each of them with `all`):
+    /// at most 1000, each once, each a valid node id.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 1000)]
     pub nodes: Vec<String>,
     /// Run on nodes carrying all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -31,6 +31,9 @@ impl Invalid {
 /// Longest job id, node id or label key/value accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Most nodes one job's `target.nodes` may list.
+pub const MAX_TARGET_NODES: usize = 1000;
+
 /// Job ids: 1–128 of `[A-Za-z0-9._-]`, starting with a letter or digit.
 pub fn job_id(id: &str) -> Result<(), Invalid> {
     let ok = !id.is_empty()
@@ -206,11 +209,20 @@ pub fn spec_fields(spec: &JobSpec) -> Result<(), Invalid> {
             ));
         }
     }
-    for n in &spec.target.nodes {
-        if n.is_empty() || n.len() > MAX_ID_LEN {
+    if spec.target.nodes.len() > MAX_TARGET_NODES {
+        return Err(Invalid::value(
+            "target.nodes",
+            format!("at most {MAX_TARGET_NODES} nodes per target (use target.labels for more)"),
+        ));
+    }
+    for (i, n) in spec.target.nodes.iter().enumerate() {
+        // The rule a node's own id is held to at join: another id could
+        // never run the job.
+        node_id(n).map_err(|e| Invalid::value(format!("target.nodes[{i}]"), e.message))?;
+        if spec.target.nodes[..i].contains(n) {
             return Err(Invalid::value(
-                "target.nodes",
-                format!("node id {n:?} is not valid"),
+                format!("target.nodes[{i}]"),
+                format!("node {n:?} is listed twice"),
             ));
         }
     }
@@ -419,6 +431,18 @@ mod tests {
             ),
             (Box::new(|s| s.history.keep = Some(0)), "history.keep"),
             (Box::new(|s| s.retries.max = 1000), "retries.max"),
+            (
+                Box::new(|s| s.target.nodes = vec!["n1".into(), "has space".into()]),
+                "target.nodes[1]",
+            ),
+            (
+                Box::new(|s| s.target.nodes = vec!["n1".into(), "n2".into(), "n1".into()]),
+                "target.nodes[2]",
+            ),
+            (
+                Box::new(|s| s.target.nodes = (0..=1000).map(|i| format!("n{i}")).collect()),
+                "target.nodes",
+            ),
             (
                 Box::new(|s| {
                     s.labels.insert("bad key".into(), "x".into());

@@ -33,6 +33,19 @@ pub enum CallError {
     Rejected { status: u16, body: String },
 }
 
+impl CallError {
+    /// A 401 whose reason is `revoked_node` (the message ends with it, see
+    /// docs/signing.md): not a passing failure, this node's attempts are
+    /// no longer its own.
+    pub fn is_revoked(&self) -> bool {
+        let CallError::Unauthorized(body) = self else {
+            return false;
+        };
+        serde_json::from_str::<sundial_proto::ErrorBody>(body)
+            .is_ok_and(|b| b.error.message.ends_with(": revoked_node"))
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: Http,

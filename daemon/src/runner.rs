@@ -282,7 +282,10 @@ impl Runner {
             if let Err(e) = self.spool.put(&entry) {
                 tracing::error!(run = a.run_id, error = %e, "could not spool a result; it is lost");
             } else {
-                tracing::info!(run = a.run_id, "server unreachable; result spooled");
+                tracing::info!(
+                    run = a.run_id,
+                    "result not delivered (server unreachable, or this node's credential refused); spooled"
+                );
                 self.spool_wake.notify_one();
             }
         }
@@ -380,6 +383,13 @@ async fn heartbeats(
             }
             Ok(_) => {}
             Err(CallError::Rejected { status: 404, .. }) => {
+                stop.stop(Outcome::Cancelled);
+                return;
+            }
+            Err(e) if e.is_revoked() => {
+                // The server retries the run elsewhere once its lease
+                // expires: running on would run it twice.
+                tracing::warn!(run = run_id, "this node was revoked: stopping the run");
                 stop.stop(Outcome::Cancelled);
                 return;
             }

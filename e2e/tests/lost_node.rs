@@ -289,3 +289,44 @@ fn a_retry_never_goes_to_the_frozen_node_that_lost_the_attempt() {
     assert_eq!(done["attempt"], 2, "{done}");
     assert_eq!(done["node"], other, "{done}");
 }
+
+/// A revoked node stops its running attempt at its next heartbeat (the
+/// server retries the run elsewhere once the lease expires; running on
+/// would run it twice).
+#[test]
+fn a_revoked_daemon_stops_its_running_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start_args(&dir.path().join("data"), &["--lease", "3s"]).unwrap();
+    let daemon = server.one_daemon(dir.path()).unwrap();
+    let marker = dir.path().join("finished");
+    let job = json!({"schedule": "0 0 0 1 1 *",
+        "executor": {"type": "shell", "script": format!("sleep 6; touch {}", marker.display())}});
+    assert_eq!(
+        server.call("PUT", "/v1/jobs/long", Some(&job)).unwrap().0,
+        201
+    );
+    let (status, run) = server.call("POST", "/v1/jobs/long/trigger", None).unwrap();
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_i64().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        let (_, r) = server
+            .call("GET", &format!("/v1/runs/{run_id}"), None)
+            .ok()?;
+        (r["state"] == "running").then_some(())
+    })
+    .expect("the run started");
+    let (status, body) = server.call("DELETE", "/v1/nodes/n1", None).unwrap();
+    assert_eq!(status, 204, "{body}");
+    wait_for(Duration::from_secs(5), || {
+        daemon
+            .log_text()
+            .contains("this node was revoked: stopping the run")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the daemon did not stop the run:\n{}", daemon.log_text()));
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        !marker.exists(),
+        "the job ran to its end after the revocation"
+    );
+}

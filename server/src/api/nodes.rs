@@ -113,9 +113,12 @@ pub async fn revoke(
         nodes::revoke,
         move |found| {
             if found {
+                // As the database: a node already revoked is left as it is.
                 registry.update(&revoked, |n| {
-                    n.revoked = true;
-                    n.generation += 1;
+                    if !n.revoked {
+                        n.revoked = true;
+                        n.generation += 1;
+                    }
                 });
                 tracing::info!(node = %revoked, "node revoked");
             }

@@ -130,23 +130,31 @@ pub fn holds_credential(conn: &Connection, id: &str, generation: u64) -> Result<
 }
 
 /// Revokes a node: bumps its generation so its key stops verifying.
+/// Returns whether the node exists.
 pub fn revoke(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    // Once: a node already revoked keeps its generation, and no second
+    // `node.revoked` event (or webhook) goes out.
     let revoked = conn
-        .prepare_cached("UPDATE nodes SET revoked = 1, generation = generation + 1 WHERE id = ?1")?
+        .prepare_cached(
+            "UPDATE nodes SET revoked = 1, generation = generation + 1 WHERE id = ?1 AND revoked = 0",
+        )?
         .execute([id])?
         > 0;
-    if revoked {
-        events::append(
-            conn,
-            now,
-            EventType::NodeRevoked,
-            None,
-            None,
-            Some(id),
-            &serde_json::json!({}),
-        )?;
+    if !revoked {
+        return Ok(conn
+            .prepare_cached("SELECT 1 FROM nodes WHERE id = ?1")?
+            .exists([id])?);
     }
-    Ok(revoked)
+    events::append(
+        conn,
+        now,
+        EventType::NodeRevoked,
+        None,
+        None,
+        Some(id),
+        &serde_json::json!({}),
+    )?;
+    Ok(true)
 }
 
 /// Nodes not heard from for `window_ms` (and not revoked) are marked down,
@@ -190,6 +198,32 @@ pub fn touch_many(conn: &Connection, seen: &[(String, i64)]) -> Result<(), Store
 mod tests {
     use super::*;
     use crate::store::test_support::temp_store;
+
+    #[tokio::test]
+    async fn a_node_is_revoked_once() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| {
+                join(c, "n1", 0)?;
+                let before = get(c, "n1")?.unwrap().generation;
+                assert!(revoke(c, "n1", 1)?);
+                assert!(revoke(c, "n1", 2)?, "still found");
+                assert!(!revoke(c, "nope", 3)?);
+                let after = get(c, "n1")?.unwrap();
+                assert!(after.revoked);
+                assert_eq!(after.generation, before + 1);
+                let events: i64 = c.query_row(
+                    "SELECT count(*) FROM events WHERE type = 'node.revoked'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                assert_eq!(events, 1);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        store.close().await;
+    }
 
     #[tokio::test]
     async fn a_silent_node_is_down_once_until_it_is_heard_from() {

@@ -57,8 +57,8 @@ impl Progress {
             self.hinted = true;
             lines.push(format!(
                 "Still pending after {}s: no node has taken it yet. A run waits for a ready \
-                 node that matches the job's target and has a free slot; see `sundial nodes ls` \
-                 and `sundial jobs describe {}`.",
+                 node that matches the job's target, allows its executor and has a free slot; \
+                 see `sundial nodes ls` and `sundial jobs describe {}`.",
                 waited.as_secs(),
                 run.job_id
             ));

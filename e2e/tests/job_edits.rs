@@ -49,15 +49,69 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(&dir.path().join("data")).unwrap();
     let token = server.join_token().unwrap();
-    let _daemons: Vec<DaemonProc> = ["n1", "n2"]
+    let mut daemons: Vec<DaemonProc> = ["n1", "n2"]
         .iter()
         .map(|id| DaemonProc::start(&server.base, &token, id, &dir.path().join(id), &[]).unwrap())
         .collect();
+    // One that runs exec jobs only.
+    let narrow = ["--allow-executors", "exec", "--labels", "role=narrow"];
+    daemons.push(
+        DaemonProc::start(&server.base, &token, "n3", &dir.path().join("n3"), &narrow).unwrap(),
+    );
     wait_for(Duration::from_secs(20), || {
         let (_, nodes) = server.call("GET", "/v1/nodes", None).ok()?;
-        (nodes["items"].as_array()?.len() == 2).then_some(())
+        (nodes["items"].as_array()?.len() == 3).then_some(())
     })
     .expect("the daemons registered");
+
+    // A broadcast no node can take says why: none live, or none allowing
+    // the executor.
+    for (labels, why) in [
+        ("nobody", "none is live"),
+        (
+            "narrow",
+            "1 live node(s) match its target but none allows the shell executor",
+        ),
+    ] {
+        let spec = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true, "labels": {"role": labels}},
+            "executor": {"type": "shell", "script": "true"}});
+        let id = format!("cast-{labels}");
+        assert_eq!(
+            server
+                .call("PUT", &format!("/v1/jobs/{id}"), Some(&spec))
+                .unwrap()
+                .0,
+            201
+        );
+        let (status, body) = server
+            .call("POST", &format!("/v1/jobs/{id}/trigger"), None)
+            .unwrap();
+        assert_eq!(status, 409, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{body}");
+    }
+    // Fired on its schedule, it makes no run either: counted and logged.
+    let every = json!({"schedule": "@every 1s", "target": {"all": true, "labels": {"role": "nobody"}},
+        "executor": {"type": "shell", "script": "true"}});
+    assert_eq!(
+        server
+            .call("PUT", "/v1/jobs/cast-every", Some(&every))
+            .unwrap()
+            .0,
+        201
+    );
+    wait_for(Duration::from_secs(10), || {
+        (server.metric("sundial_broadcast_slots_empty_total").ok()? >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no empty broadcast counted:\n{}", server.log_text()));
+    assert!(server.log_text().contains("no run made"));
+    assert_eq!(
+        server
+            .call("DELETE", "/v1/jobs/cast-every", None)
+            .unwrap()
+            .0,
+        204
+    );
 
     // Runs created while the jobs name a node that does not exist.
     let nowhere = json!({"nodes": ["nope"]});

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub fire_lateness_seconds: Histogram,
     pub slots_created: IntCounterVec,
     pub misfires_skipped: IntCounter,
+    pub broadcast_slots_empty: IntCounter,
     pub runs_pruned: IntCounter,
     pub jobs: IntGauge,
     pub runs: IntGaugeVec,
@@ -111,6 +112,10 @@ impl Metrics {
         let misfires_skipped = must(IntCounter::new(
             "misfires_skipped_total",
             "Missed slots dropped by misfire policy",
+        ));
+        let broadcast_slots_empty = must(IntCounter::new(
+            "broadcast_slots_empty_total",
+            "Fires of broadcast jobs that made no run: no live node matched the target and allowed the executor",
         ));
         let runs_pruned = must(IntCounter::new(
             "runs_pruned_total",
@@ -270,6 +275,7 @@ impl Metrics {
             Box::new(fire_lateness_seconds.clone()),
             Box::new(slots_created.clone()),
             Box::new(misfires_skipped.clone()),
+            Box::new(broadcast_slots_empty.clone()),
             Box::new(runs_pruned.clone()),
             Box::new(jobs.clone()),
             Box::new(runs.clone()),
@@ -313,6 +319,7 @@ impl Metrics {
             fire_lateness_seconds,
             slots_created,
             misfires_skipped,
+            broadcast_slots_empty,
             runs_pruned,
             jobs,
             runs,

@@ -165,4 +165,16 @@ impl Registry {
             Err(_) => Vec::new(),
         }
     }
+
+    /// How many live nodes match `target`, whatever their executors: why
+    /// a broadcast found no node (none live, or none allowing its executor).
+    pub fn live_matching(&self, target: &Target, now: i64) -> usize {
+        match self.nodes.read() {
+            Ok(m) => m
+                .values()
+                .filter(|n| n.live(now) && n.matches(target))
+                .count(),
+            Err(_) => 0,
+        }
+    }
 }

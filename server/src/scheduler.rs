@@ -135,6 +135,8 @@ pub struct Tick {
     /// rolls back (and is retried) is not counted twice.
     pub created_by_trigger: Vec<(Trigger, u64)>,
     pub skipped: u64,
+    /// Fires of broadcast jobs with no node to run them (no run made).
+    pub empty_broadcasts: u64,
     pub jobs_fired: usize,
     /// Earliest fire still pending after this tick.
     pub next_fire: Option<i64>,
@@ -209,6 +211,9 @@ impl Scheduler {
                     .inc_by(n);
             }
             self.metrics.misfires_skipped.inc_by(tick.skipped);
+            self.metrics
+                .broadcast_slots_empty
+                .inc_by(tick.empty_broadcasts);
             for at in tick.on_time.drain(..) {
                 let late = (committed - at).max(0) as f64 / 1000.0;
                 self.metrics.fire_lateness_seconds.observe(late);
@@ -372,6 +377,15 @@ fn fire_due(
             if *trigger == Trigger::Schedule && new > 0 {
                 tick.on_time.push(*at);
             }
+        }
+        if parsed.target.all && nodes.is_empty() && !plan.slots.is_empty() {
+            // Nothing waits, so no queue alert sees it: say so.
+            tick.empty_broadcasts += plan.slots.len() as u64;
+            tracing::warn!(
+                job = %job.id,
+                fires = plan.slots.len(),
+                "broadcast job fired with no live node matching its target and allowing its executor: no run made"
+            );
         }
         if plan.skipped > 0 {
             tick.skipped += plan.skipped;

@@ -307,10 +307,16 @@ pub async fn trigger(
         queue.registry.broadcast_targets(target, kind, now)
     });
     if nodes.is_empty() {
+        let why = match queue.registry.live_matching(target, now) {
+            0 => "none is live".to_string(),
+            n => format!(
+                "{n} live node(s) match its target but none allows the {kind} executor (their --allow-executors)"
+            ),
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_eligible_nodes",
-            "the job broadcasts to all matching nodes and none is live",
+            format!("the job broadcasts to all matching nodes and {why}"),
         ));
     }
     let metrics = queue.metrics.clone();

@@ -264,18 +264,18 @@ pub fn fire(
     let Some((upstream, first_run, state)) = ended_slot(conn, run_id)? else {
         return Ok(out);
     };
-    let followers: Vec<(i64, String, String, bool)> = conn
+    let followers: Vec<(i64, String, String, bool, String)> = conn
         .prepare_cached(
-            "SELECT j.pk, j.spec, a.states, (s.enabled = 1 AND s.paused = 0)
+            "SELECT j.pk, j.spec, a.states, (s.enabled = 1 AND s.paused = 0), j.id
              FROM job_after a JOIN jobs j ON j.pk = a.downstream
                  JOIN job_stats s ON s.pk = a.downstream
              WHERE a.upstream = ?1",
         )?
         .query_map([&upstream], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<_, _>>()?;
-    for (pk, spec_text, states, active) in followers {
+    for (pk, spec_text, states, active, follower) in followers {
         if !active || !states.split(',').any(|s| s == state.as_str()) {
             continue;
         }
@@ -295,6 +295,12 @@ pub fn fire(
         let nodes = lifecycle::slot_nodes(&spec.target, || {
             registry::broadcast_targets(known.iter(), &spec.target, job.executor_kind, now)
         });
+        if spec.target.all && nodes.is_empty() {
+            tracing::warn!(
+                job = %follower,
+                "chained broadcast job with no live node matching its target and allowing its executor: no run made"
+            );
+        }
         // The next free millisecond from now (two upstream slots may end at once).
         for offset in 0..1000 {
             let mut fired = Fired::default();

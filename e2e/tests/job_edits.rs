@@ -192,6 +192,44 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
     nodes.sort();
     assert_eq!(nodes, ["n1", "n2"]);
 
+    // `sundial jobs trigger --wait` of a broadcast job waits for every
+    // node's run and exits with the slot's outcome: n2's exit code 7.
+    let split = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true, "nodes": ["n1", "n2"]},
+        "executor": {"type": "shell", "script": "echo on $SUNDIAL_NODE_ID; [ $SUNDIAL_NODE_ID = n2 ] && { sleep 1; exit 7; }; exit 0"}});
+    assert_eq!(
+        server
+            .call("PUT", "/v1/jobs/split", Some(&split))
+            .unwrap()
+            .0,
+        201
+    );
+    let cli = |args: &[&str]| {
+        std::process::Command::new(sundial_e2e::binary("sundial").unwrap())
+            .args(args)
+            .env("SUNDIAL_URL", &server.base)
+            .env("SUNDIAL_KEY", sundial_e2e::ADMIN_KEY)
+            .env("SUNDIAL_CLI_CONFIG", dir.path().join("cli.toml"))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["jobs", "trigger", "split", "--wait", "--timeout", "30"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(7), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("on n1\n") && stdout.contains("on n2\n"),
+        "{stdout}"
+    );
+    assert!(stderr.contains(" on n2 failed (exit code 7)"), "{stderr}");
+    let o = cli(&["jobs", "trigger", "split", "--wait", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(7));
+    let slot: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(slot.len(), 2, "{slot:?}");
+
     // The replace job's three waiting runs are handed out together: the
     // newest runs, the two it would replace at once end cancelled.
     let (status, body) = server

@@ -49,11 +49,11 @@ pub fn run_exit_code(run: &Run) -> i32 {
     }
 }
 
-/// Polls a run until it reaches a terminal state (or `timeout`), calling
-/// `on_update` with each new version.
 /// How long a wait for a run rides out a server it cannot reach.
 const OUT_OF_REACH_GRACE: Duration = Duration::from_secs(60);
 
+/// Polls a run until it reaches a terminal state (or `timeout`), calling
+/// `on_update` with each new version.
 /// An error that a restart or failover of the server explains: refused or
 /// timed-out connections, and no primary behind the proxy (502-504).
 fn is_transient(e: &CliError) -> bool {
@@ -180,39 +180,58 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
             if human {
                 eprintln!("Triggered run {} of job {}; waiting…", run.id, run.job_id);
             }
+            // A broadcast slot is one run per node: the wait covers them all.
+            let job: Job = client.get(&format!("/v1/jobs/{}", enc(&id)))?;
+            let broadcast = job.spec.target.all;
             let mut progress = Progress::new();
             let started = Instant::now();
-            let done = follow_run(&client, run.id, Duration::from_secs(timeout), |r| {
+            let timeout = Duration::from_secs(timeout);
+            let done = follow_run(&client, run.id, timeout, |r| {
                 if human {
                     for line in progress.update(r, started.elapsed()) {
                         eprintln!("{line}");
                     }
                 }
             })?;
+            let mut slot = vec![done];
+            if broadcast {
+                for sibling in slot_siblings(&client, &run)? {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    slot.push(follow_run(&client, sibling, left, |_| {})?);
+                }
+            }
             match ctx.format() {
                 OutputFormat::Table | OutputFormat::Wide => {
-                    if let Some(out) = &done.output {
-                        emit(out);
+                    for done in &slot {
+                        if let Some(out) = &done.output {
+                            emit(out);
+                        }
+                        let why = done
+                            .error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default();
+                        let on = match (&done.node, broadcast) {
+                            (Some(node), true) => format!(" on {node}"),
+                            _ => String::new(),
+                        };
+                        eprintln!(
+                            "Run {}{on} {} (exit code {}){why}.",
+                            done.id,
+                            done.state,
+                            done.exit_code
+                                .map(|c| c.to_string())
+                                .unwrap_or_else(|| "none".into())
+                        );
                     }
-                    let why = done
-                        .error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default();
-                    eprintln!(
-                        "Run {} {} (exit code {}){why}.",
-                        done.id,
-                        done.state,
-                        done.exit_code
-                            .map(|c| c.to_string())
-                            .unwrap_or_else(|| "none".into())
-                    );
                 }
-                _ => ctx.print(&done, String::new)?,
+                _ if broadcast => ctx.print(&slot, String::new)?,
+                _ => ctx.print(&slot[0], String::new)?,
             }
-            match run_exit_code(&done) {
-                0 => Ok(()),
-                code => Err(CliError::Exit(code)),
+            // The slot's outcome: the first run (in id order) that did not succeed.
+            match slot.iter().map(run_exit_code).find(|c| *c != 0) {
+                None => Ok(()),
+                Some(code) => Err(CliError::Exit(code)),
             }
         }
         JobsCmd::Pause { id } => {
@@ -245,6 +264,25 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
             })
         }
     }
+}
+
+/// The other runs of `run`'s broadcast slot (same job, manual trigger and
+/// time), oldest first.
+fn slot_siblings(client: &Client, run: &Run) -> CliResult<Vec<i64>> {
+    let page: List<Run> = client.get(&format!(
+        "/v1/runs?job={}&limit=1000&output=false",
+        enc(&run.job_id)
+    ))?;
+    let mut ids: Vec<i64> = page
+        .items
+        .iter()
+        .filter(|r| {
+            r.id != run.id && r.trigger == run.trigger && r.scheduled_for == run.scheduled_for
+        })
+        .map(|r| r.id)
+        .collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -155,7 +155,10 @@ pub fn run_detail(view: &View, r: &Run) -> String {
     line("Run:", r.id.to_string());
     line("Job:", r.job_id.clone());
     line("State:", view.state(r.state.as_str()));
-    line("Trigger:", r.trigger.to_string());
+    match r.upstream_run_id {
+        Some(up) => line("Trigger:", format!("{} (upstream run {up})", r.trigger)),
+        None => line("Trigger:", r.trigger.to_string()),
+    }
     line("Scheduled:", view.when(Some(r.scheduled_for)));
     line("Started:", view.when(r.started_at));
     line("Finished:", view.when(r.finished_at));
@@ -288,6 +291,28 @@ pub fn next_fire(view: &View, job: &Job, long: bool) -> String {
     }
 }
 
+/// Free text (a description) for a terminal: its lines indented by
+/// `indent` after the first, and control characters other than line
+/// breaks and tabs shown as escapes, so text cannot recolour, move or
+/// overwrite what is printed around it.
+pub fn free_text(text: &str, indent: usize) -> String {
+    let pad = format!("\n{:indent$}", "");
+    text.lines()
+        .map(|line| {
+            line.chars()
+                .map(|c| {
+                    if c.is_control() && c != '\t' {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(&pad)
+}
+
 /// `jobs describe`: summary, spec as YAML, next fires and last runs.
 pub fn describe(view: &View, job: &Job, next: &[Fire], last: &[Run]) -> String {
     let mut out = String::new();
@@ -304,7 +329,7 @@ pub fn describe(view: &View, job: &Job, next: &[Fire], last: &[Run]) -> String {
     line("Target:", target(&job.spec.target));
     line("Labels:", labels(&job.spec.labels));
     if !job.spec.description.is_empty() {
-        line("Description:", job.spec.description.clone());
+        line("Description:", free_text(&job.spec.description, 14));
     }
     line(
         "Runs:",

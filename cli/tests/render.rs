@@ -103,6 +103,15 @@ off   0 30 2 * * *              Europe/Berlin  disabled   succeeded  no
         described.contains("\nNext fire:    - (its @at instant has passed)\n"),
         "{described}"
     );
+    // A description cannot drive the terminal, and its lines stay under it.
+    let mut odd = once.clone();
+    odd.spec.description = "line1\nline2\u{1b}[31mRED\rOVER".into();
+    assert_eq!(render::free_text("naïve 日本\ttab", 2), "naïve 日本\ttab");
+    let described = render::describe(&view(), &odd, &[], &[]);
+    assert!(
+        described.contains("\nDescription:  line1\n              line2\\u{1b}[31mRED\\rOVER\n"),
+        "{described}"
+    );
 }
 
 #[test]
@@ -131,6 +140,15 @@ Output:
   line two
 ";
     assert_eq!(detail, want, "\n{detail}");
+    // A chained run names the upstream run that started it.
+    let mut chained = run(9, "succeeded", Some(0));
+    chained.trigger = sundial_proto::Trigger::Chain;
+    chained.upstream_run_id = Some(7);
+    let detail = render::run_detail(&view(), &chained);
+    assert!(
+        detail.contains("\nTrigger:      chain (upstream run 7)\n"),
+        "{detail}"
+    );
 }
 
 #[test]

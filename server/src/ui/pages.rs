@@ -89,9 +89,14 @@ pub struct RunView {
 
 impl From<&Run> for RunView {
     fn from(r: &Run) -> RunView {
-        let duration = match (r.started_at, r.finished_at) {
-            (Some(s), Some(f)) => human_ms(f - s),
-            (Some(s), None) => format!("{} so far", human_ms(now_ms() - s)),
+        let duration = match (r.state, r.started_at, r.finished_at) {
+            (_, Some(s), Some(f)) => human_ms(f - s),
+            (RunState::Running, Some(s), None) => format!("{} so far", human_ms(now_ms() - s)),
+            // Waiting for a retry: the start shown is the ended attempt's,
+            // and nothing runs now.
+            (RunState::Pending, Some(_), None) => {
+                format!("— (attempt {} waits for its retry)", r.attempt)
+            }
             _ => String::new(),
         };
         RunView {
@@ -635,5 +640,32 @@ mod tests {
             let q = JobsQuery::default().with_labels(Some(bad)).unwrap();
             assert!(q.search().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_run_waiting_for_its_retry_has_no_running_duration() {
+        let run = |state: &str, finished: serde_json::Value| -> Run {
+            serde_json::from_value(serde_json::json!({
+                "id": 1, "job_id": "j", "scheduled_for": "2026-11-25T01:30:00Z",
+                "node": null, "trigger": "manual", "attempt": 2, "state": state,
+                "created_at": "2026-11-25T01:30:00Z", "started_at": "2026-11-25T01:30:00Z",
+                "finished_at": finished, "exit_code": 4, "output": "",
+                "truncated": false, "error": null
+            }))
+            .unwrap()
+        };
+        let waiting = RunView::from(&run("pending", serde_json::Value::Null));
+        assert_eq!(waiting.duration, "— (attempt 2 waits for its retry)");
+        let running = RunView::from(&run("running", serde_json::Value::Null));
+        assert!(
+            running.duration.ends_with(" so far"),
+            "{}",
+            running.duration
+        );
+        let ended = RunView::from(&run(
+            "failed",
+            serde_json::json!("2026-11-25T01:30:59.964Z"),
+        ));
+        assert_eq!(ended.duration, "59.9 s");
     }
 }

@@ -84,7 +84,8 @@ pub fn human_ms(ms: i64) -> String {
     if ms < 1000 {
         format!("{ms} ms")
     } else if ms < 60_000 {
-        format!("{:.1} s", ms as f64 / 1000.0)
+        // Tenths cut, not rounded: 59,964 ms is "59.9 s", not "60.0 s".
+        format!("{}.{} s", ms / 1000, (ms % 1000) / 100)
     } else if ms < 3_600_000 {
         format!("{}m {:02}s", ms / 60_000, (ms % 60_000) / 1000)
     } else {
@@ -207,6 +208,12 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(human_ms(850), "850 ms");
         assert_eq!(human_ms(12_340), "12.3 s");
+        assert_eq!(
+            human_ms(59_964),
+            "59.9 s",
+            "cut, not rounded into the next unit"
+        );
+        assert_eq!(human_ms(60_000), "1m 00s");
         assert_eq!(human_ms(245_000), "4m 05s");
         assert_eq!(human_ms(7_380_000), "2h 03m");
     }

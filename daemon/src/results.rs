@@ -169,6 +169,11 @@ pub async fn deliver_one(client: &Client, e: Entry) -> Delivered {
             }
             Ok(())
         }
+        // 404: the run is gone with its job (deleted meanwhile); expected.
+        Err(CallError::Rejected { status: 404, body }) => {
+            tracing::info!(run = e.run_id, %body, "the run no longer exists (its job was deleted?); result dropped");
+            Ok(())
+        }
         Err(CallError::Rejected { status, body }) => {
             tracing::error!(run = e.run_id, status, %body, "server rejected a result; dropping it");
             Ok(())

@@ -465,8 +465,12 @@ executor: {type: shell, script: "echo start; sleep 2; echo end"}
             .all(|r| r["output"].is_null() && r["exit_code"] == 7),
         "{bare}"
     );
-    let (status, refused) = server.call("GET", "/v1/runs?output=maybe", None).unwrap();
-    assert_eq!(status, 400, "{refused}");
+    for bad in ["output=maybe", "node="] {
+        let (status, refused) = server
+            .call("GET", &format!("/v1/runs?{bad}"), None)
+            .unwrap();
+        assert_eq!(status, 400, "{bad}: {refused}");
+    }
 
     // A wait rides out a restart of the server: the run goes on meanwhile.
     let waiting = sundial_cmd(&cfg, Some(url), &["jobs", "trigger", "slow", "--wait"])

@@ -206,6 +206,9 @@ pub fn run(ctx: &Ctx, cmd: JobsCmd) -> CliResult<()> {
                         if let Some(out) = &done.output {
                             emit(out);
                         }
+                        if done.truncated {
+                            eprintln!("[output truncated by the daemon]");
+                        }
                         let why = done
                             .error
                             .as_deref()

@@ -57,6 +57,14 @@ pub async fn list(
         .map(str::parse::<RunState>)
         .transpose()
         .map_err(|m| ApiError::bad_request("invalid_value", "state", m))?;
+    if q.node.as_deref() == Some("") {
+        // Not "any node": an empty filter would match runs without one.
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "node",
+            "node must name a node",
+        ));
+    }
     let node = q.node;
     let job = q.job;
     let output = q.output.unwrap_or(true);

@@ -329,25 +329,36 @@ impl Dispatcher {
         let by_job: HashMap<i64, lifecycle::Placement> =
             placements.into_iter().map(|p| (p.job_pk, p)).collect();
         let mut inner = self.lock();
-        let mut moved = false;
+        // What moved: the jobs with runs for any node, and the broadcast
+        // runs' nodes, so each waiter is judged once per job, not per run.
+        let mut any_node: std::collections::HashSet<i64> = Default::default();
+        let mut bound: HashMap<String, Vec<i64>> = HashMap::new();
         for q in inner.queue.values_mut() {
             if let Some(p) = by_job.get(&q.job_pk) {
                 q.target = p.target.clone();
                 q.executor_kind = p.executor_kind;
-                moved = true;
+                if q.slot_node.is_empty() {
+                    any_node.insert(q.job_pk);
+                } else {
+                    let pks = bound.entry(q.slot_node.clone()).or_default();
+                    if !pks.contains(&q.job_pk) {
+                        pks.push(q.job_pk);
+                    }
+                }
             }
-        }
-        if !moved {
-            return;
         }
         let wake: Vec<Arc<Notify>> = inner
             .waiters
             .values()
             .filter(|w| {
-                inner.queue.values().any(|q| {
-                    by_job.contains_key(&q.job_pk)
-                        && w.node.eligible(&q.target, q.executor_kind, &q.slot_node)
-                })
+                let may = |pk: &i64, slot_node: &str| {
+                    let p = &by_job[pk];
+                    w.node.eligible(&p.target, p.executor_kind, slot_node)
+                };
+                any_node.iter().any(|pk| may(pk, ""))
+                    || bound
+                        .get(&w.node.id)
+                        .is_some_and(|pks| pks.iter().any(|pk| may(pk, &w.node.id)))
             })
             .map(|w| w.notify.clone())
             .collect();

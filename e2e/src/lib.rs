@@ -207,6 +207,24 @@ impl ServerProc {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// `PUT /v1/jobs/{id}`; the stored job, or an error naming the refusal.
+    pub fn put_job(&self, id: &str, spec: &Value) -> Result<Value> {
+        let (status, body) = self.call("PUT", &format!("/v1/jobs/{id}"), Some(spec))?;
+        if !matches!(status, 200 | 201) {
+            bail!("PUT /v1/jobs/{id}: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// `POST /v1/jobs/{id}/trigger`; the new run's id.
+    pub fn trigger(&self, id: &str) -> Result<i64> {
+        let (status, run) = self.call("POST", &format!("/v1/jobs/{id}/trigger"), None)?;
+        match run["id"].as_i64() {
+            Some(run_id) if status == 201 => Ok(run_id),
+            _ => bail!("POST /v1/jobs/{id}/trigger: {status} {run}"),
+        }
+    }
+
     /// Every run of a job (following cursors), oldest first.
     pub fn all_runs(&self, job: &str) -> Result<Vec<Value>> {
         let mut out = Vec::new();

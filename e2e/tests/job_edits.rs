@@ -1,7 +1,8 @@
 //! Concurrency and edits on the way to a node: runs queued under a job's
 //! old target follow the new one (through `PUT /v1/jobs/{id}` and bulk
 //! apply alike), a `concurrency: replace` backlog handed out together starts
-//! only its newest run, and a broadcast slot's runs are judged per node.
+//! only its newest run, and a broadcast slot's runs are judged per node,
+//! waited for together and, when no node can take them, explained.
 
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -10,14 +11,6 @@ use sundial_e2e::{wait_for, DaemonProc, ServerProc};
 fn job(target: Value, concurrency: &str) -> Value {
     json!({"schedule": "0 0 0 1 1 *", "target": target, "concurrency": concurrency,
         "executor": {"type": "shell", "script": "sleep 1; echo ran on $SUNDIAL_NODE_ID"}})
-}
-
-fn trigger(server: &ServerProc, id: &str) -> i64 {
-    let (status, run) = server
-        .call("POST", &format!("/v1/jobs/{id}/trigger"), None)
-        .unwrap();
-    assert_eq!(status, 201, "{run}");
-    run["id"].as_i64().unwrap()
 }
 
 fn run(server: &ServerProc, id: i64) -> Value {
@@ -44,25 +37,90 @@ fn ended(server: &ServerProc, ids: &[i64]) -> Vec<Value> {
     })
 }
 
-#[test]
-fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProc::start(&dir.path().join("data")).unwrap();
+/// A server with daemons n1 and n2, and n3, which runs exec jobs only.
+fn cluster(dir: &std::path::Path) -> (ServerProc, Vec<DaemonProc>) {
+    let server = ServerProc::start(&dir.join("data")).unwrap();
     let token = server.join_token().unwrap();
-    let mut daemons: Vec<DaemonProc> = ["n1", "n2"]
+    let flags: [&[&str]; 3] = [
+        &[],
+        &[],
+        &["--allow-executors", "exec", "--labels", "role=narrow"],
+    ];
+    let daemons: Vec<DaemonProc> = ["n1", "n2", "n3"]
         .iter()
-        .map(|id| DaemonProc::start(&server.base, &token, id, &dir.path().join(id), &[]).unwrap())
+        .zip(flags)
+        .map(|(id, f)| DaemonProc::start(&server.base, &token, id, &dir.join(id), f).unwrap())
         .collect();
-    // One that runs exec jobs only.
-    let narrow = ["--allow-executors", "exec", "--labels", "role=narrow"];
-    daemons.push(
-        DaemonProc::start(&server.base, &token, "n3", &dir.path().join("n3"), &narrow).unwrap(),
-    );
     wait_for(Duration::from_secs(20), || {
         let (_, nodes) = server.call("GET", "/v1/nodes", None).ok()?;
         (nodes["items"].as_array()?.len() == 3).then_some(())
     })
     .expect("the daemons registered");
+    (server, daemons)
+}
+
+#[test]
+fn waiting_runs_follow_an_edited_target_and_a_replace_backlog_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _daemons) = cluster(dir.path());
+
+    // Runs created while the jobs name a node that does not exist.
+    let nowhere = json!({"nodes": ["nope"]});
+    for id in ["edited", "applied"] {
+        server.put_job(id, &job(nowhere.clone(), "allow")).unwrap();
+    }
+    server
+        .put_job("backlog", &job(nowhere.clone(), "replace"))
+        .unwrap();
+    let edited = server.trigger("edited").unwrap();
+    let applied = server.trigger("applied").unwrap();
+    let backlog: Vec<i64> = (0..3).map(|_| server.trigger("backlog").unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    for id in [edited, applied].iter().chain(&backlog) {
+        assert_eq!(
+            run(&server, *id)["state"],
+            "pending",
+            "no node may take run {id}"
+        );
+    }
+
+    // One job edited alone, one through bulk apply: their waiting runs run.
+    let there = json!({"nodes": ["n1"]});
+    server
+        .put_job("edited", &job(there.clone(), "allow"))
+        .unwrap();
+    let mut doc = job(there.clone(), "allow");
+    doc["id"] = json!("applied");
+    let (status, body) = server
+        .call("POST", "/v1/jobs:apply", Some(&json!({"jobs": [doc]})))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plan"][0]["changes"], json!(["target"]), "{body}");
+    for r in ended(&server, &[edited, applied]) {
+        assert_eq!(r["state"], "succeeded", "{r}");
+        assert_eq!(r["node"], "n1", "{r}");
+    }
+
+    // The replace job's three waiting runs are handed out together: the
+    // newest runs, the two it would replace at once end cancelled.
+    server.put_job("backlog", &job(there, "replace")).unwrap();
+    let runs = ended(&server, &backlog);
+    let states: Vec<&str> = runs.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["cancelled", "cancelled", "succeeded"], "{runs:?}");
+    for r in &runs[..2] {
+        let error = r["error"].as_str().unwrap_or_default();
+        assert!(error.starts_with("replaced: "), "{r}");
+        assert!(
+            r["started_at"].is_null(),
+            "a replaced run never started: {r}"
+        );
+    }
+}
+
+#[test]
+fn a_broadcast_slot_is_judged_per_node_waited_for_whole_and_explained_when_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _daemons) = cluster(dir.path());
 
     // A broadcast no node can take says why: none live, or none allowing
     // the executor.
@@ -76,13 +134,7 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
         let spec = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true, "labels": {"role": labels}},
             "executor": {"type": "shell", "script": "true"}});
         let id = format!("cast-{labels}");
-        assert_eq!(
-            server
-                .call("PUT", &format!("/v1/jobs/{id}"), Some(&spec))
-                .unwrap()
-                .0,
-            201
-        );
+        server.put_job(&id, &spec).unwrap();
         let (status, body) = server
             .call("POST", &format!("/v1/jobs/{id}/trigger"), None)
             .unwrap();
@@ -93,95 +145,28 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
     // Fired on its schedule, it makes no run either: counted and logged.
     let every = json!({"schedule": "@every 1s", "target": {"all": true, "labels": {"role": "nobody"}},
         "executor": {"type": "shell", "script": "true"}});
-    assert_eq!(
-        server
-            .call("PUT", "/v1/jobs/cast-every", Some(&every))
-            .unwrap()
-            .0,
-        201
-    );
+    server.put_job("cast-every", &every).unwrap();
     wait_for(Duration::from_secs(10), || {
         (server.metric("sundial_broadcast_slots_empty_total").ok()? >= 1.0).then_some(())
     })
     .unwrap_or_else(|| panic!("no empty broadcast counted:\n{}", server.log_text()));
     assert!(server.log_text().contains("no run made"));
-    assert_eq!(
-        server
-            .call("DELETE", "/v1/jobs/cast-every", None)
-            .unwrap()
-            .0,
-        204
-    );
-
-    // Runs created while the jobs name a node that does not exist.
-    let nowhere = json!({"nodes": ["nope"]});
-    for id in ["edited", "applied"] {
-        let (status, body) = server
-            .call(
-                "PUT",
-                &format!("/v1/jobs/{id}"),
-                Some(&job(nowhere.clone(), "allow")),
-            )
-            .unwrap();
-        assert_eq!(status, 201, "{body}");
-    }
-    let (status, body) = server
-        .call(
-            "PUT",
-            "/v1/jobs/backlog",
-            Some(&job(nowhere.clone(), "replace")),
-        )
-        .unwrap();
-    assert_eq!(status, 201, "{body}");
-    let edited = trigger(&server, "edited");
-    let applied = trigger(&server, "applied");
-    let backlog: Vec<i64> = (0..3).map(|_| trigger(&server, "backlog")).collect();
-    std::thread::sleep(Duration::from_millis(1500));
-    for id in [edited, applied].iter().chain(&backlog) {
-        assert_eq!(
-            run(&server, *id)["state"],
-            "pending",
-            "no node may take run {id}"
-        );
-    }
-
-    // One job edited alone, one through bulk apply: their waiting runs run.
-    let anywhere = json!({"nodes": ["n1"]});
-    let (status, body) = server
-        .call(
-            "PUT",
-            "/v1/jobs/edited",
-            Some(&job(anywhere.clone(), "allow")),
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let mut doc = job(anywhere.clone(), "allow");
-    doc["id"] = json!("applied");
-    let (status, body) = server
-        .call("POST", "/v1/jobs:apply", Some(&json!({"jobs": [doc]})))
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["plan"][0]["changes"], json!(["target"]), "{body}");
-    for r in ended(&server, &[edited, applied]) {
-        assert_eq!(r["state"], "succeeded", "{r}");
-        assert_eq!(r["node"], "n1", "{r}");
-    }
+    let (status, _) = server.call("DELETE", "/v1/jobs/cast-every", None).unwrap();
+    assert_eq!(status, 204);
 
     // A broadcast `forbid` slot runs on both nodes at once: a node's run
     // is judged against that node's runs, not its sibling's.
     let cast = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true}, "concurrency": "forbid",
         "executor": {"type": "shell", "script": "sleep 2"}});
-    let (status, body) = server.call("PUT", "/v1/jobs/cast", Some(&cast)).unwrap();
-    assert_eq!(status, 201, "{body}");
-    trigger(&server, "cast");
-    let (_, page) = server.call("GET", "/v1/runs?job=cast", None).unwrap();
-    let ids: Vec<i64> = page["items"]
-        .as_array()
+    server.put_job("cast", &cast).unwrap();
+    server.trigger("cast").unwrap();
+    let ids: Vec<i64> = server
+        .all_runs("cast")
         .unwrap()
         .iter()
         .map(|r| r["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids.len(), 2, "{page}");
+    assert_eq!(ids.len(), 2, "n1 and n2 (n3 runs no shell job): {ids:?}");
     let mut nodes: Vec<String> = ended(&server, &ids)
         .iter()
         .map(|r| {
@@ -196,13 +181,7 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
     // node's run and exits with the slot's outcome: n2's exit code 7.
     let split = json!({"schedule": "0 0 0 1 1 *", "target": {"all": true, "nodes": ["n1", "n2"]},
         "executor": {"type": "shell", "script": "echo on $SUNDIAL_NODE_ID; [ $SUNDIAL_NODE_ID = n2 ] && { sleep 1; exit 7; }; exit 0"}});
-    assert_eq!(
-        server
-            .call("PUT", "/v1/jobs/split", Some(&split))
-            .unwrap()
-            .0,
-        201
-    );
+    server.put_job("split", &split).unwrap();
     let cli = |args: &[&str]| {
         std::process::Command::new(sundial_e2e::binary("sundial").unwrap())
             .args(args)
@@ -229,22 +208,4 @@ fn waiting_runs_follow_edits_and_concurrency_is_judged_per_node() {
     assert_eq!(o.status.code(), Some(7));
     let slot: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(slot.len(), 2, "{slot:?}");
-
-    // The replace job's three waiting runs are handed out together: the
-    // newest runs, the two it would replace at once end cancelled.
-    let (status, body) = server
-        .call("PUT", "/v1/jobs/backlog", Some(&job(anywhere, "replace")))
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let runs = ended(&server, &backlog);
-    let states: Vec<&str> = runs.iter().map(|r| r["state"].as_str().unwrap()).collect();
-    assert_eq!(states, ["cancelled", "cancelled", "succeeded"], "{runs:?}");
-    for r in &runs[..2] {
-        let error = r["error"].as_str().unwrap_or_default();
-        assert!(error.starts_with("replaced: "), "{r}");
-        assert!(
-            r["started_at"].is_null(),
-            "a replaced run never started: {r}"
-        );
-    }
 }

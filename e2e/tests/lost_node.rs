@@ -247,15 +247,8 @@ fn a_retry_never_goes_to_the_frozen_node_that_lost_the_attempt() {
     let job = json!({"schedule": "0 0 0 1 1 *",
         "retries": {"max": 1, "backoff": "1s", "max_backoff": "1s"},
         "executor": {"type": "shell", "script": "sleep 4; echo done on $SUNDIAL_NODE_ID"}});
-    assert_eq!(
-        server.call("PUT", "/v1/jobs/freeze", Some(&job)).unwrap().0,
-        201
-    );
-    let (status, run) = server
-        .call("POST", "/v1/jobs/freeze/trigger", None)
-        .unwrap();
-    assert_eq!(status, 201, "{run}");
-    let run_id = run["id"].as_i64().unwrap();
+    server.put_job("freeze", &job).unwrap();
+    let run_id = server.trigger("freeze").unwrap();
     let first = wait_for(Duration::from_secs(10), || {
         let (_, r) = server
             .call("GET", &format!("/v1/runs/{run_id}"), None)
@@ -301,13 +294,8 @@ fn a_revoked_daemon_stops_its_running_job() {
     let marker = dir.path().join("finished");
     let job = json!({"schedule": "0 0 0 1 1 *",
         "executor": {"type": "shell", "script": format!("sleep 6; touch {}", marker.display())}});
-    assert_eq!(
-        server.call("PUT", "/v1/jobs/long", Some(&job)).unwrap().0,
-        201
-    );
-    let (status, run) = server.call("POST", "/v1/jobs/long/trigger", None).unwrap();
-    assert_eq!(status, 201, "{run}");
-    let run_id = run["id"].as_i64().unwrap();
+    server.put_job("long", &job).unwrap();
+    let run_id = server.trigger("long").unwrap();
     wait_for(Duration::from_secs(10), || {
         let (_, r) = server
             .call("GET", &format!("/v1/runs/{run_id}"), None)

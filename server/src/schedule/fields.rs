@@ -15,37 +15,17 @@ struct Field {
     max: u32,
 }
 
-const SECOND: Field = Field {
-    name: "second",
-    min: 0,
-    max: 59,
-};
-const MINUTE: Field = Field {
-    name: "minute",
-    min: 0,
-    max: 59,
-};
-const HOUR: Field = Field {
-    name: "hour",
-    min: 0,
-    max: 23,
-};
-const DAY_OF_MONTH: Field = Field {
-    name: "day-of-month",
-    min: 1,
-    max: 31,
-};
-const MONTH: Field = Field {
-    name: "month",
-    min: 1,
-    max: 12,
-};
+const fn field(name: &'static str, min: u32, max: u32) -> Field {
+    Field { name, min, max }
+}
+
+const SECOND: Field = field("second", 0, 59);
+const MINUTE: Field = field("minute", 0, 59);
+const HOUR: Field = field("hour", 0, 23);
+const DAY_OF_MONTH: Field = field("day-of-month", 1, 31);
+const MONTH: Field = field("month", 1, 12);
 // 0 and 7 are both Sunday.
-const DAY_OF_WEEK: Field = Field {
-    name: "day-of-week",
-    min: 0,
-    max: 7,
-};
+const DAY_OF_WEEK: Field = field("day-of-week", 0, 7);
 
 /// Checks each field of a 5- or 6-field cron expression. Other forms
 /// (macros, a wrong field count) are left to the parser's own errors.

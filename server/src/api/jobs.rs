@@ -50,6 +50,7 @@ pub async fn put(
         .write_then(
             move |c| {
                 let now = now_ms();
+                let before = lifecycle::placement(c, &id)?;
                 let (job, outcome) = audit::around(
                     c,
                     now,
@@ -59,9 +60,13 @@ pub async fn put(
                     audit::job_state,
                     || jobs::upsert(c, &id, &spec, now, |t| schedule.next_after(t)),
                 )?;
-                // Runs already queued follow a changed target or executor.
-                let placement = match outcome {
-                    jobs::Upserted::Updated => lifecycle::placement(c, &id)?,
+                // Runs already queued follow a changed target or executor
+                // (as bulk apply moves them: only when one of them changed,
+                // not on every update, since it walks the whole queue).
+                let placement = match (outcome, before) {
+                    (jobs::Upserted::Updated, Some(before)) => {
+                        lifecycle::placement(c, &id)?.filter(|after| *after != before)
+                    }
                     _ => None,
                 };
                 Ok((job, outcome, placement))

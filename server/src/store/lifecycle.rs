@@ -304,7 +304,7 @@ fn queued_from_row(r: &rusqlite::Row<'_>) -> Result<Queued, StoreError> {
 /// Where a job's queued runs may go: its target and executor kind as
 /// stored now. Read after a write that changed them, so runs queued under
 /// the old ones follow ([`crate::dispatch::Dispatcher::retarget`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     pub job_pk: i64,
     pub target: Arc<Target>,

@@ -220,7 +220,8 @@ fn uri_path(path: &Path) -> String {
     for b in path.as_os_str().as_encoded_bytes() {
         match b {
             b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
-            // Bytes that are not UTF-8 text, encoded as they are.
+            // Non-ASCII: each byte of its UTF-8 (or other) encoding
+            // percent-encoded; SQLite decodes them back to the same bytes.
             0x80.. => out.push_str(&format!("%{b:02X}")),
             _ => out.push(*b as char),
         }
